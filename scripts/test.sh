@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite: unit and integration tests (exactness, concurrency, crashes,
+# bad input, non-root, ext4/xfs/btrfs/tmpfs targets, static binary), then a release build
+# checked for static linking and size.
+#
+# Needs root (mounts, chown, chroot, switching users). Missing Debian packages are
+# installed when running as root with apt-get; otherwise the script stops and names them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=()
+command -v mkfs.xfs   >/dev/null || need_pkgs+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || need_pkgs+=(btrfs-progs)
+command -v mkfs.ext4  >/dev/null || need_pkgs+=(e2fsprogs)
+command -v file       >/dev/null || need_pkgs+=(file)
+command -v losetup    >/dev/null || need_pkgs+=(mount)
+if [ "${#need_pkgs[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing ${need_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+  else
+    echo "test.sh: missing prerequisites: ${need_pkgs[*]} (apt-get install ${need_pkgs[*]})" >&2
+    exit 1
+  fi
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: WARNING: not root: tests that mount filesystems, chown or chroot will be reported as SKIPPED" >&2
+  [ -n "${CI:-}" ] && { echo "test.sh: CI must run as root" >&2; exit 1; }
+fi
+
+# Scratch space for fixtures: the build directory's filesystem, not a small tmpfs /tmp.
+export NIX_SEED_TEST_DIR="${NIX_SEED_TEST_DIR:-$PWD/target/test-scratch}"
+mkdir -p "$NIX_SEED_TEST_DIR"
+
+# Two test threads: the machines have two cores, and the crash/lock tests time things.
+cargo test --locked -- --test-threads=2
+
+cargo build --locked --release
+bin=target/x86_64-unknown-linux-gnu/release/nix-seed
+file -L "$bin"
+file -L "$bin" | grep -Eq 'statically linked|static-pie linked' || { echo "test.sh: release binary is not static" >&2; exit 1; }
+size=$(stat -c %s "$bin")
+echo "release binary: $size bytes"
+[ "$size" -lt $((8 * 1024 * 1024)) ] || { echo "test.sh: release binary is over 8 MiB" >&2; exit 1; }
+echo "test.sh: all tests passed"

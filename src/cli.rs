@@ -1,0 +1,148 @@
+//! Command-line contract. Users and scripts depend on these names: every flag can also
+//! come from an environment variable `NIX_SEED_<FLAG>` so a pod spec can use `env:`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nix-seed",
+    version,
+    about = "Seed a shared /nix (network disk) from an image's /nix: only missing store paths, \
+             each atomically, with exact metadata, one seeder at a time.",
+    after_help = "Exit codes: 0 success (also: nothing to do), 1 failure, 2 usage error or invalid \
+                  source/target (nothing written), 3 gave up waiting for the lock, \
+                  130/143 interrupted by SIGINT/SIGTERM."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy the store paths the target lacks, then seed var/ (takes the lock).
+    Seed(SeedArgs),
+    /// Report what is missing; exit 0 if nothing is, 1 if something is. Takes no lock.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Paths {
+    /// The image's Nix root (holds store/ and var/).
+    #[arg(long, env = "NIX_SEED_SOURCE", default_value = "/nix", value_name = "DIR")]
+    pub source: PathBuf,
+
+    /// The directory pods will mount at /nix (it holds, or will hold, store/ and var/).
+    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
+    pub target: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SeedArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+
+    /// Parallel copy workers (store paths are taken from a queue).
+    #[arg(long, short = 'j', env = "NIX_SEED_JOBS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: u32,
+
+    /// How long to wait for another seeder's lock before giving up (exit 3): 30s, 10m, 1h.
+    #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
+          value_name = "DUR")]
+    pub lock_timeout: Duration,
+
+    /// A holder whose lease heartbeat has not changed for this long (on the waiter's own
+    /// monotonic clock) while the kernel still reports the lock held is taken over.
+    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_duration,
+          value_name = "DUR")]
+    pub lock_stale: Duration,
+
+    /// Print what would be copied; change nothing and take no lock.
+    #[arg(long, env = "NIX_SEED_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Seed a target that is not a mount point (by default refused: in a pod that means the
+    /// volume was forgotten and the copy would vanish with the pod).
+    #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT")]
+    pub allow_non_mountpoint: bool,
+
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub paths: Paths,
+
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Output {
+    /// Progress display: a bar on a terminal, plain lines in logs.
+    #[arg(long, env = "NIX_SEED_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+
+    /// Format of every line nix-seed prints.
+    #[arg(long, env = "NIX_SEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Only errors and warnings.
+    #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// More detail: -v names every store path copied.
+    #[arg(long, short = 'v', action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Bar,
+    Log,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `30s`, `10m`, `1h`, `1h30m`, `500ms`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 10m, 1h, 1h30m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("ten minutes").is_err());
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5s").is_err());
+    }
+
+    #[test]
+    fn clap_contract_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

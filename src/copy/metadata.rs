@@ -1,0 +1,109 @@
+//! Exact metadata: numeric owner, mode bits, and times, set on open file descriptors.
+//!
+//! Order matters: ownership first (chown clears set-id bits), then mode, then times last
+//! (any later write or child creation would move mtime). Directories get theirs after
+//! their children are written, so a read-only (0555) directory is only made read-only
+//! once nothing more needs to be created inside it.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use filetime::FileTime;
+use nix::errno::Errno;
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{fchmod, utimensat, FileStat, Mode, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, Gid, Uid};
+
+/// Whether `chown` works on the target. The first EPERM (not root, NFS root_squash, a
+/// FUSE mount without `allow_other`/`default_permissions`...) flips it off for the rest of
+/// the run: files keep the owner the target gives them, everything else is preserved.
+pub struct Ownership {
+    enabled: AtomicBool,
+    denied: AtomicBool,
+}
+
+impl Default for Ownership {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Ownership {
+    pub fn new() -> Self {
+        Ownership {
+            enabled: AtomicBool::new(true),
+            denied: AtomicBool::new(false),
+        }
+    }
+
+    /// True once (and only once) when chown was first refused: the caller warns then.
+    pub fn take_denied_notice(&self) -> bool {
+        self.denied.swap(false, Ordering::Relaxed)
+    }
+
+    pub fn preserved(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    fn result(&self, r: nix::Result<()>) -> io::Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(Errno::EPERM) | Err(Errno::EINVAL) => {
+                // EINVAL: the uid/gid cannot be mapped (user namespace, idmapped mount).
+                if self.enabled.swap(false, Ordering::Relaxed) {
+                    self.denied.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn ids(st: &FileStat) -> (Option<Uid>, Option<Gid>) {
+        (Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid)))
+    }
+
+    pub fn set_fd(&self, fd: BorrowedFd, st: &FileStat) -> io::Result<()> {
+        if !self.preserved() {
+            return Ok(());
+        }
+        let (u, g) = Self::ids(st);
+        self.result(fchown(fd, u, g))
+    }
+
+    pub fn set_symlink(&self, dir: BorrowedFd, name: &std::ffi::OsStr, st: &FileStat) -> io::Result<()> {
+        if !self.preserved() {
+            return Ok(());
+        }
+        let (u, g) = Self::ids(st);
+        self.result(fchownat(dir, name, u, g, AtFlags::AT_SYMLINK_NOFOLLOW))
+    }
+}
+
+fn times(st: &FileStat) -> (FileTime, FileTime) {
+    (
+        FileTime::from_unix_time(st.st_atime, st.st_atime_nsec as u32),
+        FileTime::from_unix_time(st.st_mtime, st.st_mtime_nsec as u32),
+    )
+}
+
+/// Owner, mode and times of a regular file or directory, on its open descriptor.
+pub fn apply_fd(file: &File, st: &FileStat, own: &Ownership) -> io::Result<()> {
+    own.set_fd(file.as_fd(), st)?;
+    fchmod(file.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+    let (atime, mtime) = times(st);
+    filetime::set_file_handle_times(file, Some(atime), Some(mtime))
+}
+
+/// Owner and times of a symlink (its mode is always 0777 on Linux). filetime has no
+/// directory-fd-relative call, so this uses utimensat(AT_SYMLINK_NOFOLLOW) directly.
+pub fn apply_symlink(dir: BorrowedFd, name: &std::ffi::OsStr, st: &FileStat, own: &Ownership) -> io::Result<()> {
+    own.set_symlink(dir, name, st)?;
+    let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
+    let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+    utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)?;
+    Ok(())
+}

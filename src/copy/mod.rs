@@ -1,0 +1,266 @@
+//! The copy engine: store paths from a queue, each built under a temporary name and
+//! renamed into place only when complete, by `--jobs` workers.
+//!
+//! The engine never touches the terminal. It reports through [`Counters`] (atomics the
+//! progress display samples) and [`Events`] (one call per store path, and warnings).
+
+mod hardlinks;
+mod metadata;
+pub mod publish;
+pub mod tree;
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+
+pub use hardlinks::TopEntry;
+pub use metadata::Ownership;
+use publish::Published;
+use tree::{Filter, Specials, Walk};
+
+/// Counters the progress display samples; the engine only ever adds to them.
+#[derive(Default)]
+pub struct Counters {
+    pub paths_total: AtomicU64,
+    pub paths_done: AtomicU64,
+    pub paths_skipped: AtomicU64,
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub dirs: AtomicU64,
+    pub symlinks: AtomicU64,
+    pub hardlinks: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// One call per store path finished, plus warnings. Implemented by the progress module.
+pub trait Events: Sync {
+    fn path_copied(&self, name: &OsStr, files: u64, bytes: u64);
+    fn path_skipped(&self, name: &OsStr, why: &str);
+    fn warning(&self, msg: &str);
+}
+
+/// The run was asked to stop (signal, or the lock was taken over): not a copy failure.
+#[derive(Debug)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+pub struct Engine {
+    pub counters: Arc<Counters>,
+    pub ownership: Ownership,
+    links: hardlinks::InodeMap,
+    /// Set by SIGINT/SIGTERM, by a lost lock lease, or by the first failed worker.
+    stop_flags: Vec<Arc<AtomicBool>>,
+    failed: AtomicBool,
+    /// renameat2(RENAME_NOREPLACE) works here (FUSE filesystems answer EINVAL).
+    pub noreplace: AtomicBool,
+    temp_seq: AtomicU64,
+    buf_size: usize,
+}
+
+impl Engine {
+    pub fn new(counters: Arc<Counters>, stop_flags: Vec<Arc<AtomicBool>>) -> Self {
+        Engine {
+            counters,
+            ownership: Ownership::new(),
+            links: Default::default(),
+            stop_flags,
+            failed: AtomicBool::new(false),
+            noreplace: AtomicBool::new(true),
+            temp_seq: AtomicU64::new(0),
+            buf_size: 256 * 1024,
+        }
+    }
+
+    pub fn should_stop(&self) -> bool {
+        self.failed.load(Ordering::Relaxed) || self.stop_flags.iter().any(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// A temporary name for `name`: starts with `.` (never a store path), unique to this
+    /// process, and recognisable as nix-seed's so a later run can remove leftovers.
+    pub fn temp_name(&self, name: &OsStr) -> OsString {
+        let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        let mut t = OsString::from(format!(
+            "{}{:x}-{:x}-",
+            crate::dirfd::TEMP_PREFIX,
+            std::process::id(),
+            seq
+        ));
+        // Keep the name under NAME_MAX (255) even for the longest store path names.
+        let bytes = name.as_bytes();
+        t.push(OsStr::from_bytes(&bytes[..bytes.len().min(200)]));
+        t
+    }
+
+    fn warn_pending(&self, events: &dyn Events, target: &Path) {
+        if self.ownership.take_denied_notice() {
+            events.warning(&format!(
+                "cannot set file ownership in {} (chown refused: not root, or the filesystem \
+                 squashes root): copies keep the owner the target gives them; modes, times, \
+                 links and content are preserved",
+                target.display()
+            ));
+        }
+    }
+
+    /// Copy `names` from `src_store` to `dst_store` with `jobs` workers. Each store path
+    /// that is already present when it would be published is discarded, not replaced.
+    pub fn copy_store_paths(
+        &self,
+        src_store: (&Path, BorrowedFd),
+        dst_store: (&Path, BorrowedFd),
+        names: &[OsString],
+        jobs: usize,
+        events: &dyn Events,
+    ) -> Result<()> {
+        self.counters
+            .paths_total
+            .fetch_add(names.len() as u64, Ordering::Relaxed);
+        let next = AtomicUsize::new(0);
+        let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..jobs.max(1).min(names.len().max(1)) {
+                s.spawn(|| {
+                    let mut buf = vec![0u8; self.buf_size];
+                    loop {
+                        if self.should_stop() {
+                            break;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(name) = names.get(i) else { break };
+                        let r = self.copy_store_path(src_store, dst_store, name, &mut buf);
+                        self.warn_pending(events, dst_store.0);
+                        match r {
+                            Ok((Published::Yes, files, bytes)) => {
+                                self.counters.paths_done.fetch_add(1, Ordering::Relaxed);
+                                events.path_copied(name, files, bytes);
+                            }
+                            Ok((Published::AlreadyThere, _, _)) => {
+                                self.counters.paths_skipped.fetch_add(1, Ordering::Relaxed);
+                                events.path_skipped(name, "appeared in the target while it was being copied");
+                            }
+                            Err(e) => {
+                                if e.downcast_ref::<Stopped>().is_none() {
+                                    self.failed.store(true, Ordering::Relaxed);
+                                    first_error.lock().unwrap().get_or_insert(e);
+                                }
+                                break;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap() {
+            return Err(e);
+        }
+        if self.should_stop() {
+            return Err(Stopped.into());
+        }
+        Ok(())
+    }
+
+    fn copy_store_path(
+        &self,
+        (src_root, src): (&Path, BorrowedFd),
+        (_, dst): (&Path, BorrowedFd),
+        name: &OsStr,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Published, u64, u64)> {
+        let src_path = src_root.join(name);
+        let Some(st) =
+            crate::dirfd::lstat_at(src, name).with_context(|| format!("{}: cannot stat", src_path.display()))?
+        else {
+            anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
+        };
+        self.copy_top(src, name, &st, dst, name, None, Specials::Error, src_path, buf)
+    }
+
+    /// Copy one top-level entry `name` of `src` to `final_name` in `dst` atomically: build it
+    /// under a temporary name, then publish it. On any error the temporary copy is removed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_top(
+        &self,
+        src: BorrowedFd,
+        name: &OsStr,
+        st: &nix::sys::stat::FileStat,
+        dst: BorrowedFd,
+        final_name: &OsStr,
+        filter: Option<Filter>,
+        specials: Specials,
+        src_path: PathBuf,
+        buf: &mut Vec<u8>,
+    ) -> Result<(Published, u64, u64)> {
+        let tmp = self.temp_name(final_name);
+        let top = TopEntry::new(tmp.clone());
+        let mut walk = Walk {
+            eng: self,
+            top: &top,
+            top_parent: dst,
+            filter,
+            specials,
+            src_path,
+            rel: PathBuf::new(),
+            buf,
+            files: 0,
+            bytes: 0,
+        };
+        let copied = walk.copy_entry(src, name, st, dst, &tmp);
+        let (files, bytes) = (walk.files, walk.bytes);
+        let src_path = walk.src_path;
+        let published = copied.and_then(|()| {
+            publish::publish(self, dst, &top, &tmp, final_name)
+                .with_context(|| format!("cannot move the finished copy of {} into place", src_path.display()))
+        });
+        match published {
+            Ok(p) => Ok((p, files, bytes)),
+            Err(e) => {
+                // Best effort: a later run (under the lock) removes any leftover.
+                let _ = crate::dirfd::remove_tree_at(dst, &tmp);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Remove temporary entries left in `dir` by an earlier run that crashed or was killed.
+/// Only called under the lock, so no other seeder is building one of them.
+pub fn remove_leftovers(dir: BorrowedFd, dir_path: &Path) -> Result<usize> {
+    let mut n = 0;
+    for e in crate::dirfd::list(dir).with_context(|| format!("cannot list {}", dir_path.display()))? {
+        if crate::dirfd::is_temp_name(e.name.as_bytes()) {
+            crate::dirfd::remove_tree_at(dir, &e.name)
+                .with_context(|| format!("cannot remove leftover {}", dir_path.join(&e.name).display()))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Own the fd of a directory together with its path for messages.
+pub struct DirHandle {
+    pub path: PathBuf,
+    pub fd: OwnedFd,
+}
+
+impl DirHandle {
+    pub fn pair(&self) -> (&Path, BorrowedFd<'_>) {
+        (&self.path, self.fd.as_fd())
+    }
+}

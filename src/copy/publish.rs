@@ -1,0 +1,95 @@
+//! Moving a finished copy from its temporary name to its final name, never replacing
+//! anything already there.
+//!
+//! `renameat2(RENAME_NOREPLACE)` is tried first, but every FUSE network filesystem tried
+//! (GlusterFS, CephFS, MooseFS, sshfs) answers EINVAL, so it cannot be relied on. Then:
+//! - a file or symlink is published with `linkat`, which fails with EEXIST on an existing
+//!   name, and the temporary name is unlinked;
+//! - a directory is renamed after checking the final name is free; a rename of a
+//!   non-empty directory onto an existing name fails (ENOTEMPTY, EEXIST, ENOTDIR, or EPERM
+//!   on sshfs), which is how a concurrent publisher is noticed. The one case this cannot
+//!   catch is an empty directory created at the final name between the check and the
+//!   rename by something other than nix-seed.
+//!
+//! If the final name exists, the copy is discarded: someone else published it first.
+
+use std::ffi::OsStr;
+use std::io;
+use std::sync::atomic::Ordering;
+
+use nix::errno::Errno;
+use nix::fcntl::{renameat, renameat2, AtFlags, RenameFlags};
+use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
+use std::os::fd::BorrowedFd;
+
+use super::{Engine, TopEntry};
+use crate::dirfd::{file_type, lstat_at, remove_tree_at};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Yes,
+    /// The final name already existed; the copy was discarded.
+    AlreadyThere,
+}
+
+pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: &OsStr) -> io::Result<Published> {
+    // Held across the move so no hardlink is made through a name that is changing.
+    let mut name = top.name.lock().unwrap();
+    let discard = |name: &mut Option<std::ffi::OsString>| -> io::Result<Published> {
+        remove_tree_at(dir, tmp)?;
+        *name = None;
+        Ok(Published::AlreadyThere)
+    };
+
+    if eng.noreplace.load(Ordering::Relaxed) {
+        match renameat2(dir, tmp, dir, fin, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {
+                *name = Some(fin.to_owned());
+                return Ok(Published::Yes);
+            }
+            Err(Errno::EEXIST) => return discard(&mut name),
+            Err(Errno::EINVAL) | Err(Errno::ENOSYS) | Err(Errno::ENOTSUP) => {
+                eng.noreplace.store(false, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let Some(st) = lstat_at(dir, tmp)? else {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the temporary copy disappeared",
+        ));
+    };
+    if file_type(&st) != nix::sys::stat::SFlag::S_IFDIR {
+        match linkat(dir, tmp, dir, fin, AtFlags::empty()) {
+            Ok(()) => {
+                *name = Some(fin.to_owned());
+                unlinkat(dir, tmp, UnlinkatFlags::NoRemoveDir)?;
+                return Ok(Published::Yes);
+            }
+            Err(Errno::EEXIST) => return discard(&mut name),
+            // No hardlinks on this filesystem (or too many): fall through to rename.
+            Err(Errno::EPERM) | Err(Errno::ENOTSUP) | Err(Errno::EMLINK) | Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    if lstat_at(dir, fin)?.is_some() {
+        return discard(&mut name);
+    }
+    match renameat(dir, tmp, dir, fin) {
+        Ok(()) => {
+            *name = Some(fin.to_owned());
+            Ok(Published::Yes)
+        }
+        Err(e @ (Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOTDIR | Errno::EISDIR | Errno::EPERM)) => {
+            if lstat_at(dir, fin)?.is_some() {
+                discard(&mut name)
+            } else {
+                Err(e.into())
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,16 @@
+//! nix-seed: seed a shared /nix on a network disk from a container image's /nix.
+//!
+//! The pipeline, one module each: [`cli`] → [`preflight`] → [`plan`] → [`lock`] →
+//! [`copy`] → [`var`]/[`nixdb`] (register) → [`report`], driven by [`seed`].
+
+pub mod cli;
+pub mod copy;
+pub mod dirfd;
+pub mod lock;
+pub mod nixdb;
+pub mod plan;
+pub mod preflight;
+pub mod progress;
+pub mod report;
+pub mod seed;
+pub mod var;

@@ -1,0 +1,88 @@
+//! Thin: parse, run, map errors to exit codes.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use clap::Parser;
+use nix_seed::cli::{Cli, Command};
+use nix_seed::copy::Stopped;
+use nix_seed::lock::Timeout;
+use nix_seed::preflight::Invalid;
+use nix_seed::progress::Log;
+use nix_seed::{report, seed};
+
+const FAILURE: u8 = 1;
+const USAGE: u8 = 2;
+const LOCK_TIMEOUT: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = e.print();
+            // clap: 0 for --help/--version, 2 for usage errors.
+            return ExitCode::from(code as u8);
+        }
+    };
+
+    // SIGINT/SIGTERM ask for a clean stop: workers abandon their current store path, its
+    // temporary copy is removed, the lock is released. A second signal exits at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let signal = Arc::new(AtomicUsize::new(0));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, interrupted.clone());
+        let _ = signal_hook::flag::register_usize(sig, signal.clone(), sig as usize);
+        let _ = signal_hook::flag::register(sig, interrupted.clone());
+    }
+
+    match cli.command {
+        Command::Seed(args) => {
+            let log = Arc::new(Log::new(&args.output));
+            match seed::seed(&args, &log, &interrupted) {
+                Ok(r) => {
+                    r.print(&log);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&log, e, &signal),
+            }
+        }
+        Command::Status(args) => {
+            let log = Log::new(&args.output);
+            match seed::status(&args, &log) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(FAILURE),
+                Err(e) => fail(&log, e, &signal),
+            }
+        }
+    }
+}
+
+fn fail(log: &Log, e: anyhow::Error, signal: &AtomicUsize) -> ExitCode {
+    if e.downcast_ref::<Stopped>().is_some() {
+        let sig = signal.load(Ordering::Relaxed);
+        if sig != 0 {
+            let msg = format!("interrupted by signal {sig}: stopped, temporary copies removed, lock released");
+            log.error(&msg);
+            report::termination_log(&format!("nix-seed: {msg}"));
+            return ExitCode::from(128 + sig as u8);
+        }
+        let msg = "stopped: another seeder took the lock over (see above); what was published is complete";
+        log.error(msg);
+        report::termination_log(&format!("nix-seed: error: {msg}"));
+        return ExitCode::from(FAILURE);
+    }
+    // One line: the outermost context and its causes.
+    let msg = format!("{e:#}");
+    log.error(&msg);
+    report::termination_log(&format!("nix-seed: error: {msg}"));
+    let code = if e.downcast_ref::<Invalid>().is_some() {
+        USAGE
+    } else if e.downcast_ref::<Timeout>().is_some() {
+        LOCK_TIMEOUT
+    } else {
+        FAILURE
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,126 @@
+//! The one summary line a seed ends with, also written to `/dev/termination-log` so that
+//! `kubectl describe pod` shows it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use indicatif::HumanBytes;
+use serde_json::json;
+
+use crate::copy::Counters;
+use crate::plan::Plan;
+use crate::preflight::Checked;
+use crate::progress::Log;
+use crate::var;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub target: PathBuf,
+    pub source_paths: usize,
+    pub missing: usize,
+    pub copied: u64,
+    pub skipped: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub hardlinks: u64,
+    pub seconds: f64,
+    pub dry_run: bool,
+    pub locked: bool,
+    pub ownership_preserved: bool,
+    pub var: Option<var::Outcome>,
+}
+
+impl Report {
+    pub fn new(c: &Checked, plan: &Plan) -> Report {
+        Report {
+            target: c.target_path.clone(),
+            source_paths: plan.source.len(),
+            missing: plan.missing.len(),
+            ownership_preserved: true,
+            ..Default::default()
+        }
+    }
+
+    pub fn take_counters(&mut self, c: &Counters) {
+        self.copied = Counters::get(&c.paths_done);
+        self.skipped = Counters::get(&c.paths_skipped);
+        self.files = Counters::get(&c.files);
+        self.bytes = Counters::get(&c.bytes);
+        self.hardlinks = Counters::get(&c.hardlinks);
+    }
+
+    pub fn line(&self) -> String {
+        if self.dry_run {
+            return format!(
+                "dry run: would copy {} of {} store paths to {}",
+                self.missing,
+                self.source_paths,
+                self.target.display()
+            );
+        }
+        let present = self.source_paths as u64 - self.copied;
+        let rate = self.bytes as f64 / self.seconds.max(1e-3);
+        let mut s = format!(
+            "seeded {}: {} store paths copied, {} already present, {} files, {} in {:.2}s ({}/s)",
+            self.target.display(),
+            self.copied,
+            present,
+            self.files,
+            HumanBytes(self.bytes),
+            self.seconds,
+            HumanBytes(rate as u64),
+        );
+        if self.copied == 0 && self.var.is_none() {
+            s = format!(
+                "nothing to do: all {} store paths of the image are in {} ({:.3}s)",
+                self.source_paths,
+                self.target.display(),
+                self.seconds
+            );
+        }
+        if let Some(v) = &self.var {
+            if v.created {
+                s.push_str("; var/ created");
+            } else if v.added > 0 || v.conflicts > 0 {
+                s.push_str(&format!(
+                    "; var/: {} entries added, {} conflicts kept as they were",
+                    v.added, v.conflicts
+                ));
+            }
+        }
+        s
+    }
+
+    pub fn print(&self, log: &Log) {
+        let line = self.line();
+        log.summary(
+            &line,
+            json!({
+                "target": self.target.to_string_lossy(),
+                "store_paths": self.source_paths,
+                "copied": self.copied,
+                "already_present": self.source_paths as u64 - self.copied,
+                "skipped_concurrent": self.skipped,
+                "files": self.files,
+                "bytes": self.bytes,
+                "hardlinks": self.hardlinks,
+                "seconds": self.seconds,
+                "dry_run": self.dry_run,
+                "ownership_preserved": self.ownership_preserved,
+                "var_created": self.var.as_ref().map(|v| v.created),
+                "var_added": self.var.as_ref().map(|v| v.added),
+                "var_conflicts": self.var.as_ref().map(|v| v.conflicts),
+            }),
+        );
+        termination_log(&format!("nix-seed: {line}"));
+    }
+}
+
+/// Kubernetes shows this file's content as the container's termination message. Written
+/// only if it exists and is writable; `NIX_SEED_TERMINATION_LOG` names another file.
+pub fn termination_log(msg: &str) {
+    let path = std::env::var_os("NIX_SEED_TERMINATION_LOG").unwrap_or_else(|| "/dev/termination-log".into());
+    if let Ok(mut f) = std::fs::OpenOptions::new().write(true).truncate(true).open(path) {
+        let _ = writeln!(f, "{msg}");
+    }
+}

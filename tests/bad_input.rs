@@ -1,0 +1,293 @@
+//! Bad input: one clear line naming the path and the fix, a documented exit code, and
+//! nothing written.
+
+mod support;
+
+use std::path::Path;
+
+use support::cmd::{assert_code, nix_seed, run, seed, stderr, text};
+use support::fixture::{self, Spec};
+
+fn small(dir: &Path) -> fixture::Fixture {
+    fixture::build(
+        dir,
+        &Spec {
+            paths: 5,
+            big_file_bytes: 1024,
+            ..Spec::default()
+        },
+    )
+}
+
+fn empty(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+#[track_caller]
+fn refused(out: &std::process::Output, code: i32, must_contain: &[&str]) {
+    assert_code(out, code);
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one line:\n{}", text(out));
+    for m in must_contain {
+        assert!(err.contains(m), "missing {m:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn missing_source() {
+    let tmp = support::scratch();
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let src = tmp.path().join("nope");
+    refused(
+        &seed(&src, &dst, &[]),
+        2,
+        &[&src.display().to_string(), "does not exist", "--source"],
+    );
+    assert!(empty(&dst));
+}
+
+#[test]
+fn source_without_store() {
+    let tmp = support::scratch();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("var")).unwrap();
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    refused(&seed(&src, &dst, &[]), 2, &["has no store/", "Nix root"]);
+    assert!(empty(&dst));
+}
+
+#[test]
+fn missing_target_and_target_is_a_file() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let missing = tmp.path().join("mnt/nix");
+    refused(
+        &seed(&fx.root, &missing, &[]),
+        2,
+        &[&missing.display().to_string(), "does not exist", "mount"],
+    );
+    assert!(!missing.exists());
+    let file = tmp.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    refused(&seed(&fx.root, &file, &[]), 2, &["is not a directory"]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
+
+#[test]
+fn read_only_target() {
+    if !support::require_root("read_only_target") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    // A read-only mount: what a pod gets with `readOnly: true` on the volume.
+    let m = support::mounts::tmpfs(&dst, 16);
+    assert!(std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success());
+    let out = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    refused(&out, 2, &["read-only", "read-write"]);
+    assert!(std::process::Command::new("mount")
+        .args(["-o", "remount,rw"])
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success());
+    assert!(empty(&dst));
+    drop(m);
+}
+
+#[test]
+fn target_not_writable_by_a_non_root_user() {
+    if !support::require_root("target_not_writable_by_a_non_root_user") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).unwrap();
+    let out = std::os::unix::process::CommandExt::uid(&mut support::cmd::seed_cmd(&fx.root, &dst, &[]), 65534)
+        .output()
+        .unwrap();
+    refused(&out, 2, &["not writable by uid 65534"]);
+    assert!(empty(&dst));
+}
+
+#[test]
+fn target_inside_source_and_source_inside_target() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let inner = fx.root.join("var/seed-here");
+    std::fs::create_dir(&inner).unwrap();
+    refused(&seed(&fx.root, &inner, &[]), 2, &["is inside the source"]);
+    assert!(empty(&inner));
+    refused(&seed(&fx.root, &fx.root, &[]), 2, &["is the source itself"]);
+    let outer = tmp.path();
+    refused(&seed(&fx.root, outer, &[]), 2, &["is inside the target"]);
+}
+
+#[test]
+fn target_not_a_mount_point_without_the_flag() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    refused(
+        &out,
+        2,
+        &[
+            "is not a mount point",
+            "--allow-non-mountpoint",
+            &dst.display().to_string(),
+        ],
+    );
+    assert!(empty(&dst));
+}
+
+#[test]
+fn a_mount_point_is_accepted_without_the_flag() {
+    if !support::require_root("a_mount_point_is_accepted_without_the_flag") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    let m = support::mounts::tmpfs(&dst, 64);
+    let out = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    support::cmd::assert_ok(&out);
+    support::compare::assert_store_equal(&fx.root, &dst);
+    drop(m);
+}
+
+#[test]
+fn unknown_flag_and_bad_values_are_usage_errors() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let o = seed(&fx.root, &dst, &["--frobnicate"]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("--frobnicate"), "{}", text(&o));
+    let o = seed(&fx.root, &dst, &["--lock-timeout", "soon"]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("soon") && stderr(&o).contains("30s"),
+        "{}",
+        text(&o)
+    );
+    let o = seed(&fx.root, &dst, &["--jobs", "0"]);
+    assert_code(&o, 2);
+    let o = run(["seed"]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("--target"), "{}", text(&o));
+    assert!(empty(&dst));
+}
+
+#[test]
+fn a_special_file_in_the_store_is_an_error_naming_it() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dir = fx
+        .names
+        .iter()
+        .map(|n| fx.root.join("store").join(n))
+        .find(|p| p.symlink_metadata().unwrap().is_dir())
+        .unwrap();
+    support::make_writable(&dir);
+    let fifo_path = dir.join("a-fifo");
+    let c = std::ffi::CString::new(fifo_path.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let o = seed(&fx.root, &dst, &[]);
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&fifo_path.display().to_string()) && err.contains("FIFO"),
+        "{err}"
+    );
+    support::compare::assert_no_temp(&dst);
+}
+
+#[test]
+fn env_vars_configure_every_flag() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let o = nix_seed()
+        .arg("seed")
+        .env("NIX_SEED_SOURCE", &fx.root)
+        .env("NIX_SEED_TARGET", &dst)
+        .env("NIX_SEED_ALLOW_NON_MOUNTPOINT", "true")
+        .env("NIX_SEED_JOBS", "3")
+        .env("NIX_SEED_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    support::cmd::assert_ok(&o);
+    assert!(support::cmd::stdout(&o).starts_with('{'), "{}", text(&o));
+    support::compare::assert_store_equal(&fx.root, &dst);
+    let o = nix_seed()
+        .arg("seed")
+        .env("NIX_SEED_TARGET", &dst)
+        .env("NIX_SEED_LOCK_TIMEOUT", "forever")
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+}
+
+#[test]
+fn help_and_version() {
+    let o = run(["--version"]);
+    assert_code(&o, 0);
+    assert!(support::cmd::stdout(&o).starts_with("nix-seed "));
+    let o = run(["seed", "--help"]);
+    assert_code(&o, 0);
+    let h = support::cmd::stdout(&o);
+    for flag in [
+        "--source",
+        "--target",
+        "--jobs",
+        "--lock-timeout",
+        "--dry-run",
+        "--allow-non-mountpoint",
+        "--progress",
+        "--log-format",
+        "--quiet",
+        "--verbose",
+        "NIX_SEED_TARGET",
+    ] {
+        assert!(h.contains(flag), "seed --help lacks {flag}");
+    }
+}

@@ -1,0 +1,283 @@
+//! Many seeders at once, seeders killed at any moment, and the lock's lease: what the
+//! README promises about running nix-seed from every pod at the same time.
+
+mod support;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use support::cmd::{assert_code, assert_ok, copied_events, seed, spawn_seed, stderr, text};
+use support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
+use support::fixture::{self, Spec};
+
+fn big_fixture(dir: &Path) -> fixture::Fixture {
+    fixture::build(
+        dir,
+        &Spec {
+            paths: 400,
+            big_file_bytes: 48 << 20,
+            ..Spec::default()
+        },
+    )
+}
+
+fn signal(child: &Child, sig: i32) {
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// Wait until `cond` holds, or panic after `secs`.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn store_entries(dst: &Path) -> usize {
+    std::fs::read_dir(dst.join("store")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn eight_seeders_at_once_copy_each_store_path_exactly_once() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 300,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+
+    let children: Vec<Child> = (0..8)
+        .map(|_| spawn_seed(&fx.root, &dst, &["-v", "--log-format", "json", "--jobs", "4"]))
+        .collect();
+    let mut copied = Vec::new();
+    let mut waited = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_ok(&out);
+        let err = stderr(&out);
+        copied.extend(copied_events(&err));
+        if err.contains("\"event\":\"lock-wait\"") {
+            waited += 1;
+            // A waiter names who it waits for.
+            assert!(err.contains("held by pod "), "{err}");
+        }
+    }
+    let n = copied.len();
+    copied.sort();
+    copied.dedup();
+    assert_eq!(n, copied.len(), "a store path was copied twice");
+    assert_eq!(n, fx.names.len(), "every store path copied once");
+    assert!(waited <= 7);
+    assert_store_equal(&fx.root, &dst);
+    assert_no_temp(&dst);
+}
+
+#[test]
+fn sigkill_at_any_moment_leaves_nothing_half_visible_and_the_next_run_finishes() {
+    let tmp = support::scratch();
+    let fx = big_fixture(&tmp.path().join("src"));
+    // Kill after a few store paths, mid-way, and late (during var/).
+    for (round, after) in [1usize, 30, 150, 300, 395].into_iter().enumerate() {
+        let dst = tmp.path().join(format!("dst{round}"));
+        std::fs::create_dir(&dst).unwrap();
+        let mut a = spawn_seed(&fx.root, &dst, &["--jobs", "4"]);
+        wait_for(60, "the seeder to copy some store paths", || {
+            store_entries(&dst) >= after || a.try_wait().unwrap().is_some()
+        });
+        signal(&a, libc::SIGKILL);
+        let _ = a.wait();
+
+        // Whatever is visible under a final name is complete: the rerun never needs to
+        // touch it (it is the same inode afterwards), and the result is exact.
+        let visible = snapshot(&dst.join("store"));
+        let out = seed(&fx.root, &dst, &[]);
+        assert_ok(&out);
+        assert_store_equal_with(&fx.root, &dst, Links::Subset);
+        assert_no_temp(&dst);
+        support::compare::assert_unchanged_but_links(&visible, &snapshot(&dst.join("store")), |rel| {
+            !rel.is_empty() && !rel.starts_with(b".")
+        });
+    }
+}
+
+#[test]
+fn a_waiter_takes_over_when_the_holder_is_killed() {
+    let tmp = support::scratch();
+    let fx = big_fixture(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+
+    let mut a = spawn_seed(&fx.root, &dst, &["--jobs", "2"]);
+    let lock = dst.join(".nix-seed/lock");
+    let pid = a.id().to_string();
+    wait_for(30, "the first seeder to hold the lock", || {
+        std::fs::read_to_string(&lock).is_ok_and(|l| l.contains(&format!("pid={pid}")))
+    });
+    let mut b = spawn_seed(&fx.root, &dst, &["--jobs", "2"]);
+    let b_err = b.stderr.take().unwrap();
+    let mut lines = BufReader::new(b_err).lines();
+    let first = lines.next().expect("the waiter says something").unwrap();
+    assert!(
+        first.contains("waiting for lock") && first.contains(&format!("pid {pid}")),
+        "{first}"
+    );
+    signal(&a, libc::SIGKILL);
+    let _ = a.wait();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = b.wait().unwrap();
+    assert!(status.success(), "waiter failed: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("removed") && l.contains("temporary")),
+        "{rest:?}"
+    );
+    assert_store_equal_with(&fx.root, &dst, Links::Subset);
+    assert_no_temp(&dst);
+}
+
+/// A lock held by a process that stopped renewing its lease (a node lost while its
+/// kernel lock lingers, simulated by a lease that never changes).
+fn hold_lock(dst: &Path, lease: &[u8]) -> File {
+    std::fs::create_dir_all(dst.join(".nix-seed")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dst.join(".nix-seed/lock"))
+        .unwrap();
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    f.write_all(lease).unwrap();
+    f
+}
+
+#[test]
+fn waiting_gives_up_after_the_lock_timeout_with_exit_3_and_names_the_holder() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let _held = hold_lock(
+        &dst,
+        b"nix-seed lease v1\nhost=node-7\npod=ide-7f9c\npid=4242\nstarted=1700000000\nheartbeat=3 1700000009\n",
+    );
+    let t0 = Instant::now();
+    let out = seed(&fx.root, &dst, &["--lock-timeout", "2s", "--lock-stale", "1h"]);
+    assert_code(&out, 3);
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let err = stderr(&out);
+    assert!(
+        err.contains("waiting for lock") && err.contains("pod ide-7f9c (host node-7, pid 4242"),
+        "{err}"
+    );
+    assert!(err.contains("gave up after 2s"), "{err}");
+    assert!(!dst.join("store").exists(), "nothing may be written without the lock");
+}
+
+#[test]
+fn garbage_empty_and_huge_lock_files_are_handled() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 10,
+            ..Spec::default()
+        },
+    );
+    let huge = vec![b'\xff'; 8 << 20];
+    for (i, lease) in [&b""[..], &b"\x1b[2J\x00\x01garbage\n=\n==="[..], &huge[..]]
+        .into_iter()
+        .enumerate()
+    {
+        let dst = tmp.path().join(format!("dst{i}"));
+        std::fs::create_dir(&dst).unwrap();
+        // Held and never renewed: reported as an unknown holder, then taken over.
+        let held = hold_lock(&dst, lease);
+        let out = seed(&fx.root, &dst, &["--lock-stale", "1s", "--lock-timeout", "30s"]);
+        assert_ok(&out);
+        let err = stderr(&out);
+        assert!(err.contains("unknown holder"), "{err}");
+        assert!(err.contains("taking over"), "{err}");
+        assert!(
+            !err.contains('\x1b'),
+            "terminal escapes from the lock file were printed"
+        );
+        assert_store_equal(&fx.root, &dst);
+        drop(held);
+        // Not held: garbage content alone does not block anyone.
+        std::fs::write(dst.join(".nix-seed/lock"), lease).unwrap();
+        fixture::add_paths(&fx.root, 1, 1000 + i as u64);
+        let out = seed(&fx.root, &dst, &["--lock-timeout", "5s"]);
+        assert_ok(&out);
+        assert!(!stderr(&out).contains("waiting"), "{}", text(&out));
+    }
+}
+
+#[test]
+fn a_stalled_holder_is_taken_over_and_stops_when_it_resumes() {
+    let tmp = support::scratch();
+    let fx = big_fixture(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+
+    let a = spawn_seed(&fx.root, &dst, &["--jobs", "2", "--lock-stale", "2s"]);
+    wait_for(30, "the first seeder to copy something", || store_entries(&dst) >= 5);
+    signal(&a, libc::SIGSTOP); // paused, like a node cut off: flock still held
+    let t0 = Instant::now();
+    let out = seed(&fx.root, &dst, &["--lock-stale", "2s", "--lock-timeout", "60s"]);
+    let took = t0.elapsed();
+    assert_ok(&out);
+    assert!(stderr(&out).contains("taking over"), "{}", text(&out));
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+        "took over after {took:?}"
+    );
+    assert_store_equal_with(&fx.root, &dst, Links::Subset);
+
+    signal(&a, libc::SIGCONT);
+    let out_a = a.wait_with_output().unwrap();
+    // The resumed holder notices it lost the lock (or finds its work done) and never
+    // breaks what the new holder published.
+    let err_a = stderr(&out_a);
+    assert!(
+        !out_a.status.success() || err_a.is_empty() || err_a.contains("lost lock"),
+        "{}",
+        text(&out_a)
+    );
+    assert_store_equal_with(&fx.root, &dst, Links::Subset);
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    assert_no_temp(&dst);
+}
+
+#[test]
+fn sigterm_stops_cleanly_removes_temporaries_and_releases_the_lock() {
+    let tmp = support::scratch();
+    let fx = big_fixture(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let a = spawn_seed(&fx.root, &dst, &["--jobs", "4"]);
+    wait_for(30, "some store paths", || store_entries(&dst) >= 20);
+    signal(&a, libc::SIGTERM);
+    let out = a.wait_with_output().unwrap();
+    assert_code(&out, 143);
+    assert!(stderr(&out).contains("interrupted"), "{}", text(&out));
+    assert_no_temp(&dst);
+    // The lock is free: the next run does not wait.
+    let out = seed(&fx.root, &dst, &["--lock-timeout", "1s"]);
+    assert_ok(&out);
+    assert_store_equal_with(&fx.root, &dst, Links::Subset);
+}

@@ -1,0 +1,79 @@
+//! The suite's core promises on the filesystems users have: ext4, xfs and btrfs on loop
+//! devices and tmpfs, as real mount points (no --allow-non-mountpoint), with the source
+//! on a different filesystem than the target as it is in a pod.
+
+mod support;
+
+use std::path::Path;
+
+use support::cmd::{assert_code, assert_ok, nix_seed, status};
+use support::compare::{assert_no_temp, assert_store_equal, assert_var_seeded};
+use support::fixture::{self, Spec};
+use support::mounts;
+
+fn seed_on(kind: &str) {
+    if !support::require_root(&format!("filesystem {kind} (needs root for mounts)")) {
+        return;
+    }
+    if kind != "tmpfs" && !support::require_tool(&format!("mkfs.{kind}")) {
+        return;
+    }
+    let tmp = support::scratch();
+    let src_mount = mounts::tmpfs(&tmp.path().join("image"), 512);
+    let fx = fixture::build(
+        &src_mount.path.join("nix"),
+        &Spec {
+            paths: 300,
+            ..Spec::default()
+        },
+    );
+    let at = tmp.path().join("mnt");
+    let m = if kind == "tmpfs" {
+        mounts::tmpfs(&at, 512)
+    } else {
+        mounts::loop_fs(kind, 512, &at)
+    };
+    let seed = |dst: &Path| {
+        nix_seed()
+            .arg("seed")
+            .arg("--source")
+            .arg(&fx.root)
+            .arg("--target")
+            .arg(dst)
+            .output()
+            .unwrap()
+    };
+
+    assert_ok(&seed(&m.path));
+    assert_store_equal(&fx.root, &m.path);
+    assert_var_seeded(&fx.root, &m.path);
+    assert_no_temp(&m.path);
+
+    fixture::add_paths(&fx.root, 30, 7);
+    assert_code(&status(&fx.root, &m.path), 1);
+    assert_ok(&seed(&m.path));
+    assert_store_equal(&fx.root, &m.path);
+    assert_code(&status(&fx.root, &m.path), 0);
+    drop(m);
+    drop(src_mount);
+}
+
+#[test]
+fn ext4() {
+    seed_on("ext4");
+}
+
+#[test]
+fn xfs() {
+    seed_on("xfs");
+}
+
+#[test]
+fn btrfs() {
+    seed_on("btrfs");
+}
+
+#[test]
+fn tmpfs() {
+    seed_on("tmpfs");
+}

@@ -1,0 +1,196 @@
+//! The README's promises about one seed: an exact copy of every missing store path,
+//! var/ without runtime files, nothing else touched, and a second run that does nothing.
+
+mod support;
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use support::cmd::{assert_code, assert_ok, copied_events, seed, status, stderr, stdout};
+use support::compare::{assert_no_temp, assert_store_equal, assert_unchanged, assert_var_seeded, snapshot};
+use support::fixture::{self, Spec};
+
+fn build(dir: &Path, paths: usize) -> fixture::Fixture {
+    fixture::build(
+        dir,
+        &Spec {
+            paths,
+            ..Spec::default()
+        },
+    )
+}
+
+#[test]
+fn first_seed_is_an_exact_copy_and_var_has_no_runtime_files() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 300);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+
+    let out = seed(&fx.root, &dst, &["--jobs", "8", "--progress", "log"]);
+    assert_ok(&out);
+    assert_store_equal(&fx.root, &dst);
+    assert_var_seeded(&fx.root, &dst);
+    assert_no_temp(&dst);
+    let summary = stdout(&out);
+    assert!(
+        summary.contains(&format!("{} store paths copied", fx.names.len())),
+        "{summary}"
+    );
+    // `.links` is Nix's optimiser index, not a store path: not copied.
+    assert!(!dst.join("store/.links").exists());
+}
+
+#[test]
+fn second_run_copies_nothing_and_takes_no_lock() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 50);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+
+    let before = snapshot(&dst);
+    let out = seed(&fx.root, &dst, &["-v", "--log-format", "json"]);
+    assert_ok(&out);
+    assert!(copied_events(&stderr(&out)).is_empty(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("\"copied\":0"), "{}", stdout(&out));
+    let after = snapshot(&dst);
+    // Not even the lock file is touched on the fast path.
+    assert_unchanged(&before, &after, |_| true);
+    assert_code(&status(&fx.root, &dst), 0);
+}
+
+#[test]
+fn new_store_paths_copy_exactly_those_and_leave_existing_entries_untouched() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 60);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+
+    let added: Vec<OsString> = fixture::add_paths(&fx.root, 25, 99);
+    let st = status(&fx.root, &dst);
+    assert_code(&st, 1);
+    assert!(stdout(&st).contains("missing: 25 store paths"), "{}", stdout(&st));
+
+    let before = snapshot(&dst.join("store"));
+    let out = seed(&fx.root, &dst, &["-v", "--log-format", "json"]);
+    assert_ok(&out);
+    let mut copied = copied_events(&stderr(&out));
+    copied.sort();
+    let mut want: Vec<String> = added.iter().map(|n| n.to_string_lossy().into_owned()).collect();
+    want.sort();
+    assert_eq!(copied, want, "exactly the new store paths are copied");
+    assert_store_equal(&fx.root, &dst);
+    let after = snapshot(&dst.join("store"));
+    let added_bytes: Vec<Vec<u8>> = added.iter().map(|n| n.as_bytes().to_vec()).collect();
+    // Every entry that existed before (other than the store directory itself, whose
+    // mtime moves when names are added) is byte-for-byte and inode-for-inode the same.
+    assert_unchanged(&before, &after, |rel| {
+        !rel.is_empty() && !added_bytes.iter().any(|a| rel.starts_with(a))
+    });
+    assert_code(&status(&fx.root, &dst), 0);
+}
+
+#[test]
+fn a_store_path_already_in_the_target_is_never_replaced() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir_all(dst.join("store")).unwrap();
+    // Another image (or a hostile pod) already has something at one of the names.
+    let name = &fx.names[3];
+    std::fs::write(dst.join("store").join(name), b"not mine").unwrap();
+    let ino = std::fs::symlink_metadata(dst.join("store").join(name)).unwrap().ino();
+
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    let m = std::fs::symlink_metadata(dst.join("store").join(name)).unwrap();
+    assert_eq!(m.ino(), ino);
+    assert_eq!(std::fs::read(dst.join("store").join(name)).unwrap(), b"not mine");
+    assert_no_temp(&dst);
+}
+
+#[test]
+fn var_is_merged_without_overwriting_and_conflicts_are_reported() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir_all(dst.join("var/nix/profiles")).unwrap();
+    std::os::unix::fs::symlink("default-7-link", dst.join("var/nix/profiles/default")).unwrap();
+    std::fs::write(dst.join("var/nix/mine"), b"keep me").unwrap();
+
+    let out = seed(&fx.root, &dst, &[]);
+    assert_ok(&out);
+    assert_eq!(
+        std::fs::read_link(dst.join("var/nix/profiles/default")).unwrap(),
+        Path::new("default-7-link")
+    );
+    assert_eq!(std::fs::read(dst.join("var/nix/mine")).unwrap(), b"keep me");
+    // The entries the target lacked were added.
+    assert!(dst.join("var/nix/profiles/default-1-link").symlink_metadata().is_ok());
+    assert!(dst.join("var/nix/db/db.sqlite").exists());
+    assert!(!dst.join("var/nix/daemon-socket").exists());
+    assert!(!dst.join("var/nix/temproots").exists());
+    let err = stderr(&out);
+    let conflicts: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("warning") && l.contains("kept the target's"))
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{err}");
+    assert!(
+        conflicts[0].contains("var/nix/profiles/default") && conflicts[0].contains("default-7-link"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = seed(&fx.root, &dst, &["--dry-run"]);
+    assert_ok(&out);
+    assert_eq!(
+        std::fs::read_dir(&dst).unwrap().count(),
+        0,
+        "dry run wrote into the target"
+    );
+    let err = stderr(&out);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("would copy")).count(),
+        fx.names.len(),
+        "{err}"
+    );
+    assert!(stdout(&out).contains(&format!("would copy {} of {}", fx.names.len(), fx.names.len())));
+}
+
+#[test]
+fn summary_goes_to_the_termination_log_and_json_lines_parse() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 10);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let term = tmp.path().join("termination-log");
+    std::fs::write(&term, b"").unwrap();
+    let out = support::cmd::seed_cmd(&fx.root, &dst, &["--log-format", "json", "--progress", "log", "-v"])
+        .env("NIX_SEED_TERMINATION_LOG", &term)
+        .env("NIX_SEED_PROGRESS_INTERVAL", "10ms")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let t = std::fs::read_to_string(&term).unwrap();
+    assert!(
+        t.starts_with("nix-seed: seeded ") && t.contains("store paths copied"),
+        "{t}"
+    );
+    for line in stderr(&out).lines().chain(stdout(&out).lines()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["ts"].is_string() && v["level"].is_string() && v["msg"].is_string(),
+            "not a log line: {line}"
+        );
+    }
+}
