@@ -58,10 +58,18 @@ fn eight_seeders_at_once_copy_each_store_path_exactly_once() {
     let children: Vec<Child> = (0..8)
         .map(|_| spawn_seed(&fx.root, &dst, &["-v", "--log-format", "json", "--jobs", "4"]))
         .collect();
+    // Drain every child's pipes at once: a seeder blocked on a full stderr pipe would
+    // hold the lock forever while the test reads another seeder's output.
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| std::thread::spawn(move || c.wait_with_output().unwrap()))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
     let mut copied = Vec::new();
     let mut waited = 0;
-    for c in children {
-        let out = c.wait_with_output().unwrap();
+    for out in outputs {
         assert_ok(&out);
         let err = stderr(&out);
         copied.extend(copied_events(&err));

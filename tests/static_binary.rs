@@ -48,7 +48,9 @@ fn seeds_inside_an_empty_chroot() {
             ..Spec::default()
         },
     );
-    let o = Command::new("chroot")
+    let chroot = support::find_tool("chroot").expect("chroot (coreutils)");
+    // No environment at all inside: no PATH, no HOME, no TERM.
+    let o = Command::new(chroot)
         .arg(&root)
         .args([
             "/nix-seed",

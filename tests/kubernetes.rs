@@ -1,0 +1,456 @@
+//! The Dockerfile and the Kubernetes examples (examples/kubernetes/, docs/kubernetes.md),
+//! checked offline:
+//!
+//! - `hadolint Dockerfile` finds nothing, and the Dockerfile builds the way the project does;
+//! - every manifest passes `kubernetes-validate --strict` against the oldest and the newest
+//!   Kubernetes schema the pinned kubernetes-validate ships;
+//! - every container that runs nix-seed uses only subcommands, flags and `NIX_SEED_*`
+//!   variables that `nix-seed --help` / `nix-seed <sub> --help` list, has
+//!   `terminationMessagePolicy: FallbackToLogsOnError`, the same resources as every other
+//!   one, and (when it seeds) runs as root, names its node and seeds a mounted volume;
+//! - node-oneshot.sh passes `bash -n` and shellcheck.
+//!
+//! The tools come from PyPI at pinned versions: `scripts/install-test-tools.sh`. Without
+//! them the tests print SKIPPED, except under `CI`, where they fail.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Oldest and newest schema versions that kubernetes-validate 1.37.0 ships.
+const KUBERNETES_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
+
+/// The files a user is told about in docs/kubernetes.md; none may go missing.
+const EXPECTED_YAML: &[&str] = &[
+    "deployment-pvc.yaml",
+    "job-oneshot.yaml",
+    "nix-conf-configmap.yaml",
+    "pod-handoff.yaml",
+    "pod-hostpath.yaml",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn examples() -> PathBuf {
+    root().join("examples/kubernetes")
+}
+
+fn yaml_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(examples())
+        .expect("read examples/kubernetes")
+        .map(|e| e.expect("dirent").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    v.sort();
+    let names: BTreeSet<String> = v.iter().map(|p| name(p)).collect();
+    for want in EXPECTED_YAML {
+        assert!(names.contains(*want), "examples/kubernetes/{want} is missing");
+    }
+    v
+}
+
+fn name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    eprintln!(
+        "$ {cmd:?}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// All documents of a YAML file as JSON, read with PyYAML (installed with
+/// kubernetes-validate, so present whenever the manifests can be validated at all).
+fn load_yaml(path: &Path) -> Vec<Value> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import json, sys, yaml\n\
+             docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+             json.dump(docs, sys.stdout)",
+        )
+        .arg(path)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "cannot parse {} as YAML with python3 + PyYAML (scripts/install-test-tools.sh installs it): {}",
+        path.display(),
+        text(&out)
+    );
+    match serde_json::from_slice(&out.stdout).expect("python3 printed JSON") {
+        Value::Array(docs) => docs,
+        other => panic!("expected a list of documents, got {other}"),
+    }
+}
+
+/// Words of a help text, stripped of the punctuation around flags and `[env: NAME=]`.
+fn words(help: &str) -> BTreeSet<String> {
+    help.split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `nix-seed [sub] --help`, which must succeed.
+fn help(sub: Option<&str>) -> String {
+    let mut cmd = Command::new(support::bin());
+    cmd.args(sub).arg("--help");
+    let out = cmd.output().expect("run nix-seed --help");
+    assert!(out.status.success(), "{cmd:?} failed: {}", text(&out));
+    String::from_utf8(out.stdout).expect("help is UTF-8")
+}
+
+/// The subcommands `nix-seed --help` lists under "Commands:".
+fn subcommands() -> BTreeSet<String> {
+    help(None)
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect()
+}
+
+/// `sub` exists and every flag and `NIX_SEED_*` name in `used` is in `nix-seed sub --help`.
+fn check_cli_use(where_: &str, sub: &str, flags: &[String], env: &[String]) -> Result<(), String> {
+    let subs = subcommands();
+    if !subs.contains(sub) {
+        return Err(format!(
+            "{where_}: `nix-seed {sub}` is not a subcommand of this nix-seed (it has: {subs:?})"
+        ));
+    }
+    let known = words(&help(Some(sub)));
+    for f in flags.iter().chain(env) {
+        if !known.contains(f) {
+            return Err(format!("{where_}: `{f}` is not in `nix-seed {sub} --help`"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn dockerfile_passes_hadolint() {
+    if !support::require_tool("hadolint") {
+        return;
+    }
+    let out = run(Command::new("hadolint")
+        .arg("--no-color")
+        .arg("Dockerfile")
+        .current_dir(root()));
+    assert!(out.status.success(), "hadolint Dockerfile: {}", text(&out));
+    assert!(
+        text(&out).trim().is_empty(),
+        "hadolint printed findings: {}",
+        text(&out)
+    );
+}
+
+/// The image is built the way the project builds: the target that .cargo/config.toml sets,
+/// `--release --locked`, and a scratch image with only the binary as its entrypoint.
+#[test]
+fn dockerfile_builds_like_the_project() {
+    let df = std::fs::read_to_string(root().join("Dockerfile")).expect("read Dockerfile");
+    let cfg = std::fs::read_to_string(root().join(".cargo/config.toml")).expect("read .cargo/config.toml");
+    let target = cfg
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("target = "))
+        .map(|t| t.trim_matches('"'))
+        .expect("[build] target in .cargo/config.toml");
+    let instructions: Vec<&str> = df.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    let body = instructions.join("\n");
+    for want in [
+        "cargo build --release --locked",
+        &format!("target/{target}/release/nix-seed"),
+        "COPY .cargo .cargo",
+        "scratch",
+        "COPY --from=build /nix-seed /nix-seed",
+        r#"ENTRYPOINT ["/nix-seed"]"#,
+    ] {
+        assert!(body.contains(want), "Dockerfile lacks `{want}`");
+    }
+    assert!(
+        !instructions.iter().any(|l| l.trim_start().starts_with("USER")),
+        "the image must run as root by default (chown): no USER"
+    );
+    let ignore = std::fs::read_to_string(root().join(".dockerignore")).expect("read .dockerignore");
+    for want in ["target", ".git"] {
+        assert!(
+            ignore.lines().any(|l| l.trim().trim_end_matches('/') == want),
+            ".dockerignore must exclude {want}"
+        );
+    }
+}
+
+#[test]
+fn manifests_pass_kubernetes_validate() {
+    if !support::require_tool("kubernetes-validate") {
+        return;
+    }
+    let files = yaml_files();
+    let resources: usize = files.iter().map(|f| load_yaml(f).len()).sum();
+    for version in KUBERNETES_VERSIONS {
+        let out = run(Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&files));
+        let t = text(&out);
+        assert!(out.status.success(), "kubernetes-validate {version}: {t}");
+        // An unknown kind is only a warning (exit 0): treat it as a failure.
+        let bad: Vec<&str> = t.lines().filter(|l| !l.starts_with("INFO")).collect();
+        assert!(bad.is_empty(), "kubernetes-validate {version}: {bad:#?}");
+        let passed = t.lines().filter(|l| l.contains(" passed for resource ")).count();
+        assert_eq!(
+            passed, resources,
+            "kubernetes-validate {version}: not every resource was validated: {t}"
+        );
+    }
+}
+
+/// The pod spec of a workload document, if it has one.
+fn pod_spec(doc: &Value) -> Option<&Value> {
+    match doc["kind"].as_str()? {
+        "Pod" => Some(&doc["spec"]),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => Some(&doc["spec"]["template"]["spec"]),
+        "CronJob" => Some(&doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+        _ => None,
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(|s| s.as_str().expect("a string").to_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn is_nix_seed(argv: &[String]) -> bool {
+    argv.first()
+        .is_some_and(|c| Path::new(c).file_name().is_some_and(|n| n == "nix-seed"))
+}
+
+#[test]
+fn manifests_use_the_cli_as_it_is() {
+    if !support::require_tool("kubernetes-validate") {
+        return;
+    }
+    let mut errors = Vec::new();
+    let mut resources: Option<(String, Value)> = None;
+    for file in yaml_files() {
+        let fname = name(&file);
+        let mut seeders_in_file = 0;
+        for doc in load_yaml(&file) {
+            let Some(spec) = pod_spec(&doc) else { continue };
+            let volume_mounts = |c: &Value| -> Vec<(String, String)> {
+                c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        (
+                            m["name"].as_str().unwrap().to_owned(),
+                            m["mountPath"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect()
+            };
+            let inits: Vec<&Value> = spec["initContainers"].as_array().into_iter().flatten().collect();
+            let mains: Vec<&Value> = spec["containers"].as_array().into_iter().flatten().collect();
+            for (is_init, c) in inits
+                .iter()
+                .map(|c| (true, *c))
+                .chain(mains.iter().map(|c| (false, *c)))
+            {
+                let cname = c["name"].as_str().unwrap_or("?");
+                let at = format!("{fname}: container {cname}");
+                let argv: Vec<String> = strings(&c["command"]).into_iter().chain(strings(&c["args"])).collect();
+                if !is_nix_seed(&argv) {
+                    continue;
+                }
+                seeders_in_file += 1;
+                if c["terminationMessagePolicy"] != "FallbackToLogsOnError" {
+                    errors.push(format!("{at}: needs terminationMessagePolicy: FallbackToLogsOnError"));
+                }
+                match &resources {
+                    None => resources = Some((at.clone(), c["resources"].clone())),
+                    Some((first, r)) if *r != c["resources"] => errors.push(format!(
+                        "{at}: resources {} differ from {first}'s {r} (keep every example the same)",
+                        c["resources"]
+                    )),
+                    Some(_) => {}
+                }
+                let Some(sub) = argv.get(1) else {
+                    errors.push(format!("{at}: runs nix-seed without a subcommand"));
+                    continue;
+                };
+                let flags: Vec<String> = argv[2..]
+                    .iter()
+                    .filter(|a| a.starts_with('-'))
+                    .map(|a| a.split('=').next().unwrap().to_owned())
+                    .collect();
+                let env: Vec<(String, &Value)> = c["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| (e["name"].as_str().unwrap().to_owned(), e))
+                    .collect();
+                let seed_env: Vec<String> = env
+                    .iter()
+                    .map(|(n, _)| n.clone())
+                    .filter(|n| n.starts_with("NIX_SEED_"))
+                    .collect();
+                if let Err(e) = check_cli_use(&at, sub, &flags, &seed_env) {
+                    errors.push(e);
+                }
+                if sub != "seed" {
+                    continue;
+                }
+                // A seeding container: names its node in the lease, runs as root, and its
+                // target is a mounted volume that the main containers mount at /nix.
+                let node = env.iter().find(|(n, _)| n == "NODE_NAME");
+                if node.is_none_or(|(_, e)| e["valueFrom"]["fieldRef"]["fieldPath"] != "spec.nodeName") {
+                    errors.push(format!("{at}: needs NODE_NAME from the downward API (spec.nodeName)"));
+                }
+                if c["securityContext"]["runAsUser"] != 0 {
+                    errors.push(format!("{at}: needs securityContext.runAsUser: 0 (chown)"));
+                }
+                let target = env
+                    .iter()
+                    .find(|(n, _)| n == "NIX_SEED_TARGET")
+                    .and_then(|(_, e)| e["value"].as_str());
+                let Some(target) = target else {
+                    errors.push(format!("{at}: needs env NIX_SEED_TARGET"));
+                    continue;
+                };
+                let Some((volume, _)) = volume_mounts(c).into_iter().find(|(_, p)| p == target) else {
+                    errors.push(format!("{at}: NIX_SEED_TARGET {target} is not a volumeMount"));
+                    continue;
+                };
+                if is_init
+                    && !mains
+                        .iter()
+                        .any(|m| volume_mounts(m).iter().any(|(n, p)| *n == volume && p == "/nix"))
+                {
+                    errors.push(format!("{at}: no main container mounts volume {volume} at /nix"));
+                }
+            }
+            if seeders_in_file == 0 {
+                errors.push(format!("{fname}: a pod without a nix-seed container"));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+    eprintln!(
+        "nix-seed containers' resources: {}",
+        resources.expect("some nix-seed container").1
+    );
+}
+
+/// `nix-seed <sub> --flags...` and `NIX_SEED_*` names written in prose, comments and
+/// scripts: the flags after a `nix-seed seed|status|...` on the same line, and every
+/// `NIX_SEED_*` name anywhere, must exist.
+fn check_text(path: &Path) -> Vec<String> {
+    let body = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let subs = subcommands();
+    let all_help: BTreeSet<String> = subs.iter().flat_map(|s| words(&help(Some(s)))).collect();
+    let mut errors = Vec::new();
+    for (n, line) in body.replace("\\\n", " ").lines().enumerate() {
+        let at = format!("{}:{}", path.strip_prefix(root()).unwrap_or(path).display(), n + 1);
+        let toks: Vec<&str> = line
+            .split(|c: char| c.is_whitespace() || c == '`' || c == '"' || c == '\'')
+            .filter(|t| !t.is_empty())
+            .collect();
+        for (i, t) in toks.iter().enumerate() {
+            if !(t.ends_with("nix-seed") || *t == "$NIX_SEED") {
+                continue;
+            }
+            let Some(sub) = toks.get(i + 1).filter(|s| subs.contains(**s) || **s == "install") else {
+                continue;
+            };
+            let flags: Vec<String> = toks[i + 2..]
+                .iter()
+                .take_while(|a| !matches!(**a, "|" | "||" | "&&" | ";" | ")"))
+                .filter(|a| a.starts_with("--") || (a.starts_with('-') && a.len() == 2))
+                .map(|a| {
+                    a.split('=')
+                        .next()
+                        .unwrap()
+                        .trim_end_matches([',', '.', ':'])
+                        .to_owned()
+                })
+                .collect();
+            if let Err(e) = check_cli_use(&at, sub, &flags, &[]) {
+                errors.push(e);
+            }
+        }
+        for t in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            // `NIX_SEED_*` (the family, in prose) is not a name.
+            if t.len() > "NIX_SEED_".len() && t.starts_with("NIX_SEED_") && !all_help.contains(t) {
+                errors.push(format!("{at}: {t} is not in any `nix-seed <sub> --help`"));
+            }
+        }
+    }
+    errors
+}
+
+#[test]
+fn prose_and_scripts_use_the_cli_as_it_is() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(examples())
+        .expect("read examples/kubernetes")
+        .map(|e| e.expect("dirent").path())
+        .collect();
+    files.push(root().join("docs/kubernetes.md"));
+    files.sort();
+    let errors: Vec<String> = files.iter().flat_map(|f| check_text(f)).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn nix_conf_configmap_matches_nix_conf() {
+    if !support::require_tool("kubernetes-validate") {
+        return;
+    }
+    let conf = std::fs::read_to_string(examples().join("nix.conf")).expect("read nix.conf");
+    for want in ["use-sqlite-wal = false", "auto-optimise-store = false", "min-free = 0"] {
+        assert!(conf.lines().any(|l| l.trim() == want), "nix.conf lacks `{want}`");
+    }
+    let docs = load_yaml(&examples().join("nix-conf-configmap.yaml"));
+    let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").expect("a ConfigMap");
+    assert_eq!(
+        cm["data"]["nix.conf"].as_str(),
+        Some(conf.as_str()),
+        "nix-conf-configmap.yaml's data.nix.conf must be nix.conf verbatim"
+    );
+}
+
+#[test]
+fn node_oneshot_script_is_valid() {
+    let script = examples().join("node-oneshot.sh");
+    let out = run(Command::new("bash").arg("-n").arg(&script));
+    assert!(out.status.success(), "bash -n: {}", text(&out));
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&script).unwrap().permissions());
+    assert!(mode & 0o111 != 0, "node-oneshot.sh must be executable");
+    if !support::require_tool("shellcheck") {
+        return;
+    }
+    let out = run(Command::new("shellcheck").arg(&script));
+    assert!(out.status.success(), "shellcheck: {}", text(&out));
+}
