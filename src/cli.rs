@@ -27,6 +27,15 @@ pub enum Command {
     Seed(SeedArgs),
     /// Report what is missing; exit 0 if nothing is, 1 if something is. Takes no lock.
     Status(StatusArgs),
+    /// Copy this binary to DEST (e.g. an emptyDir), for images that do not contain it.
+    Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Destination file, or an existing directory to put `nix-seed` in.
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -6,7 +6,9 @@
 pub mod cli;
 pub mod copy;
 pub mod dirfd;
+pub mod install;
 pub mod lock;
+pub mod nar;
 pub mod nixdb;
 pub mod plan;
 pub mod preflight;

@@ -48,6 +48,21 @@ fn main() -> ExitCode {
                 Err(e) => fail(&log, e, &signal),
             }
         }
+        Command::Install(args) => {
+            let log = Log::new(&nix_seed::cli::Output {
+                progress: nix_seed::cli::ProgressMode::None,
+                log_format: nix_seed::cli::LogFormat::Text,
+                quiet: false,
+                verbose: 0,
+            });
+            match nix_seed::install::install(&args.dest) {
+                Ok(p) => {
+                    log.info(&format!("installed {}", p.display()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&log, e, &signal),
+            }
+        }
         Command::Status(args) => {
             let log = Log::new(&args.output);
             match seed::status(&args, &log) {

@@ -84,6 +84,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log) -> Result<Outcome> {
             Some(&filter),
             Specials::Skip,
             src_var.clone(),
+            c.target_path.join("var"),
             &mut buf,
         )?;
         if p == Published::Yes {
@@ -147,6 +148,7 @@ impl Merge<'_> {
                         Some(&filter),
                         Specials::Skip,
                         self.src_root.join(&crel),
+                        self.dst_root.join(&crel),
                         &mut self.buf,
                     )?;
                     if p == Published::Yes {

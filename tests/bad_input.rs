@@ -291,3 +291,56 @@ fn help_and_version() {
         assert!(h.contains(flag), "seed --help lacks {flag}");
     }
 }
+
+#[test]
+fn a_full_target_fails_naming_the_target_path_and_leaves_nothing_half_visible() {
+    if !support::require_root("a_full_target_fails (needs root for a small tmpfs)") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 40,
+            big_file_bytes: 8 << 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    let m = support::mounts::tmpfs(&dst, 2);
+    let o = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains(&dst.display().to_string()) && err.contains("No space left"),
+        "{err}"
+    );
+    support::compare::assert_no_temp(&dst);
+    // Every store path that is visible is complete.
+    for e in std::fs::read_dir(dst.join("store")).unwrap() {
+        let name = e.unwrap().file_name();
+        let src_path = fx.root.join("store").join(&name);
+        let dst_path = dst.join("store").join(&name);
+        assert_eq!(
+            std::process::Command::new("diff")
+                .arg("-r")
+                .arg("--no-dereference")
+                .arg(&src_path)
+                .arg(&dst_path)
+                .status()
+                .unwrap()
+                .code(),
+            Some(0),
+            "{} is visible but differs",
+            dst_path.display()
+        );
+    }
+    drop(m);
+}

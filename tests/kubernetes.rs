@@ -1,4 +1,4 @@
-//! The Dockerfile and the Kubernetes examples (examples/kubernetes/, docs/kubernetes.md),
+//! The Dockerfile and the Kubernetes examples (examples/kubernetes/ and the README),
 //! checked offline:
 //!
 //! - `hadolint Dockerfile` finds nothing, and the Dockerfile builds the way the project does;
@@ -24,7 +24,7 @@ use serde_json::Value;
 /// Oldest and newest schema versions that kubernetes-validate 1.37.0 ships.
 const KUBERNETES_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
 
-/// The files a user is told about in docs/kubernetes.md; none may go missing.
+/// The files a user is told about in the README; none may go missing.
 const EXPECTED_YAML: &[&str] = &[
     "deployment-pvc.yaml",
     "job-oneshot.yaml",
@@ -417,7 +417,7 @@ fn prose_and_scripts_use_the_cli_as_it_is() {
         .expect("read examples/kubernetes")
         .map(|e| e.expect("dirent").path())
         .collect();
-    files.push(root().join("docs/kubernetes.md"));
+    files.push(root().join("README.md"));
     files.sort();
     let errors: Vec<String> = files.iter().flat_map(|f| check_text(f)).collect();
     assert!(errors.is_empty(), "{errors:#?}");

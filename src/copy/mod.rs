@@ -179,7 +179,7 @@ impl Engine {
     fn copy_store_path(
         &self,
         (src_root, src): (&Path, BorrowedFd),
-        (_, dst): (&Path, BorrowedFd),
+        (dst_root, dst): (&Path, BorrowedFd),
         name: &OsStr,
         buf: &mut Vec<u8>,
     ) -> Result<(Published, u64, u64)> {
@@ -189,7 +189,19 @@ impl Engine {
         else {
             anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
         };
-        self.copy_top(src, name, &st, dst, name, None, Specials::Error, src_path, buf)
+        let dst_path = dst_root.join(name);
+        self.copy_top(
+            src,
+            name,
+            &st,
+            dst,
+            name,
+            None,
+            Specials::Error,
+            src_path,
+            dst_path,
+            buf,
+        )
     }
 
     /// Copy one top-level entry `name` of `src` to `final_name` in `dst` atomically: build it
@@ -205,6 +217,7 @@ impl Engine {
         filter: Option<Filter>,
         specials: Specials,
         src_path: PathBuf,
+        dst_path: PathBuf,
         buf: &mut Vec<u8>,
     ) -> Result<(Published, u64, u64)> {
         let tmp = self.temp_name(final_name);
@@ -217,6 +230,7 @@ impl Engine {
             specials,
             src_path,
             rel: PathBuf::new(),
+            dst_path,
             buf,
             files: 0,
             bytes: 0,

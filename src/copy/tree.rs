@@ -46,6 +46,8 @@ pub struct Walk<'a> {
     pub src_path: PathBuf,
     /// Path below the top entry (empty for the top entry itself).
     pub rel: PathBuf,
+    /// Final path of the top entry in the target, for messages.
+    pub dst_path: PathBuf,
     pub buf: &'a mut Vec<u8>,
     pub files: u64,
     pub bytes: u64,
@@ -97,8 +99,8 @@ impl Walk<'_> {
         dst_dir: BorrowedFd,
         dst_name: &OsStr,
     ) -> Result<()> {
-        mkdirat(dst_dir, dst_name, Mode::from_bits_truncate(0o700)).with_context(|| self.at("create directory for"))?;
-        let dst = File::from(open_dir(dst_dir, dst_name).with_context(|| self.at("open the new directory for"))?);
+        mkdirat(dst_dir, dst_name, Mode::from_bits_truncate(0o700)).with_context(|| self.at("create directory"))?;
+        let dst = File::from(open_dir(dst_dir, dst_name).with_context(|| self.at("open new directory"))?);
         let src = open_dir(src_dir, src_name).with_context(|| format!("{}: cannot open", self.src_path.display()))?;
         let entries =
             crate::dirfd::list(src.as_fd()).with_context(|| format!("{}: cannot list", self.src_path.display()))?;
@@ -137,7 +139,7 @@ impl Walk<'_> {
         // Link targets are bytes: absolute, relative or dangling, copied exactly.
         let target =
             readlinkat(src_dir, src_name).with_context(|| format!("{}: cannot read link", self.src_path.display()))?;
-        symlinkat(target.as_os_str(), dst_dir, dst_name).with_context(|| self.at("create symlink for"))?;
+        symlinkat(target.as_os_str(), dst_dir, dst_name).with_context(|| self.at("create symlink"))?;
         metadata::apply_symlink(dst_dir, dst_name, st, &self.eng.ownership)
             .with_context(|| self.at("set metadata of"))?;
         self.eng.counters.symlinks.fetch_add(1, Ordering::Relaxed);
@@ -202,10 +204,10 @@ impl Walk<'_> {
         );
         let mut dst = File::from(
             openat(dst_dir, dst_name, CREATE_FLAGS, Mode::from_bits_truncate(0o600))
-                .with_context(|| self.at("create file for"))?,
+                .with_context(|| self.at("create file"))?,
         );
         let size = u64::try_from(st.st_size).unwrap_or(0);
-        let written = copy_data(&mut src, &mut dst, size, self.buf).with_context(|| self.at("copy data of"))?;
+        let written = copy_data(&mut src, &mut dst, size, self.buf).with_context(|| self.at("write"))?;
         metadata::apply_fd(&dst, st, &self.eng.ownership).with_context(|| self.at("set metadata of"))?;
         self.count_file(written);
         Ok(())
@@ -218,8 +220,13 @@ impl Walk<'_> {
         self.eng.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// A target-side failure: names the target path and the source it is a copy of.
     fn at(&self, what: &str) -> String {
-        format!("cannot {what} {}", self.src_path.display())
+        format!(
+            "cannot {what} {} (copy of {})",
+            self.dst_path.join(&self.rel).display(),
+            self.src_path.display()
+        )
     }
 }
 

@@ -1,0 +1,33 @@
+//! `nix-seed install DEST`: the hand-off of the static binary through an emptyDir.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use support::cmd::{assert_code, assert_ok, run, stderr};
+
+#[test]
+fn installs_a_runnable_copy_and_replaces_it_on_rerun() {
+    let tmp = support::scratch();
+    let dir = tmp.path().join("opt");
+    std::fs::create_dir(&dir).unwrap();
+    assert_ok(&run(["install".as_ref(), dir.as_os_str()]));
+    let bin = dir.join("nix-seed");
+    assert_eq!(std::fs::metadata(&bin).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read(&bin).unwrap(), std::fs::read(support::bin()).unwrap());
+    let o = std::process::Command::new(&bin).arg("--version").output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).starts_with("nix-seed "));
+    // An init container restarted: the file is replaced whole, no temporary left.
+    assert_ok(&run(["install".as_ref(), bin.as_os_str()]));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
+
+#[test]
+fn a_missing_directory_is_a_usage_error_and_nothing_is_written() {
+    let tmp = support::scratch();
+    let dest = tmp.path().join("no/such/dir/nix-seed");
+    let o = run(["install".as_ref(), dest.as_os_str()]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
