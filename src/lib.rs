@@ -6,10 +6,12 @@
 pub mod cli;
 pub mod copy;
 pub mod dirfd;
+pub mod gcroots;
 pub mod install;
 pub mod lock;
 pub mod nar;
 pub mod nixdb;
+pub mod nixlocks;
 pub mod plan;
 pub mod preflight;
 pub mod progress;

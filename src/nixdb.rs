@@ -1,25 +1,444 @@
-//! The Nix database in `var/nix/db`.
+//! The Nix database (`var/nix/db/db.sqlite`, schema 10): what makes store paths valid.
 //!
-//! For now the database files are copied like the rest of var/ (first seed only: an
-//! existing target database is never touched), minus Nix's runtime files. This policy is
-//! kept here, apart from the var/ walk, because the database step is to become a
-//! consistent SQLite copy plus a merge of new registrations.
+//! A store path on disk but not in `ValidPaths` is invalid to Nix, and the next garbage
+//! collection in any pod deletes it. So nix-seed registers what it copies, without a `nix`
+//! binary:
+//!
+//! - **First seed** (the target has no database): a consistent copy of the image's
+//!   database made with SQLite's backup API (never the raw files: the image's database may
+//!   be in WAL mode with committed transactions only in `db.sqlite-wal`), left in
+//!   rollback-journal mode, plus the `schema` file.
+//! - **Later seeds**: every valid path of the image that is present in the target store
+//!   but not registered there gets its `ValidPaths` row (copied verbatim: hash,
+//!   registrationTime, deriver, narSize, ultimate, sigs, ca), its `Refs` and, for a `.drv`,
+//!   its `DerivationOutputs`, all in one `BEGIN IMMEDIATE` transaction, registered last,
+//!   after the content is complete on disk.
+//!
+//! Journal mode and locking, matched to the target's Nix clients: Nix with
+//! `use-sqlite-wal = false` (what a shared network disk needs: WAL does not work across
+//! hosts) opens the database with SQLite's `unix-dotfile` VFS (a `db.sqlite.lock`
+//! directory) in `truncate` journal mode, and cannot open a WAL database at all; Nix with
+//! the default setting uses POSIX locks and converts the database to WAL when it opens it.
+//! Mixing dotfile and POSIX-lock clients on one database corrupts it. So nix-seed reads the
+//! journal mode from the database header: WAL → default VFS (and a warning on a network
+//! filesystem); rollback journal → `unix-dotfile` and `truncate`, like
+//! `use-sqlite-wal = false`. A database nix-seed creates is in rollback mode, which both
+//! kinds of clients can open.
 
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::dirfd::{lstat_at, open_dir};
 
 /// The database directory, relative to var/.
 pub const DB_DIR: &str = "nix/db";
+pub const DB_FILE: &str = "db.sqlite";
+pub const SCHEMA_VERSION: &str = "10";
 
-/// Which entries of `var/nix/db` are copied: the database, its WAL (it may hold committed
-/// transactions not yet in the main file) and the schema version. Never `big-lock`,
-/// `db.sqlite-shm` (shared memory of the image's own SQLite), `reserved` (Nix's GC
-/// reserve) or a `*.lock` (a unix-dotfile lock directory would lock the copy forever).
+/// Which entries of `var/nix/db` the var/ walk copies: only `schema`. The database itself
+/// is written by [`create`] (a backup), never copied as files; `big-lock`,
+/// `db.sqlite-shm`, `-wal`, `-journal`, `reserved` and `*.lock` are runtime files.
 pub fn keep_db_entry(name: &[u8]) -> bool {
-    matches!(name, b"db.sqlite" | b"db.sqlite-wal" | b"schema")
+    name == b"schema"
 }
 
 /// Whether `rel` (relative to var/) is inside the database directory; returns the part
 /// below it.
 pub fn db_relative(rel: &Path) -> Option<&Path> {
     rel.strip_prefix(DB_DIR).ok()
+}
+
+/// One `ValidPaths` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidPath {
+    pub path: String,
+    pub hash: String,
+    pub registration_time: i64,
+    pub deriver: Option<String>,
+    pub nar_size: Option<i64>,
+    pub ultimate: Option<i64>,
+    pub sigs: Option<String>,
+    pub ca: Option<String>,
+}
+
+impl ValidPath {
+    /// The store path's name (`/nix/store/<name>`).
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// The image's registrations.
+#[derive(Debug, Default)]
+pub struct SourceDb {
+    pub paths: Vec<ValidPath>,
+    /// (referrer, reference) store paths.
+    pub refs: Vec<(String, String)>,
+    /// (drv, output id, output path).
+    pub outputs: Vec<(String, String, String)>,
+}
+
+impl SourceDb {
+    pub fn by_name(&self) -> HashMap<&str, &ValidPath> {
+        self.paths.iter().map(|p| (p.name(), p)).collect()
+    }
+
+    /// The tops of the image's closure: valid paths no other valid path refers to. Rooting
+    /// them keeps the whole closure alive.
+    pub fn tops(&self) -> Vec<&ValidPath> {
+        let referenced: HashSet<&str> = self
+            .refs
+            .iter()
+            .filter(|(a, b)| a != b)
+            .map(|(_, b)| b.as_str())
+            .collect();
+        self.paths
+            .iter()
+            .filter(|p| !referenced.contains(p.path.as_str()))
+            .collect()
+    }
+}
+
+/// Header bytes 18 and 19 are 2 for a WAL database, 1 for a rollback-journal one.
+pub fn is_wal(db: &Path) -> Result<bool> {
+    let mut h = [0u8; 20];
+    let mut f = std::fs::File::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+    if f.read(&mut h)? < 20 {
+        return Ok(false); // empty or new: no journal mode yet
+    }
+    Ok(h[18] == 2 && h[19] == 2)
+}
+
+fn check_schema(conn: &Connection, db: &Path) -> Result<()> {
+    let want: &[(&str, &[&str])] = &[
+        (
+            "ValidPaths",
+            &[
+                "id",
+                "path",
+                "hash",
+                "registrationTime",
+                "deriver",
+                "narSize",
+                "ultimate",
+                "sigs",
+                "ca",
+            ],
+        ),
+        ("Refs", &["referrer", "reference"]),
+        ("DerivationOutputs", &["drv", "id", "path"]),
+    ];
+    for (table, cols) in want {
+        let mut st = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let have: Vec<String> = st.query_map([], |r| r.get::<_, String>(1))?.collect::<Result<_, _>>()?;
+        if have.iter().map(String::as_str).collect::<Vec<_>>() != *cols {
+            bail!(
+                "{}: table {table} has columns {:?}, not Nix's schema 10 {:?}: refusing to change it",
+                db.display(),
+                have,
+                cols
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_schema_file(dir: BorrowedFd, shown: &Path) -> Result<Option<String>> {
+    match crate::dirfd::lstat_at(dir, "schema")? {
+        None => Ok(None),
+        Some(_) => {
+            let fd = nix::fcntl::openat(
+                dir,
+                "schema",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .with_context(|| format!("cannot open {}/schema", shown.display()))?;
+            let mut s = String::new();
+            std::fs::File::from(fd).take(64).read_to_string(&mut s)?;
+            Ok(Some(s.trim().to_string()))
+        }
+    }
+}
+
+/// Read the image's database. Opened read-only in exclusive locking mode, so a WAL
+/// database is read together with its `-wal` file through heap memory: no `-shm` or `-wal`
+/// file is created in the image. `None` if the image has no database.
+pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
+    let db = db_dir.join(DB_FILE);
+    if !db.exists() {
+        return Ok(None);
+    }
+    let dir = crate::dirfd::open_root(db_dir)?;
+    if let Some(v) = read_schema_file(dir.as_fd(), db_dir)? {
+        if v != SCHEMA_VERSION {
+            bail!(
+                "{}/schema is {v}: nix-seed knows Nix's schema {SCHEMA_VERSION} only",
+                db_dir.display()
+            );
+        }
+    }
+    let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("cannot open the image's database {}", db.display()))?;
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    check_schema(&conn, &db)?;
+    let ctx = || format!("cannot read the image's database {}", db.display());
+    let mut st = conn
+        .prepare("SELECT path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca FROM ValidPaths")
+        .with_context(ctx)?;
+    let paths = st
+        .query_map([], |r| {
+            Ok(ValidPath {
+                path: r.get(0)?,
+                hash: r.get(1)?,
+                registration_time: r.get(2)?,
+                deriver: r.get(3)?,
+                nar_size: r.get(4)?,
+                ultimate: r.get(5)?,
+                sigs: r.get(6)?,
+                ca: r.get(7)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(ctx)?;
+    let mut st = conn.prepare(
+        "SELECT a.path, b.path FROM Refs r JOIN ValidPaths a ON a.id = r.referrer JOIN ValidPaths b ON b.id = r.reference",
+    )?;
+    let refs = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(ctx)?;
+    let mut st =
+        conn.prepare("SELECT v.path, d.id, d.path FROM DerivationOutputs d JOIN ValidPaths v ON v.id = d.drv")?;
+    let outputs = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(ctx)?;
+    Ok(Some(SourceDb { paths, refs, outputs }))
+}
+
+/// Write a consistent copy of the image's database to `dst_dir/db.sqlite` (which must not
+/// exist; the caller makes it appear atomically) in rollback-journal mode.
+pub fn create(src_db_dir: &Path, dst_dir: &Path, dst_name: &str) -> Result<()> {
+    let src = src_db_dir.join(DB_FILE);
+    let dst = dst_dir.join(dst_name);
+    let from = Connection::open_with_flags(&src, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| format!("cannot open the image's database {}", src.display()))?;
+    from.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    let mut to = Connection::open_with_flags(
+        &dst,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot create {}", dst.display()))?;
+    {
+        let b = rusqlite::backup::Backup::new(&from, &mut to)?;
+        b.run_to_completion(1024, Duration::ZERO, None)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+    }
+    // The backup keeps the image's journal mode in the header; a shared store wants a
+    // rollback journal (Nix with use-sqlite-wal = false cannot open a WAL database).
+    let mode: String = to.query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("delete") {
+        bail!("cannot switch {} to a rollback journal (still {mode})", dst.display());
+    }
+    check_schema(&to, &dst)?;
+    to.close().map_err(|(_, e)| e)?;
+    Ok(())
+}
+
+/// The target's database, opened the way its Nix clients open it.
+pub struct TargetDb {
+    pub conn: Connection,
+    pub wal: bool,
+    pub path: PathBuf,
+}
+
+/// Open `db_dir/db.sqlite` of the target (db_dir opened without following symlinks
+/// first; SQLite itself needs a path). Refuses a schema other than 10.
+pub fn open_target(db_dir_fd: BorrowedFd, db_dir: &Path, read_only: bool) -> Result<TargetDb> {
+    match read_schema_file(db_dir_fd, db_dir)? {
+        Some(v) if v == SCHEMA_VERSION => {}
+        Some(v) => bail!(
+            "{}/schema is {v}: nix-seed writes Nix's schema {SCHEMA_VERSION} only; nothing was registered",
+            db_dir.display()
+        ),
+        None => {}
+    }
+    if lstat_at(db_dir_fd, DB_FILE)?.is_none_or(|st| crate::dirfd::file_type(&st) != nix::sys::stat::SFlag::S_IFREG) {
+        bail!(
+            "{}/{DB_FILE} is not a regular file: refusing to open it",
+            db_dir.display()
+        );
+    }
+    let path = db_dir.join(DB_FILE);
+    let wal = is_wal(&path)?;
+    let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    flags |= if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    };
+    let conn = if wal {
+        Connection::open_with_flags(&path, flags)
+    } else {
+        Connection::open_with_flags_and_vfs(&path, flags, c"unix-dotfile")
+    }
+    .with_context(|| format!("cannot open the target's database {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(600))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if !wal && !read_only {
+        conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
+    }
+    check_schema(&conn, &path)?;
+    Ok(TargetDb { conn, wal, path })
+}
+
+impl TargetDb {
+    /// Names of the registered store paths.
+    pub fn registered(&self) -> Result<HashSet<String>> {
+        let mut st = self.conn.prepare("SELECT path FROM ValidPaths")?;
+        let v = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .map(|p| p.map(|p| p.rsplit('/').next().unwrap_or(&p).to_string()))
+            .collect::<Result<HashSet<_>, _>>()?;
+        Ok(v)
+    }
+
+    /// Registered hash and narSize of a store path.
+    pub fn hash_of(&self, path: &str) -> Result<Option<(String, Option<i64>)>> {
+        Ok(self
+            .conn
+            .query_row("SELECT hash, narSize FROM ValidPaths WHERE path = ?1", [path], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    /// All registrations (path, hash, narSize).
+    pub fn all(&self) -> Result<Vec<(String, String, Option<i64>)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT path, hash, narSize FROM ValidPaths ORDER BY path")?;
+        let v = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    }
+
+    /// Register `names` (store path names of the image, present and complete on disk) in
+    /// one transaction. `abort` is checked just before committing. Returns how many paths
+    /// were registered.
+    pub fn register(&mut self, src: &SourceDb, names: &HashSet<&str>, abort: &dyn Fn() -> bool) -> Result<usize> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .with_context(|| format!("cannot lock the target's database {}", path.display()))?;
+        let mut ids: HashMap<&str, i64> = HashMap::new();
+        {
+            let mut exists = tx.prepare("SELECT id FROM ValidPaths WHERE path = ?1")?;
+            let mut insert = tx.prepare(
+                "INSERT INTO ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for p in src.paths.iter().filter(|p| names.contains(p.name())) {
+                if exists
+                    .query_row([&p.path], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .is_some()
+                {
+                    continue;
+                }
+                insert
+                    .execute(params![
+                        p.path,
+                        p.hash,
+                        p.registration_time,
+                        p.deriver,
+                        p.nar_size,
+                        p.ultimate,
+                        p.sigs,
+                        p.ca
+                    ])
+                    .with_context(|| format!("cannot register {}", p.path))?;
+                ids.insert(p.path.as_str(), tx.last_insert_rowid());
+            }
+            let mut ref_insert = tx.prepare("INSERT OR IGNORE INTO Refs (referrer, reference) VALUES (?1, ?2)")?;
+            for (a, b) in &src.refs {
+                let Some(&ida) = ids.get(a.as_str()) else { continue };
+                let idb = match ids.get(b.as_str()) {
+                    Some(&i) => i,
+                    None => exists.query_row([b], |r| r.get::<_, i64>(0)).optional()?.with_context(|| {
+                        format!("cannot register {a}: its reference {b} is not valid in the target; nothing was registered")
+                    })?,
+                };
+                ref_insert.execute(params![ida, idb])?;
+            }
+            let mut out_insert =
+                tx.prepare("INSERT OR REPLACE INTO DerivationOutputs (drv, id, path) VALUES (?1, ?2, ?3)")?;
+            for (drv, id, out) in &src.outputs {
+                if let Some(&i) = ids.get(drv.as_str()) {
+                    out_insert.execute(params![i, id, out])?;
+                }
+            }
+        }
+        if abort() {
+            bail!("stopped before registering: nothing was registered");
+        }
+        tx.commit()
+            .with_context(|| format!("cannot commit to the target's database {}", path.display()))?;
+        Ok(ids.len())
+    }
+}
+
+/// Filesystems on which SQLite's WAL mode cannot work between hosts (statfs f_type).
+pub fn is_network_fs(fd: BorrowedFd) -> bool {
+    const NETWORK: &[i64] = &[
+        0x6969,     // NFS
+        0x65735546, // FUSE (GlusterFS, CephFS-fuse, JuiceFS, sshfs, MooseFS...)
+        0x00c36400, // CephFS
+        0xff534d42, // CIFS
+        0xfe534d42, // SMB2
+        0x01021997, // 9P
+        0x5346414f, // AFS
+        0x01161970, // GFS2
+        0x7461636f, // OCFS2
+        0x0bd00bd0, // Lustre
+    ];
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
+}
+
+/// Open `var/nix/db` of the target without following symlinks; `None` if absent.
+pub fn open_db_dir(var: BorrowedFd, var_path: &Path) -> Result<Option<std::os::fd::OwnedFd>> {
+    let nix_dir = match open_dir(var, "nix") {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}/nix (a symlink?)", var_path.display())),
+    };
+    match open_dir(nix_dir.as_fd(), "db") {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot open {}/nix/db (a symlink?)", var_path.display())),
+    }
+}
+
+/// Whether `name` has a regular file in `dir`.
+pub fn has_file(dir: BorrowedFd, name: &OsStr) -> bool {
+    lstat_at(dir, name)
+        .ok()
+        .flatten()
+        .is_some_and(|st| crate::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFREG)
+}
+
+/// `name` as a `&str` if it is UTF-8 (store path names always are).
+pub fn utf8(name: &OsStr) -> Option<&str> {
+    std::str::from_utf8(name.as_bytes()).ok()
 }

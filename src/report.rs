@@ -28,6 +28,13 @@ pub struct Report {
     pub locked: bool,
     pub ownership_preserved: bool,
     pub var: Option<var::Outcome>,
+    /// Store paths registered in the target's database.
+    pub registered: usize,
+    /// GC root links added for this image.
+    pub roots: usize,
+    /// Present-but-unregistered paths checked against the image's hashes, and replaced.
+    pub checked: u64,
+    pub replaced: u64,
 }
 
 impl Report {
@@ -78,6 +85,15 @@ impl Report {
                 self.seconds
             );
         }
+        if self.registered > 0 {
+            s.push_str(&format!("; {} registered", self.registered));
+        }
+        if self.checked > 0 {
+            s.push_str(&format!(
+                "; {} unregistered paths checked, {} replaced",
+                self.checked, self.replaced
+            ));
+        }
         if let Some(v) = &self.var {
             if v.created {
                 s.push_str("; var/ created");
@@ -110,6 +126,10 @@ impl Report {
                 "var_created": self.var.as_ref().map(|v| v.created),
                 "var_added": self.var.as_ref().map(|v| v.added),
                 "var_conflicts": self.var.as_ref().map(|v| v.conflicts),
+                "registered": self.registered,
+                "gc_roots": self.roots,
+                "checked_unregistered": self.checked,
+                "replaced": self.replaced,
             }),
         );
         termination_log(&format!("nix-seed: {line}"));

@@ -2,6 +2,8 @@
 //! `local-store.cc` uses for adding paths: validate, decide, lock, write (atomically,
 //! with canonical metadata), then record what was written last.
 
+use std::collections::HashSet;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -16,11 +18,13 @@ use crate::cli::{SeedArgs, StatusArgs};
 use crate::copy::{self, Counters, Engine, Stopped};
 use crate::dirfd::{lstat_at, open_dir};
 use crate::lock;
+use crate::nixlocks::NixLocks;
 use crate::plan::{self, Plan, IMAGES_DIR};
 use crate::preflight::{self, Checked};
 use crate::progress::{self, Log, PathEvents};
 use crate::report::Report;
 use crate::var;
+use crate::{gcroots, nar, nixdb};
 
 pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
@@ -81,9 +85,20 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let engine = Engine::new(counters.clone(), stop_flags.clone());
     let events = PathEvents(log);
 
+    let source_db = nixdb::read_source(&c.source_path.join("var").join(nixdb::DB_DIR))?;
+    if source_db.is_none() {
+        log.warn(&format!(
+            "the image has no Nix database ({}/var/nix/db/db.sqlite): store paths are copied but not registered",
+            c.source_path.display()
+        ));
+    }
+    // Nix's locks, shared: no garbage collection may run between copy and register.
+    let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
+
     let store = ensure_target_store(&c)?;
-    let removed = copy::remove_leftovers(store.as_fd(), &c.target_path.join("store"))?
-        + copy::remove_leftovers(c.target.as_fd(), &c.target_path)?;
+    let store_path = c.target_path.join("store");
+    let removed =
+        copy::remove_leftovers(store.as_fd(), &store_path)? + copy::remove_leftovers(c.target.as_fd(), &c.target_path)?;
     if removed > 0 {
         log.info(&format!(
             "removed {removed} temporary entries left by an interrupted earlier run"
@@ -93,34 +108,140 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let bar = progress::start(log.clone(), counters.clone(), args.output.progress);
     let copied = engine.copy_store_paths(
         (&c.source_store_path, c.source_store.as_fd()),
-        (&c.target_path.join("store"), store.as_fd()),
+        (&store_path, store.as_fd()),
         &plan.missing,
         args.jobs as usize,
         &events,
     );
     bar.finish();
     report.take_counters(&counters);
-    copied?;
+    let copied: HashSet<OsString> = copied?.into_iter().collect();
 
-    // var/ after the store paths, so profiles and roots never point at missing paths.
+    // What the target's database already has (empty if it has none yet).
+    let var_fd = open_dir(c.target.as_fd(), "var").ok();
+    let db_dir = match &var_fd {
+        Some(v) => nixdb::open_db_dir(v.as_fd(), &c.target_path.join("var"))?,
+        None => None,
+    };
+    let existing_db = db_dir
+        .as_ref()
+        .filter(|d| nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
+    let mut target_db = match existing_db {
+        Some(d) => Some(nixdb::open_target(
+            d.as_fd(),
+            &c.target_path.join("var").join(nixdb::DB_DIR),
+            false,
+        )?),
+        None => None,
+    };
+    if let Some(db) = &target_db {
+        if db.wal && nixdb::is_network_fs(c.target.as_fd()) {
+            log.warn(&format!(
+                "{} is in WAL mode on a network filesystem: SQLite's WAL does not work across hosts; \
+                 set use-sqlite-wal = false in every pod's nix.conf",
+                db.path.display()
+            ));
+        }
+    }
+
+    // Paths of the image present in the target, unregistered, and not copied by this run
+    // (an interrupted run, or a plain `cp`): registered only if their content is what the
+    // image registered; otherwise replaced by a fresh copy first.
+    let present: HashSet<OsString> = crate::dirfd::list(store.as_fd())?.into_iter().map(|e| e.name).collect();
+    if let Some(src_db) = &source_db {
+        let registered = match &target_db {
+            Some(db) => db.registered()?,
+            None => HashSet::new(),
+        };
+        for p in &src_db.paths {
+            let name = OsStr::new(p.name());
+            if !present.contains(name) || copied.contains(name) || registered.contains(p.name()) {
+                continue;
+            }
+            check_or_replace(&engine, &c, store.as_fd(), p, log, &mut report)?;
+        }
+    }
+
+    // var/ after the store paths, so profiles and roots never point at missing paths; a
+    // database is created here (a copy of the image's) if the target has none.
     let var_engine = Engine::new(Arc::new(Counters::default()), stop_flags);
-    let v = var::seed(&c, &var_engine, log)?;
+    let v = var::seed(&c, &var_engine, log, source_db.is_some())?;
     if var_engine.ownership.take_denied_notice() && engine.ownership.preserved() {
         log.warn(&format!(
             "cannot set file ownership in {}/var (chown refused)",
             c.target_path.display()
         ));
     }
-    if held.lost.load(std::sync::atomic::Ordering::Relaxed) {
+
+    // Register last, in one transaction.
+    let lost = || {
+        held.lost.load(std::sync::atomic::Ordering::Relaxed) || interrupted.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    if let (Some(src_db), Some(db)) = (&source_db, target_db.as_mut()) {
+        let names: HashSet<&str> = present.iter().filter_map(|n| nixdb::utf8(n)).collect();
+        report.registered = db.register(src_db, &names, &lost)?;
+    } else if v.db_created {
+        report.registered = source_db.as_ref().map_or(0, |d| d.paths.len());
+    }
+    drop(target_db);
+
+    if let Some(src_db) = &source_db {
+        let var = open_dir(c.target.as_fd(), "var")
+            .with_context(|| format!("cannot open {}/var", c.target_path.display()))?;
+        let in_store = |name: &str| present.contains(OsStr::new(name));
+        report.roots = gcroots::add(
+            &var_engine,
+            var.as_fd(),
+            &c.target_path.join("var"),
+            &plan.image_id,
+            src_db,
+            &in_store,
+        )?;
+    }
+    if lost() {
         return Err(Stopped.into());
     }
     report.var = Some(v);
     mark_image(&c, &plan)
         .with_context(|| format!("cannot record the seed in {}/.nix-seed", c.target_path.display()))?;
     report.ownership_preserved = engine.ownership.preserved();
+    drop(nix_locks);
     drop(held);
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A present but unregistered store path of the image that this run did not copy: keep
+/// it if its NAR hash is what the image registered, else swap in a fresh copy.
+fn check_or_replace(
+    engine: &Engine,
+    c: &Checked,
+    store: BorrowedFd,
+    p: &nixdb::ValidPath,
+    log: &Log,
+    report: &mut Report,
+) -> Result<()> {
+    let name = OsStr::new(p.name());
+    let shown = c.target_path.join("store").join(name);
+    let ok = match nar::hash_path(store, name, None) {
+        Ok(h) => h.hash == p.hash && p.nar_size.is_none_or(|n| n as u64 == h.size),
+        Err(_) => false,
+    };
+    report.checked += 1;
+    if ok {
+        return Ok(());
+    }
+    log.warn(&format!(
+        "{} is present but unregistered and differs from the image's: replacing it with a fresh copy",
+        shown.display()
+    ));
+    engine.replace_store_path(
+        (&c.source_store_path, c.source_store.as_fd()),
+        (&c.target_path.join("store"), store),
+        name,
+    )?;
+    report.replaced += 1;
+    Ok(())
 }
 
 /// `target/store`, created with the source store directory's mode and owner if missing.

@@ -28,7 +28,15 @@ use crate::nixdb;
 use crate::preflight::Checked;
 use crate::progress::Log;
 
-const RUNTIME_DIRS: &[&str] = &["nix/daemon-socket", "nix/gc-socket", "nix/temproots", "nix/builds"];
+/// Runtime state, and `gcroots/auto` (links to paths inside the image's own pods: they
+/// would be dangling, or worse, roots of something else, on the shared disk).
+const RUNTIME_DIRS: &[&str] = &[
+    "nix/daemon-socket",
+    "nix/gc-socket",
+    "nix/temproots",
+    "nix/builds",
+    "nix/gcroots/auto",
+];
 
 /// Whether the entry at `rel` (relative to var/) is seeded.
 pub fn keep(rel: &Path, st: &FileStat) -> bool {
@@ -58,12 +66,16 @@ pub fn keep(rel: &Path, st: &FileStat) -> bool {
 pub struct Outcome {
     /// var/ was created whole.
     pub created: bool,
+    /// The target's database was created (a copy of the image's).
+    pub db_created: bool,
     /// Entries added to an existing var/.
     pub added: u64,
     pub conflicts: u64,
 }
 
-pub fn seed(c: &Checked, eng: &Engine, log: &Log) -> Result<Outcome> {
+/// Seed var/. With `with_db`, the image's database is copied (backup API) into a target
+/// that has none, before anything makes it visible.
+pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outcome> {
     let src_var = c.source_path.join("var");
     let Some(st) = lstat_at(c.source.as_fd(), "var")? else {
         return Ok(Outcome::default());
@@ -75,7 +87,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log) -> Result<Outcome> {
     let mut out = Outcome::default();
     if lstat_at(c.target.as_fd(), "var")?.is_none() {
         let filter = |rel: &Path, st: &FileStat| keep(rel, st);
-        let (p, _, _) = eng.copy_top(
+        let built = eng.build_top(
             c.source.as_fd(),
             OsStr::new("var"),
             &st,
@@ -87,8 +99,21 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log) -> Result<Outcome> {
             c.target_path.join("var"),
             &mut buf,
         )?;
+        if with_db {
+            // Inside the temporary var/, so var/ never appears without its database.
+            let tmp_var = c.target_path.join(&built.tmp);
+            let r = open_dir(c.target.as_fd(), &built.tmp)
+                .map_err(anyhow::Error::from)
+                .and_then(|v| add_db(c, v.as_fd(), &tmp_var));
+            if let Err(e) = r {
+                let _ = remove_tree_at(c.target.as_fd(), &built.tmp);
+                return Err(e);
+            }
+        }
+        let (p, _, _) = eng.publish_top(c.target.as_fd(), built, OsStr::new("var"))?;
         if p == Published::Yes {
             out.created = true;
+            out.db_created = with_db;
             return Ok(out);
         }
     }
@@ -108,7 +133,86 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log) -> Result<Outcome> {
         out,
     };
     m.dir(src.as_fd(), dst.as_fd(), PathBuf::new())?;
-    Ok(m.out)
+    let mut out = m.out;
+    if with_db {
+        let has_db = nixdb::open_db_dir(dst.as_fd(), &c.target_path.join("var"))?
+            .is_some_and(|d| nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
+        if !has_db {
+            out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"))?;
+        }
+    }
+    Ok(out)
+}
+
+/// Create `var/nix/db/db.sqlite` in the target var/ at `var` (path `var_path`) as a copy
+/// of the image's, under a temporary name first, then linked into place (never over an
+/// existing database). Owner and mode follow the image's file. Returns false if a
+/// database appeared meanwhile.
+fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path) -> Result<bool> {
+    let src_db_dir = c.source_path.join("var").join(nixdb::DB_DIR);
+    let mk = |dir: BorrowedFd, name: &str| -> Result<std::os::fd::OwnedFd> {
+        match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(open_dir(dir, name)?)
+    };
+    let nix_dir = mk(var, "nix").with_context(|| format!("cannot open {}/nix", var_path.display()))?;
+    let db_dir = mk(nix_dir.as_fd(), "db").with_context(|| format!("cannot open {}/nix/db", var_path.display()))?;
+    let db_path = var_path.join(nixdb::DB_DIR);
+    let tmp = crate::dirfd::TEMP_PREFIX.to_string() + &format!("{}-db.sqlite", std::process::id());
+    let _ = remove_tree_at(db_dir.as_fd(), tmp.as_str());
+    let r = nixdb::create(&src_db_dir, &db_path, &tmp)
+        .and_then(|()| {
+            // On the open file: fchmodat(AT_SYMLINK_NOFOLLOW) needs /proc, which a bare
+            // container may not have.
+            let sst = nix::sys::stat::stat(&src_db_dir.join(nixdb::DB_FILE))?;
+            let fd = openat(
+                db_dir.as_fd(),
+                tmp.as_str(),
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            let _ = nix::unistd::fchown(
+                fd.as_fd(),
+                Some(nix::unistd::Uid::from_raw(sst.st_uid)),
+                Some(nix::unistd::Gid::from_raw(sst.st_gid)),
+            );
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(sst.st_mode & 0o7777))?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE));
+    let linked = r.and_then(|()| {
+        match nix::unistd::linkat(
+            db_dir.as_fd(),
+            tmp.as_str(),
+            db_dir.as_fd(),
+            nixdb::DB_FILE,
+            AtFlags::empty(),
+        ) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EEXIST) => Ok(false),
+            Err(e) => {
+                Err(anyhow::Error::from(e).context(format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE)))
+            }
+        }
+    });
+    let _ = remove_tree_at(db_dir.as_fd(), tmp.as_str());
+    let schema_src = src_db_dir.join("schema");
+    if linked.as_ref().is_ok_and(|l| *l) && !nixdb::has_file(db_dir.as_fd(), OsStr::new("schema")) {
+        let fd = nix::fcntl::openat(
+            db_dir.as_fd(),
+            "schema",
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        );
+        if let Ok(fd) = fd {
+            use std::io::Write;
+            let body = std::fs::read(&schema_src).unwrap_or_else(|_| nixdb::SCHEMA_VERSION.as_bytes().to_vec());
+            std::fs::File::from(fd).write_all(&body)?;
+        }
+    }
+    linked
 }
 
 struct Merge<'a> {
@@ -271,8 +375,17 @@ mod tests {
         assert!(!keep(Path::new("nix/profiles/sock"), &sock));
         for p in [
             "nix/db/db.sqlite",
-            "nix/db/schema",
             "nix/db/db.sqlite-wal",
+            "nix/db/db.sqlite-journal",
+            "nix/gcroots/auto/x",
+        ] {
+            assert!(
+                !keep(Path::new(p), &f),
+                "{p}: the database is written by the backup API, auto roots never"
+            );
+        }
+        for p in [
+            "nix/db/schema",
             "nix/profiles/default",
             "nix/gcroots/foo",
             "log/nix/drvs/ab/cd.bz2",

@@ -95,20 +95,76 @@ fn new_store_paths_copy_exactly_those_and_leave_existing_entries_untouched() {
 }
 
 #[test]
-fn a_store_path_already_in_the_target_is_never_replaced() {
+fn a_registered_store_path_in_the_target_is_never_replaced() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    // The target's own (registered) copy of a path is what the target says it is, even
+    // if it differs from the image's: nix-seed never modifies it.
+    let name = fx
+        .names
+        .iter()
+        .find(|n| fx.root.join("store").join(n).is_dir())
+        .unwrap();
+    let p = dst.join("store").join(name);
+    support::make_writable(&p);
+    std::fs::write(p.join("planted-by-another-pod"), b"x").unwrap();
+    std::fs::remove_dir_all(dst.join(".nix-seed/images")).unwrap(); // force the slow path
+    let before = snapshot(&dst.join("store"));
+    let out = seed(&fx.root, &dst, &["-v"]);
+    assert_ok(&out);
+    assert!(!stderr(&out).contains("replacing"), "{}", stderr(&out));
+    assert_unchanged(&before, &snapshot(&dst.join("store")), |rel| !rel.is_empty());
+    assert_no_temp(&dst);
+}
+
+#[test]
+fn a_present_but_unregistered_path_that_differs_is_replaced_and_one_that_matches_is_kept() {
     let tmp = support::scratch();
     let fx = build(&tmp.path().join("src"), 20);
     let dst = tmp.path().join("dst");
     std::fs::create_dir_all(dst.join("store")).unwrap();
-    // Another image (or a hostile pod) already has something at one of the names.
-    let name = &fx.names[3];
-    std::fs::write(dst.join("store").join(name), b"not mine").unwrap();
-    let ino = std::fs::symlink_metadata(dst.join("store").join(name)).unwrap().ino();
+    // What a plain `cp` (or a run killed between copy and register) leaves: paths on
+    // disk that no database registers. One is intact, one is not.
+    let good = fx
+        .names
+        .iter()
+        .find(|n| fx.root.join("store").join(n).is_dir())
+        .unwrap();
+    let bad = fx
+        .names
+        .iter()
+        .find(|n| *n != good && !fx.root.join("store").join(n).is_dir())
+        .unwrap();
+    let cp = |n: &OsString| {
+        assert!(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fx.root.join("store").join(n))
+            .arg(dst.join("store"))
+            .status()
+            .unwrap()
+            .success())
+    };
+    cp(good);
+    std::fs::write(dst.join("store").join(bad), b"not what the image registered").unwrap();
+    let good_ino = std::fs::symlink_metadata(dst.join("store").join(good)).unwrap().ino();
 
-    assert_ok(&seed(&fx.root, &dst, &[]));
-    let m = std::fs::symlink_metadata(dst.join("store").join(name)).unwrap();
-    assert_eq!(m.ino(), ino);
-    assert_eq!(std::fs::read(dst.join("store").join(name)).unwrap(), b"not mine");
+    let out = seed(&fx.root, &dst, &[]);
+    assert_ok(&out);
+    assert_eq!(
+        std::fs::symlink_metadata(dst.join("store").join(good)).unwrap().ino(),
+        good_ino,
+        "an intact copy is kept"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&bad.to_string_lossy().to_string()) && err.contains("replacing"),
+        "{err}"
+    );
+    assert_eq!(err.matches("replacing").count(), 1, "{err}");
+    assert_store_equal(&fx.root, &dst);
     assert_no_temp(&dst);
 }
 

@@ -128,12 +128,13 @@ impl Engine {
         names: &[OsString],
         jobs: usize,
         events: &dyn Events,
-    ) -> Result<()> {
+    ) -> Result<Vec<OsString>> {
         self.counters
             .paths_total
             .fetch_add(names.len() as u64, Ordering::Relaxed);
         let next = AtomicUsize::new(0);
         let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+        let published: Mutex<Vec<OsString>> = Mutex::new(Vec::new());
         std::thread::scope(|s| {
             for _ in 0..jobs.max(1).min(names.len().max(1)) {
                 s.spawn(|| {
@@ -149,6 +150,7 @@ impl Engine {
                         match r {
                             Ok((Published::Yes, files, bytes)) => {
                                 self.counters.paths_done.fetch_add(1, Ordering::Relaxed);
+                                published.lock().unwrap().push(name.clone());
                                 events.path_copied(name, files, bytes);
                             }
                             Ok((Published::AlreadyThere, _, _)) => {
@@ -173,7 +175,45 @@ impl Engine {
         if self.should_stop() {
             return Err(Stopped.into());
         }
-        Ok(())
+        Ok(published.into_inner().unwrap())
+    }
+
+    /// Replace the store path `name` in `dst_store` (present but not what the image
+    /// registered) by a fresh copy, swapped in as atomically as the filesystem allows.
+    pub fn replace_store_path(
+        &self,
+        (src_root, src): (&Path, BorrowedFd),
+        (dst_root, dst): (&Path, BorrowedFd),
+        name: &OsStr,
+    ) -> Result<()> {
+        let src_path = src_root.join(name);
+        let Some(st) = crate::dirfd::lstat_at(src, name)? else {
+            anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
+        };
+        let mut buf = vec![0u8; self.buf_size];
+        let tmp = self.temp_name(name);
+        let top = TopEntry::new(tmp.clone());
+        let mut walk = Walk {
+            eng: self,
+            top: &top,
+            top_parent: dst,
+            filter: None,
+            specials: Specials::Error,
+            src_path,
+            rel: PathBuf::new(),
+            dst_path: dst_root.join(name),
+            buf: &mut buf,
+            files: 0,
+            bytes: 0,
+        };
+        let r = walk.copy_entry(src, name, &st, dst, &tmp).and_then(|()| {
+            publish::replace(self, dst, &tmp, name)
+                .with_context(|| format!("cannot replace {}", dst_root.join(name).display()))
+        });
+        if r.is_err() {
+            let _ = crate::dirfd::remove_tree_at(dst, &tmp);
+        }
+        r
     }
 
     fn copy_store_path(
@@ -220,6 +260,27 @@ impl Engine {
         dst_path: PathBuf,
         buf: &mut Vec<u8>,
     ) -> Result<(Published, u64, u64)> {
+        let built = self.build_top(
+            src, name, st, dst, final_name, filter, specials, src_path, dst_path, buf,
+        )?;
+        self.publish_top(dst, built, final_name)
+    }
+
+    /// The first half of [`Engine::copy_top`]: the complete copy under its temporary name.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_top(
+        &self,
+        src: BorrowedFd,
+        name: &OsStr,
+        st: &nix::sys::stat::FileStat,
+        dst: BorrowedFd,
+        final_name: &OsStr,
+        filter: Option<Filter>,
+        specials: Specials,
+        src_path: PathBuf,
+        dst_path: PathBuf,
+        buf: &mut Vec<u8>,
+    ) -> Result<Built> {
         let tmp = self.temp_name(final_name);
         let top = TopEntry::new(tmp.clone());
         let mut walk = Walk {
@@ -236,14 +297,15 @@ impl Engine {
             bytes: 0,
         };
         let copied = walk.copy_entry(src, name, st, dst, &tmp);
-        let (files, bytes) = (walk.files, walk.bytes);
-        let src_path = walk.src_path;
-        let published = copied.and_then(|()| {
-            publish::publish(self, dst, &top, &tmp, final_name)
-                .with_context(|| format!("cannot move the finished copy of {} into place", src_path.display()))
-        });
-        match published {
-            Ok(p) => Ok((p, files, bytes)),
+        let (files, bytes, src_path) = (walk.files, walk.bytes, walk.src_path);
+        match copied {
+            Ok(()) => Ok(Built {
+                top,
+                tmp,
+                files,
+                bytes,
+                src_path,
+            }),
             Err(e) => {
                 // Best effort: a later run (under the lock) removes any leftover.
                 let _ = crate::dirfd::remove_tree_at(dst, &tmp);
@@ -251,6 +313,27 @@ impl Engine {
             }
         }
     }
+
+    /// The second half of [`Engine::copy_top`]: move the copy to its final name.
+    pub fn publish_top(&self, dst: BorrowedFd, b: Built, final_name: &OsStr) -> Result<(Published, u64, u64)> {
+        match publish::publish(self, dst, &b.top, &b.tmp, final_name) {
+            Ok(p) => Ok((p, b.files, b.bytes)),
+            Err(e) => {
+                let _ = crate::dirfd::remove_tree_at(dst, &b.tmp);
+                Err(e).with_context(|| format!("cannot move the finished copy of {} into place", b.src_path.display()))
+            }
+        }
+    }
+}
+
+/// A complete copy under its temporary name, not yet published.
+pub struct Built {
+    top: Arc<TopEntry>,
+    /// The temporary name in the destination directory.
+    pub tmp: OsString,
+    files: u64,
+    bytes: u64,
+    src_path: PathBuf,
 }
 
 /// Remove temporary entries left in `dir` by an earlier run that crashed or was killed.

@@ -93,3 +93,21 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
         Err(e) => Err(e.into()),
     }
 }
+
+/// Swap the finished copy `tmp` in for the existing `fin` and remove the old one:
+/// `renameat2(RENAME_EXCHANGE)` where the filesystem has it (one atomic step), otherwise
+/// two renames (the name is absent for a moment in between).
+pub fn replace(eng: &Engine, dir: BorrowedFd, tmp: &OsStr, fin: &OsStr) -> io::Result<()> {
+    match renameat2(dir, tmp, dir, fin, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => return remove_tree_at(dir, tmp),
+        Err(Errno::EINVAL) | Err(Errno::ENOSYS) | Err(Errno::ENOTSUP) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let old = eng.temp_name(fin);
+    renameat(dir, fin, dir, old.as_os_str())?;
+    if let Err(e) = renameat(dir, tmp, dir, fin) {
+        let _ = renameat(dir, old.as_os_str(), dir, fin);
+        return Err(e.into());
+    }
+    remove_tree_at(dir, &old)
+}

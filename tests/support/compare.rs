@@ -552,6 +552,13 @@ pub fn assert_var_seeded(src_root: &Path, dst_root: &Path) {
                     diffs.add(rel, format!("symlink target {:?} != {:?}", show(&st), show(&dt)));
                 }
             }
+            Kind::File if rel.as_slice() == b"nix/db/db.sqlite" => {
+                // A copy through SQLite's backup API: same rows, not the same bytes.
+                let (a, b) = (db_rows(sp), db_rows(dp));
+                if let Some(missing) = a.iter().find(|r| !b.contains(*r)) {
+                    diffs.add(rel, format!("registration missing or different in dst: {missing}"));
+                }
+            }
             Kind::File => {
                 if sm.size() != dm.size() {
                     diffs.add(rel, format!("size {} != {}", sm.size(), dm.size()));
@@ -573,4 +580,57 @@ pub fn assert_var_seeded(src_root: &Path, dst_root: &Path) {
         }
     }
     diffs.finish();
+}
+
+/// Every registration of a Nix database as one line (ValidPaths with their references and
+/// derivation outputs, by path), for comparing databases row by row.
+pub fn db_rows(db: &Path) -> BTreeSet<String> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    let mut out = BTreeSet::new();
+    let mut st = c
+        .prepare("SELECT path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca FROM ValidPaths")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| {
+            Ok(format!(
+                "path {} {} {} {:?} {:?} {:?} {:?} {:?}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?
+            ))
+        })
+        .unwrap();
+    out.extend(rows.map(Result::unwrap));
+    let mut st = c
+        .prepare("SELECT a.path, b.path FROM Refs r JOIN ValidPaths a ON a.id = r.referrer JOIN ValidPaths b ON b.id = r.reference")
+        .unwrap();
+    out.extend(
+        st.query_map([], |r| {
+            Ok(format!("ref {} {}", r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .unwrap()
+        .map(Result::unwrap),
+    );
+    let mut st = c
+        .prepare("SELECT v.path, d.id, d.path FROM DerivationOutputs d JOIN ValidPaths v ON v.id = d.drv")
+        .unwrap();
+    out.extend(
+        st.query_map([], |r| {
+            Ok(format!(
+                "out {} {} {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap),
+    );
+    out
 }

@@ -21,6 +21,7 @@ pub const RUNTIME_VAR_ENTRIES: &[&str] = &[
     "nix/db/big-lock",
     "nix/gc.lock",
     "nix/db/db.sqlite-shm",
+    "nix/gcroots/auto",
 ];
 
 /// The nix-base32 alphabet (no e, o, u, t).
@@ -636,7 +637,101 @@ pub fn build(root: &Path, spec: &Spec) -> Fixture {
 pub fn add_paths(root: &Path, n: usize, seed: u64) -> Vec<OsString> {
     let store = root.join("store");
     mkdir(&store);
-    make_batch(root, n, seed, 1 << 20, true)
+    let names = make_batch(root, n, seed, 1 << 20, true);
+    if root.join("var/nix/db/db.sqlite").exists() {
+        register(root, &names);
+    }
+    names
+}
+
+/// Nix's schema 10, as `nix-store` 2.8 creates it.
+pub const NIX_SCHEMA: &str = "
+CREATE TABLE ValidPaths (
+    id               integer primary key autoincrement not null,
+    path             text unique not null,
+    hash             text not null,
+    registrationTime integer not null,
+    deriver          text,
+    narSize          integer,
+    ultimate         integer,
+    sigs             text,
+    ca               text
+);
+CREATE TABLE Refs (
+    referrer  integer not null,
+    reference integer not null,
+    primary key (referrer, reference),
+    foreign key (referrer) references ValidPaths(id) on delete cascade,
+    foreign key (reference) references ValidPaths(id) on delete restrict
+);
+CREATE INDEX IndexReferrer on Refs(referrer);
+CREATE INDEX IndexReference on Refs(reference);
+CREATE TRIGGER DeleteSelfRefs before delete on ValidPaths
+  begin
+    delete from Refs where referrer = old.id and reference = old.id;
+  end;
+CREATE TABLE DerivationOutputs (
+    drv  integer not null,
+    id   text not null,
+    path text not null,
+    primary key (drv, id),
+    foreign key (drv) references ValidPaths(id) on delete cascade
+);
+CREATE INDEX IndexDerivationOutputs on DerivationOutputs(path);
+";
+
+/// Register `names` in `root/var/nix/db/db.sqlite` (created with Nix's schema if absent)
+/// with their real NAR hash and size, as Nix would: every third path refers to the one
+/// before it, some refer to themselves, and each `.drv` gets an `out` output.
+pub fn register(root: &Path, names: &[OsString]) {
+    use std::os::fd::AsFd;
+    let db_path = root.join("var/nix/db/db.sqlite");
+    mkdir(db_path.parent().unwrap());
+    let fresh = !db_path.exists();
+    let conn = rusqlite::Connection::open(&db_path).expect("open fixture db");
+    if fresh {
+        conn.execute_batch(NIX_SCHEMA).expect("create schema");
+    }
+    let store = fs::File::open(root.join("store")).expect("open store");
+    let tx = conn.unchecked_transaction().unwrap();
+    let mut prev: Option<String> = None;
+    let mut some_output: Option<String> = None;
+    for (i, n) in names.iter().enumerate() {
+        let name = n.to_str().expect("store path names are UTF-8");
+        let nar = nix_seed::nar::hash_path(store.as_fd(), n, None).expect("NAR of a fixture path");
+        let path = format!("/nix/store/{name}");
+        tx.execute(
+            "INSERT INTO ValidPaths (path, hash, registrationTime, narSize, ultimate) VALUES (?1, ?2, ?3, ?4, 1)",
+            rusqlite::params![path, nar.hash, 1_700_000_000 + i as i64, nar.size as i64],
+        )
+        .expect("insert path");
+        let id = tx.last_insert_rowid();
+        let id_of = |p: &str| -> i64 {
+            tx.query_row("SELECT id FROM ValidPaths WHERE path = ?1", [p], |r| r.get(0))
+                .expect("id")
+        };
+        if i % 3 == 1 {
+            if let Some(p) = &prev {
+                tx.execute("INSERT INTO Refs VALUES (?1, ?2)", [id, id_of(p)]).unwrap();
+            }
+        }
+        if i % 5 == 0 {
+            tx.execute("INSERT INTO Refs VALUES (?1, ?1)", [id]).unwrap();
+        }
+        if name.ends_with(".drv") {
+            if let Some(o) = &some_output {
+                tx.execute(
+                    "INSERT INTO DerivationOutputs VALUES (?1, 'out', ?2)",
+                    rusqlite::params![id, o],
+                )
+                .unwrap();
+            }
+        } else {
+            some_output.get_or_insert(path.clone());
+        }
+        prev = Some(path);
+    }
+    tx.commit().unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -677,10 +772,8 @@ fn build_var(root: &Path, seed: u64, names: &[OsString]) {
     let var = root.join("var");
     let nix = var.join("nix");
     let pick = |rng: &mut Rng| names[rng.below(names.len())].to_string_lossy().into_owned();
-    let mut db = b"SQLite format 3\0".to_vec();
-    db.extend(random_bytes(&mut rng, 16 * 1024 - 16));
-    write_file(&nix.join("db/db.sqlite"), &db, 0o644);
     write_file(&nix.join("db/schema"), b"10", 0o644);
+    register(root, names);
     write_file(&nix.join("db/big-lock"), b"", 0o600);
     write_file(&nix.join("db/db.sqlite-shm"), &random_bytes(&mut rng, 32 * 1024), 0o644);
     write_file(&nix.join("gc.lock"), b"", 0o600);

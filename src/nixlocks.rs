@@ -1,0 +1,95 @@
+//! Nix's own locks on the target, held (shared) for the whole copy-and-register window.
+//!
+//! - `var/nix/gc.lock`: a garbage collection holds `LOCK_EX` for its whole run and deletes
+//!   every store entry that is not registered (nix-seed's temporary copies and the paths
+//!   it copied but has not registered yet included). Holding `LOCK_SH` makes a GC wait
+//!   until nix-seed has registered what it copied, and nix-seed wait for a running GC.
+//! - `var/nix/db/big-lock`: every Nix process holds `LOCK_SH` while it has the store open,
+//!   and `LOCK_EX` only for schema migrations. `LOCK_SH` keeps a migration from running
+//!   under nix-seed; `LOCK_EX` would wait for every Nix process on every pod to exit.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::dirfd::open_dir;
+use crate::progress::Log;
+
+/// The shared locks; released when dropped.
+pub struct NixLocks {
+    _held: Vec<File>,
+}
+
+fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log, stop: &AtomicBool) -> Result<File> {
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::from_bits_truncate(0o600),
+    )
+    .with_context(|| format!("cannot open {} (must be a regular file)", shown.display()))?;
+    let f = File::from(fd);
+    let t0 = Instant::now();
+    let mut said = None::<Instant>;
+    loop {
+        match Errno::result(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) }) {
+            Ok(_) => return Ok(f),
+            Err(Errno::EWOULDBLOCK) => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot lock {}", shown.display())),
+        }
+        if stop.load(Ordering::Relaxed) {
+            return Err(crate::copy::Stopped.into());
+        }
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            said = Some(Instant::now());
+            log.info(&format!(
+                "waiting for {what} to finish ({} is held); waited {}s",
+                shown.display(),
+                t0.elapsed().as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl NixLocks {
+    /// Take `LOCK_SH` on `var/nix/gc.lock` and `var/nix/db/big-lock` if the target's
+    /// `var/nix` exists (otherwise no Nix can be using the target yet).
+    pub fn acquire(target: BorrowedFd, target_path: &Path, log: &Log, stop: &AtomicBool) -> Result<NixLocks> {
+        let mut held = Vec::new();
+        let Ok(var) = open_dir(target, "var") else {
+            return Ok(NixLocks { _held: held });
+        };
+        let Ok(nix_dir) = open_dir(var.as_fd(), "nix") else {
+            return Ok(NixLocks { _held: held });
+        };
+        let shown = target_path.join("var/nix/gc.lock");
+        held.push(shared_lock(
+            nix_dir.as_fd(),
+            "gc.lock",
+            &shown,
+            "a garbage collection",
+            log,
+            stop,
+        )?);
+        if let Ok(db) = open_dir(nix_dir.as_fd(), "db") {
+            let shown = target_path.join("var/nix/db/big-lock");
+            held.push(shared_lock(
+                db.as_fd(),
+                "big-lock",
+                &shown,
+                "a Nix database migration",
+                log,
+                stop,
+            )?);
+        }
+        Ok(NixLocks { _held: held })
+    }
+}
