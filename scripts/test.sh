@@ -15,6 +15,8 @@ command -v mkfs.btrfs >/dev/null || need_pkgs+=(btrfs-progs)
 command -v mkfs.ext4  >/dev/null || need_pkgs+=(e2fsprogs)
 command -v file       >/dev/null || need_pkgs+=(file)
 command -v losetup    >/dev/null || need_pkgs+=(mount)
+command -v nix-store  >/dev/null || need_pkgs+=(nix-bin)     # real Nix: the oracle for store validity
+command -v unshare    >/dev/null || need_pkgs+=(util-linux)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing ${need_pkgs[*]}"

@@ -27,8 +27,30 @@ pub enum Command {
     Seed(SeedArgs),
     /// Report what is missing; exit 0 if nothing is, 1 if something is. Takes no lock.
     Status(StatusArgs),
+    /// Recompute registered paths' NAR hashes and check Nix's canonical metadata; exit 1
+    /// on any mismatch.
+    Verify(VerifyArgs),
     /// Copy this binary to DEST (e.g. an emptyDir), for images that do not contain it.
     Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The directory holding the store to check (store/ and var/, e.g. /mnt/nix).
+    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
+    pub target: PathBuf,
+
+    /// Parallel hashing threads.
+    #[arg(long, short = 'j', env = "NIX_SEED_JOBS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: u32,
+
+    /// Only these store paths (`/nix/store/<name>` or `<name>`); default: every registered path.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +91,11 @@ pub struct SeedArgs {
     #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_duration,
           value_name = "DUR")]
     pub lock_stale: Duration,
+
+    /// After copying, recompute the NAR hash of every store path copied and compare it
+    /// with the image's database before registering anything.
+    #[arg(long, env = "NIX_SEED_VERIFY")]
+    pub verify: bool,
 
     /// Print what would be copied; change nothing and take no lock.
     #[arg(long, env = "NIX_SEED_DRY_RUN")]

@@ -18,3 +18,4 @@ pub mod progress;
 pub mod report;
 pub mod seed;
 pub mod var;
+pub mod verify;

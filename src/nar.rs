@@ -106,7 +106,8 @@ fn node(
         }
     };
     let ft = file_type(st);
-    if ft != SFlag::S_IFLNK && st.st_mtime != 1 {
+    // Nix canonicalises symlinks' times too (lutimes).
+    if st.st_mtime != 1 {
         note(format!("mtime {} (Nix's is 1)", st.st_mtime), rel);
     }
     sink.str(b"(");

@@ -169,6 +169,59 @@ fn read_schema_file(dir: BorrowedFd, shown: &Path) -> Result<Option<String>> {
     }
 }
 
+/// Open the image's database read-only, creating nothing in the image (which may be a
+/// read-only filesystem):
+/// - no `-wal` file: everything is in the main file; open it `immutable=1` (no locks, no
+///   journal or WAL files looked for or created). A non-empty `-journal` (a crash in the
+///   middle of a write) is refused: its rollback would need a write.
+/// - a `-wal` file: its committed transactions must be read. The `unix-none` VFS (no file
+///   locks: nothing writes the image's database while it is seeded, and a read-only
+///   descriptor cannot take the lock WAL's exclusive mode wants) in exclusive locking mode
+///   keeps the wal-index in heap memory instead of a `-shm` file.
+fn open_source(db: &Path) -> Result<Connection> {
+    let side = |suffix: &str| {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if side("-wal").exists() {
+        let c = Connection::open_with_flags_and_vfs(db, ro, c"unix-none")
+            .with_context(|| format!("cannot open the image's database {}", db.display()))?;
+        c.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .with_context(|| format!("cannot read the image's database {}", db.display()))?;
+        c
+    } else {
+        if std::fs::metadata(side("-journal")).is_ok_and(|m| m.len() > 0) {
+            bail!(
+                "{}-journal is not empty (the image's Nix was killed while writing): run any \
+                 nix-store command in the image once to roll it back, then rebuild the image",
+                db.display()
+            );
+        }
+        Connection::open_with_flags(uri_immutable(db), ro | OpenFlags::SQLITE_OPEN_URI)
+            .with_context(|| format!("cannot open the image's database {}", db.display()))?
+    };
+    // The first read maps the database (and its WAL): fail here with the path named.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
+        .with_context(|| format!("cannot read the image's database {}", db.display()))?;
+    Ok(conn)
+}
+
+/// `file:<path>?immutable=1`, the path percent-encoded where SQLite's URI syntax needs it.
+fn uri_immutable(db: &Path) -> String {
+    let mut s = String::from("file:");
+    for &b in db.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s.push_str("?immutable=1");
+    s
+}
+
 /// Read the image's database. Opened read-only in exclusive locking mode, so a WAL
 /// database is read together with its `-wal` file through heap memory: no `-shm` or `-wal`
 /// file is created in the image. `None` if the image has no database.
@@ -186,9 +239,7 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
             );
         }
     }
-    let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("cannot open the image's database {}", db.display()))?;
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    let conn = open_source(&db)?;
     check_schema(&conn, &db)?;
     let ctx = || format!("cannot read the image's database {}", db.display());
     let mut st = conn
@@ -230,9 +281,7 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
 pub fn create(src_db_dir: &Path, dst_dir: &Path, dst_name: &str) -> Result<()> {
     let src = src_db_dir.join(DB_FILE);
     let dst = dst_dir.join(dst_name);
-    let from = Connection::open_with_flags(&src, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("cannot open the image's database {}", src.display()))?;
-    from.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    let from = open_source(&src)?;
     let mut to = Connection::open_with_flags(
         &dst,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -35,6 +35,8 @@ pub struct Report {
     /// Present-but-unregistered paths checked against the image's hashes, and replaced.
     pub checked: u64,
     pub replaced: u64,
+    /// Store paths checked by `--verify`.
+    pub verified: usize,
 }
 
 impl Report {
@@ -88,6 +90,9 @@ impl Report {
         if self.registered > 0 {
             s.push_str(&format!("; {} registered", self.registered));
         }
+        if self.verified > 0 {
+            s.push_str(&format!("; {} verified", self.verified));
+        }
         if self.checked > 0 {
             s.push_str(&format!(
                 "; {} unregistered paths checked, {} replaced",
@@ -130,6 +135,7 @@ impl Report {
                 "gc_roots": self.roots,
                 "checked_unregistered": self.checked,
                 "replaced": self.replaced,
+                "verified": self.verified,
             }),
         );
         termination_log(&format!("nix-seed: {line}"));

@@ -24,7 +24,7 @@ use crate::preflight::{self, Checked};
 use crate::progress::{self, Log, PathEvents};
 use crate::report::Report;
 use crate::var;
-use crate::{gcroots, nar, nixdb};
+use crate::{gcroots, nar, nixdb, verify};
 
 pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
@@ -95,29 +95,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     // Nix's locks, shared: no garbage collection may run between copy and register.
     let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
 
-    let store = ensure_target_store(&c)?;
-    let store_path = c.target_path.join("store");
-    let removed =
-        copy::remove_leftovers(store.as_fd(), &store_path)? + copy::remove_leftovers(c.target.as_fd(), &c.target_path)?;
-    if removed > 0 {
-        log.info(&format!(
-            "removed {removed} temporary entries left by an interrupted earlier run"
-        ));
-    }
-
-    let bar = progress::start(log.clone(), counters.clone(), args.output.progress);
-    let copied = engine.copy_store_paths(
-        (&c.source_store_path, c.source_store.as_fd()),
-        (&store_path, store.as_fd()),
-        &plan.missing,
-        args.jobs as usize,
-        &events,
-    );
-    bar.finish();
-    report.take_counters(&counters);
-    let copied: HashSet<OsString> = copied?.into_iter().collect();
-
-    // What the target's database already has (empty if it has none yet).
+    // The target's database, opened (and its schema checked) before anything is written.
     let var_fd = open_dir(c.target.as_fd(), "var").ok();
     let db_dir = match &var_fd {
         Some(v) => nixdb::open_db_dir(v.as_fd(), &c.target_path.join("var"))?,
@@ -141,6 +119,59 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
                  set use-sqlite-wal = false in every pod's nix.conf",
                 db.path.display()
             ));
+        }
+    }
+
+    let store = ensure_target_store(&c)?;
+    let store_path = c.target_path.join("store");
+    let removed =
+        copy::remove_leftovers(store.as_fd(), &store_path)? + copy::remove_leftovers(c.target.as_fd(), &c.target_path)?;
+    if removed > 0 {
+        log.info(&format!(
+            "removed {removed} temporary entries left by an interrupted earlier run"
+        ));
+    }
+
+    let bar = progress::start(log.clone(), counters.clone(), args.output.progress);
+    let copied = engine.copy_store_paths(
+        (&c.source_store_path, c.source_store.as_fd()),
+        (&store_path, store.as_fd()),
+        &plan.missing,
+        args.jobs as usize,
+        &events,
+    );
+    bar.finish();
+    report.take_counters(&counters);
+    let copied: HashSet<OsString> = copied?.into_iter().collect();
+
+    if args.verify {
+        match &source_db {
+            None => log.warn("--verify: the image has no Nix database to verify against"),
+            Some(db) => {
+                let by_name = db.by_name();
+                let items: Vec<verify::Expect> = copied
+                    .iter()
+                    .filter_map(|n| by_name.get(nixdb::utf8(n)?))
+                    .map(|p| verify::Expect {
+                        path: p.path.clone(),
+                        hash: p.hash.clone(),
+                        nar_size: p.nar_size,
+                    })
+                    .collect();
+                let problems = verify::check(store.as_fd(), &items, args.jobs as usize);
+                for p in &problems {
+                    log.error(p);
+                }
+                if !problems.is_empty() {
+                    anyhow::bail!(
+                        "--verify: {} problems in the {} store paths copied to {}; nothing was registered",
+                        problems.len(),
+                        items.len(),
+                        store_path.display()
+                    );
+                }
+                report.verified = items.len();
+            }
         }
     }
 
@@ -317,22 +348,61 @@ fn write_marker(images: BorrowedFd, c: &Checked, plan: &Plan) -> Result<()> {
 pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
     let c = preflight::check(&args.paths.source, &args.paths.target, false, false)?;
     let plan = Plan::compute(&c)?;
+    // Registration: what the target's database says about its store.
+    let mut unregistered = None;
+    let mut missing_registered = None;
+    let mut image_unregistered = None;
+    if let Ok(var) = open_dir(c.target.as_fd(), "var") {
+        let var_path = c.target_path.join("var");
+        if let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? {
+            if nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
+                let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
+                let registered = db.registered()?;
+                let present: HashSet<String> = match plan::open_target_store(&c)? {
+                    Some(fd) => crate::dirfd::list(fd.as_fd())?
+                        .into_iter()
+                        .filter_map(|e| e.name.into_string().ok())
+                        .filter(|n| plan::is_store_path_name(n.as_bytes()))
+                        .collect(),
+                    None => HashSet::new(),
+                };
+                unregistered = Some(present.iter().filter(|n| !registered.contains(*n)).count());
+                missing_registered = Some(registered.iter().filter(|n| !present.contains(*n)).count());
+                image_unregistered = Some(
+                    plan.source
+                        .iter()
+                        .filter(|n| n.to_str().is_some_and(|n| !registered.contains(n)))
+                        .count(),
+                );
+            }
+        }
+    }
     let fields = json!({
         "source": c.source_path.to_string_lossy(),
         "source_store_paths": plan.source.len(),
         "target": c.target_path.to_string_lossy(),
         "target_store_paths": plan.target_count,
         "missing_store_paths": plan.missing.len(),
+        "image_unregistered": image_unregistered,
+        "present_unregistered": unregistered,
+        "registered_missing": missing_registered,
         "image_id": plan.image_id,
         "image_seeded": plan.image_marked,
     });
+    let count = |o: Option<usize>| o.map_or("- (no database)".to_string(), |n| n.to_string());
     let text = format!(
-        "source: {} ({} store paths)\ntarget: {} ({} store paths)\nmissing: {} store paths\nimage {}: {}",
+        "source: {} ({} store paths)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
+         image paths not registered in the target: {}\n\
+         target paths present but not registered: {}\n\
+         target paths registered but missing: {}\nimage {}: {}",
         c.source_path.display(),
         plan.source.len(),
         c.target_path.display(),
         plan.target_count,
         plan.missing.len(),
+        count(image_unregistered),
+        count(unregistered),
+        count(missing_registered),
         plan.image_id,
         if plan.image_marked {
             "seeded"
@@ -348,5 +418,5 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
             json!({"path": n.to_string_lossy()}),
         );
     }
-    Ok(plan.is_complete())
+    Ok(plan.is_complete() && image_unregistered.unwrap_or(0) == 0)
 }

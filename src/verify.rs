@@ -1,0 +1,112 @@
+//! `nix-seed verify`: recompute each registered path's NAR hash and size and compare with
+//! the database, in parallel; check Nix's canonical metadata (files 0444/0555,
+//! directories 0555, mtime 1 everywhere). One line per problem.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+
+use crate::dirfd::{lstat_at, open_dir, open_root};
+use crate::nar;
+use crate::nixdb;
+
+/// One path to check: its store path and what is registered for it.
+pub struct Expect {
+    pub path: String,
+    pub hash: String,
+    pub nar_size: Option<i64>,
+}
+
+/// Check `items` against the store at `store` with `jobs` threads; returns problem lines,
+/// sorted.
+pub fn check(store: BorrowedFd, items: &[Expect], jobs: usize) -> Vec<String> {
+    let next = AtomicUsize::new(0);
+    let problems = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(e) = items.get(i) else { break };
+                let found = check_one(store, e);
+                problems.lock().unwrap().extend(found);
+            });
+        }
+    });
+    let mut v = problems.into_inner().unwrap();
+    v.sort();
+    v
+}
+
+fn check_one(store: BorrowedFd, e: &Expect) -> Vec<String> {
+    let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+    match lstat_at(store, name) {
+        Ok(None) => return vec![format!("{}: registered but missing from the store", e.path)],
+        Err(err) => return vec![format!("{}: cannot stat: {err}", e.path)],
+        Ok(Some(_)) => {}
+    }
+    let mut irregular = Vec::new();
+    let mut out = Vec::new();
+    match nar::hash_path(store, std::ffi::OsStr::new(name), Some(&mut irregular)) {
+        Err(err) => out.push(format!("{}: cannot serialise: {err}", e.path)),
+        Ok(h) => {
+            if h.hash != e.hash {
+                out.push(format!("{}: NAR hash {} but {} is registered", e.path, h.hash, e.hash));
+            }
+            if let Some(n) = e.nar_size.filter(|n| *n as u64 != h.size) {
+                out.push(format!("{}: NAR size {} but {n} is registered", e.path, h.size));
+            }
+        }
+    }
+    for i in irregular {
+        let at = if i.rel.is_empty() {
+            e.path.clone()
+        } else {
+            format!("{}/{}", e.path, i.rel)
+        };
+        out.push(format!("{at}: {}", i.what));
+    }
+    out
+}
+
+/// The registered paths of the target at `target` (or those named in `only`: store paths,
+/// names, or paths ending in a name), and the problems found in them.
+pub fn verify_target(target: &Path, only: &[String], jobs: usize) -> Result<(usize, Vec<String>)> {
+    let root = open_root(target).with_context(|| format!("cannot open target {}", target.display()))?;
+    let store = open_dir(root.as_fd(), "store").with_context(|| {
+        format!(
+            "cannot open {}/store (must be a directory, not a symlink)",
+            target.display()
+        )
+    })?;
+    let var = open_dir(root.as_fd(), "var").with_context(|| format!("cannot open {}/var", target.display()))?;
+    let var_path = target.join("var");
+    let db_dir = nixdb::open_db_dir(var.as_fd(), &var_path)?
+        .with_context(|| format!("{} has no Nix database (var/nix/db)", target.display()))?;
+    let db = nixdb::open_target(db_dir.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
+    let all = db.all()?;
+    let mut problems = Vec::new();
+    let items: Vec<Expect> = if only.is_empty() {
+        all.into_iter()
+            .map(|(path, hash, nar_size)| Expect { path, hash, nar_size })
+            .collect()
+    } else {
+        let mut v = Vec::new();
+        for want in only {
+            let name = want.trim_end_matches('/').rsplit('/').next().unwrap_or(want);
+            match all.iter().find(|(p, _, _)| p.rsplit('/').next() == Some(name)) {
+                Some((path, hash, nar_size)) => v.push(Expect {
+                    path: path.clone(),
+                    hash: hash.clone(),
+                    nar_size: *nar_size,
+                }),
+                None => problems.push(format!("{want}: not registered in {}", db.path.display())),
+            }
+        }
+        v
+    };
+    problems.extend(check(store.as_fd(), &items, jobs));
+    Ok((items.len(), problems))
+}

@@ -1,0 +1,551 @@
+//! The README's promises about the Nix database, with real Nix (Debian's nix-bin) as the
+//! oracle: stores built by Nix itself (scripts/make-real-store.sh), seeded by nix-seed,
+//! then checked by Nix the way a pod sees them (the target bind-mounted at /nix in a
+//! private mount namespace).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::cmd::{assert_code, assert_ok, nix_seed, seed_cmd, stderr, stdout, text};
+use support::compare::db_rows;
+
+fn nix_available(test: &str) -> bool {
+    support::require_root(&format!("{test} (real Nix needs root)")) && support::require_tool("nix-store")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A store built by real Nix at `root/nix` (variant v1 or v2).
+fn real_store(root: &Path, variant: &str, wal: bool) -> PathBuf {
+    let mut c = Command::new("bash");
+    c.arg(repo().join("scripts/make-real-store.sh"));
+    if !wal {
+        c.arg("--no-wal");
+    }
+    if root.join("nix").exists() {
+        c.arg("--reuse");
+    }
+    let o = c
+        .arg(root)
+        .arg(variant)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "make-real-store.sh failed:\n{}", text(&o));
+    root.to_path_buf()
+}
+
+fn nix_config(wal: bool) -> String {
+    format!("substituters =\nbuild-users-group =\nexperimental-features = nix-command\nuse-sqlite-wal = {wal}\n")
+}
+
+/// Run a shell command as a pod would: `nix` (a target or image root holding store/ and
+/// var/) bind-mounted at /nix in a private mount namespace, with `use-sqlite-wal` set the
+/// way that store's database is (Nix with WAL off cannot open a WAL database, and Nix with
+/// WAL on converts a rollback one).
+fn in_pod(nix: &Path, script: &str) -> Output {
+    let wal = nix_seed_db_is_wal(nix);
+    Command::new("unshare")
+        .arg("-m")
+        .arg("sh")
+        .arg("-c")
+        .arg(format!(
+            "mkdir -p /nix && mount --bind '{}' /nix && {script}",
+            nix.display()
+        ))
+        .env("NIX_CONFIG", nix_config(wal))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Valid paths of a Nix root (holding store/ and var/), from its database.
+fn valid_paths(nix: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open_with_flags(
+        nix.join("var/nix/db/db.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = c.prepare("SELECT path FROM ValidPaths ORDER BY path").unwrap();
+    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+}
+
+/// What Nix says about one image's closure in the target: every path valid, the same
+/// references as in the image, none dead for the garbage collector, and contents that
+/// `nix-store --verify --check-contents` accepts (run on a copy: --verify repairs).
+fn assert_nix_accepts(target: &Path, image: &Path) {
+    let paths = valid_paths(image);
+    assert!(!paths.is_empty());
+    let o = in_pod(target, &format!("nix-store --check-validity {}", paths.join(" ")));
+    assert!(
+        o.status.success(),
+        "nix-store --check-validity failed on the target:\n{}",
+        text(&o)
+    );
+
+    for p in &paths {
+        let q = |root: &Path| {
+            let o = in_pod(root, &format!("nix-store -q --references {p}"));
+            assert!(o.status.success(), "{}", text(&o));
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(q(target), q(image), "references of {p} differ");
+    }
+
+    let o = in_pod(target, "nix-store --gc --print-dead");
+    assert!(o.status.success(), "{}", text(&o));
+    let dead: BTreeSet<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
+    let image_dead: Vec<&String> = paths.iter().filter(|p| dead.contains(*p)).collect();
+    assert!(image_dead.is_empty(), "image paths a GC would delete: {image_dead:?}");
+
+    let copy = target
+        .parent()
+        .unwrap()
+        .join(format!("verify-copy-{}", std::process::id()));
+    let _ = Command::new("rm").arg("-rf").arg(&copy).status();
+    std::fs::create_dir_all(&copy).unwrap();
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(target)
+        .arg(copy.join("nix"))
+        .status()
+        .unwrap()
+        .success());
+    let o = in_pod(&copy.join("nix"), "nix-store --verify --check-contents");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success() && !all.contains("modified") && !all.contains("error"),
+        "--verify:\n{all}"
+    );
+    support::make_writable(&copy);
+    std::fs::remove_dir_all(&copy).unwrap();
+}
+
+fn seed(image: &Path, target: &Path, args: &[&str]) -> Output {
+    seed_cmd(&image.join("nix"), target, args).output().unwrap()
+}
+
+fn db_dir_listing(nix: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(nix.join("var/nix/db"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn first_seed_of_a_real_store_is_valid_to_nix_and_leaves_the_image_untouched() {
+    if !nix_available("first_seed_of_a_real_store") {
+        return;
+    }
+    let tmp = support::scratch();
+    let image = real_store(&tmp.path().join("v1"), "v1", true);
+    let before = db_dir_listing(&image.join("nix"));
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+
+    let out = seed(&image, &target, &["--verify"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("verified"), "{}", text(&out));
+    assert_eq!(
+        db_dir_listing(&image.join("nix")),
+        before,
+        "no -wal/-shm left in the image"
+    );
+    // Row for row the image's registrations (not the raw file: a backup).
+    assert_eq!(
+        db_rows(&target.join("var/nix/db/db.sqlite")),
+        db_rows(&image.join("nix/var/nix/db/db.sqlite"))
+    );
+    assert!(
+        !nix_seed_db_is_wal(&target),
+        "a shared store's database is created in rollback mode"
+    );
+    assert_nix_accepts(&target, &image.join("nix"));
+    assert!(target.join("var/nix/gcroots/nix-seed").read_dir().unwrap().count() == 1);
+    assert!(
+        !target.join("var/nix/gcroots/auto").exists(),
+        "the image's auto roots are pod-local"
+    );
+}
+
+fn nix_seed_db_is_wal(target: &Path) -> bool {
+    let h = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
+    h[18] == 2
+}
+
+#[test]
+fn image_v1_then_v2_both_valid_and_safe_from_garbage_collection() {
+    if !nix_available("image_v1_then_v2") {
+        return;
+    }
+    let tmp = support::scratch();
+    let v1 = real_store(&tmp.path().join("v1"), "v1", true);
+    let v2 = real_store(&tmp.path().join("v2"), "v2", false);
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+
+    assert_ok(&seed(&v1, &target, &[]));
+    let out = seed(&v2, &target, &["-v"]);
+    assert_ok(&out);
+    assert!(stdout(&out).contains("registered"), "{}", text(&out));
+    // Both images, each entirely.
+    assert_nix_accepts(&target, &v1.join("nix"));
+    assert_nix_accepts(&target, &v2.join("nix"));
+    let rows = db_rows(&target.join("var/nix/db/db.sqlite"));
+    for image in [&v1, &v2] {
+        let theirs = db_rows(&image.join("nix/var/nix/db/db.sqlite"));
+        // Shared paths keep v1's registration (registrationTime); compare by path and hash.
+        let key = |r: &String| r.split(' ').take(3).collect::<Vec<_>>().join(" ");
+        let ours: BTreeSet<String> = rows.iter().map(key).collect();
+        for r in theirs.iter().filter(|r| r.starts_with("path ")) {
+            assert!(ours.contains(&key(r)), "missing in the target: {r}");
+        }
+    }
+    assert_eq!(
+        target.join("var/nix/gcroots/nix-seed").read_dir().unwrap().count(),
+        2,
+        "one root dir per image"
+    );
+    // The profile of v1 stays: v2's differing profile links are reported, not written.
+    assert!(stderr(&out).contains("kept the target's"), "{}", stderr(&out));
+}
+
+#[test]
+fn alternating_images_add_nothing_the_second_time() {
+    if !nix_available("alternating_images") {
+        return;
+    }
+    let tmp = support::scratch();
+    let v1 = real_store(&tmp.path().join("v1"), "v1", true);
+    let v2 = real_store(&tmp.path().join("v2"), "v2", true);
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    for image in [&v1, &v2] {
+        assert_ok(&seed(image, &target, &[]));
+    }
+    let db = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
+    for image in [&v1, &v2, &v1] {
+        let out = seed(image, &target, &[]);
+        assert_ok(&out);
+        assert!(stdout(&out).contains("nothing to do"), "{}", text(&out));
+    }
+    assert_eq!(
+        std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap(),
+        db,
+        "the no-op never writes"
+    );
+    assert_nix_accepts(&target, &v1.join("nix"));
+    assert_nix_accepts(&target, &v2.join("nix"));
+}
+
+#[test]
+fn killed_between_copy_and_register_then_rerun() {
+    if !nix_available("killed_between_copy_and_register") {
+        return;
+    }
+    let tmp = support::scratch();
+    let v1 = real_store(&tmp.path().join("v1"), "v1", true);
+    let v2 = real_store(&tmp.path().join("v2"), "v2", true);
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    assert_ok(&seed(&v1, &target, &[]));
+
+    // Stop the seeder exactly between copy and register: v2's image gets a large file in
+    // var/log (copied after the store paths, before registering), the seeder is paused
+    // once v2's store paths are all in place, and a Nix client (a unix-dotfile lock: the
+    // directory db.sqlite.lock) takes the database's lock; then the seeder is resumed,
+    // blocks on that lock, and is killed there.
+    let big = v2.join("nix/var/log/nix/big.log");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(2 << 30).unwrap(); // sparse: cheap to make, slow enough to copy
+    drop(f);
+    let v2_names: Vec<String> = valid_paths(&v2.join("nix"))
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let mut child = seed_cmd(&v2.join("nix"), &target, &[]).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !v2_names
+        .iter()
+        .all(|n| target.join("store").join(n).symlink_metadata().is_ok())
+    {
+        assert!(t0.elapsed().as_secs() < 60, "the seeder did not copy v2's paths");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    let registered = valid_paths(&target);
+    assert!(
+        v2_names
+            .iter()
+            .any(|n| !registered.iter().any(|p| p.ends_with(n.as_str()))),
+        "the seeder registered before it could be paused (var/log copy too fast?)"
+    );
+    let lock = target.join("var/nix/db/db.sqlite.lock");
+    std::fs::create_dir(&lock).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    std::fs::remove_dir(&lock).unwrap();
+    std::fs::remove_file(&big).unwrap();
+
+    // Copied but not registered: Nix says so.
+    let st = nix_seed()
+        .arg("status")
+        .arg("--source")
+        .arg(v2.join("nix"))
+        .arg("--target")
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_code(&st, 1);
+    assert!(
+        !stdout(&st).contains("image paths not registered in the target: 0"),
+        "{}",
+        text(&st)
+    );
+
+    // Tamper with one of the unregistered copies, as a bad plain copy would.
+    let app = v2_names
+        .iter()
+        .find(|n| n.contains("seed-app-2.0") && !n.ends_with(".drv"))
+        .unwrap();
+    let f = target.join("store").join(app).join("bin/app");
+    support::make_writable(&target.join("store").join(app));
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&f, b"#!/bin/sh\necho tampered\n").unwrap();
+
+    let out = seed(&v2, &target, &[]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains(app.as_str()) && stderr(&out).contains("replacing"),
+        "{}",
+        text(&out)
+    );
+    assert_nix_accepts(&target, &v1.join("nix"));
+    assert_nix_accepts(&target, &v2.join("nix"));
+    let v = nix_seed().arg("verify").arg("--target").arg(&target).output().unwrap();
+    assert_ok(&v);
+    assert!(!target.join("var/nix/db/db.sqlite.lock").exists());
+}
+
+#[test]
+fn a_target_database_in_wal_mode_and_one_in_truncate_mode() {
+    if !nix_available("target_database_modes") {
+        return;
+    }
+    for wal in [true, false] {
+        let tmp = support::scratch();
+        // The target was made by Nix itself (v1), in WAL mode or with use-sqlite-wal = false.
+        let t = real_store(&tmp.path().join("t"), "v1", wal);
+        let target = t.join("nix");
+        assert_eq!(nix_seed_db_is_wal(&target), wal);
+        let v2 = real_store(&tmp.path().join("v2"), "v2", wal);
+        let out = seed(&v2, &target, &[]);
+        assert_ok(&out);
+        assert_eq!(nix_seed_db_is_wal(&target), wal, "the target's journal mode is kept");
+        assert!(!target.join("var/nix/db/db.sqlite.lock").exists());
+        assert_nix_accepts(&target, &v2.join("nix"));
+        let o = in_pod(&target, "nix-store --check-validity $(ls -d /nix/store/*-seed-app-1.0)");
+        assert!(o.status.success(), "the target's own paths stay valid:\n{}", text(&o));
+    }
+}
+
+#[test]
+fn verify_agrees_with_nix_and_catches_each_tampering() {
+    if !nix_available("verify") {
+        return;
+    }
+    let tmp = support::scratch();
+    let image = real_store(&tmp.path().join("v1"), "v1", true);
+    // On a store Nix itself built, every NAR hash nix-seed computes is the one Nix registered.
+    let o = nix_seed()
+        .arg("verify")
+        .arg("--target")
+        .arg(image.join("nix"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains(&format!(
+            "verified {} store paths",
+            valid_paths(&image.join("nix")).len()
+        )),
+        "{}",
+        text(&o)
+    );
+
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    assert_ok(&seed(&image, &target, &[]));
+    let verify = || {
+        nix_seed()
+            .arg("verify")
+            .arg("--target")
+            .arg(&target)
+            .arg("-j")
+            .arg("4")
+            .output()
+            .unwrap()
+    };
+    assert_ok(&verify());
+
+    let paths = valid_paths(&image.join("nix"));
+    let name = |needle: &str| -> PathBuf {
+        let p = paths
+            .iter()
+            .find(|p| p.contains(needle) && !p.ends_with(".drv"))
+            .unwrap();
+        target.join("store").join(p.rsplit('/').next().unwrap())
+    };
+    let app = name("seed-app-1.0");
+    let libc_ = name("seed-libc-1.0");
+    let multi = name("seed-multi-1.0-dev");
+    for d in [&app, &libc_, &multi] {
+        support::make_writable(d);
+    }
+    // Content changed.
+    let f = app.join("bin/app");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(&f, &bytes).unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // Mode changed (not in the NAR unless the execute bit moves: a metadata problem).
+    let lib = std::fs::read_dir(libc_.join("lib"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // An extra file.
+    std::fs::write(multi.join("extra"), b"x").unwrap();
+
+    let o = verify();
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    let line = |p: &Path, what: &str| {
+        err.lines()
+            .any(|l| l.contains(p.file_name().unwrap().to_str().unwrap()) && l.contains(what))
+    };
+    assert!(line(&app, "NAR hash"), "content change not caught:\n{err}");
+    assert!(line(&lib, "file mode 0644"), "chmod not caught:\n{err}");
+    assert!(line(&multi, "NAR hash"), "extra file not caught:\n{err}");
+    assert!(line(&multi, "mtime"), "the extra file's mtime is not Nix's:\n{err}");
+    // Only the named path.
+    let o = nix_seed()
+        .arg("verify")
+        .arg("--target")
+        .arg(&target)
+        .arg(paths.iter().find(|p| p.contains("seed-link")).unwrap())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    // A registered path gone.
+    std::fs::remove_dir_all(&multi).unwrap();
+    let o = verify();
+    assert!(stderr(&o).contains("registered but missing"), "{}", text(&o));
+}
+
+#[test]
+fn a_target_database_with_another_schema_is_refused_and_left_alone() {
+    if !nix_available("schema_mismatch") {
+        return;
+    }
+    let tmp = support::scratch();
+    let v1 = real_store(&tmp.path().join("v1"), "v1", true);
+    let v2 = real_store(&tmp.path().join("v2"), "v2", true);
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    assert_ok(&seed(&v1, &target, &[]));
+    std::fs::write(target.join("var/nix/db/schema"), b"11").unwrap();
+    let db = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
+    let store_before = std::fs::read_dir(target.join("store")).unwrap().count();
+    let out = seed(&v2, &target, &[]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("schema is 11"), "{}", text(&out));
+    assert_eq!(std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap(), db);
+    assert_eq!(
+        std::fs::read_dir(target.join("store")).unwrap().count(),
+        store_before,
+        "nothing copied"
+    );
+}
+
+/// A source database whose committed transactions are only in `db.sqlite-wal` (an image
+/// built while Nix was running, or snapshotted), on a read-only filesystem: the copy has
+/// every row, and nothing is created in the image.
+#[test]
+fn a_wal_only_source_database_on_a_read_only_image_is_copied_consistently() {
+    if !support::require_root("a_wal_only_source_database (needs root for a read-only bind mount)") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = support::fixture::build(
+        &tmp.path().join("src"),
+        &support::fixture::Spec {
+            paths: 30,
+            ..Default::default()
+        },
+    );
+    let db = fx.root.join("var/nix/db/db.sqlite");
+    let want = db_rows(&db);
+    // Rebuild the database so that all its content sits in the WAL.
+    let work = tmp.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let c = rusqlite::Connection::open(work.join("db.sqlite")).unwrap();
+    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+    c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+    c.execute_batch(support::fixture::NIX_SCHEMA).unwrap();
+    c.execute("ATTACH ?1 AS old", [db.to_str().unwrap()]).unwrap();
+    c.execute_batch(
+        "INSERT INTO ValidPaths SELECT * FROM old.ValidPaths; INSERT INTO Refs SELECT * FROM old.Refs; \
+         INSERT INTO DerivationOutputs SELECT * FROM old.DerivationOutputs; DETACH old;",
+    )
+    .unwrap();
+    for f in ["db.sqlite", "db.sqlite-wal"] {
+        std::fs::copy(work.join(f), fx.root.join("var/nix/db").join(f)).unwrap();
+    }
+    drop(c);
+    let _ = std::fs::remove_file(fx.root.join("var/nix/db/db.sqlite-shm"));
+    let listing = db_dir_listing(&fx.root);
+    let wal_bytes = std::fs::read(fx.root.join("var/nix/db/db.sqlite-wal")).unwrap();
+    assert!(wal_bytes.len() > 4096, "the rows are in the WAL");
+
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    assert!(Command::new("mount")
+        .arg("--bind")
+        .arg("-o")
+        .arg("ro")
+        .arg(&fx.root)
+        .arg(&ro)
+        .status()
+        .unwrap()
+        .success());
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = seed_cmd(&ro, &dst, &[]).output().unwrap();
+    let _ = Command::new("umount").arg(&ro).status();
+    assert_ok(&out);
+    assert_eq!(db_rows(&dst.join("var/nix/db/db.sqlite")), want);
+    assert_eq!(db_dir_listing(&fx.root), listing, "nothing created in the image");
+    assert_eq!(
+        std::fs::read(fx.root.join("var/nix/db/db.sqlite-wal")).unwrap(),
+        wal_bytes
+    );
+}
