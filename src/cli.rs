@@ -25,10 +25,12 @@ pub struct Cli {
 pub enum Command {
     /// Copy the store paths the target lacks, then seed var/ (takes the lock).
     Seed(SeedArgs),
-    /// Report what is missing; exit 0 if nothing is, 1 if something is. Takes no lock.
+    /// Report what is missing; exit 0 if nothing is, 1 if something is (takes no lock).
     Status(StatusArgs),
-    /// Recompute registered paths' NAR hashes and check Nix's canonical metadata; exit 1
-    /// on any mismatch.
+    /// Check registered paths against their NAR hashes; exit 1 on any problem.
+    ///
+    /// Recomputes each registered path's NAR hash and size and checks Nix's canonical
+    /// metadata (files 0444/0555, directories 0555, mtime 1).
     Verify(VerifyArgs),
     /// Copy this binary to DEST (e.g. an emptyDir), for images that do not contain it.
     Install(InstallArgs),

@@ -12,138 +12,9 @@ use std::process::{Command, Output};
 
 use support::cmd::{assert_code, assert_ok, nix_seed, seed_cmd, stderr, stdout, text};
 use support::compare::db_rows;
-
-fn nix_available(test: &str) -> bool {
-    support::require_root(&format!("{test} (real Nix needs root)")) && support::require_tool("nix-store")
-}
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A store built by real Nix at `root/nix` (variant v1 or v2).
-fn real_store(root: &Path, variant: &str, wal: bool) -> PathBuf {
-    let mut c = Command::new("bash");
-    c.arg(repo().join("scripts/make-real-store.sh"));
-    if !wal {
-        c.arg("--no-wal");
-    }
-    if root.join("nix").exists() {
-        c.arg("--reuse");
-    }
-    let o = c
-        .arg(root)
-        .arg(variant)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "make-real-store.sh failed:\n{}", text(&o));
-    root.to_path_buf()
-}
-
-fn nix_config(wal: bool) -> String {
-    format!("substituters =\nbuild-users-group =\nexperimental-features = nix-command\nuse-sqlite-wal = {wal}\n")
-}
-
-/// Run a shell command as a pod would: `nix` (a target or image root holding store/ and
-/// var/) bind-mounted at /nix in a private mount namespace, with `use-sqlite-wal` set the
-/// way that store's database is (Nix with WAL off cannot open a WAL database, and Nix with
-/// WAL on converts a rollback one).
-fn in_pod(nix: &Path, script: &str) -> Output {
-    let wal = nix_seed_db_is_wal(nix);
-    Command::new("unshare")
-        .arg("-m")
-        .arg("sh")
-        .arg("-c")
-        .arg(format!(
-            "mkdir -p /nix && mount --bind '{}' /nix && {script}",
-            nix.display()
-        ))
-        .env("NIX_CONFIG", nix_config(wal))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-}
-
-/// Valid paths of a Nix root (holding store/ and var/), from its database.
-fn valid_paths(nix: &Path) -> Vec<String> {
-    let c = rusqlite::Connection::open_with_flags(
-        nix.join("var/nix/db/db.sqlite"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let mut st = c.prepare("SELECT path FROM ValidPaths ORDER BY path").unwrap();
-    st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-}
-
-/// What Nix says about one image's closure in the target: every path valid, the same
-/// references as in the image, none dead for the garbage collector, and contents that
-/// `nix-store --verify --check-contents` accepts (run on a copy: --verify repairs).
-fn assert_nix_accepts(target: &Path, image: &Path) {
-    let paths = valid_paths(image);
-    assert!(!paths.is_empty());
-    let o = in_pod(target, &format!("nix-store --check-validity {}", paths.join(" ")));
-    assert!(
-        o.status.success(),
-        "nix-store --check-validity failed on the target:\n{}",
-        text(&o)
-    );
-
-    for p in &paths {
-        let q = |root: &Path| {
-            let o = in_pod(root, &format!("nix-store -q --references {p}"));
-            assert!(o.status.success(), "{}", text(&o));
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect::<BTreeSet<_>>()
-        };
-        assert_eq!(q(target), q(image), "references of {p} differ");
-    }
-
-    let o = in_pod(target, "nix-store --gc --print-dead");
-    assert!(o.status.success(), "{}", text(&o));
-    let dead: BTreeSet<String> = String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).collect();
-    let image_dead: Vec<&String> = paths.iter().filter(|p| dead.contains(*p)).collect();
-    assert!(image_dead.is_empty(), "image paths a GC would delete: {image_dead:?}");
-
-    let copy = target
-        .parent()
-        .unwrap()
-        .join(format!("verify-copy-{}", std::process::id()));
-    let _ = Command::new("rm").arg("-rf").arg(&copy).status();
-    std::fs::create_dir_all(&copy).unwrap();
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(target)
-        .arg(copy.join("nix"))
-        .status()
-        .unwrap()
-        .success());
-    let o = in_pod(&copy.join("nix"), "nix-store --verify --check-contents");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        o.status.success() && !all.contains("modified") && !all.contains("error"),
-        "--verify:\n{all}"
-    );
-    support::make_writable(&copy);
-    std::fs::remove_dir_all(&copy).unwrap();
-}
-
-fn seed(image: &Path, target: &Path, args: &[&str]) -> Output {
-    seed_cmd(&image.join("nix"), target, args).output().unwrap()
-}
-
-fn db_dir_listing(nix: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(nix.join("var/nix/db"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
+use support::nix::{
+    assert_nix_accepts, db_dir_listing, in_pod, nix_available, nix_seed_db_is_wal, real_store, seed, valid_paths,
+};
 
 #[test]
 fn first_seed_of_a_real_store_is_valid_to_nix_and_leaves_the_image_untouched() {
@@ -179,11 +50,6 @@ fn first_seed_of_a_real_store_is_valid_to_nix_and_leaves_the_image_untouched() {
         !target.join("var/nix/gcroots/auto").exists(),
         "the image's auto roots are pod-local"
     );
-}
-
-fn nix_seed_db_is_wal(target: &Path) -> bool {
-    let h = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
-    h[18] == 2
 }
 
 #[test]

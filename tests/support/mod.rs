@@ -11,6 +11,7 @@ pub mod cmd;
 pub mod compare;
 pub mod fixture;
 pub mod mounts;
+pub mod nix;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
