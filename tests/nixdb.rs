@@ -8,7 +8,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use support::cmd::{assert_code, assert_ok, nix_seed, seed_cmd, stderr, stdout, text};
 use support::compare::db_rows;
