@@ -25,7 +25,7 @@ fn build(dir: &Path, paths: usize) -> fixture::Fixture {
 #[test]
 fn first_seed_is_an_exact_copy_and_var_has_no_runtime_files() {
     let tmp = support::scratch();
-    let fx = build(&tmp.path().join("src"), 300);
+    let fx = build(&tmp.path().join("src"), 1000);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
 
