@@ -101,8 +101,9 @@ base_pids() {
     p=${p#/proc/}
     comm=$(cat "/proc/$p/comm" 2>/dev/null) || continue
     case " $* " in *" $comm "*) ;; *) continue ;; esac
-    alive "$p" "$BASE/" && echo "$p"
+    if alive "$p" "$BASE/"; then echo "$p"; fi
   done
+  return 0
 }
 
 # ---------------------------------------------------------------------------------------
@@ -216,10 +217,9 @@ ensure_volume() {
     mkdir -p "$(brick "$v")"
     gcli volume create "$name" "$GHOST:$(brick "$v")" force >/dev/null || die "gluster volume create $name failed"
     if [ "$v" = strict ]; then
-      gcli volume set "$name" performance.quick-read off >/dev/null
-      gcli volume set "$name" performance.open-behind off >/dev/null
-      gcli volume set "$name" performance.flush-behind off >/dev/null
-      gcli volume set "$name" performance.stat-prefetch off >/dev/null
+      gcli volume set "$name" performance.quick-read off performance.open-behind off \
+        performance.flush-behind off performance.stat-prefetch off >/dev/null \
+        || die "gluster volume set $name failed"
     fi
   fi
   if ! gcli volume info "$name" | grep -q '^Status: Started'; then
@@ -229,7 +229,7 @@ ensure_volume() {
     gcli volume start "$name" force >/dev/null || die "gluster volume start $name force failed"
   fi
   local i
-  for i in $(seq 100); do brick_online "$v" && return 0; sleep 0.1; done
+  for i in $(seq 100); do brick_online "$v" && { say "volume $name up ($(elapsed))"; return 0; }; sleep 0.1; done
   die "the brick of $name is not online (see /var/log/glusterfs/bricks/)"
 }
 
@@ -380,6 +380,7 @@ do_up() {
   mkdir -p "$BASE" "$RUN" "$LOG" "$MNT"
   # sshd does not depend on GlusterFS: start it while glusterd starts.
   ensure_sshd
+  say "sshd up ($(elapsed))"
   ensure_glusterd
   local v key mp kind
   for v in "${VOLS[@]}"; do ensure_volume "$v"; done
@@ -396,7 +397,7 @@ do_up() {
 }
 
 do_down() {
-  if [ ! -d "$BASE" ]; then return 0; fi
+  # Works even if BASE was removed by hand: mounts and processes are found by path.
   local mp p sock pids
   # 1. every mount below BASE, deepest first
   while read -r mp; do
@@ -404,7 +405,7 @@ do_down() {
     unmount "$mp"
   done < <(awk -v b="$BASE/" 'index($5, b) == 1 { print length($5), $5 }' /proc/self/mountinfo | sort -rn | cut -d' ' -f2-)
   # 2. FUSE clients (they exit on unmount; a hung one is killed), sshfs's ssh, sshd
-  for p in "$RUN"/*.pid; do
+  for p in "$RUN"/*.pid; do  # (none if BASE is gone)
     [ -e "$p" ] || continue
     p=$(pidof_file "$p"); alive "$p" "$BASE/" && stop_pid "$p"
   done

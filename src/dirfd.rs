@@ -46,6 +46,15 @@ pub fn open_dir<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Resu
     Ok(openat(dir, name.as_ref(), DIR_FLAGS, Mode::empty())?)
 }
 
+/// [`open_dir`], or `None` if `name` does not exist.
+pub fn open_dir_if_exists<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Result<Option<OwnedFd>> {
+    match open_dir(dir, name) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// `lstat` of `name` inside `dir`; `None` if it does not exist.
 pub fn lstat_at<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Result<Option<FileStat>> {
     match fstatat(dir, name.as_ref(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {

@@ -36,7 +36,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use crate::dirfd::{lstat_at, open_dir};
+use crate::dirfd::lstat_at;
 
 /// The database directory, relative to var/.
 pub const DB_DIR: &str = "nix/db";
@@ -467,16 +467,13 @@ pub fn is_network_fs(fd: BorrowedFd) -> bool {
 
 /// Open `var/nix/db` of the target without following symlinks; `None` if absent.
 pub fn open_db_dir(var: BorrowedFd, var_path: &Path) -> Result<Option<std::os::fd::OwnedFd>> {
-    let nix_dir = match open_dir(var, "nix") {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("cannot open {}/nix (a symlink?)", var_path.display())),
+    let Some(nix_dir) = crate::dirfd::open_dir_if_exists(var, "nix")
+        .with_context(|| format!("cannot open {}/nix (a symlink?)", var_path.display()))?
+    else {
+        return Ok(None);
     };
-    match open_dir(nix_dir.as_fd(), "db") {
-        Ok(fd) => Ok(Some(fd)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("cannot open {}/nix/db (a symlink?)", var_path.display())),
-    }
+    crate::dirfd::open_dir_if_exists(nix_dir.as_fd(), "db")
+        .with_context(|| format!("cannot open {}/nix/db (a symlink?)", var_path.display()))
 }
 
 /// Whether `name` has a regular file in `dir`.

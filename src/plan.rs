@@ -112,32 +112,24 @@ pub fn image_id(sorted: &[OsString]) -> String {
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
+/// The marker of a complete seed of image `id`. Anything unexpected on the way (a symlink
+/// planted at `.nix-seed`) counts as no marker: the slow path then reports it.
 fn marker_exists(target: BorrowedFd, id: &str) -> Result<bool> {
-    let state = match open_dir(target, STATE_DIR) {
-        Ok(fd) => fd,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR)
-            ) =>
-        {
-            return Ok(false)
-        }
-        Err(e) => return Err(e.into()),
+    let found = || -> std::io::Result<bool> {
+        let Some(state) = crate::dirfd::open_dir_if_exists(target, STATE_DIR)? else {
+            return Ok(false);
+        };
+        let Some(images) = crate::dirfd::open_dir_if_exists(state.as_fd(), IMAGES_DIR)? else {
+            return Ok(false);
+        };
+        Ok(lstat_at(images.as_fd(), id)?
+            .is_some_and(|st| crate::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFREG))
     };
-    let images = match open_dir(state.as_fd(), IMAGES_DIR) {
-        Ok(fd) => fd,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR)
-            ) =>
-        {
-            return Ok(false)
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(lstat_at(images.as_fd(), id)?.is_some_and(|st| crate::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFREG))
+    match found() {
+        Ok(b) => Ok(b),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

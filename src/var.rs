@@ -22,7 +22,7 @@ use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 
 use crate::copy::publish::Published;
 use crate::copy::tree::Specials;
-use crate::copy::Engine;
+use crate::copy::{Engine, Top};
 use crate::dirfd::{file_type, is_temp_name, list, lstat_at, open_dir, remove_tree_at};
 use crate::nixdb;
 use crate::preflight::Checked;
@@ -87,18 +87,18 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outco
     let mut out = Outcome::default();
     if lstat_at(c.target.as_fd(), "var")?.is_none() {
         let filter = |rel: &Path, st: &FileStat| keep(rel, st);
-        let built = eng.build_top(
-            c.source.as_fd(),
-            OsStr::new("var"),
-            &st,
-            c.target.as_fd(),
-            OsStr::new("var"),
-            Some(&filter),
-            Specials::Skip,
-            src_var.clone(),
-            c.target_path.join("var"),
-            &mut buf,
-        )?;
+        let top = Top {
+            src: c.source.as_fd(),
+            name: OsStr::new("var"),
+            st: &st,
+            dst: c.target.as_fd(),
+            final_name: OsStr::new("var"),
+            filter: Some(&filter),
+            specials: Specials::Skip,
+            src_path: src_var.clone(),
+            dst_path: c.target_path.join("var"),
+        };
+        let built = eng.build_top(top, &mut buf)?;
         if with_db {
             // Inside the temporary var/, so var/ never appears without its database.
             let tmp_var = c.target_path.join(&built.tmp);
@@ -243,18 +243,18 @@ impl Merge<'_> {
             match lstat_at(dst, &e.name)? {
                 None => {
                     let filter = |r: &Path, st: &FileStat| keep(&crel.join(r), st);
-                    let (p, _, _) = self.eng.copy_top(
+                    let top = Top {
                         src,
-                        &e.name,
-                        &st,
+                        name: &e.name,
+                        st: &st,
                         dst,
-                        &e.name,
-                        Some(&filter),
-                        Specials::Skip,
-                        self.src_root.join(&crel),
-                        self.dst_root.join(&crel),
-                        &mut self.buf,
-                    )?;
+                        final_name: &e.name,
+                        filter: Some(&filter),
+                        specials: Specials::Skip,
+                        src_path: self.src_root.join(&crel),
+                        dst_path: self.dst_root.join(&crel),
+                    };
+                    let (p, _, _) = self.eng.copy_top(top, &mut self.buf)?;
                     if p == Published::Yes {
                         self.out.added += 1;
                         self.log.detail(

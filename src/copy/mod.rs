@@ -191,27 +191,22 @@ impl Engine {
             anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
         };
         let mut buf = vec![0u8; self.buf_size];
-        let tmp = self.temp_name(name);
-        let top = TopEntry::new(tmp.clone());
-        let mut walk = Walk {
-            eng: self,
-            top: &top,
-            top_parent: dst,
+        let top = Top {
+            src,
+            name,
+            st: &st,
+            dst,
+            final_name: name,
             filter: None,
             specials: Specials::Error,
             src_path,
-            rel: PathBuf::new(),
             dst_path: dst_root.join(name),
-            buf: &mut buf,
-            files: 0,
-            bytes: 0,
         };
-        let r = walk.copy_entry(src, name, &st, dst, &tmp).and_then(|()| {
-            publish::replace(self, dst, &tmp, name)
-                .with_context(|| format!("cannot replace {}", dst_root.join(name).display()))
-        });
+        let built = self.build_top(top, &mut buf)?;
+        let r = publish::replace(self, dst, &built.tmp, name)
+            .with_context(|| format!("cannot replace {}", dst_root.join(name).display()));
         if r.is_err() {
-            let _ = crate::dirfd::remove_tree_at(dst, &tmp);
+            let _ = crate::dirfd::remove_tree_at(dst, &built.tmp);
         }
         r
     }
@@ -229,74 +224,46 @@ impl Engine {
         else {
             anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
         };
-        let dst_path = dst_root.join(name);
-        self.copy_top(
+        let top = Top {
             src,
             name,
-            &st,
+            st: &st,
             dst,
-            name,
-            None,
-            Specials::Error,
+            final_name: name,
+            filter: None,
+            specials: Specials::Error,
             src_path,
-            dst_path,
-            buf,
-        )
+            dst_path: dst_root.join(name),
+        };
+        self.copy_top(top, buf)
     }
 
-    /// Copy one top-level entry `name` of `src` to `final_name` in `dst` atomically: build it
-    /// under a temporary name, then publish it. On any error the temporary copy is removed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn copy_top(
-        &self,
-        src: BorrowedFd,
-        name: &OsStr,
-        st: &nix::sys::stat::FileStat,
-        dst: BorrowedFd,
-        final_name: &OsStr,
-        filter: Option<Filter>,
-        specials: Specials,
-        src_path: PathBuf,
-        dst_path: PathBuf,
-        buf: &mut Vec<u8>,
-    ) -> Result<(Published, u64, u64)> {
-        let built = self.build_top(
-            src, name, st, dst, final_name, filter, specials, src_path, dst_path, buf,
-        )?;
+    /// Copy one top-level entry atomically: build it under a temporary name, then publish
+    /// it. On any error the temporary copy is removed.
+    pub fn copy_top(&self, t: Top, buf: &mut Vec<u8>) -> Result<(Published, u64, u64)> {
+        let (dst, final_name) = (t.dst, t.final_name);
+        let built = self.build_top(t, buf)?;
         self.publish_top(dst, built, final_name)
     }
 
     /// The first half of [`Engine::copy_top`]: the complete copy under its temporary name.
-    #[allow(clippy::too_many_arguments)]
-    pub fn build_top(
-        &self,
-        src: BorrowedFd,
-        name: &OsStr,
-        st: &nix::sys::stat::FileStat,
-        dst: BorrowedFd,
-        final_name: &OsStr,
-        filter: Option<Filter>,
-        specials: Specials,
-        src_path: PathBuf,
-        dst_path: PathBuf,
-        buf: &mut Vec<u8>,
-    ) -> Result<Built> {
-        let tmp = self.temp_name(final_name);
+    pub fn build_top(&self, t: Top, buf: &mut Vec<u8>) -> Result<Built> {
+        let tmp = self.temp_name(t.final_name);
         let top = TopEntry::new(tmp.clone());
         let mut walk = Walk {
             eng: self,
             top: &top,
-            top_parent: dst,
-            filter,
-            specials,
-            src_path,
+            top_parent: t.dst,
+            filter: t.filter,
+            specials: t.specials,
+            src_path: t.src_path,
             rel: PathBuf::new(),
-            dst_path,
+            dst_path: t.dst_path,
             buf,
             files: 0,
             bytes: 0,
         };
-        let copied = walk.copy_entry(src, name, st, dst, &tmp);
+        let copied = walk.copy_entry(t.src, t.name, t.st, t.dst, &tmp);
         let (files, bytes, src_path) = (walk.files, walk.bytes, walk.src_path);
         match copied {
             Ok(()) => Ok(Built {
@@ -308,7 +275,7 @@ impl Engine {
             }),
             Err(e) => {
                 // Best effort: a later run (under the lock) removes any leftover.
-                let _ = crate::dirfd::remove_tree_at(dst, &tmp);
+                let _ = crate::dirfd::remove_tree_at(t.dst, &tmp);
                 Err(e)
             }
         }
@@ -324,6 +291,20 @@ impl Engine {
             }
         }
     }
+}
+
+/// One top-level entry to copy: `name` (with lstat `st`) inside `src`, to `final_name`
+/// inside `dst`; the paths are for messages.
+pub struct Top<'a> {
+    pub src: BorrowedFd<'a>,
+    pub name: &'a OsStr,
+    pub st: &'a nix::sys::stat::FileStat,
+    pub dst: BorrowedFd<'a>,
+    pub final_name: &'a OsStr,
+    pub filter: Option<Filter<'a>>,
+    pub specials: Specials,
+    pub src_path: PathBuf,
+    pub dst_path: PathBuf,
 }
 
 /// A complete copy under its temporary name, not yet published.

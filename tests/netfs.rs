@@ -1,0 +1,801 @@
+//! nix-seed on real network filesystems (scripts/netfs.sh): a GlusterFS volume mounted
+//! twice is two nodes sharing one disk (one volume with default caching, one "strict");
+//! sshfs mounted twice is a weak network filesystem whose locks are not shared.
+//!
+//! The harness is brought up once per test binary and left up (CI runs
+//! `scripts/netfs.sh down` after the suite). Each test works in its own directory of a
+//! volume, seen through both mounts, with `--allow-non-mountpoint`. The tests take a
+//! process-wide lock so that they never run at the same time (they measure takeover times).
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use support::cmd::{copied_events, seed_cmd, text};
+use support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, db_rows, snapshot, Links};
+use support::fixture::{self, Spec};
+
+// ---------------------------------------------------------------------------------------
+// The harness
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/netfs.sh")
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Mount points and daemon PIDs, as `netfs.sh up`/`status` print them (`KEY=VALUE`).
+#[derive(Clone, Debug)]
+struct Netfs {
+    vars: BTreeMap<String, String>,
+}
+
+impl Netfs {
+    fn parse(out: &str) -> Netfs {
+        let vars = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Netfs { vars }
+    }
+
+    fn mount(&self, key: &str) -> PathBuf {
+        let p = self
+            .vars
+            .get(key)
+            .unwrap_or_else(|| panic!("netfs.sh did not print {key}: {:?}", self.vars));
+        PathBuf::from(p)
+    }
+
+    fn pid(&self, key: &str) -> i32 {
+        let v = self.vars.get(key).unwrap_or_else(|| panic!("no {key} in {:?}", self.vars));
+        v.parse().unwrap_or_else(|_| panic!("{key}={v} is not a pid"))
+    }
+}
+
+fn run_netfs(verb: &str) -> Result<Netfs, String> {
+    let t0 = Instant::now();
+    let o = Command::new("bash")
+        .arg(script())
+        .arg(verb)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script().display()))?;
+    if !o.status.success() {
+        return Err(format!("scripts/netfs.sh {verb} failed:\n{}", text(&o)));
+    }
+    if t0.elapsed() > Duration::from_secs(2) {
+        eprintln!("netfs.sh {verb}: {:.1}s", t0.elapsed().as_secs_f64());
+    }
+    Ok(Netfs::parse(&String::from_utf8_lossy(&o.stdout)))
+}
+
+static FIRST_UP: OnceLock<Result<Netfs, String>> = OnceLock::new();
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The harness for one test: brought up once per test binary (a failure panics under
+/// `$CI`, otherwise the test prints SKIPPED); every later test repairs it (`up` is a no-op
+/// when everything is healthy, and remounts a dead mount). Holds the serialising lock.
+fn netfs(test: &str) -> Option<(MutexGuard<'static, ()>, Netfs)> {
+    if !support::require_root(test) {
+        return None;
+    }
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut first = false;
+    let r = FIRST_UP.get_or_init(|| {
+        first = true;
+        run_netfs("up")
+    });
+    let n = match r {
+        Err(e) if in_ci() => panic!("{test}: the network filesystem harness did not come up, and CI is set:\n{e}"),
+        Err(e) => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n========== SKIPPED {test}: scripts/netfs.sh up failed ==========\n{e}\n"
+            );
+            return None;
+        }
+        Ok(n) if first => n.clone(),
+        Ok(_) => run_netfs("up").unwrap_or_else(|e| panic!("{test}: {e}")),
+    };
+    Some((guard, n))
+}
+
+/// A fresh directory on a volume, the same directory seen through each of `mounts`.
+struct VolDir {
+    through: Vec<PathBuf>,
+}
+
+impl VolDir {
+    fn new(test: &str, mounts: &[PathBuf]) -> VolDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("{test}-{}-{nanos}", std::process::id());
+        let through: Vec<PathBuf> = mounts.iter().map(|m| m.join(&name)).collect();
+        std::fs::create_dir(&through[0]).unwrap_or_else(|e| panic!("mkdir {}: {e}", through[0].display()));
+        for p in &through[1..] {
+            wait_for(10, &format!("{} to be visible", p.display()), || p.is_dir());
+        }
+        VolDir { through }
+    }
+
+    fn a(&self) -> &Path {
+        &self.through[0]
+    }
+
+    fn b(&self) -> &Path {
+        &self.through[1]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeders
+
+/// A running seeder whose stdout and stderr are drained by threads (a seeder blocked on a
+/// full pipe would hold the lock forever); stderr lines are time-stamped as they arrive.
+struct Seeder {
+    name: String,
+    child: Child,
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    err_thread: Option<JoinHandle<()>>,
+    out_thread: Option<JoinHandle<Vec<u8>>>,
+}
+
+struct Finished {
+    name: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    lines: Vec<(Instant, String)>,
+}
+
+impl Finished {
+    fn text(&self) -> String {
+        format!(
+            "seeder {}: {}\n--- stdout\n{}--- stderr\n{}",
+            self.name, self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// When the first stderr line containing `pat` arrived.
+    fn saw(&self, pat: &str) -> Option<Instant> {
+        self.lines.iter().find(|(_, l)| l.contains(pat)).map(|(t, _)| *t)
+    }
+}
+
+impl Seeder {
+    fn spawn(name: &str, src: &Path, dst: &Path, args: &[&str]) -> Seeder {
+        let mut c = seed_cmd(src, dst, args);
+        // The lease names the pod ($HOSTNAME) and node ($NODE_NAME).
+        c.env("HOSTNAME", name).env("NODE_NAME", format!("node-of-{name}"));
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn nix-seed");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let err = child.stderr.take().unwrap();
+        let l2 = lines.clone();
+        let err_thread = std::thread::spawn(move || {
+            let mut r = BufReader::new(err);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let s = String::from_utf8_lossy(&buf).trim_end_matches('\n').to_string();
+                        l2.lock().unwrap().push((Instant::now(), s));
+                    }
+                }
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let out_thread = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        Seeder {
+            name: name.to_string(),
+            child,
+            lines,
+            err_thread: Some(err_thread),
+            out_thread: Some(out_thread),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn saw(&self, pat: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|(_, l)| l.contains(pat))
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    fn kill(&self, sig: i32) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    fn wait(mut self) -> Finished {
+        let status = self.child.wait().unwrap();
+        self.err_thread.take().unwrap().join().unwrap();
+        let stdout = String::from_utf8_lossy(&self.out_thread.take().unwrap().join().unwrap()).into_owned();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        let stderr = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+        Finished {
+            name: self.name.clone(),
+            status,
+            stdout,
+            stderr,
+            lines,
+        }
+    }
+}
+
+impl Drop for Seeder {
+    fn drop(&mut self) {
+        // A test that panics must not leave seeders running on the shared volume.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_all(seeders: Vec<Seeder>) -> Vec<Finished> {
+    // Every seeder's pipes are already drained by its own threads.
+    seeders.into_iter().map(Seeder::wait).collect()
+}
+
+/// Wait until `cond` holds, or panic after `secs`.
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out after {secs}s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn store_entries(dst: &Path) -> usize {
+    std::fs::read_dir(dst.join("store")).map_or(0, |d| d.count())
+}
+
+fn lease_pid(dst: &Path) -> Option<String> {
+    let l = std::fs::read_to_string(dst.join(".nix-seed/lock")).ok()?;
+    l.lines().find_map(|l| l.strip_prefix("pid=")).map(str::to_string)
+}
+
+fn names(v: &[OsString]) -> BTreeSet<String> {
+    v.iter().map(|n| n.to_string_lossy().into_owned()).collect()
+}
+
+/// No panic, no abort, no signal: exit 0, or exit 1 with an error line.
+#[track_caller]
+fn assert_clean_exit(f: &Finished) {
+    assert!(!f.stderr.contains("panicked"), "a seeder panicked:\n{}", f.text());
+    match f.status.code() {
+        Some(0) => {}
+        Some(1) => assert!(f.stderr.contains("error"), "exit 1 without an error line:\n{}", f.text()),
+        _ => panic!("unexpected exit:\n{}", f.text()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Many nodes
+
+const SEEDERS: usize = 16;
+
+/// 16 seeders started together, half through mount A, half through mount B.
+fn sixteen(round: &str, src: &Path, t: &VolDir) -> Vec<Finished> {
+    let seeders: Vec<Seeder> = (0..SEEDERS)
+        .map(|i| {
+            let (side, dst) = if i % 2 == 0 { ("a", t.a()) } else { ("b", t.b()) };
+            Seeder::spawn(
+                &format!("{round}-{side}{i}"),
+                src,
+                dst,
+                &["-v", "--log-format", "json", "--jobs", "4"],
+            )
+        })
+        .collect();
+    wait_all(seeders)
+}
+
+/// What the README promises for a round of seeders started together.
+fn check_round(round: &str, outs: &[Finished], expected: &BTreeSet<String>, src: &Path, t: &VolDir) {
+    let mut copied: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let (mut waiters, mut skipped) = (0, 0);
+    let mut unnamed = Vec::new();
+    for f in outs {
+        assert_eq!(f.status.code(), Some(0), "{round}: a seeder failed:\n{}", f.text());
+        for p in copied_events(&f.stderr) {
+            copied.entry(p).or_default().push(f.name.clone());
+        }
+        skipped += f.stderr.matches("\"event\":\"skipped\"").count();
+        let waits: Vec<&String> = f
+            .lines
+            .iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.contains("\"event\":\"lock-wait\""))
+            .collect();
+        if !waits.is_empty() {
+            waiters += 1;
+            // A waiter names the holder. The one exception: the holder has the kernel
+            // lock but its lease is not written yet (or, through another mount, not yet
+            // visible: GlusterFS caches content for up to 1 s); then the waiter says so.
+            for l in &waits {
+                assert!(
+                    l.contains("held by pod ") || l.contains("(no lease written yet)"),
+                    "{round}: a waiter does not name the holder: {l}"
+                );
+            }
+            if !waits.iter().any(|l| l.contains("held by pod ")) {
+                unnamed.push(f.name.clone());
+            }
+        }
+    }
+    let twice: Vec<_> = copied.iter().filter(|(_, who)| who.len() > 1).collect();
+    assert!(twice.is_empty(), "{round}: store paths copied more than once: {twice:?}");
+    let got: BTreeSet<String> = copied.keys().cloned().collect();
+    assert_eq!(
+        got.difference(expected).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "{round}: copied paths that were not missing"
+    );
+    assert_eq!(
+        expected.difference(&got).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "{round}: missing paths nobody copied"
+    );
+    assert_eq!(skipped, 0, "{round}: a copy was made and discarded (two seeders copied at once)");
+    let holders: BTreeSet<&String> = copied.values().flatten().collect();
+    eprintln!(
+        "{round}: {} paths copied by {holders:?}; {waiters} of {SEEDERS} seeders waited for the lock; \
+         {} never saw the holder's lease: {unnamed:?}",
+        got.len(),
+        unnamed.len()
+    );
+    assert_store_equal(src, t.a());
+    assert_no_temp(t.a());
+    let theirs = db_rows(&src.join("var/nix/db/db.sqlite"));
+    let ours = db_rows(&t.a().join("var/nix/db/db.sqlite"));
+    let missing: Vec<&String> = theirs.difference(&ours).collect();
+    assert!(missing.is_empty(), "{round}: registrations missing in the target: {missing:?}");
+}
+
+fn many_nodes(test: &str, volume: &str) {
+    let Some((_serial, n)) = netfs(test) else { return };
+    let t0 = Instant::now();
+    let (ma, mb) = (
+        n.mount(&format!("GLUSTER_{volume}_A")),
+        n.mount(&format!("GLUSTER_{volume}_B")),
+    );
+    let tmp = support::scratch();
+    let spec = Spec {
+        paths: 40,
+        big_file_bytes: 1 << 20,
+        ..Spec::default()
+    };
+    // `half` is exactly the first batch of `full` (same seed): a smaller image.
+    let half = fixture::build(&tmp.path().join("half"), &spec);
+    let full_root = tmp.path().join("full");
+    let first = fixture::build(&full_root, &spec);
+    let second = fixture::add_paths(&full_root, 40, 2);
+    let all: BTreeSet<String> = names(&first.names).union(&names(&second)).cloned().collect();
+
+    // (1) an empty target.
+    let t1 = VolDir::new(&format!("{test}-1"), &[ma.clone(), mb.clone()]);
+    let outs = sixteen("empty", &full_root, &t1);
+    check_round("round 1 (empty target)", &outs, &all, &full_root, &t1);
+
+    // (2) a target that has the smaller image.
+    let t2 = VolDir::new(&format!("{test}-2"), &[ma.clone(), mb.clone()]);
+    let o = seed_cmd(&half.root, t2.a(), &[]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let outs = sixteen("half", &full_root, &t2);
+    check_round("round 2 (half present)", &outs, &names(&second), &full_root, &t2);
+
+    // (3) an image upgrade on the first target.
+    let third = fixture::add_paths(&full_root, 15, 3);
+    let outs = sixteen("upgrade", &full_root, &t1);
+    check_round("round 3 (upgrade)", &outs, &names(&third), &full_root, &t1);
+    eprintln!("{test}: {:.1}s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn many_nodes_on_glusterfs_default_caching() {
+    many_nodes("many_nodes_default", "DEFAULT");
+}
+
+#[test]
+fn many_nodes_on_glusterfs_strict_caching() {
+    many_nodes("many_nodes_strict", "STRICT");
+}
+
+// ---------------------------------------------------------------------------------------
+// Node loss
+
+/// A source big enough that a seed on GlusterFS takes several seconds.
+fn slow_fixture(root: &Path) -> fixture::Fixture {
+    fixture::build(
+        root,
+        &Spec {
+            paths: 150,
+            big_file_bytes: 8 << 20,
+            ..Spec::default()
+        },
+    )
+}
+
+/// Start a holder on `holder_dst` and `n` waiters on `waiter_dst`; return once the holder
+/// holds the lock, every waiter has said it waits, and `min_paths` store paths are visible.
+fn holder_and_waiters(
+    src: &Path,
+    holder_dst: &Path,
+    waiter_dst: &Path,
+    n: usize,
+    args: &[&str],
+    min_paths: usize,
+) -> (Seeder, Vec<Seeder>) {
+    let mut holder_args = vec!["-v", "--log-format", "json", "--jobs", "2"];
+    holder_args.extend_from_slice(args);
+    let mut holder = Seeder::spawn("holder-a", src, holder_dst, &holder_args);
+    let pid = holder.pid().to_string();
+    wait_for(30, "the holder to take the lock", || {
+        assert!(!holder.exited(), "the holder exited early");
+        lease_pid(holder_dst).as_deref() == Some(pid.as_str())
+    });
+    let mut waiter_args = vec!["-v", "--log-format", "json", "--jobs", "4"];
+    waiter_args.extend_from_slice(args);
+    let waiters: Vec<Seeder> = (0..n)
+        .map(|i| Seeder::spawn(&format!("waiter-b{i}"), src, waiter_dst, &waiter_args))
+        .collect();
+    wait_for(30, "every waiter to wait for the holder", || {
+        waiters.iter().all(|w| w.saw("waiting for lock"))
+    });
+    wait_for(60, "the holder to publish some store paths", || {
+        assert!(!holder.exited(), "the holder finished before it could be killed: make the fixture bigger");
+        store_entries(holder_dst) >= min_paths
+    });
+    assert!(!holder.exited(), "the holder finished before it could be killed");
+    (holder, waiters)
+}
+
+/// When the first waiter got the lock (kernel release: "took lock"; stale lease: "taking
+/// over"), and how.
+fn first_takeover(outs: &[Finished]) -> (Instant, &'static str, String) {
+    let mut best: Option<(Instant, &'static str, String)> = None;
+    for f in outs {
+        for (pat, how) in [("took lock", "the kernel lock was released"), ("taking over", "stale lease taken over")] {
+            if let Some(t) = f.saw(pat) {
+                if best.as_ref().is_none_or(|(b, _, _)| t < *b) {
+                    best = Some((t, how, f.name.clone()));
+                }
+            }
+        }
+    }
+    best.unwrap_or_else(|| {
+        let all: Vec<String> = outs.iter().map(Finished::text).collect();
+        panic!("no waiter took the lock:\n{}", all.join("\n"))
+    })
+}
+
+#[test]
+fn node_loss_sigkilled_holder_on_a_is_taken_over_by_a_waiter_on_b() {
+    let Some((_serial, n)) = netfs("node_loss_sigkill") else { return };
+    let tmp = support::scratch();
+    let fx = slow_fixture(&tmp.path().join("src"));
+    let t = VolDir::new("node-loss-kill", &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")]);
+
+    let (holder, waiters) = holder_and_waiters(&fx.root, t.a(), t.b(), 3, &[], 20);
+    holder.kill(libc::SIGKILL);
+    let killed = Instant::now();
+    let h = holder.wait();
+    let outs = wait_all(waiters);
+    for f in &outs {
+        assert_eq!(f.status.code(), Some(0), "a waiter failed:\n{}", f.text());
+    }
+    let (took, how, who) = first_takeover(&outs);
+    let after = took.saturating_duration_since(killed);
+    eprintln!("node loss (SIGKILL of the holder on A): {who} on B took the lock {after:?} after the kill ({how})");
+    assert!(
+        after < Duration::from_secs(5),
+        "the waiter took the lock {after:?} after the kill ({how})"
+    );
+    assert_eq!(how, "the kernel lock was released", "the kernel lock must be released, not taken over");
+    // Nothing copied twice: what the holder published and what the waiters copied.
+    let by_holder: BTreeSet<String> = copied_events(&h.stderr).into_iter().collect();
+    let mut by_waiters = Vec::new();
+    for f in &outs {
+        by_waiters.extend(copied_events(&f.stderr));
+    }
+    let unique: BTreeSet<String> = by_waiters.iter().cloned().collect();
+    assert_eq!(unique.len(), by_waiters.len(), "a waiter copied a path another waiter copied");
+    assert!(by_holder.is_disjoint(&unique), "a waiter copied a path the holder had published");
+    assert_store_equal_with(&fx.root, t.a(), Links::Subset);
+    assert_store_equal_with(&fx.root, t.b(), Links::Subset);
+    assert_no_temp(t.a());
+}
+
+/// Puts mount A back (the harness remounts a dead mount) even if the test fails.
+struct Remount;
+
+impl Drop for Remount {
+    fn drop(&mut self) {
+        if let Err(e) = run_netfs("up") {
+            eprintln!("could not repair the harness: {e}");
+        }
+    }
+}
+
+#[test]
+fn node_loss_fuse_client_of_the_holder_killed_waiters_on_b_proceed() {
+    let Some((_serial, n)) = netfs("node_loss_fuse_client") else { return };
+    let tmp = support::scratch();
+    let fx = slow_fixture(&tmp.path().join("src"));
+    let t = VolDir::new("node-loss-client", &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")]);
+    let client = n.pid("GLUSTER_DEFAULT_A_PID");
+    let _remount = Remount;
+
+    let stale = ["--lock-stale", "5s"];
+    let (holder, waiters) = holder_and_waiters(&fx.root, t.a(), t.b(), 3, &stale, 20);
+    // The node loses its disk: the FUSE client of mount A dies.
+    // SAFETY: kill(2) of the glusterfs client process the harness started.
+    assert_eq!(unsafe { libc::kill(client, libc::SIGKILL) }, 0, "kill glusterfs {client}");
+    let killed = Instant::now();
+    let h = holder.wait();
+    let outs = wait_all(waiters);
+    eprintln!("holder on the dead mount: {}", h.text().lines().rev().take(3).collect::<Vec<_>>().join(" | "));
+    assert_clean_exit(&h);
+    assert_eq!(h.status.code(), Some(1), "the seeder on the dead mount must fail:\n{}", h.text());
+    assert!(
+        h.stderr.contains(&t.a().display().to_string()),
+        "the error names no path on the lost mount:\n{}",
+        h.text()
+    );
+    for f in &outs {
+        assert_eq!(f.status.code(), Some(0), "a waiter failed:\n{}", f.text());
+    }
+    let (took, how, who) = first_takeover(&outs);
+    let after = took.saturating_duration_since(killed);
+    eprintln!("node loss (FUSE client of A killed): {who} on B took the lock {after:?} after the kill ({how})");
+    // The documented bound: --lock-stale after the last heartbeat seen (heartbeat every
+    // --lock-stale/6), plus GlusterFS's 1 s of attribute and content caching.
+    assert!(
+        after < Duration::from_secs(8),
+        "the waiters on B took the lock only {after:?} after mount A died ({how})"
+    );
+    assert_store_equal_with(&fx.root, t.b(), Links::Subset);
+    assert_no_temp(t.b());
+
+    drop(_remount);
+    let n2 = run_netfs("status").expect("the harness repaired mount A");
+    assert_ne!(n2.pid("GLUSTER_DEFAULT_A_PID"), client, "mount A has a new client");
+    assert_store_equal_with(&fx.root, t.a(), Links::Subset);
+}
+
+// ---------------------------------------------------------------------------------------
+// Crash anywhere, with real Nix as the oracle
+
+fn double_registrations(nix: &Path) -> Vec<(String, i64)> {
+    let c = rusqlite::Connection::open_with_flags(
+        nix.join("var/nix/db/db.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok", "the target's database is corrupt");
+    let mut st = c
+        .prepare("SELECT path, count(*) FROM ValidPaths GROUP BY path HAVING count(*) > 1")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn crash_anywhere_on_glusterfs_then_rerun_on_the_other_node() {
+    if !support::nix::nix_available("crash_anywhere_on_glusterfs") {
+        return;
+    }
+    let Some((_serial, n)) = netfs("crash_anywhere_on_glusterfs") else { return };
+    let t_start = Instant::now();
+    let tmp = support::scratch();
+    let v1 = support::nix::real_store(&tmp.path().join("v1"), "v1", true).join("nix");
+    let v2 = support::nix::real_store(&tmp.path().join("v2"), "v2", false).join("nix");
+    let mounts = [n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")];
+
+    // How long a seed of v2 on top of v1 takes here.
+    let fresh = |i: usize| {
+        let t = VolDir::new(&format!("crash-{i}"), &mounts);
+        let o = seed_cmd(&v1, t.a(), &[]).output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        t
+    };
+    let t = fresh(100);
+    let t0 = Instant::now();
+    let o = seed_cmd(&v2, t.a(), &[]).output().unwrap();
+    let full = t0.elapsed();
+    assert!(o.status.success(), "{}", text(&o));
+    eprintln!("a seed of v2 on top of v1 on GlusterFS takes {full:?}");
+
+    const KILLS: usize = 24;
+    let mut outcomes = Vec::new();
+    for i in 0..KILLS {
+        let delay = full.mul_f64(1.2 * i as f64 / (KILLS - 1) as f64);
+        let t = fresh(i);
+        let mut a = Seeder::spawn(&format!("crash-a{i}"), &v2, t.a(), &["-v"]);
+        std::thread::sleep(delay);
+        let finished_first = a.exited();
+        a.kill(libc::SIGKILL);
+        let fa = a.wait();
+        // What is visible under a final name must be complete: the rerun keeps it as it is.
+        let visible = snapshot(&t.a().join("store"));
+
+        let o = seed_cmd(&v2, t.b(), &[]).output().unwrap();
+        assert!(
+            o.status.success(),
+            "kill after {delay:?}: the rerun on B failed:\n{}\nkilled seeder:\n{}",
+            text(&o),
+            fa.text()
+        );
+        outcomes.push(format!(
+            "{:>4}ms: {}",
+            delay.as_millis(),
+            if finished_first {
+                "seed had finished".to_string()
+            } else {
+                format!("killed with {} paths visible", visible.entries.keys().filter(|k| !k.contains(&b'/')).count())
+            }
+        ));
+        assert_no_temp(t.a());
+        let twice = double_registrations(t.b());
+        assert!(twice.is_empty(), "kill after {delay:?}: paths registered twice: {twice:?}");
+        support::compare::assert_unchanged_but_links(&visible, &snapshot(&t.a().join("store")), |rel| {
+            !rel.is_empty() && !rel.starts_with(b".")
+        });
+        support::nix::assert_nix_accepts(t.b(), &v2);
+        if i == KILLS - 1 {
+            support::nix::assert_nix_accepts(t.b(), &v1);
+        }
+    }
+    eprintln!("kills: {outcomes:#?}");
+    eprintln!("crash_anywhere_on_glusterfs: {:.1}s", t_start.elapsed().as_secs_f64());
+}
+
+// ---------------------------------------------------------------------------------------
+// A weak network filesystem: sshfs
+
+/// What sshfs can preserve, compared for every store path present in `dst`: the same
+/// entries, file types, mode bits, file contents and symlink targets as in the source.
+/// Not compared (sshfs cannot keep them): owners, times, hardlinks.
+fn assert_weak_store_sane(src_root: &Path, dst_root: &Path) -> usize {
+    fn walk(p: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, (PathBuf, std::fs::Metadata)>) {
+        let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()));
+        let is_dir = m.is_dir();
+        out.insert(rel.to_path_buf(), (p.to_path_buf(), m));
+        if is_dir {
+            for e in std::fs::read_dir(p).unwrap_or_else(|e| panic!("readdir {}: {e}", p.display())) {
+                let e = e.unwrap();
+                walk(&e.path(), &rel.join(e.file_name()), out);
+            }
+        }
+    }
+    let (ss, ds) = (src_root.join("store"), dst_root.join("store"));
+    let mut problems = Vec::new();
+    let mut present = 0;
+    let Ok(rd) = std::fs::read_dir(&ds) else { return 0 };
+    for e in rd {
+        let name = e.unwrap().file_name();
+        if name.as_bytes().starts_with(b".") {
+            continue;
+        }
+        present += 1;
+        let (mut s, mut d) = (BTreeMap::new(), BTreeMap::new());
+        if std::fs::symlink_metadata(ss.join(&name)).is_err() {
+            problems.push(format!("{}: not in the source", name.to_string_lossy()));
+            continue;
+        }
+        walk(&ss.join(&name), Path::new(&name), &mut s);
+        walk(&ds.join(&name), Path::new(&name), &mut d);
+        let sk: BTreeSet<&PathBuf> = s.keys().collect();
+        let dk: BTreeSet<&PathBuf> = d.keys().collect();
+        for m in sk.symmetric_difference(&dk) {
+            problems.push(format!("{}: only in {}", m.display(), if s.contains_key(*m) { "the source (half-visible store path)" } else { "the target" }));
+        }
+        for (rel, (sp, sm)) in &s {
+            let Some((dp, dm)) = d.get(rel) else { continue };
+            if sm.file_type() != dm.file_type() {
+                problems.push(format!("{}: type {:?} != {:?}", rel.display(), sm.file_type(), dm.file_type()));
+                continue;
+            }
+            if !sm.file_type().is_symlink() && sm.mode() & 0o7777 != dm.mode() & 0o7777 {
+                problems.push(format!("{}: mode {:o} != {:o}", rel.display(), sm.mode() & 0o7777, dm.mode() & 0o7777));
+            }
+            if sm.is_file() && std::fs::read(sp).unwrap() != std::fs::read(dp).unwrap() {
+                problems.push(format!("{}: content differs", rel.display()));
+            }
+            if sm.file_type().is_symlink() && std::fs::read_link(sp).unwrap() != std::fs::read_link(dp).unwrap() {
+                problems.push(format!("{}: symlink target differs", rel.display()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{} problems in {}:\n{}", problems.len(), ds.display(), problems.join("\n"));
+    present
+}
+
+#[test]
+fn weak_filesystem_sshfs_concurrent_seeders_never_corrupt_the_store() {
+    let Some((_serial, n)) = netfs("weak_filesystem_sshfs") else { return };
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 60,
+            big_file_bytes: 2 << 20,
+            ..Spec::default()
+        },
+    );
+    let t = VolDir::new("sshfs", &[n.mount("SSHFS_A"), n.mount("SSHFS_B")]);
+    let seeders: Vec<Seeder> = (0..8)
+        .map(|i| {
+            let (side, dst) = if i % 2 == 0 { ("a", t.a()) } else { ("b", t.b()) };
+            Seeder::spawn(&format!("sshfs-{side}{i}"), &fx.root, dst, &["-v", "--jobs", "4"])
+        })
+        .collect();
+    let outs = wait_all(seeders);
+    let mut summary = Vec::new();
+    for f in &outs {
+        assert_clean_exit(f);
+        if f.status.code() == Some(1) {
+            // The error line names a path.
+            let err = f.lines.iter().map(|(_, l)| l).find(|l| l.contains("error")).unwrap();
+            assert!(err.contains('/'), "an error without a path: {err}");
+        }
+        let warnings: Vec<&String> = f.lines.iter().map(|(_, l)| l).filter(|l| l.contains("warning")).collect();
+        summary.push(format!(
+            "{}: exit {:?}, {} copied, {} skipped, {} warnings, last line: {}",
+            f.name,
+            f.status.code(),
+            copied_events_text(&f.stderr),
+            f.stderr.matches("skipped ").count(),
+            warnings.len(),
+            f.lines.last().map_or("", |(_, l)| l.as_str())
+        ));
+    }
+    eprintln!("8 seeders on sshfs:\n{}", summary.join("\n"));
+    let present = assert_weak_store_sane(&fx.root, t.a());
+    eprintln!("after the 8: {present} of {} store paths present, all sane", fx.names.len());
+
+    // One more seeder, alone: it finishes the job.
+    let last = Seeder::spawn("sshfs-final", &fx.root, t.a(), &["-v"]).wait();
+    eprintln!("final seeder on sshfs:\n{}", last.text());
+    assert_eq!(last.status.code(), Some(0), "the final seeder on sshfs failed:\n{}", last.text());
+    let present = assert_weak_store_sane(&fx.root, t.a());
+    assert_eq!(present, fx.names.len(), "store paths missing after the final seed");
+    assert_no_temp(t.a());
+}
+
+/// `copied NAME (...)` lines of a text-format seeder with `-v`.
+fn copied_events_text(stderr: &str) -> usize {
+    stderr.lines().filter(|l| l.starts_with("nix-seed: copied ")).count()
+}
