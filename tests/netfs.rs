@@ -60,7 +60,10 @@ impl Netfs {
     }
 
     fn pid(&self, key: &str) -> i32 {
-        let v = self.vars.get(key).unwrap_or_else(|| panic!("no {key} in {:?}", self.vars));
+        let v = self
+            .vars
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in {:?}", self.vars));
         v.parse().unwrap_or_else(|_| panic!("{key}={v} is not a pid"))
     }
 }
@@ -269,7 +272,10 @@ fn wait_all(seeders: Vec<Seeder>) -> Vec<Finished> {
 fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !cond() {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out after {secs}s waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs}s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -293,7 +299,11 @@ fn assert_clean_exit(f: &Finished) {
     assert!(!f.stderr.contains("panicked"), "a seeder panicked:\n{}", f.text());
     match f.status.code() {
         Some(0) => {}
-        Some(1) => assert!(f.stderr.contains("error"), "exit 1 without an error line:\n{}", f.text()),
+        Some(1) => assert!(
+            f.stderr.contains("error"),
+            "exit 1 without an error line:\n{}",
+            f.text()
+        ),
         _ => panic!("unexpected exit:\n{}", f.text()),
     }
 }
@@ -353,7 +363,10 @@ fn check_round(round: &str, outs: &[Finished], expected: &BTreeSet<String>, src:
         }
     }
     let twice: Vec<_> = copied.iter().filter(|(_, who)| who.len() > 1).collect();
-    assert!(twice.is_empty(), "{round}: store paths copied more than once: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "{round}: store paths copied more than once: {twice:?}"
+    );
     let got: BTreeSet<String> = copied.keys().cloned().collect();
     assert_eq!(
         got.difference(expected).collect::<Vec<_>>(),
@@ -365,7 +378,10 @@ fn check_round(round: &str, outs: &[Finished], expected: &BTreeSet<String>, src:
         Vec::<&String>::new(),
         "{round}: missing paths nobody copied"
     );
-    assert_eq!(skipped, 0, "{round}: a copy was made and discarded (two seeders copied at once)");
+    assert_eq!(
+        skipped, 0,
+        "{round}: a copy was made and discarded (two seeders copied at once)"
+    );
     let holders: BTreeSet<&String> = copied.values().flatten().collect();
     eprintln!(
         "{round}: {} paths copied by {holders:?}; {waiters} of {SEEDERS} seeders waited for the lock; \
@@ -378,7 +394,10 @@ fn check_round(round: &str, outs: &[Finished], expected: &BTreeSet<String>, src:
     let theirs = db_rows(&src.join("var/nix/db/db.sqlite"));
     let ours = db_rows(&t.a().join("var/nix/db/db.sqlite"));
     let missing: Vec<&String> = theirs.difference(&ours).collect();
-    assert!(missing.is_empty(), "{round}: registrations missing in the target: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "{round}: registrations missing in the target: {missing:?}"
+    );
 }
 
 fn many_nodes(test: &str, volume: &str) {
@@ -472,7 +491,10 @@ fn holder_and_waiters(
         waiters.iter().all(|w| w.saw("waiting for lock"))
     });
     wait_for(60, "the holder to publish some store paths", || {
-        assert!(!holder.exited(), "the holder finished before it could be killed: make the fixture bigger");
+        assert!(
+            !holder.exited(),
+            "the holder finished before it could be killed: make the fixture bigger"
+        );
         store_entries(holder_dst) >= min_paths
     });
     assert!(!holder.exited(), "the holder finished before it could be killed");
@@ -484,7 +506,10 @@ fn holder_and_waiters(
 fn first_takeover(outs: &[Finished]) -> (Instant, &'static str, String) {
     let mut best: Option<(Instant, &'static str, String)> = None;
     for f in outs {
-        for (pat, how) in [("took lock", "the kernel lock was released"), ("taking over", "stale lease taken over")] {
+        for (pat, how) in [
+            ("took lock", "the kernel lock was released"),
+            ("taking over", "stale lease taken over"),
+        ] {
             if let Some(t) = f.saw(pat) {
                 if best.as_ref().is_none_or(|(b, _, _)| t < *b) {
                     best = Some((t, how, f.name.clone()));
@@ -500,10 +525,15 @@ fn first_takeover(outs: &[Finished]) -> (Instant, &'static str, String) {
 
 #[test]
 fn node_loss_sigkilled_holder_on_a_is_taken_over_by_a_waiter_on_b() {
-    let Some((_serial, n)) = netfs("node_loss_sigkill") else { return };
+    let Some((_serial, n)) = netfs("node_loss_sigkill") else {
+        return;
+    };
     let tmp = support::scratch();
     let fx = slow_fixture(&tmp.path().join("src"));
-    let t = VolDir::new("node-loss-kill", &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")]);
+    let t = VolDir::new(
+        "node-loss-kill",
+        &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")],
+    );
 
     let (holder, waiters) = holder_and_waiters(&fx.root, t.a(), t.b(), 3, &[], 20);
     holder.kill(libc::SIGKILL);
@@ -520,7 +550,10 @@ fn node_loss_sigkilled_holder_on_a_is_taken_over_by_a_waiter_on_b() {
         after < Duration::from_secs(5),
         "the waiter took the lock {after:?} after the kill ({how})"
     );
-    assert_eq!(how, "the kernel lock was released", "the kernel lock must be released, not taken over");
+    assert_eq!(
+        how, "the kernel lock was released",
+        "the kernel lock must be released, not taken over"
+    );
     // Nothing copied twice: what the holder published and what the waiters copied.
     let by_holder: BTreeSet<String> = copied_events(&h.stderr).into_iter().collect();
     let mut by_waiters = Vec::new();
@@ -528,8 +561,15 @@ fn node_loss_sigkilled_holder_on_a_is_taken_over_by_a_waiter_on_b() {
         by_waiters.extend(copied_events(&f.stderr));
     }
     let unique: BTreeSet<String> = by_waiters.iter().cloned().collect();
-    assert_eq!(unique.len(), by_waiters.len(), "a waiter copied a path another waiter copied");
-    assert!(by_holder.is_disjoint(&unique), "a waiter copied a path the holder had published");
+    assert_eq!(
+        unique.len(),
+        by_waiters.len(),
+        "a waiter copied a path another waiter copied"
+    );
+    assert!(
+        by_holder.is_disjoint(&unique),
+        "a waiter copied a path the holder had published"
+    );
     assert_store_equal_with(&fx.root, t.a(), Links::Subset);
     assert_store_equal_with(&fx.root, t.b(), Links::Subset);
     assert_no_temp(t.a());
@@ -548,10 +588,15 @@ impl Drop for Remount {
 
 #[test]
 fn node_loss_fuse_client_of_the_holder_killed_waiters_on_b_proceed() {
-    let Some((_serial, n)) = netfs("node_loss_fuse_client") else { return };
+    let Some((_serial, n)) = netfs("node_loss_fuse_client") else {
+        return;
+    };
     let tmp = support::scratch();
     let fx = slow_fixture(&tmp.path().join("src"));
-    let t = VolDir::new("node-loss-client", &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")]);
+    let t = VolDir::new(
+        "node-loss-client",
+        &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")],
+    );
     let client = n.pid("GLUSTER_DEFAULT_A_PID");
     let _remount = Remount;
 
@@ -559,13 +604,25 @@ fn node_loss_fuse_client_of_the_holder_killed_waiters_on_b_proceed() {
     let (holder, waiters) = holder_and_waiters(&fx.root, t.a(), t.b(), 3, &stale, 20);
     // The node loses its disk: the FUSE client of mount A dies.
     // SAFETY: kill(2) of the glusterfs client process the harness started.
-    assert_eq!(unsafe { libc::kill(client, libc::SIGKILL) }, 0, "kill glusterfs {client}");
+    assert_eq!(
+        unsafe { libc::kill(client, libc::SIGKILL) },
+        0,
+        "kill glusterfs {client}"
+    );
     let killed = Instant::now();
     let h = holder.wait();
     let outs = wait_all(waiters);
-    eprintln!("holder on the dead mount: {}", h.text().lines().rev().take(3).collect::<Vec<_>>().join(" | "));
+    eprintln!(
+        "holder on the dead mount: {}",
+        h.text().lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+    );
     assert_clean_exit(&h);
-    assert_eq!(h.status.code(), Some(1), "the seeder on the dead mount must fail:\n{}", h.text());
+    assert_eq!(
+        h.status.code(),
+        Some(1),
+        "the seeder on the dead mount must fail:\n{}",
+        h.text()
+    );
     assert!(
         h.stderr.contains(&t.a().display().to_string()),
         "the error names no path on the lost mount:\n{}",
@@ -617,7 +674,9 @@ fn crash_anywhere_on_glusterfs_then_rerun_on_the_other_node() {
     if !support::nix::nix_available("crash_anywhere_on_glusterfs") {
         return;
     }
-    let Some((_serial, n)) = netfs("crash_anywhere_on_glusterfs") else { return };
+    let Some((_serial, n)) = netfs("crash_anywhere_on_glusterfs") else {
+        return;
+    };
     let t_start = Instant::now();
     let tmp = support::scratch();
     let v1 = support::nix::real_store(&tmp.path().join("v1"), "v1", true).join("nix");
@@ -664,12 +723,18 @@ fn crash_anywhere_on_glusterfs_then_rerun_on_the_other_node() {
             if finished_first {
                 "seed had finished".to_string()
             } else {
-                format!("killed with {} paths visible", visible.entries.keys().filter(|k| !k.contains(&b'/')).count())
+                format!(
+                    "killed with {} paths visible",
+                    visible.entries.keys().filter(|k| !k.contains(&b'/')).count()
+                )
             }
         ));
         assert_no_temp(t.a());
         let twice = double_registrations(t.b());
-        assert!(twice.is_empty(), "kill after {delay:?}: paths registered twice: {twice:?}");
+        assert!(
+            twice.is_empty(),
+            "kill after {delay:?}: paths registered twice: {twice:?}"
+        );
         support::compare::assert_unchanged_but_links(&visible, &snapshot(&t.a().join("store")), |rel| {
             !rel.is_empty() && !rel.starts_with(b".")
         });
@@ -720,16 +785,34 @@ fn assert_weak_store_sane(src_root: &Path, dst_root: &Path) -> usize {
         let sk: BTreeSet<&PathBuf> = s.keys().collect();
         let dk: BTreeSet<&PathBuf> = d.keys().collect();
         for m in sk.symmetric_difference(&dk) {
-            problems.push(format!("{}: only in {}", m.display(), if s.contains_key(*m) { "the source (half-visible store path)" } else { "the target" }));
+            problems.push(format!(
+                "{}: only in {}",
+                m.display(),
+                if s.contains_key(*m) {
+                    "the source (half-visible store path)"
+                } else {
+                    "the target"
+                }
+            ));
         }
         for (rel, (sp, sm)) in &s {
             let Some((dp, dm)) = d.get(rel) else { continue };
             if sm.file_type() != dm.file_type() {
-                problems.push(format!("{}: type {:?} != {:?}", rel.display(), sm.file_type(), dm.file_type()));
+                problems.push(format!(
+                    "{}: type {:?} != {:?}",
+                    rel.display(),
+                    sm.file_type(),
+                    dm.file_type()
+                ));
                 continue;
             }
             if !sm.file_type().is_symlink() && sm.mode() & 0o7777 != dm.mode() & 0o7777 {
-                problems.push(format!("{}: mode {:o} != {:o}", rel.display(), sm.mode() & 0o7777, dm.mode() & 0o7777));
+                problems.push(format!(
+                    "{}: mode {:o} != {:o}",
+                    rel.display(),
+                    sm.mode() & 0o7777,
+                    dm.mode() & 0o7777
+                ));
             }
             if sm.is_file() && std::fs::read(sp).unwrap() != std::fs::read(dp).unwrap() {
                 problems.push(format!("{}: content differs", rel.display()));
@@ -739,13 +822,21 @@ fn assert_weak_store_sane(src_root: &Path, dst_root: &Path) -> usize {
             }
         }
     }
-    assert!(problems.is_empty(), "{} problems in {}:\n{}", problems.len(), ds.display(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems in {}:\n{}",
+        problems.len(),
+        ds.display(),
+        problems.join("\n")
+    );
     present
 }
 
 #[test]
 fn weak_filesystem_sshfs_concurrent_seeders_never_corrupt_the_store() {
-    let Some((_serial, n)) = netfs("weak_filesystem_sshfs") else { return };
+    let Some((_serial, n)) = netfs("weak_filesystem_sshfs") else {
+        return;
+    };
     let tmp = support::scratch();
     let fx = fixture::build(
         &tmp.path().join("src"),
@@ -771,7 +862,12 @@ fn weak_filesystem_sshfs_concurrent_seeders_never_corrupt_the_store() {
             let err = f.lines.iter().map(|(_, l)| l).find(|l| l.contains("error")).unwrap();
             assert!(err.contains('/'), "an error without a path: {err}");
         }
-        let warnings: Vec<&String> = f.lines.iter().map(|(_, l)| l).filter(|l| l.contains("warning")).collect();
+        let warnings: Vec<&String> = f
+            .lines
+            .iter()
+            .map(|(_, l)| l)
+            .filter(|l| l.contains("warning"))
+            .collect();
         summary.push(format!(
             "{}: exit {:?}, {} copied, {} skipped, {} warnings, last line: {}",
             f.name,
@@ -784,12 +880,20 @@ fn weak_filesystem_sshfs_concurrent_seeders_never_corrupt_the_store() {
     }
     eprintln!("8 seeders on sshfs:\n{}", summary.join("\n"));
     let present = assert_weak_store_sane(&fx.root, t.a());
-    eprintln!("after the 8: {present} of {} store paths present, all sane", fx.names.len());
+    eprintln!(
+        "after the 8: {present} of {} store paths present, all sane",
+        fx.names.len()
+    );
 
     // One more seeder, alone: it finishes the job.
     let last = Seeder::spawn("sshfs-final", &fx.root, t.a(), &["-v"]).wait();
     eprintln!("final seeder on sshfs:\n{}", last.text());
-    assert_eq!(last.status.code(), Some(0), "the final seeder on sshfs failed:\n{}", last.text());
+    assert_eq!(
+        last.status.code(),
+        Some(0),
+        "the final seeder on sshfs failed:\n{}",
+        last.text()
+    );
     let present = assert_weak_store_sane(&fx.root, t.a());
     assert_eq!(present, fx.names.len(), "store paths missing after the final seed");
     assert_no_temp(t.a());
