@@ -358,6 +358,7 @@ fn check_round(round: &str, outs: &[Finished], expected: &BTreeSet<String>, src:
                 );
             }
             if !waits.iter().any(|l| l.contains("held by pod ")) {
+                eprintln!("DEBUG {}: {:?}", f.name, waits.iter().map(|l| &l[l.find("lease_unchanged").unwrap_or(0)..]).collect::<Vec<_>>());
                 unnamed.push(f.name.clone());
             }
         }
