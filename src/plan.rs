@@ -77,6 +77,48 @@ impl Plan {
     }
 }
 
+/// What the missing store paths take: measured on the source (trusted, local) with one
+/// lstat walk, which also warms the caches the copy reads next.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Size {
+    pub files: u64,
+    /// Apparent size of the distinct regular files (what is written).
+    pub bytes: u64,
+    /// Space the copy needs on a filesystem with `block`-sized blocks: every file, directory
+    /// and symlink rounded up to whole blocks, hardlinked files once.
+    pub needed: u64,
+}
+
+pub fn measure(c: &Checked, names: &[OsString], block: u64) -> Result<Size> {
+    let block = block.max(512);
+    let round = |n: u64| n.div_ceil(block) * block;
+    let mut seen = HashSet::new();
+    let mut size = Size::default();
+    for n in names {
+        for e in walkdir::WalkDir::new(c.source_store_path.join(n))
+            .follow_links(false)
+            .follow_root_links(false)
+        {
+            let e = e.with_context(|| format!("cannot walk {}", c.source_store_path.join(n).display()))?;
+            let m = e
+                .metadata()
+                .with_context(|| format!("cannot stat {}", e.path().display()))?;
+            use std::os::unix::fs::MetadataExt;
+            if m.is_file() {
+                size.files += 1;
+                if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
+                    continue;
+                }
+                size.bytes += m.len();
+                size.needed += round(m.len());
+            } else {
+                size.needed += if m.is_dir() { block } else { round(m.len()) };
+            }
+        }
+    }
+    Ok(size)
+}
+
 /// `target/store`, opened without following a symlink; `None` if it does not exist yet.
 pub fn open_target_store(c: &Checked) -> Result<Option<OwnedFd>> {
     match open_dir(c.target.as_fd(), "store") {

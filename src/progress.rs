@@ -284,10 +284,15 @@ impl Snapshot {
         let bytes = Counters::get(&c.bytes);
         let elapsed = t0.elapsed();
         let secs = elapsed.as_secs_f64().max(1e-3);
-        // Store paths differ wildly in size; the fraction of paths done is the only
-        // estimate available without a second walk of the source.
-        let eta = (finished > 0 && total > finished)
-            .then(|| Duration::from_secs_f64(secs * (total - finished) as f64 / finished as f64));
+        // By bytes when the total is known (store paths differ wildly in size), else by the
+        // fraction of store paths done.
+        let bytes_total = Counters::get(&c.bytes_total);
+        let eta = if bytes_total > 0 && bytes > 0 {
+            (bytes < bytes_total).then(|| Duration::from_secs_f64(secs * (bytes_total - bytes) as f64 / bytes as f64))
+        } else {
+            (finished > 0 && total > finished)
+                .then(|| Duration::from_secs_f64(secs * (total - finished) as f64 / finished as f64))
+        };
         Snapshot {
             total,
             finished,

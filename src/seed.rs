@@ -51,6 +51,13 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         } else if !plan.image_marked {
             log.info("would add the image's missing var/ entries");
         }
+        let size = plan::measure(&c, &plan.missing, 4096)?;
+        log.info(&format!(
+            "would copy {} store paths: {} files, {}",
+            plan.missing.len(),
+            size.files,
+            indicatif::HumanBytes(size.bytes)
+        ));
         report.dry_run = true;
         report.seconds = t0.elapsed().as_secs_f64();
         return Ok(report);
@@ -92,6 +99,17 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
             c.source_path.display()
         ));
     }
+    // Enough space? Measured on the source, refused before anything is copied.
+    let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())?;
+    let size = plan::measure(&c, &plan.missing, vfs.fragment_size() as u64)?;
+    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+    counters
+        .bytes_total
+        .store(size.bytes, std::sync::atomic::Ordering::Relaxed);
+    if size.needed > free {
+        return Err(anyhow::anyhow!(no_space(&c, &plan, size, free)));
+    }
+
     // Nix's locks, shared: no garbage collection may run between copy and register.
     let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
 
@@ -142,7 +160,15 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     );
     bar.finish();
     report.take_counters(&counters);
-    let copied: HashSet<OsString> = copied?.into_iter().collect();
+    let copied: HashSet<OsString> = match copied {
+        Ok(v) => v.into_iter().collect(),
+        Err(e) if is_enospc(&e) => {
+            let free = nix::sys::statvfs::fstatvfs(store.as_fd())
+                .map_or(0, |v| v.blocks_available() as u64 * v.fragment_size() as u64);
+            return Err(anyhow::anyhow!("{} ({e:#})", no_space(&c, &plan, size, free)));
+        }
+        Err(e) => return Err(e),
+    };
 
     if args.verify {
         match &source_db {
@@ -240,6 +266,27 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     drop(held);
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The one message for "does not fit", before copying or when the disk filled up anyway.
+fn no_space(c: &Checked, plan: &Plan, size: plan::Size, free: u64) -> String {
+    format!(
+        "not enough space in {}: the {} missing store paths need {} ({} bytes), {} ({} bytes) is free; \
+         free space or grow the volume, then run again (nothing half-copied is left)",
+        c.target_path.display(),
+        plan.missing.len(),
+        indicatif::HumanBytes(size.needed),
+        size.needed,
+        indicatif::HumanBytes(free),
+        free
+    )
+}
+
+fn is_enospc(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) == Some(libc::ENOSPC)
+            || c.downcast_ref::<Errno>() == Some(&Errno::ENOSPC)
+    })
 }
 
 /// A present but unregistered store path of the image that this run did not copy: keep

@@ -293,8 +293,8 @@ fn help_and_version() {
 }
 
 #[test]
-fn a_full_target_fails_naming_the_target_path_and_leaves_nothing_half_visible() {
-    if !support::require_root("a_full_target_fails (needs root for a small tmpfs)") {
+fn a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free() {
+    if !support::require_root("a_target_too_small (needs root for a small tmpfs)") {
         return;
     }
     let tmp = support::scratch();
@@ -316,31 +316,85 @@ fn a_full_target_fails_naming_the_target_path_and_leaves_nothing_half_visible() 
         .arg(&dst)
         .output()
         .unwrap();
-    assert_code(&o, 1);
-    let err = stderr(&o);
-    assert!(
-        err.contains(&dst.display().to_string()) && err.contains("No space left"),
-        "{err}"
+    refused(
+        &o,
+        1,
+        &[&dst.display().to_string(), "not enough space", "need", "is free"],
+    );
+    // Nothing but nix-seed's own lock directory (the check runs under the lock).
+    let left: Vec<_> = std::fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [std::ffi::OsString::from(".nix-seed")],
+        "nothing may be written when it cannot fit"
+    );
+    // The lock was released: with room, the next run does the job.
+    assert!(std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&dst)
+        .status()
+        .unwrap()
+        .success());
+    let o = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .arg("--lock-timeout")
+        .arg("2s")
+        .output()
+        .unwrap();
+    support::cmd::assert_ok(&o);
+    support::compare::assert_store_equal(&fx.root, &dst);
+    drop(m);
+}
+
+#[test]
+fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible() {
+    if !support::require_root("a_target_that_fills_up (needs root for a small tmpfs)") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 40,
+            big_file_bytes: 1 << 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    // Space enough by bytes, but few inodes: the copy runs out part-way (ENOSPC).
+    let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
+    let o = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    refused(
+        &o,
+        1,
+        &[&dst.display().to_string(), "not enough space", "No space left"],
     );
     support::compare::assert_no_temp(&dst);
     // Every store path that is visible is complete.
     for e in std::fs::read_dir(dst.join("store")).unwrap() {
         let name = e.unwrap().file_name();
-        let src_path = fx.root.join("store").join(&name);
-        let dst_path = dst.join("store").join(&name);
-        assert_eq!(
-            std::process::Command::new("diff")
-                .arg("-r")
-                .arg("--no-dereference")
-                .arg(&src_path)
-                .arg(&dst_path)
-                .status()
-                .unwrap()
-                .code(),
-            Some(0),
-            "{} is visible but differs",
-            dst_path.display()
-        );
+        let (s, d) = (fx.root.join("store").join(&name), dst.join("store").join(&name));
+        let same = std::process::Command::new("diff")
+            .arg("-r")
+            .arg("--no-dereference")
+            .arg(&s)
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(same.success(), "{} is visible but differs", d.display());
     }
-    drop(m);
 }

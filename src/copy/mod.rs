@@ -31,6 +31,8 @@ pub struct Counters {
     pub paths_skipped: AtomicU64,
     pub files: AtomicU64,
     pub bytes: AtomicU64,
+    /// Bytes the run will write, when known beforehand (for the ETA).
+    pub bytes_total: AtomicU64,
     pub dirs: AtomicU64,
     pub symlinks: AtomicU64,
     pub hardlinks: AtomicU64,

@@ -113,11 +113,14 @@ pub fn loop_fs(kind: &str, size_mb: u64, at: &Path) -> Mount {
 
 /// Mount a tmpfs of `size_mb` MiB at `at` (created if missing).
 pub fn tmpfs(at: &Path, size_mb: u64) -> Mount {
+    tmpfs_with(at, &format!("size={size_mb}m,mode=0755"))
+}
+
+/// A tmpfs at `at` with the given mount options (e.g. `size=256m,nr_inodes=300`).
+pub fn tmpfs_with(at: &Path, options: &str) -> Mount {
     std::fs::create_dir_all(at).unwrap_or_else(|e| panic!("mkdir {}: {e}", at.display()));
     run(Command::new(tool("mount"))
-        .args(["-t", "tmpfs", "-o"])
-        .arg(format!("size={size_mb}m,mode=0755"))
-        .arg("tmpfs")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
         .arg(at));
     Mount {
         path: at.to_path_buf(),
