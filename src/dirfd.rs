@@ -92,6 +92,31 @@ pub fn list(dir: BorrowedFd) -> io::Result<Vec<Entry>> {
     // A fresh open file description of ".": a dup would share (and move) the offset of
     // `dir`, so listing one directory twice would see nothing the second time.
     let mut d = Dir::openat(dir, ".", DIR_FLAGS, Mode::empty())?;
+    read_entries(&mut d)
+}
+
+/// A directory opened once (without following a symlink) and listed: the handle stays
+/// open for the `*at` calls on its children. Saves the second open [`list`] would make.
+pub struct Listed {
+    dir: Dir,
+    pub entries: Vec<Entry>,
+}
+
+impl Listed {
+    pub fn open<N: AsRef<OsStr> + ?Sized>(parent: BorrowedFd, name: &N) -> io::Result<Listed> {
+        let mut dir = Dir::openat(parent, name.as_ref(), DIR_FLAGS, Mode::empty())?;
+        let entries = read_entries(&mut dir)?;
+        Ok(Listed { dir, entries })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor belongs to `self.dir`, which outlives the borrow.
+        unsafe { BorrowedFd::borrow_raw(self.dir.as_raw_fd()) }
+    }
+}
+
+fn read_entries(d: &mut Dir) -> io::Result<Vec<Entry>> {
     let mut out = Vec::new();
     for e in d.iter() {
         let e = e?;

@@ -163,8 +163,8 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let copied: HashSet<OsString> = match copied {
         Ok(v) => v.into_iter().collect(),
         Err(e) if is_enospc(&e) => {
-            let free = nix::sys::statvfs::fstatvfs(store.as_fd())
-                .map_or(0, |v| v.blocks_available() * v.fragment_size());
+            let free =
+                nix::sys::statvfs::fstatvfs(store.as_fd()).map_or(0, |v| v.blocks_available() * v.fragment_size());
             return Err(anyhow::anyhow!("{} ({e:#})", no_space(&c, &plan, size, free)));
         }
         Err(e) => return Err(e),

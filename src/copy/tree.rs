@@ -101,21 +101,17 @@ impl Walk<'_> {
     ) -> Result<()> {
         mkdirat(dst_dir, dst_name, Mode::from_bits_truncate(0o700)).with_context(|| self.at("create directory"))?;
         let dst = File::from(open_dir(dst_dir, dst_name).with_context(|| self.at("open new directory"))?);
-        let src = open_dir(src_dir, src_name).with_context(|| format!("{}: cannot open", self.src_path.display()))?;
-        let entries =
-            crate::dirfd::list(src.as_fd()).with_context(|| format!("{}: cannot list", self.src_path.display()))?;
+        let mut src = crate::dirfd::Listed::open(src_dir, src_name)
+            .with_context(|| format!("{}: cannot list", self.src_path.display()))?;
+        let entries = std::mem::take(&mut src.entries);
         for e in entries {
-            let cst = fstatat(
-                src.as_fd(),
-                e.name.as_os_str(),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .with_context(|| format!("{}: cannot stat", self.src_path.join(&e.name).display()))?;
+            let cst = fstatat(src.fd(), e.name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+                .with_context(|| format!("{}: cannot stat", self.src_path.join(&e.name).display()))?;
             self.src_path.push(&e.name);
             self.rel.push(&e.name);
             let keep = self.filter.is_none_or(|f| f(&self.rel, &cst));
             let r = if keep {
-                self.copy_entry(src.as_fd(), &e.name, &cst, dst.as_fd(), &e.name)
+                self.copy_entry(src.fd(), &e.name, &cst, dst.as_fd(), &e.name)
             } else {
                 Ok(())
             };
