@@ -335,13 +335,13 @@ pub fn open_target(db_dir_fd: BorrowedFd, db_dir: &Path, read_only: bool) -> Res
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     };
-    let conn = if wal {
+    let mut conn = if wal {
         Connection::open_with_flags(&path, flags)
     } else {
         Connection::open_with_flags_and_vfs(&path, flags, c"unix-dotfile")
     }
     .with_context(|| format!("cannot open the target's database {}", path.display()))?;
-    conn.busy_timeout(Duration::from_secs(600))?;
+    conn.busy_handler(Some(busy))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     if !wal && !read_only {
         conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
@@ -487,4 +487,137 @@ pub fn has_file(dir: BorrowedFd, name: &OsStr) -> bool {
 /// `name` as a `&str` if it is UTF-8 (store path names always are).
 pub fn utf8(name: &OsStr) -> Option<&str> {
     std::str::from_utf8(name.as_bytes()).ok()
+}
+
+/// What the busy handler says and how long it waits (one target database per process).
+struct BusyCtx {
+    lock_path: PathBuf,
+    timeout: Duration,
+    log: std::sync::Arc<crate::progress::Log>,
+}
+
+static BUSY: std::sync::OnceLock<BusyCtx> = std::sync::OnceLock::new();
+
+/// Set what the database busy handler reports and how long it waits.
+pub fn set_busy_context(db_dir: &Path, timeout: Duration, log: std::sync::Arc<crate::progress::Log>) {
+    let _ = BUSY.set(BusyCtx {
+        lock_path: db_dir.join(format!("{DB_FILE}.lock")),
+        timeout,
+        log,
+    });
+}
+
+/// SQLite's busy handler: retry every 100 ms, say every 5 s what is waited for, give up
+/// after the lock timeout (the error then names the lock).
+fn busy(count: i32) -> bool {
+    let Some(ctx) = BUSY.get() else {
+        std::thread::sleep(Duration::from_millis(100));
+        return count < 100;
+    };
+    let waited = Duration::from_millis(100) * count.max(0) as u32;
+    if waited >= ctx.timeout {
+        return false;
+    }
+    if count > 0 && count % 50 == 0 {
+        ctx.log.warn(&format!(
+            "waiting {}s for the Nix database lock ({} exists with the unix-dotfile VFS): a Nix process \
+             holds the database, or one was killed while holding it; if no Nix process uses this store, \
+             rmdir it",
+            waited.as_secs(),
+            ctx.lock_path.display()
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    true
+}
+
+/// `TARGET/.nix-seed/db-lock`: present while a seeder may hold the target database's
+/// lock. With the `unix-dotfile` VFS that lock is the directory `db.sqlite.lock`, which a
+/// process killed while holding it leaves behind, and every Nix process of every pod then
+/// blocks. A later seeder holds the nix-seed lock, so the one that wrote the record is dead
+/// (or was taken over): if `db.sqlite.lock` exists and stays the same for a grace period, it
+/// is that seeder's and is removed with a warning. Without a record nix-seed never removes
+/// it (a live, or killed, Nix process's lock is not ours to break).
+pub struct DbWindow {
+    state: std::os::fd::OwnedFd,
+}
+
+pub const DB_WINDOW_RECORD: &str = "db-lock";
+
+impl DbWindow {
+    pub fn enter(
+        state: std::os::fd::OwnedFd,
+        db_dir: Option<BorrowedFd>,
+        db_path: &Path,
+        log: &crate::progress::Log,
+    ) -> Result<DbWindow> {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::Mode;
+        if let (Some(db), true) = (db_dir, lstat_at(state.as_fd(), DB_WINDOW_RECORD)?.is_some()) {
+            let lock_name = format!("{DB_FILE}.lock");
+            let first = lstat_at(db, lock_name.as_str())?;
+            if let Some(first) = first {
+                // A live Nix process holds this lock for a transaction: milliseconds. Give
+                // it a grace period before deciding the lock is the dead seeder's.
+                let grace = Duration::from_secs(5);
+                let t0 = std::time::Instant::now();
+                let mut gone = false;
+                while t0.elapsed() < grace {
+                    std::thread::sleep(Duration::from_millis(100));
+                    match lstat_at(db, lock_name.as_str())? {
+                        None => {
+                            gone = true;
+                            break;
+                        }
+                        Some(now)
+                            if (now.st_ino, now.st_ctime, now.st_ctime_nsec)
+                                != (first.st_ino, first.st_ctime, first.st_ctime_nsec) =>
+                        {
+                            gone = true;
+                            break;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                if !gone {
+                    match nix::unistd::unlinkat(db, lock_name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+                        Ok(()) | Err(nix::errno::Errno::ENOENT) => log.warn(&format!(
+                            "removed {}/{lock_name}: left by a seeder killed while it held the Nix database \
+                             (it recorded that in .nix-seed/{DB_WINDOW_RECORD})",
+                            db_path.display()
+                        )),
+                        Err(e) => log.warn(&format!(
+                            "cannot remove the stale {}/{lock_name}: {e}",
+                            db_path.display()
+                        )),
+                    }
+                }
+            }
+        }
+        let fd = openat(
+            state.as_fd(),
+            DB_WINDOW_RECORD,
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NONBLOCK,
+            Mode::from_bits_truncate(0o644),
+        )
+        .context("cannot write .nix-seed/db-lock")?;
+        use std::io::Write;
+        let _ = writeln!(std::fs::File::from(fd), "pid={}", std::process::id());
+        Ok(DbWindow { state })
+    }
+}
+
+impl Drop for DbWindow {
+    fn drop(&mut self) {
+        let _ = nix::unistd::unlinkat(
+            self.state.as_fd(),
+            DB_WINDOW_RECORD,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
 }

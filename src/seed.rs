@@ -122,6 +122,15 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let existing_db = db_dir
         .as_ref()
         .filter(|d| nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
+    let db_path = c.target_path.join("var").join(nixdb::DB_DIR);
+    nixdb::set_busy_context(&db_path, args.lock_timeout, log.clone());
+    // From here until the database is closed, a kill could leave its dotfile lock behind.
+    let db_window = nixdb::DbWindow::enter(
+        lock::state_dir(c.target.as_fd(), &c.target_path)?,
+        db_dir.as_ref().map(|d| d.as_fd()),
+        &db_path,
+        log,
+    )?;
     let mut target_db = match existing_db {
         Some(d) => Some(nixdb::open_target(
             d.as_fd(),
@@ -147,6 +156,14 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     if removed > 0 {
         log.info(&format!(
             "removed {removed} temporary entries left by an interrupted earlier run"
+        ));
+    }
+
+    if !engine.probe_symlink_metadata(store.as_fd())? {
+        log.warn(&format!(
+            "{} applies a symlink's owner and times to the link's target (sshfs does): symlinks keep \
+             the owner and times the target gives them; everything else is preserved",
+            c.target_path.display()
         ));
     }
 
@@ -222,6 +239,9 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     // var/ after the store paths, so profiles and roots never point at missing paths; a
     // database is created here (a copy of the image's) if the target has none.
     let var_engine = Engine::new(Arc::new(Counters::default()), stop_flags);
+    if !engine.symlink_metadata() {
+        let _ = var_engine.probe_symlink_metadata(store.as_fd());
+    }
     let v = var::seed(&c, &var_engine, log, source_db.is_some())?;
     if var_engine.ownership.take_denied_notice() && engine.ownership.preserved() {
         log.warn(&format!(
@@ -241,6 +261,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         report.registered = source_db.as_ref().map_or(0, |d| d.paths.len());
     }
     drop(target_db);
+    drop(db_window);
 
     if let Some(src_db) = &source_db {
         let var = open_dir(c.target.as_fd(), "var")

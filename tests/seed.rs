@@ -219,7 +219,10 @@ fn dry_run_changes_nothing() {
         let line = format!("would copy {}", n.to_string_lossy());
         assert!(err.lines().any(|l| l.ends_with(&line)), "no `{line}` in:\n{err}");
     }
-    assert!(err.contains(&format!("would copy {} store paths: ", fx.names.len())), "no size line in:\n{err}");
+    assert!(
+        err.contains(&format!("would copy {} store paths: ", fx.names.len())),
+        "no size line in:\n{err}"
+    );
     assert!(stdout(&out).contains(&format!("would copy {} of {}", fx.names.len(), fx.names.len())));
 }
 
@@ -247,6 +250,51 @@ fn summary_goes_to_the_termination_log_and_json_lines_parse() {
         assert!(
             v["ts"].is_string() && v["level"].is_string() && v["msg"].is_string(),
             "not a log line: {line}"
+        );
+    }
+}
+
+/// A seeder killed while it held the target database's dotfile lock leaves
+/// `db.sqlite.lock` behind (and its record `.nix-seed/db-lock`): the next seeder removes it
+/// and finishes. A lock directory without that record is some Nix process's: waited for,
+/// with a line naming it, never removed.
+#[test]
+fn a_dotfile_lock_left_by_a_killed_seeder_is_removed_and_a_foreign_one_is_waited_for() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    let lock = dst.join("var/nix/db/db.sqlite.lock");
+
+    // Someone else's lock: waited for, named, left alone; the seed gives up (exit 1).
+    std::fs::create_dir(&lock).unwrap();
+    let added = support::fixture::add_paths(&fx.root, 3, 77);
+    let out = seed(&fx.root, &dst, &["--lock-timeout", "6s"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("db.sqlite.lock") && err.contains("rmdir it"), "{err}");
+    assert!(lock.exists(), "a lock nix-seed did not leave is never removed");
+
+    // Now as if a seeder had been killed inside its database window.
+    std::fs::write(dst.join(".nix-seed/db-lock"), b"pid=1\n").unwrap();
+    let out = seed(&fx.root, &dst, &["--lock-timeout", "30s"]);
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("removed") && stderr(&out).contains("db.sqlite.lock"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!lock.exists());
+    assert!(
+        !dst.join(".nix-seed/db-lock").exists(),
+        "the record goes with the seed that wrote it"
+    );
+    let rows = support::compare::db_rows(&dst.join("var/nix/db/db.sqlite"));
+    for n in &added {
+        assert!(
+            rows.iter().any(|r| r.contains(&*n.to_string_lossy())),
+            "{n:?} not registered"
         );
     }
 }

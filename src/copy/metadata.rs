@@ -100,10 +100,58 @@ pub fn apply_fd(file: &File, st: &FileStat, own: &Ownership) -> io::Result<()> {
 
 /// Owner and times of a symlink (its mode is always 0777 on Linux). filetime has no
 /// directory-fd-relative call, so this uses utimensat(AT_SYMLINK_NOFOLLOW) directly.
-pub fn apply_symlink(dir: BorrowedFd, name: &std::ffi::OsStr, st: &FileStat, own: &Ownership) -> io::Result<()> {
+/// Skipped where the filesystem would apply them to the link's target (see
+/// [`symlink_metadata_follows`]).
+pub fn apply_symlink(
+    dir: BorrowedFd,
+    name: &std::ffi::OsStr,
+    st: &FileStat,
+    own: &Ownership,
+    enabled: bool,
+) -> io::Result<()> {
+    if !enabled {
+        return Ok(());
+    }
     own.set_symlink(dir, name, st)?;
     let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
     let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
     utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)?;
     Ok(())
+}
+
+/// Whether `AT_SYMLINK_NOFOLLOW` metadata calls reach the link's *target* on the
+/// filesystem of `dir` (sshfs: SFTP SETSTAT follows links on the server, so a dangling link
+/// fails with ENOENT and a link to an existing file changes that file). Probed once with a
+/// temporary file and a symlink to it.
+pub fn symlink_metadata_follows(dir: BorrowedFd, tag: &str) -> io::Result<bool> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
+    let file = format!("{}probe-{tag}-file", crate::dirfd::TEMP_PREFIX);
+    let link = format!("{}probe-{tag}-link", crate::dirfd::TEMP_PREFIX);
+    let cleanup = || {
+        let _ = unlinkat(dir, link.as_str(), UnlinkatFlags::NoRemoveDir);
+        let _ = unlinkat(dir, file.as_str(), UnlinkatFlags::NoRemoveDir);
+    };
+    cleanup();
+    let probe = || -> io::Result<bool> {
+        let fd = openat(
+            dir,
+            file.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        drop(fd);
+        symlinkat(file.as_str(), dir, link.as_str())?;
+        let t = TimeSpec::new(12345, 0);
+        match utimensat(dir, link.as_str(), &t, &t, UtimensatFlags::NoFollowSymlink) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) | Err(Errno::EOPNOTSUPP) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+        let f = nix::sys::stat::fstatat(dir, file.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        Ok(f.st_mtime == 12345)
+    };
+    let r = probe();
+    cleanup();
+    r
 }

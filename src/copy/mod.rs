@@ -74,6 +74,9 @@ pub struct Engine {
     pub noreplace: AtomicBool,
     temp_seq: AtomicU64,
     buf_size: usize,
+    /// Owner and times of symlinks are set (false where the filesystem would apply them to
+    /// the link's target).
+    symlink_meta: AtomicBool,
 }
 
 impl Engine {
@@ -87,7 +90,22 @@ impl Engine {
             noreplace: AtomicBool::new(true),
             temp_seq: AtomicU64::new(0),
             buf_size: 256 * 1024,
+            symlink_meta: AtomicBool::new(true),
         }
+    }
+
+    pub fn symlink_metadata(&self) -> bool {
+        self.symlink_meta.load(Ordering::Relaxed)
+    }
+
+    /// Probe `dir`'s filesystem once: if symlink metadata calls follow the link there,
+    /// symlinks keep the owner and times the target gives them (the caller warns).
+    /// Returns whether symlink metadata is kept.
+    pub fn probe_symlink_metadata(&self, dir: BorrowedFd) -> Result<bool> {
+        let follows = metadata::symlink_metadata_follows(dir, &std::process::id().to_string())
+            .context("cannot probe how the target filesystem treats symlinks")?;
+        self.symlink_meta.store(!follows, Ordering::Relaxed);
+        Ok(!follows)
     }
 
     pub fn should_stop(&self) -> bool {

@@ -136,7 +136,7 @@ impl Walk<'_> {
         let target =
             readlinkat(src_dir, src_name).with_context(|| format!("{}: cannot read link", self.src_path.display()))?;
         symlinkat(target.as_os_str(), dst_dir, dst_name).with_context(|| self.at("create symlink"))?;
-        metadata::apply_symlink(dst_dir, dst_name, st, &self.eng.ownership)
+        metadata::apply_symlink(dst_dir, dst_name, st, &self.eng.ownership, self.eng.symlink_metadata())
             .with_context(|| self.at("set metadata of"))?;
         self.eng.counters.symlinks.fetch_add(1, Ordering::Relaxed);
         Ok(())
