@@ -357,7 +357,8 @@ fn ensure_target_store(c: &Checked) -> Result<std::os::fd::OwnedFd> {
                 Some(nix::unistd::Uid::from_raw(st.st_uid)),
                 Some(nix::unistd::Gid::from_raw(st.st_gid)),
             );
-            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))
+                .with_context(|| format!("cannot set the mode of {}/store", c.target_path.display()))?;
             Ok(fd)
         }
         Err(Errno::EEXIST) => {

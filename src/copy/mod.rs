@@ -77,6 +77,7 @@ pub struct Engine {
     /// Owner and times of symlinks are set (false where the filesystem would apply them to
     /// the link's target).
     symlink_meta: AtomicBool,
+    symlink_notice: AtomicBool,
 }
 
 impl Engine {
@@ -91,11 +92,24 @@ impl Engine {
             temp_seq: AtomicU64::new(0),
             buf_size: 256 * 1024,
             symlink_meta: AtomicBool::new(true),
+            symlink_notice: AtomicBool::new(false),
         }
     }
 
     pub fn symlink_metadata(&self) -> bool {
         self.symlink_meta.load(Ordering::Relaxed)
+    }
+
+    /// Symlink metadata turned out to reach link targets here: keep it off for the run;
+    /// the first time, [`Engine::take_symlink_notice`] says so.
+    pub fn symlink_metadata_follows(&self) {
+        if self.symlink_meta.swap(false, Ordering::Relaxed) {
+            self.symlink_notice.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn take_symlink_notice(&self) -> bool {
+        self.symlink_notice.swap(false, Ordering::Relaxed)
     }
 
     /// Probe `dir`'s filesystem once: if symlink metadata calls follow the link there,
@@ -129,6 +143,13 @@ impl Engine {
     }
 
     fn warn_pending(&self, events: &dyn Events, target: &Path) {
+        if self.take_symlink_notice() {
+            events.warning(&format!(
+                "{} applies a symlink's owner and times to the link's target (sshfs does): symlinks \
+                 keep the owner and times the target gives them; everything else is preserved",
+                target.display()
+            ));
+        }
         if self.ownership.take_denied_notice() {
             events.warning(&format!(
                 "cannot set file ownership in {} (chown refused: not root, or the filesystem \
