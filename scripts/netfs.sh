@@ -22,6 +22,7 @@
 #                                         attribute/entry/negative timeouts 0 and
 #                                         --fopen-keep-cache=false
 #   SSHFS_A, SSHFS_B                      BASE/sshfs-export through sshd on 127.0.0.3
+#                                         (with -o no_contain_symlinks where sshfs has it)
 #
 # Nothing outside BASE is touched except: /run/sshd (sshd's privilege separation
 # directory, created if missing and removed by `down` if this script created it), the
@@ -84,12 +85,13 @@ pidof_file() { local f=$1; [ -s "$f" ] && tr -dc 0-9 < "$f" || true; }
 
 # stop PID: SIGTERM, up to 5 s, then SIGKILL; waits until it is gone.
 stop_pid() {
-  local pid=$1 i
+  local pid=$1
   alive "$pid" || return 0
+  kill -CONT "$pid" 2>/dev/null || true   # a stopped (frozen) client cannot handle TERM
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
+  for _ in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
-  for i in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
+  for _ in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
   say "warning: pid $pid does not exit"
 }
 
@@ -132,8 +134,7 @@ unmount() {
 }
 
 wait_healthy() { # MP TYPE SECONDS
-  local i
-  for i in $(seq $(($3 * 20))); do healthy "$1" "$2" && return 0; sleep 0.05; done
+  for _ in $(seq $(($3 * 20))); do healthy "$1" "$2" && return 0; sleep 0.05; done
   return 1
 }
 
@@ -201,8 +202,7 @@ EOF
   rm -f "$GL/run/glusterd.pid"
   glusterd -f "$GL/glusterd.vol" -p "$GL/run/glusterd.pid" -l "$LOG/glusterd.log" \
     </dev/null >>"$LOG/glusterd.out" 2>&1 || die "glusterd did not start (see $LOG/glusterd.log)"
-  local i
-  for i in $(seq 300); do
+  for _ in $(seq 300); do
     [ -n "$(glusterd_pid)" ] && gcli volume list >/dev/null 2>&1 && { say "glusterd up ($(elapsed))"; return 0; }
     sleep 0.1
   done
@@ -228,8 +228,7 @@ ensure_volume() {
     say "brick of $name is down: restarting it"
     gcli volume start "$name" force >/dev/null || die "gluster volume start $name force failed"
   fi
-  local i
-  for i in $(seq 100); do brick_online "$v" && { say "volume $name up ($(elapsed))"; return 0; }; sleep 0.1; done
+  for _ in $(seq 100); do brick_online "$v" && { say "volume $name up ($(elapsed))"; return 0; }; sleep 0.1; done
   die "the brick of $name is not online (see /var/log/glusterfs/bricks/)"
 }
 
@@ -310,8 +309,7 @@ EOF
   /usr/sbin/sshd -t -f "$SSHD_DIR/sshd_config" || die "sshd rejects $SSHD_DIR/sshd_config"
   rm -f "$RUN/sshd.pid"
   /usr/sbin/sshd -f "$SSHD_DIR/sshd_config" -E "$LOG/sshd.log" </dev/null >/dev/null 2>&1 || die "sshd did not start (see $LOG/sshd.log)"
-  local i
-  for i in $(seq 100); do
+  for _ in $(seq 100); do
     [ -n "$(sshd_pid)" ] && ss -Hltn "src $SHOST:$SPORT" | grep -q . && return 0
     sleep 0.05
   done
@@ -324,8 +322,13 @@ ensure_sshfs_mount() {
   if [ -n "$(mountinfo_type "$mp")" ]; then say "$mp is mounted but dead: remounting"; fi
   drop_mount "$mp"
   mkdir -p "$mp"
+  # Debian's sshfs (3.7.3 with the fix for CVE-2026-47187) rejects symlink targets that are
+  # absolute or contain `..` (readlink gives EPERM) unless told otherwise: a Nix store is
+  # full of both, so a store on sshfs only works with no_contain_symlinks.
+  local opts=()
+  if sshfs --help 2>&1 | grep -q no_contain_symlinks; then opts=(-o no_contain_symlinks); fi
   # -f in the background, so that the PID we record is sshfs's own.
-  setsid sshfs -f -F "$SSHD_DIR/ssh_config" "netfs:$EXPORT" "$mp" \
+  setsid sshfs -f -F "$SSHD_DIR/ssh_config" "${opts[@]}" "netfs:$EXPORT" "$mp" \
     </dev/null >>"$LOG/$(basename "$mp").log" 2>&1 &
   pid=$!
   echo "$pid" > "$(client_pidfile "$mp")"
@@ -378,7 +381,7 @@ do_up() {
   [ -c /dev/fuse ] || modprobe fuse 2>/dev/null || true
   [ -c /dev/fuse ] || die "/dev/fuse is missing (load the fuse module)"
   mkdir -p "$BASE" "$RUN" "$LOG" "$MNT"
-  # sshd does not depend on GlusterFS: start it while glusterd starts.
+  # sshd first (0.1 s), then glusterd (2-3 s, most of it glusterd's own start-up).
   ensure_sshd
   say "sshd up ($(elapsed))"
   ensure_glusterd
@@ -404,6 +407,7 @@ do_down() {
     [ -n "$mp" ] || continue
     unmount "$mp"
   done < <(awk -v b="$BASE/" 'index($5, b) == 1 { print length($5), $5 }' /proc/self/mountinfo | sort -rn | cut -d' ' -f2-)
+  say "unmounted ($(elapsed))"
   # 2. FUSE clients (they exit on unmount; a hung one is killed), sshfs's ssh, sshd
   for p in "$RUN"/*.pid; do  # (none if BASE is gone)
     [ -e "$p" ] || continue
@@ -424,6 +428,7 @@ do_down() {
     rm -f "/var/log/glusterfs/bricks/${b//\//-}.log"
   done
   if [ -e "$BASE/.created-run-sshd" ]; then rmdir /run/sshd 2>/dev/null || true; fi
+  say "stopped every daemon ($(elapsed))"
   # Mounts again (a lazily unmounted one is gone by now), then the state.
   [ -z "$(awk -v b="$BASE/" 'index($5, b) == 1' /proc/self/mountinfo)" ] || die "mounts remain below $BASE"
   rm -rf --one-file-system "$BASE"

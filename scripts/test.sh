@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests (exactness, concurrency, crashes,
 # bad input, non-root, ext4/xfs/btrfs/tmpfs targets, static binary), then a release build
-# checked for static linking and size. Also lints the Dockerfile and validates the
+# checked for static linking and size. tests/netfs.rs leaves the GlusterFS/sshfs harness
+# up for speed: `scripts/netfs.sh down` takes it down (.ci/run does). Also lints the Dockerfile and validates the
 # Kubernetes examples (hadolint, kubernetes-validate, shellcheck: installed from PyPI).
 #
 # Needs root (mounts, chown, chroot, switching users). Missing Debian packages are
@@ -17,6 +18,11 @@ command -v file       >/dev/null || need_pkgs+=(file)
 command -v losetup    >/dev/null || need_pkgs+=(mount)
 command -v nix-store  >/dev/null || need_pkgs+=(nix-bin)     # real Nix: the oracle for store validity
 command -v unshare    >/dev/null || need_pkgs+=(util-linux)
+# GlusterFS and sshfs for tests/netfs.rs (scripts/netfs.sh brings them up on loopback).
+command -v glusterd   >/dev/null || need_pkgs+=(glusterfs-server)
+command -v glusterfs  >/dev/null || need_pkgs+=(glusterfs-client)
+command -v sshfs      >/dev/null || need_pkgs+=(sshfs)
+[ -x /usr/sbin/sshd ]            || need_pkgs+=(openssh-server)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "test.sh: installing ${need_pkgs[*]}"
