@@ -48,7 +48,10 @@ pub fn add(
     let roots = mkdir_open(nix_dir.as_fd(), "gcroots", &var_path.join("nix/gcroots"))?;
     let ours_path = var_path.join("nix/gcroots").join(DIR);
     let ours = mkdir_open(roots.as_fd(), DIR, &ours_path)?;
-    if lstat_at(ours.as_fd(), image_id)?.is_some() {
+    if lstat_at(ours.as_fd(), image_id)
+        .with_context(|| format!("cannot stat {}", ours_path.join(image_id).display()))?
+        .is_some()
+    {
         return Ok(0);
     }
     let tmp = eng.temp_name(OsStr::new(image_id));
@@ -72,7 +75,11 @@ pub fn add(
             return Err(e);
         }
     };
-    match publish(eng, ours.as_fd(), &top, &tmp, OsStr::new(image_id))? {
+    let published = publish(eng, ours.as_fd(), &top, &tmp, OsStr::new(image_id));
+    if published.is_err() {
+        let _ = crate::dirfd::remove_tree_at(ours.as_fd(), &tmp);
+    }
+    match published.with_context(|| format!("cannot publish {}", ours_path.join(image_id).display()))? {
         Published::Yes => Ok(n),
         Published::AlreadyThere => Ok(0),
     }

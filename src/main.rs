@@ -45,7 +45,17 @@ fn main() -> ExitCode {
                     r.print(&log);
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(&log, e, &signal),
+                // Every error line names a path: one that does not (a bare errno from a
+                // filesystem call) gets the target.
+                Err(e) => {
+                    let named = format!("{e:#}").contains('/');
+                    let e = if named {
+                        e
+                    } else {
+                        e.context(format!("seeding {}", args.paths.target.display()))
+                    };
+                    fail(&log, e, &signal)
+                }
             }
         }
         Command::Install(args) => {

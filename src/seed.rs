@@ -100,7 +100,8 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         ));
     }
     // Enough space? Measured on the source, refused before anything is copied.
-    let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())?;
+    let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())
+        .with_context(|| format!("cannot statfs {}", c.target_path.display()))?;
     let size = plan::measure(&c, &plan.missing, vfs.fragment_size() as u64)?;
     let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
     counters
@@ -221,7 +222,11 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     // Paths of the image present in the target, unregistered, and not copied by this run
     // (an interrupted run, or a plain `cp`): registered only if their content is what the
     // image registered; otherwise replaced by a fresh copy first.
-    let present: HashSet<OsString> = crate::dirfd::list(store.as_fd())?.into_iter().map(|e| e.name).collect();
+    let present: HashSet<OsString> = crate::dirfd::list(store.as_fd())
+        .with_context(|| format!("cannot list {}", store_path.display()))?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     if let Some(src_db) = &source_db {
         let registered = match &target_db {
             Some(db) => db.registered()?,

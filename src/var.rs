@@ -85,7 +85,10 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outco
     }
     let mut buf = vec![0u8; 256 * 1024];
     let mut out = Outcome::default();
-    if lstat_at(c.target.as_fd(), "var")?.is_none() {
+    if lstat_at(c.target.as_fd(), "var")
+        .with_context(|| format!("cannot stat {}/var", c.target_path.display()))?
+        .is_none()
+    {
         let filter = |rel: &Path, st: &FileStat| keep(rel, st);
         let top = Top {
             src: c.source.as_fd(),
