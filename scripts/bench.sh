@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The nix-seed benchmark (issue 5): nix-seed against cp -a, rsync -aH, tar | tar,
+# rsync -a --ignore-existing and nix copy, on a synthetic store shaped like a real one
+# (examples/bench_store.rs), a store built by real Nix (scripts/make-real-store.sh) and a
+# million-file store (peak RSS), into fresh local ext4 filesystems and a private GlusterFS
+# (scripts/netfs.sh), cold and warm; then the no-op on a seeded target, and strace counts.
+#
+#   scripts/bench.sh [--quick] [--out FILE] [--targets ext4,gluster] [--runs N]
+#                    [--jobs 1,4,8,16] [--paths N] [--files N] [--bytes N]
+#                    [--skip real,noop,strace,scale,copy] [--gluster-cold LIST|all]
+#                    [--workdir DIR] [--no-build]
+#
+# Full run (default): writes BENCHMARKS.md in the repository; takes hours with GlusterFS
+# (BENCHMARKS.md says how long the recorded run took). --quick: about 5 minutes, a
+# smaller workload and fewer contenders, ext4 only, report in the work directory.
+# `scripts/bench.sh --help` lists every option.
+#
+# Needs root (loop devices, mounts, drop_caches), python3 (standard library only) and
+# cargo; installs rsync, time, strace, sqlite3 and nix-bin with apt-get when missing. Scratch
+# space: DIR (default $TMPDIR or /tmp, then nix-seed-bench), which must not be a tmpfs:
+# sparse loop images of a few GiB (about 25 GiB for the scale run) live there. It mounts
+# only in a private mount namespace; everything is unmounted and its loop devices detached
+# at the end, also on Ctrl-C or SIGTERM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build=1
+args=()
+for a in "$@"; do
+  case "$a" in
+    --no-build) build=0 ;;
+    -h|--help) exec python3 scripts/bench.py --bin /dev/null --gen /dev/null --help ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+[ "$(id -u)" = 0 ] || { echo "bench: must run as root (loop devices, mounts, drop_caches)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "bench: python3 is required" >&2; exit 1; }
+
+need=()
+command -v rsync >/dev/null || need+=(rsync)
+[ -x /usr/bin/time ] || need+=(time)
+command -v strace >/dev/null || need+=(strace)
+command -v nix >/dev/null || need+=(nix-bin)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v sqlite3 >/dev/null || need+=(sqlite3)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bench: installing ${need[*]}" >&2
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >&2
+fi
+
+tdir="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release"
+if [ "$build" = 1 ]; then
+  cargo build --release --bin nix-seed --example bench_store >&2
+fi
+for f in "$tdir/nix-seed" "$tdir/examples/bench_store"; do
+  [ -x "$f" ] || { echo "bench: $f is missing (build with: cargo build --release --bin nix-seed --example bench_store)" >&2; exit 1; }
+done
+
+orig=""
+[ $# -eq 0 ] || orig=$(printf '%q ' "$@")
+# A private mount namespace: the benchmark's mounts are invisible to the rest of the
+# machine, so a mount namespace another program creates meanwhile (the test suite's
+# `unshare -m`) cannot copy them and keep their loop devices busy after we unmount.
+exec unshare --mount --propagation private python3 scripts/bench.py --bin "$tdir/nix-seed" --gen "$tdir/examples/bench_store" \
+  "--argv=$orig" ${args[@]+"${args[@]}"}
