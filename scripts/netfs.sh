@@ -29,6 +29,8 @@
 # brick's unix socket in /var/run/gluster and its log in /var/log/glusterfs/bricks (both
 # removed by `down`), and glusterd's cmd_history.log in /var/log/glusterfs.
 set -euo pipefail
+# (Pipelines into grep use `grep PATTERN >/dev/null`, not `grep -q`: under pipefail a
+# `grep -q` that exits early kills the writer with SIGPIPE and the match counts as a miss.)
 
 usage() { echo "usage: $0 up|down|status [--base DIR]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
@@ -179,7 +181,7 @@ glusterd_pid() { local p; p=$(pidof_file "$GL/run/glusterd.pid"); alive "$p" "$G
 ensure_glusterd() {
   [ -n "$(glusterd_pid)" ] && return 0
   mkdir -p "$GL/wd" "$GL/run" "$LOG"
-  if ss -Hltn "src $GHOST:24007" 2>/dev/null | grep -q . || ss -Hltn 'sport = :24007' | grep -q '0.0.0.0:24007\|\*:24007'; then
+  if ss -Hltn "src $GHOST:24007" 2>/dev/null | grep . >/dev/null || ss -Hltn 'sport = :24007' | grep '0.0.0.0:24007\|\*:24007' >/dev/null; then
     die "port $GHOST:24007 is taken by another process (a system glusterd?): stop it first"
   fi
   cat > "$GL/glusterd.vol" <<EOF
@@ -209,7 +211,7 @@ EOF
   die "glusterd does not answer (see $LOG/glusterd.log)"
 }
 
-brick_online() { gcli volume status "$(volname "$1")" --xml 2>/dev/null | grep -q '<status>1</status>'; }
+brick_online() { gcli volume status "$(volname "$1")" --xml 2>/dev/null | grep '<status>1</status>' >/dev/null; }
 
 ensure_volume() {
   local v=$1 name; name=$(volname "$v")
@@ -222,7 +224,7 @@ ensure_volume() {
         || die "gluster volume set $name failed"
     fi
   fi
-  if ! gcli volume info "$name" | grep -q '^Status: Started'; then
+  if ! gcli volume info "$name" | grep '^Status: Started' >/dev/null; then
     gcli volume start "$name" >/dev/null || die "gluster volume start $name failed"
   elif ! brick_online "$v"; then
     say "brick of $name is down: restarting it"
@@ -305,12 +307,12 @@ Host netfs
   LogLevel ERROR
 EOF
   if [ ! -d /run/sshd ]; then mkdir -p /run/sshd && chmod 755 /run/sshd && touch "$BASE/.created-run-sshd"; fi
-  if ss -Hltn "src $SHOST:$SPORT" | grep -q .; then die "port $SHOST:$SPORT is taken: set NIX_SEED_NETFS_SSH_PORT"; fi
+  if ss -Hltn "src $SHOST:$SPORT" | grep . >/dev/null; then die "port $SHOST:$SPORT is taken: set NIX_SEED_NETFS_SSH_PORT"; fi
   /usr/sbin/sshd -t -f "$SSHD_DIR/sshd_config" || die "sshd rejects $SSHD_DIR/sshd_config"
   rm -f "$RUN/sshd.pid"
   /usr/sbin/sshd -f "$SSHD_DIR/sshd_config" -E "$LOG/sshd.log" </dev/null >/dev/null 2>&1 || die "sshd did not start (see $LOG/sshd.log)"
   for _ in $(seq 100); do
-    [ -n "$(sshd_pid)" ] && ss -Hltn "src $SHOST:$SPORT" | grep -q . && return 0
+    [ -n "$(sshd_pid)" ] && ss -Hltn "src $SHOST:$SPORT" | grep . >/dev/null && return 0
     sleep 0.05
   done
   die "sshd is not listening on $SHOST:$SPORT (see $LOG/sshd.log)"
@@ -325,8 +327,11 @@ ensure_sshfs_mount() {
   # Debian's sshfs (3.7.3 with the fix for CVE-2026-47187) rejects symlink targets that are
   # absolute or contain `..` (readlink gives EPERM) unless told otherwise: a Nix store is
   # full of both, so a store on sshfs only works with no_contain_symlinks.
-  local opts=()
-  if sshfs --help 2>&1 | grep -q no_contain_symlinks; then opts=(-o no_contain_symlinks); fi
+  # (The help text goes to a variable first: `sshfs --help | grep -q` under pipefail fails
+  # whenever grep exits before sshfs has written everything and sshfs dies of SIGPIPE.)
+  local opts=() help
+  help=$(sshfs --help 2>&1 || true)
+  if grep -q no_contain_symlinks <<<"$help"; then opts=(-o no_contain_symlinks); fi
   # -f in the background, so that the PID we record is sshfs's own.
   setsid sshfs -f -F "$SSHD_DIR/ssh_config" "${opts[@]}" "netfs:$EXPORT" "$mp" \
     </dev/null >>"$LOG/$(basename "$mp").log" 2>&1 &

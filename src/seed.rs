@@ -160,6 +160,16 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         ));
     }
 
+    if let Some((link, why)) = copy::symlinks_read_back(store.as_fd(), &std::process::id().to_string())
+        .with_context(|| format!("cannot probe symlinks in {}", store_path.display()))?
+    {
+        return Err(crate::preflight::Invalid(format!(
+            "{} cannot hold a Nix store: a symlink to {link} created there {why}; on sshfs mount with \
+             -o no_contain_symlinks, elsewhere use a filesystem that keeps symlink targets as written",
+            store_path.display()
+        ))
+        .into());
+    }
     if !engine.probe_symlink_metadata(store.as_fd())? {
         log.warn(&format!(
             "{} applies a symlink's owner and times to the link's target (sshfs does): symlinks keep \

@@ -1116,6 +1116,90 @@ fn weak_filesystem_sshfs_seeders_in_turn_are_exact_for_what_sshfs_keeps() {
     assert_weak_store_sane(&fx.root, t.b());
 }
 
+/// An sshfs mount with the default `contain_symlinks` (Debian's sshfs since the fix for
+/// CVE-2026-47187) creates `/nix/store/...` and `..` symlinks but refuses to read them
+/// back: a store there is broken for every pod. nix-seed must find that out before it
+/// copies anything, exit 2 and name the mount option, rather than publish unreadable links.
+#[test]
+fn weak_filesystem_sshfs_that_cannot_read_back_symlinks_is_refused_before_copying() {
+    let Some((_serial, n)) = netfs("weak_filesystem_sshfs_contain_symlinks") else {
+        return;
+    };
+    let base = n.mount("NETFS_BASE");
+    let mp = base.join("mnt/sshfs-contain-symlinks");
+    let _ = Command::new("umount").arg("-l").arg(&mp).stderr(Stdio::null()).status();
+    std::fs::create_dir_all(&mp).unwrap();
+    // Default options: no `-o no_contain_symlinks`.
+    let o = Command::new("sshfs")
+        .arg("-F")
+        .arg(base.join("ssh/ssh_config"))
+        .arg(format!("netfs:{}", base.join("sshfs-export").display()))
+        .arg(&mp)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "sshfs mount failed:\n{}", text(&o));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mp.clone());
+
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 8,
+            ..Spec::default()
+        },
+    );
+    let t = VolDir::new("sshfs-contain", &[mp.clone(), n.mount("SSHFS_A")]);
+    // The oracle: does this mount read back an absolute symlink?
+    let probe = t.a().join("probe-link");
+    std::os::unix::fs::symlink("/nix/store/abc-probe", &probe).unwrap();
+    let reads_back = std::fs::read_link(&probe);
+    std::fs::remove_file(&probe).unwrap();
+
+    let f = Seeder::spawn("sshfs-contain", &fx.root, t.a(), &[]).wait();
+    match reads_back {
+        Ok(l) => {
+            // An sshfs without contain_symlinks: nothing to refuse.
+            assert_eq!(l, Path::new("/nix/store/abc-probe"));
+            assert_eq!(f.status.code(), Some(0), "{}", f.text());
+        }
+        Err(e) => {
+            assert_eq!(
+                e.raw_os_error(),
+                Some(libc::EPERM),
+                "readlink on contain_symlinks sshfs: {e}"
+            );
+            assert_eq!(f.status.code(), Some(2), "must refuse with exit 2:\n{}", f.text());
+            let line = f
+                .text()
+                .lines()
+                .find(|l| l.contains("cannot hold a Nix store"))
+                .unwrap_or_else(|| panic!("no clear error:\n{}", f.text()))
+                .to_string();
+            assert!(
+                line.contains("no_contain_symlinks"),
+                "error does not name the fix: {line}"
+            );
+            assert!(
+                line.contains(&t.a().join("store").display().to_string()),
+                "error does not name the path: {line}"
+            );
+            // Nothing copied, no temporaries left (seen through a mount that reads links).
+            let left: Vec<OsString> = std::fs::read_dir(t.b().join("store"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert!(left.is_empty(), "the refused seed left {left:?} in the store");
+        }
+    }
+}
+
 /// Known bug (open): sshfs clients do not share locks, so concurrent seeders each believe
 /// they hold the lock, and one can remove another's live temporary copy as a "leftover";
 /// the other may then publish what is left of it (a half-visible store path, seen in 1 of

@@ -119,6 +119,30 @@ pub fn apply_symlink(
     Ok(())
 }
 
+/// Whether symlinks created in `dir` read back unchanged, for the targets a Nix store is
+/// full of: absolute (`/nix/store/...`) and with `..`. sshfs by default (`contain_symlinks`,
+/// Debian's fix for CVE-2026-47187) creates such links but then refuses to read them
+/// (readlink: EPERM), so every pod would see a broken store. Returns the first target
+/// that failed and why, or `None` if all read back.
+pub fn symlinks_read_back(dir: BorrowedFd, tag: &str) -> io::Result<Option<(String, String)>> {
+    use nix::fcntl::readlinkat;
+    use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
+    let link = format!("{}probe-{tag}-readback", crate::dirfd::TEMP_PREFIX);
+    for target in ["/nix/store/nix-seed-probe", "../nix-seed-probe"] {
+        let _ = unlinkat(dir, link.as_str(), UnlinkatFlags::NoRemoveDir);
+        symlinkat(target, dir, link.as_str())?;
+        let got = readlinkat(dir, link.as_str());
+        let _ = unlinkat(dir, link.as_str(), UnlinkatFlags::NoRemoveDir);
+        let why = match got {
+            Ok(t) if t == std::ffi::OsStr::new(target) => continue,
+            Ok(t) => format!("reads back as {t:?}"),
+            Err(e) => format!("cannot be read back (readlink: {})", io::Error::from(e)),
+        };
+        return Ok(Some((target.to_string(), why)));
+    }
+    Ok(None)
+}
+
 /// Whether `AT_SYMLINK_NOFOLLOW` metadata calls reach the link's *target* on the
 /// filesystem of `dir` (sshfs: SFTP SETSTAT follows links on the server, so a dangling link
 /// fails with ENOENT and a link to an existing file changes that file). Probed once with a

@@ -8,6 +8,7 @@ mod hardlinks;
 mod metadata;
 pub mod publish;
 pub mod tree;
+pub use metadata::symlinks_read_back;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
