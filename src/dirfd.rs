@@ -26,6 +26,92 @@ pub fn is_temp_name(name: &[u8]) -> bool {
     name.starts_with(TEMP_PREFIX.as_bytes())
 }
 
+/// This run's token, part of every temporary name it creates: 12 random hex digits.
+/// Not the pid alone: in a pod nix-seed is often pid 1 on every node, and two runs that
+/// share a disk must never make the same temporary name.
+pub fn run_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let mut b = [0u8; 6];
+        // SAFETY: getrandom writes at most b.len() bytes into b.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n != b.len() as isize {
+            // No getrandom (very old kernel): the clock and pid, hashed.
+            use sha2::Digest;
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let h = sha2::Sha256::digest(format!("{t:?}-{}", std::process::id()));
+            b.copy_from_slice(&h[..6]);
+        }
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
+}
+
+/// A temporary name for `base`: starts with `.` (never a store path), unique to this run
+/// (token and sequence number), and recognisable as nix-seed's so a later run can remove
+/// it if this run dies.
+pub fn temp_name(base: &OsStr) -> OsString {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut t = OsString::from(format!("{TEMP_PREFIX}{}-{seq:x}-", run_token()));
+    // Keep the name under NAME_MAX (255) even for the longest store path names.
+    let bytes = base.as_bytes();
+    t.push(OsStr::from_bytes(&bytes[..bytes.len().min(200)]));
+    t
+}
+
+/// Whether `name` is a temporary of this run (which leftover removal must not touch).
+pub fn is_own_temp_name(name: &[u8]) -> bool {
+    name.strip_prefix(TEMP_PREFIX.as_bytes())
+        .and_then(|r| r.strip_prefix(run_token().as_bytes()))
+        .is_some_and(|r| r.first() == Some(&b'-'))
+}
+
+/// Remove the temporaries other runs left in `dir` (names starting with [`TEMP_PREFIX`]),
+/// returning how many were removed and one message per entry that could not be.
+///
+/// Each one is first *claimed* by renaming it to a temporary name of this run, and only
+/// then removed. Where the lock works, the run that made it is dead and the claim changes
+/// nothing. Where it does not (a filesystem whose clients do not share `flock`, such as
+/// sshfs, or a frozen holder that resumes after a takeover), the run that made it may be
+/// alive and still filling it: the claim makes that run's publish (a rename or link *by
+/// the temporary name*) fail with ENOENT, so a copy being emptied can never be published
+/// half-way. Of two cleaners, only the one whose rename succeeds removes the entry.
+pub fn remove_leftovers(dir: BorrowedFd, dir_path: &Path) -> io::Result<(usize, Vec<String>)> {
+    let mut removed = 0;
+    let mut problems = Vec::new();
+    for e in list(dir)? {
+        let name = e.name.as_bytes();
+        if !is_temp_name(name) || is_own_temp_name(name) {
+            continue;
+        }
+        let claim = temp_name(OsStr::new("leftover"));
+        match nix::fcntl::renameat(dir, e.name.as_os_str(), dir, claim.as_os_str()) {
+            Ok(()) => {}
+            // Published or claimed by someone else meanwhile.
+            Err(Errno::ENOENT) => continue,
+            Err(err) => {
+                problems.push(format!(
+                    "cannot remove leftover {}: {}",
+                    dir_path.join(&e.name).display(),
+                    io::Error::from(err)
+                ));
+                continue;
+            }
+        }
+        match remove_tree_at(dir, &claim) {
+            Ok(()) => removed += 1,
+            Err(err) => problems.push(format!(
+                "cannot remove leftover {} (renamed to {}): {err}; a later run retries",
+                dir_path.join(&e.name).display(),
+                show(&claim)
+            )),
+        }
+    }
+    Ok((removed, problems))
+}
+
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)

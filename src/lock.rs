@@ -78,6 +78,46 @@ pub struct Held {
     hb_stop: Arc<(Mutex<bool>, Condvar)>,
     hb: Option<JoinHandle<()>>,
     pub path: PathBuf,
+    intruders: Arc<Intruders>,
+    dir: Arc<OwnedFd>,
+}
+
+/// Notices another seeder's lease in the lock file while this one holds the lock: then
+/// the filesystem's clients do not share `flock` (sshfs), and both "hold" it. Checked at
+/// every heartbeat and at release (a short seed may not live to its first heartbeat).
+struct Intruders {
+    mine: Mutex<String>,
+    warned: AtomicBool,
+    log: Arc<Log>,
+    path: PathBuf,
+}
+
+impl Intruders {
+    fn check(&self, file: &File) {
+        if self.warned.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = read_lease(file);
+        if now.is_empty() || now == self.mine.lock().unwrap().as_bytes() {
+            return;
+        }
+        self.warned.store(true, Ordering::Relaxed);
+        self.log.warn(&format!(
+            "the lock {} is not exclusive on this filesystem: {} wrote its lease while this \
+             seeder held it (the filesystem's clients do not share flock, as with sshfs); \
+             concurrent seeders may fail but never publish a partial copy; run one seeder at a \
+             time here",
+            self.path.display(),
+            Lease::describe(&now)
+        ));
+    }
+}
+
+impl Held {
+    /// Whether the lock file is still the one this seeder locked (a takeover replaces it).
+    pub fn still_ours(&self) -> bool {
+        !self.lost.load(Ordering::Relaxed) && is_current(self.dir.as_fd(), &self.file).unwrap_or(false)
+    }
 }
 
 impl Drop for Held {
@@ -91,6 +131,7 @@ impl Drop for Held {
             let _ = h.join();
         }
         if !self.lost.load(Ordering::Relaxed) {
+            self.intruders.check(&self.file);
             // An empty lease tells waiters it was released, not abandoned.
             let _ = self.file.set_len(0);
         }
@@ -404,7 +445,8 @@ impl Held {
         path: PathBuf,
         t0: Instant,
     ) -> Result<Held> {
-        write_lease(&file, &me.lease(0)).with_context(|| format!("cannot write lease to {}", path.display()))?;
+        let first = me.lease(0);
+        write_lease(&file, &first).with_context(|| format!("cannot write lease to {}", path.display()))?;
         let waited = t0.elapsed();
         if waited > Duration::from_millis(500) {
             log.info(&format!(
@@ -417,9 +459,22 @@ impl Held {
         let lost = Arc::new(AtomicBool::new(false));
         let hb_stop = Arc::new((Mutex::new(false), Condvar::new()));
         let every = cfg.heartbeat();
+        let intruders = Arc::new(Intruders {
+            mine: Mutex::new(first),
+            warned: AtomicBool::new(false),
+            log: log.clone(),
+            path: path.clone(),
+        });
         let hb = {
-            let (file, lost, hb_stop, log, path) =
-                (file.clone(), lost.clone(), hb_stop.clone(), log.clone(), path.clone());
+            let (file, lost, hb_stop, log, path, intruders) = (
+                file.clone(),
+                lost.clone(),
+                hb_stop.clone(),
+                log.clone(),
+                path.clone(),
+                intruders.clone(),
+            );
+            let dir = dir.clone();
             std::thread::spawn(move || {
                 let mut beat = 0u64;
                 let (m, cv) = &*hb_stop;
@@ -431,7 +486,12 @@ impl Held {
                     }
                     beat += 1;
                     let still = is_current(dir.as_fd(), &file).unwrap_or(false);
-                    if !still || write_lease(&file, &me.lease(beat)).is_err() {
+                    if still {
+                        intruders.check(&file);
+                    }
+                    let mine = me.lease(beat);
+                    *intruders.mine.lock().unwrap() = mine.clone();
+                    if !still || write_lease(&file, &mine).is_err() {
                         lost.store(true, Ordering::Relaxed);
                         log.error(&format!(
                             "lost lock {}: another seeder took it over (this one was stalled past \
@@ -449,6 +509,8 @@ impl Held {
             hb_stop,
             hb: Some(hb),
             path,
+            intruders,
+            dir,
         })
     }
 }

@@ -115,7 +115,14 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
 
     // The target's database, opened (and its schema checked) before anything is written.
-    let var_fd = open_dir(c.target.as_fd(), "var").ok();
+    // Absent is "no database yet"; anything else (a symlink swapped in) is an error, not
+    // a reason to skip registering.
+    let var_fd = crate::dirfd::open_dir_if_exists(c.target.as_fd(), "var").with_context(|| {
+        format!(
+            "cannot open {}/var (must be a directory, not a symlink)",
+            c.target_path.display()
+        )
+    })?;
     let db_dir = match &var_fd {
         Some(v) => nixdb::open_db_dir(v.as_fd(), &c.target_path.join("var"))?,
         None => None,
@@ -152,15 +159,22 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
 
     let store = ensure_target_store(&c)?;
     let store_path = c.target_path.join("store");
-    let removed =
-        copy::remove_leftovers(store.as_fd(), &store_path)? + copy::remove_leftovers(c.target.as_fd(), &c.target_path)?;
+    let mut removed = 0;
+    for (fd, path) in [(store.as_fd(), &store_path), (c.target.as_fd(), &c.target_path)] {
+        let (n, problems) =
+            crate::dirfd::remove_leftovers(fd, path).with_context(|| format!("cannot list {}", path.display()))?;
+        removed += n;
+        for p in problems {
+            log.warn(&p);
+        }
+    }
     if removed > 0 {
         log.info(&format!(
             "removed {removed} temporary entries left by an interrupted earlier run"
         ));
     }
 
-    if let Some((link, why)) = copy::symlinks_read_back(store.as_fd(), &std::process::id().to_string())
+    if let Some((link, why)) = copy::symlinks_read_back(store.as_fd(), crate::dirfd::run_token())
         .with_context(|| format!("cannot probe symlinks in {}", store_path.display()))?
     {
         return Err(crate::preflight::Invalid(format!(
@@ -194,6 +208,15 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
             let free =
                 nix::sys::statvfs::fstatvfs(store.as_fd()).map_or(0, |v| v.blocks_available() * v.fragment_size());
             return Err(anyhow::anyhow!("{} ({e:#})", no_space(&c, &plan, size, free)));
+        }
+        // A holder that was frozen past --lock-stale and taken over can hit errors (ESTALE,
+        // ENOENT: the new holder claimed its temporaries) before its heartbeat notices:
+        // say what happened, not only the symptom.
+        Err(e) if !held.still_ours() => {
+            return Err(e.context(format!(
+                "lost lock {}: another seeder took it over (this one was stalled past --lock-stale); stopped",
+                held.path.display()
+            )))
         }
         Err(e) => return Err(e),
     };
@@ -263,6 +286,23 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
             "cannot set file ownership in {}/var (chown refused)",
             c.target_path.display()
         ));
+    }
+
+    // The database may have appeared since it was looked for (var/ was briefly missing, or
+    // a pod's Nix created it): open it now, or what was copied would stay unregistered.
+    if target_db.is_none() && !v.db_created && source_db.is_some() {
+        let var_path = c.target_path.join("var");
+        let var = open_dir(c.target.as_fd(), "var").with_context(|| {
+            format!(
+                "cannot open {} (must be a directory, not a symlink)",
+                var_path.display()
+            )
+        })?;
+        if let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? {
+            if nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
+                target_db = Some(nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), false)?);
+            }
+        }
     }
 
     // Register last, in one transaction.

@@ -23,7 +23,7 @@ use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 use crate::copy::publish::Published;
 use crate::copy::tree::Specials;
 use crate::copy::{Engine, Top};
-use crate::dirfd::{file_type, is_temp_name, list, lstat_at, open_dir, remove_tree_at};
+use crate::dirfd::{file_type, is_temp_name, list, lstat_at, open_dir, remove_leftovers, remove_tree_at};
 use crate::nixdb;
 use crate::preflight::Checked;
 use crate::progress::Log;
@@ -163,9 +163,10 @@ fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path) -> Result<bool> {
     let nix_dir = mk(var, "nix").with_context(|| format!("cannot open {}/nix", var_path.display()))?;
     let db_dir = mk(nix_dir.as_fd(), "db").with_context(|| format!("cannot open {}/nix/db", var_path.display()))?;
     let db_path = var_path.join(nixdb::DB_DIR);
-    let tmp = crate::dirfd::TEMP_PREFIX.to_string() + &format!("{}-db.sqlite", std::process::id());
-    let _ = remove_tree_at(db_dir.as_fd(), tmp.as_str());
-    let r = nixdb::create(&src_db_dir, &db_path, &tmp)
+    let tmp = crate::dirfd::temp_name(std::ffi::OsStr::new("db.sqlite"))
+        .into_string()
+        .expect("an ASCII name");
+    let r = nixdb::create(&src_db_dir, db_dir.as_fd(), &db_path, &tmp)
         .and_then(|()| {
             // On the open file: fchmodat(AT_SYMLINK_NOFOLLOW) needs /proc, which a bare
             // container may not have.
@@ -229,11 +230,12 @@ struct Merge<'a> {
 
 impl Merge<'_> {
     fn dir(&mut self, src: BorrowedFd, dst: BorrowedFd, rel: PathBuf) -> Result<()> {
-        // We hold the lock: temporary entries here are leftovers of a killed run.
-        for e in list(dst).with_context(|| format!("cannot list {}", self.dst_root.join(&rel).display()))? {
-            if is_temp_name(e.name.as_bytes()) {
-                remove_tree_at(dst, &e.name)?;
-            }
+        // Temporary entries here are leftovers of a killed run (claimed before removal,
+        // see remove_leftovers, in case the lock is not shared on this filesystem).
+        let here = self.dst_root.join(&rel);
+        let (_, problems) = remove_leftovers(dst, &here).with_context(|| format!("cannot list {}", here.display()))?;
+        for p in problems {
+            self.log.warn(&p);
         }
         for e in list(src).with_context(|| format!("cannot list {}", self.src_root.join(&rel).display()))? {
             let crel = rel.join(&e.name);

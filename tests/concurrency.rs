@@ -266,13 +266,51 @@ fn a_stalled_holder_is_taken_over_and_stops_when_it_resumes() {
     // breaks what the new holder published.
     let err_a = stderr(&out_a);
     assert!(
-        !out_a.status.success() || err_a.is_empty() || err_a.contains("lost lock"),
-        "{}",
+        out_a.status.success() || err_a.contains("lost lock"),
+        "a resumed holder that fails must say it lost the lock:\n{}",
         text(&out_a)
     );
     assert_store_equal_with(&fx.root, &dst, Links::Subset);
     assert_ok(&seed(&fx.root, &dst, &[]));
     assert_no_temp(&dst);
+}
+
+/// On a filesystem whose clients do not share `flock` (sshfs), two seeders both "hold"
+/// the lock; each then finds the other's lease in the lock file. Simulated here: while the
+/// holder is paused, another node's lease is written into the lock file it holds.
+#[test]
+fn a_lock_that_is_not_exclusive_is_noticed_and_named() {
+    let tmp = support::scratch();
+    let fx = big_fixture(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let lock = dst.join(".nix-seed/lock");
+
+    let a = spawn_seed(&fx.root, &dst, &["--jobs", "2"]);
+    wait_for(30, "the first seeder to copy something", || store_entries(&dst) >= 5);
+    signal(&a, libc::SIGSTOP);
+    assert!(
+        std::fs::read(&lock).unwrap().starts_with(b"nix-seed"),
+        "no lease written"
+    );
+    std::fs::write(
+        &lock,
+        "nix-seed lease v1\nhost=other-node\npod=intruder-pod\npid=7\nstarted=1\nheartbeat=0 1\n",
+    )
+    .unwrap();
+    signal(&a, libc::SIGCONT);
+    let out = a.wait_with_output().unwrap();
+    assert_ok(&out);
+    let err = stderr(&out);
+    let line = err
+        .lines()
+        .find(|l| l.contains("is not exclusive"))
+        .unwrap_or_else(|| panic!("the foreign lease was not noticed:\n{}", text(&out)));
+    assert!(
+        line.contains("intruder-pod") && line.contains(&lock.display().to_string()),
+        "{line}"
+    );
+    assert_store_equal_with(&fx.root, &dst, Links::Subset);
 }
 
 #[test]

@@ -12,7 +12,6 @@ pub use metadata::symlinks_read_back;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,7 +72,6 @@ pub struct Engine {
     failed: AtomicBool,
     /// renameat2(RENAME_NOREPLACE) works here (FUSE filesystems answer EINVAL).
     pub noreplace: AtomicBool,
-    temp_seq: AtomicU64,
     buf_size: usize,
     /// Owner and times of symlinks are set (false where the filesystem would apply them to
     /// the link's target).
@@ -90,7 +88,6 @@ impl Engine {
             stop_flags,
             failed: AtomicBool::new(false),
             noreplace: AtomicBool::new(true),
-            temp_seq: AtomicU64::new(0),
             buf_size: 256 * 1024,
             symlink_meta: AtomicBool::new(true),
             symlink_notice: AtomicBool::new(false),
@@ -117,7 +114,7 @@ impl Engine {
     /// symlinks keep the owner and times the target gives them (the caller warns).
     /// Returns whether symlink metadata is kept.
     pub fn probe_symlink_metadata(&self, dir: BorrowedFd) -> Result<bool> {
-        let follows = metadata::symlink_metadata_follows(dir, &std::process::id().to_string())
+        let follows = metadata::symlink_metadata_follows(dir, crate::dirfd::run_token())
             .context("cannot probe how the target filesystem treats symlinks")?;
         self.symlink_meta.store(!follows, Ordering::Relaxed);
         Ok(!follows)
@@ -127,20 +124,9 @@ impl Engine {
         self.failed.load(Ordering::Relaxed) || self.stop_flags.iter().any(|f| f.load(Ordering::Relaxed))
     }
 
-    /// A temporary name for `name`: starts with `.` (never a store path), unique to this
-    /// process, and recognisable as nix-seed's so a later run can remove leftovers.
+    /// A temporary name for `name` (see [`crate::dirfd::temp_name`]).
     pub fn temp_name(&self, name: &OsStr) -> OsString {
-        let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let mut t = OsString::from(format!(
-            "{}{:x}-{:x}-",
-            crate::dirfd::TEMP_PREFIX,
-            std::process::id(),
-            seq
-        ));
-        // Keep the name under NAME_MAX (255) even for the longest store path names.
-        let bytes = name.as_bytes();
-        t.push(OsStr::from_bytes(&bytes[..bytes.len().min(200)]));
-        t
+        crate::dirfd::temp_name(name)
     }
 
     fn warn_pending(&self, events: &dyn Events, target: &Path) {
@@ -316,6 +302,16 @@ impl Engine {
                 src_path,
             }),
             Err(e) => {
+                // ENOENT inside our own temporary copy, and the copy is gone: another
+                // seeder claimed it as a leftover (see `remove_leftovers`); say so.
+                let enoent = e.chain().any(|c| {
+                    c.downcast_ref::<nix::errno::Errno>() == Some(&nix::errno::Errno::ENOENT)
+                        || c.downcast_ref::<std::io::Error>()
+                            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
+                });
+                if enoent && matches!(crate::dirfd::lstat_at(t.dst, &tmp), Ok(None)) {
+                    return Err(e.context(publish::vanished(&tmp)));
+                }
                 // Best effort: a later run (under the lock) removes any leftover.
                 let _ = crate::dirfd::remove_tree_at(t.dst, &tmp);
                 Err(e)
@@ -357,20 +353,6 @@ pub struct Built {
     files: u64,
     bytes: u64,
     src_path: PathBuf,
-}
-
-/// Remove temporary entries left in `dir` by an earlier run that crashed or was killed.
-/// Only called under the lock, so no other seeder is building one of them.
-pub fn remove_leftovers(dir: BorrowedFd, dir_path: &Path) -> Result<usize> {
-    let mut n = 0;
-    for e in crate::dirfd::list(dir).with_context(|| format!("cannot list {}", dir_path.display()))? {
-        if crate::dirfd::is_temp_name(e.name.as_bytes()) {
-            crate::dirfd::remove_tree_at(dir, &e.name)
-                .with_context(|| format!("cannot remove leftover {}", dir_path.join(&e.name).display()))?;
-            n += 1;
-        }
-    }
-    Ok(n)
 }
 
 /// Own the fd of a directory together with its path for messages.

@@ -56,19 +56,21 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
     }
 
     let Some(st) = lstat_at(dir, tmp)? else {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "the temporary copy disappeared",
-        ));
+        return Err(vanished(tmp));
     };
     if file_type(&st) != nix::sys::stat::SFlag::S_IFDIR {
         match linkat(dir, tmp, dir, fin, AtFlags::empty()) {
             Ok(()) => {
                 *name = Some(fin.to_owned());
-                unlinkat(dir, tmp, UnlinkatFlags::NoRemoveDir)?;
+                match unlinkat(dir, tmp, UnlinkatFlags::NoRemoveDir) {
+                    // Claimed by a cleaner after the link: the published copy is whole.
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 return Ok(Published::Yes);
             }
             Err(Errno::EEXIST) => return discard(&mut name),
+            Err(Errno::ENOENT) => return Err(vanished(tmp)),
             // No hardlinks on this filesystem (or too many): fall through to rename.
             Err(Errno::EPERM) | Err(Errno::ENOTSUP) | Err(Errno::EMLINK) | Err(Errno::ENOSYS) => {}
             Err(e) => return Err(e.into()),
@@ -83,6 +85,7 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
             *name = Some(fin.to_owned());
             Ok(Published::Yes)
         }
+        Err(Errno::ENOENT) if lstat_at(dir, tmp)?.is_none() => Err(vanished(tmp)),
         Err(e @ (Errno::ENOTEMPTY | Errno::EEXIST | Errno::ENOTDIR | Errno::EISDIR | Errno::EPERM)) => {
             if lstat_at(dir, fin)?.is_some() {
                 discard(&mut name)
@@ -92,6 +95,22 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The temporary copy is gone before it was published: only another nix-seed run removes
+/// (claims) entries with nix-seed's temporary names, and it does so only when it believes
+/// it holds the lock. So this run and that one both did: the filesystem does not share
+/// `flock` between its clients. The copy is not published (see `remove_leftovers`).
+pub(super) fn vanished(tmp: &OsStr) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "the temporary copy {} was removed by another seeder before it could be published: \
+             both held the lock, so this filesystem does not share flock between clients (sshfs \
+             does not); run one seeder at a time on it",
+            crate::dirfd::show(tmp)
+        ),
+    )
 }
 
 /// Swap the finished copy `tmp` in for the existing `fin` and remove the old one:
