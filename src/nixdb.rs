@@ -26,7 +26,7 @@
 //! kinds of clients can open.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{CStr, OsStr};
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -107,10 +107,18 @@ impl SourceDb {
     }
 }
 
-/// Header bytes 18 and 19 are 2 for a WAL database, 1 for a rollback-journal one.
-pub fn is_wal(db: &Path) -> Result<bool> {
+/// Header bytes 18 and 19 are 2 for a WAL database, 1 for a rollback-journal one. `name`
+/// inside `dir` (shown as `db`), not following a symlink.
+pub fn is_wal(dir: BorrowedFd, name: &str, db: &Path) -> Result<bool> {
     let mut h = [0u8; 20];
-    let mut f = std::fs::File::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+    let fd = nix::fcntl::openat(
+        dir,
+        name,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", db.display()))?;
+    let mut f = std::fs::File::from(fd);
     if f.read(&mut h)? < 20 {
         return Ok(false); // empty or new: no journal mode yet
     }
@@ -276,15 +284,18 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
     Ok(Some(SourceDb { paths, refs, outputs }))
 }
 
-/// Write a consistent copy of the image's database to `dst_dir/db.sqlite` (which must not
-/// exist; the caller makes it appear atomically) in rollback-journal mode.
-pub fn create(src_db_dir: &Path, dst_dir: &Path, dst_name: &str) -> Result<()> {
+/// Write a consistent copy of the image's database to `dst_name` in the target directory
+/// `dst_dir_fd` (shown as `dst_dir`; the name must not exist, the caller makes it appear
+/// atomically) in rollback-journal mode.
+pub fn create(src_db_dir: &Path, dst_dir_fd: BorrowedFd, dst_dir: &Path, dst_name: &str) -> Result<()> {
     let src = src_db_dir.join(DB_FILE);
     let dst = dst_dir.join(dst_name);
     let from = open_source(&src)?;
-    let mut to = Connection::open_with_flags(
-        &dst,
+    let at = InDir::new(dst_dir_fd, dst_dir, false)?;
+    let mut to = Connection::open_with_flags_and_vfs(
+        at.path(dst_name),
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        at.vfs,
     )
     .with_context(|| format!("cannot create {}", dst.display()))?;
     {
@@ -303,11 +314,118 @@ pub fn create(src_db_dir: &Path, dst_dir: &Path, dst_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// How SQLite reaches files in a directory of the target.
+///
+/// SQLite opens files by path, resolving symlinks in it, and it creates the journal, the
+/// dotfile lock directory (`db.sqlite.lock`) and the WAL index by that path at every
+/// transaction, for as long as the connection is open. A pod can swap a symlink in for
+/// `var`, `var/nix` or `var/nix/db` at any of those moments, which would send those writes
+/// outside the target. So SQLite gets `/proc/self/fd/<N>/<name>`, N a descriptor of the
+/// directory nix-seed opened without following symlinks, through a copy of SQLite's VFS
+/// whose full-pathname step keeps that path as it is (SQLite's own would resolve the
+/// `/proc` link back to the path): the kernel resolves every file SQLite opens or creates
+/// through the descriptor. Without `/proc` (a bare chroot), the plain path and SQLite's
+/// VFS, as the only option left.
+struct InDir {
+    /// The directory SQLite's paths go through (kept open as long as the connection).
+    _dir: Option<std::os::fd::OwnedFd>,
+    /// What SQLite gets for that directory: `/proc/self/fd/<N>`, or its plain path.
+    sqlite_dir: PathBuf,
+    vfs: &'static CStr,
+}
+
+impl InDir {
+    fn new(dir: BorrowedFd, shown: &Path, dotfile: bool) -> Result<InDir> {
+        use std::os::fd::AsRawFd;
+        let base = if dotfile { c"unix-dotfile" } else { c"unix" };
+        let fd = dir
+            .try_clone_to_owned()
+            .with_context(|| format!("cannot open {}", shown.display()))?;
+        let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        let same = match (nix::sys::stat::stat(proc.as_str()), nix::sys::stat::fstat(fd.as_fd())) {
+            (Ok(a), Ok(b)) => (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino),
+            _ => false,
+        };
+        match fd_vfs::get(base) {
+            Some(vfs) if same => Ok(InDir {
+                _dir: Some(fd),
+                sqlite_dir: PathBuf::from(proc),
+                vfs,
+            }),
+            _ => Ok(InDir {
+                _dir: None,
+                sqlite_dir: shown.to_path_buf(),
+                vfs: base,
+            }),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.sqlite_dir.join(name)
+    }
+}
+
+/// Copies of SQLite's unix VFSes (`nix-seed-unix`, `nix-seed-unix-dotfile`) that take an
+/// absolute path as it is, where SQLite's resolve every symlink in it (see [`InDir`]).
+/// Everything else (opening, locking, the dotfile lock, shared memory) is SQLite's own.
+mod fd_vfs {
+    use std::ffi::{c_char, c_int, CStr};
+    use std::sync::OnceLock;
+
+    use rusqlite::ffi;
+
+    unsafe extern "C" fn full_pathname(
+        _vfs: *mut ffi::sqlite3_vfs,
+        name: *const c_char,
+        n_out: c_int,
+        out: *mut c_char,
+    ) -> c_int {
+        // SAFETY: SQLite passes a NUL-terminated name and an output buffer of n_out bytes.
+        let bytes = unsafe { CStr::from_ptr(name) }.to_bytes_with_nul();
+        if bytes.first() != Some(&b'/') || bytes.len() > usize::try_from(n_out).unwrap_or(0) {
+            return ffi::SQLITE_CANTOPEN;
+        }
+        // SAFETY: checked above that `out` has room for the name and its NUL.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), out, bytes.len()) };
+        ffi::SQLITE_OK
+    }
+
+    fn register(base: &CStr, name: &'static CStr) -> bool {
+        // SAFETY: sqlite3_vfs_find returns a registered VFS (never freed) or null; the copy
+        // is leaked, so it outlives every connection, as SQLite requires.
+        unsafe {
+            let b = ffi::sqlite3_vfs_find(base.as_ptr());
+            if b.is_null() {
+                return false;
+            }
+            let mut v = std::ptr::read(b);
+            v.zName = name.as_ptr();
+            v.pNext = std::ptr::null_mut();
+            v.xFullPathname = Some(full_pathname);
+            ffi::sqlite3_vfs_register(Box::leak(Box::new(v)), 0) == ffi::SQLITE_OK
+        }
+    }
+
+    /// The copy of `base` (`unix` or `unix-dotfile`), registered on first use.
+    pub fn get(base: &CStr) -> Option<&'static CStr> {
+        static UNIX: OnceLock<bool> = OnceLock::new();
+        static DOTFILE: OnceLock<bool> = OnceLock::new();
+        let (cell, base, name) = if base == c"unix-dotfile" {
+            (&DOTFILE, c"unix-dotfile", c"nix-seed-unix-dotfile")
+        } else {
+            (&UNIX, c"unix", c"nix-seed-unix")
+        };
+        cell.get_or_init(|| register(base, name)).then_some(name)
+    }
+}
+
 /// The target's database, opened the way its Nix clients open it.
 pub struct TargetDb {
     pub conn: Connection,
     pub wal: bool,
     pub path: PathBuf,
+    /// Dropped after `conn`: SQLite's paths go through it.
+    _dir: InDir,
 }
 
 /// Open `db_dir/db.sqlite` of the target (db_dir opened without following symlinks
@@ -328,26 +446,28 @@ pub fn open_target(db_dir_fd: BorrowedFd, db_dir: &Path, read_only: bool) -> Res
         );
     }
     let path = db_dir.join(DB_FILE);
-    let wal = is_wal(&path)?;
+    let wal = is_wal(db_dir_fd, DB_FILE, &path)?;
     let mut flags = OpenFlags::SQLITE_OPEN_NO_MUTEX;
     flags |= if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE
     };
-    let mut conn = if wal {
-        Connection::open_with_flags(&path, flags)
-    } else {
-        Connection::open_with_flags_and_vfs(&path, flags, c"unix-dotfile")
-    }
-    .with_context(|| format!("cannot open the target's database {}", path.display()))?;
+    let at = InDir::new(db_dir_fd, db_dir, !wal)?;
+    let mut conn = Connection::open_with_flags_and_vfs(at.path(DB_FILE), flags, at.vfs)
+        .with_context(|| format!("cannot open the target's database {}", path.display()))?;
     conn.busy_handler(Some(busy))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     if !wal && !read_only {
         conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
     }
     check_schema(&conn, &path)?;
-    Ok(TargetDb { conn, wal, path })
+    Ok(TargetDb {
+        conn,
+        wal,
+        path,
+        _dir: at,
+    })
 }
 
 impl TargetDb {

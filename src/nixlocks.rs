@@ -19,7 +19,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 
-use crate::dirfd::open_dir;
+use crate::dirfd::open_dir_if_exists;
 use crate::progress::Log;
 
 /// The shared locks; released when dropped.
@@ -64,10 +64,18 @@ impl NixLocks {
     /// `var/nix` exists (otherwise no Nix can be using the target yet).
     pub fn acquire(target: BorrowedFd, target_path: &Path, log: &Log, stop: &AtomicBool) -> Result<NixLocks> {
         let mut held = Vec::new();
-        let Ok(var) = open_dir(target, "var") else {
+        // Absent: no Nix uses the target yet. Anything else (a symlink swapped in) is an
+        // error, not a reason to go without the locks.
+        let not_symlink = |p: &str| {
+            format!(
+                "cannot open {}/{p} (must be a directory, not a symlink)",
+                target_path.display()
+            )
+        };
+        let Some(var) = open_dir_if_exists(target, "var").with_context(|| not_symlink("var"))? else {
             return Ok(NixLocks { _held: held });
         };
-        let Ok(nix_dir) = open_dir(var.as_fd(), "nix") else {
+        let Some(nix_dir) = open_dir_if_exists(var.as_fd(), "nix").with_context(|| not_symlink("var/nix"))? else {
             return Ok(NixLocks { _held: held });
         };
         let shown = target_path.join("var/nix/gc.lock");
@@ -79,7 +87,7 @@ impl NixLocks {
             log,
             stop,
         )?);
-        if let Ok(db) = open_dir(nix_dir.as_fd(), "db") {
+        if let Some(db) = open_dir_if_exists(nix_dir.as_fd(), "db").with_context(|| not_symlink("var/nix/db"))? {
             let shown = target_path.join("var/nix/db/big-lock");
             held.push(shared_lock(
                 db.as_fd(),
