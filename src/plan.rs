@@ -5,15 +5,21 @@
 //! only ever makes a name appear by an atomic rename of a complete copy).
 
 use std::collections::HashSet;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::dirfd::{list, lstat_at, open_dir};
+use nix::fcntl::AtFlags;
+use nix::sys::stat::{fstatat, FileStat, SFlag};
+
+use crate::dirfd::{file_type, list, lstat_at, open_dir};
 use crate::preflight::Checked;
 
 /// Our own directory at the top of the target: the lock and the per-image markers.
@@ -78,7 +84,7 @@ impl Plan {
 }
 
 /// What the missing store paths take: measured on the source (trusted, local) with one
-/// lstat walk, which also warms the caches the copy reads next.
+/// lstat walk by `jobs` threads, which also warms the caches the copy reads next.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Size {
     pub files: u64,
@@ -89,34 +95,115 @@ pub struct Size {
     pub needed: u64,
 }
 
-pub fn measure(c: &Checked, names: &[OsString], block: u64) -> Result<Size> {
+pub fn measure(c: &Checked, names: &[OsString], block: u64, jobs: usize) -> Result<Size> {
     let block = block.max(512);
-    let round = |n: u64| n.div_ceil(block) * block;
-    let mut seen = HashSet::new();
-    let mut size = Size::default();
-    for n in names {
-        for e in walkdir::WalkDir::new(c.source_store_path.join(n))
-            .follow_links(false)
-            .follow_root_links(false)
-        {
-            let e = e.with_context(|| format!("cannot walk {}", c.source_store_path.join(n).display()))?;
-            let m = e
-                .metadata()
-                .with_context(|| format!("cannot stat {}", e.path().display()))?;
-            use std::os::unix::fs::MetadataExt;
-            if m.is_file() {
-                size.files += 1;
-                if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
-                    continue;
+    let seen = Mutex::new(HashSet::new());
+    let next = AtomicUsize::new(0);
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let total = Mutex::new(Size::default());
+    // Walked by `jobs` threads, one store path at a time: on a cold cache the walk waits
+    // on one inode read after another, and parallel walks keep the disk busy.
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1).min(names.len().max(1)) {
+            s.spawn(|| {
+                let mut w = Measure {
+                    block,
+                    seen: &seen,
+                    size: Size::default(),
+                    path: PathBuf::new(),
+                };
+                loop {
+                    if first_error.lock().unwrap().is_some() {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(n) = names.get(i) else { break };
+                    w.path = c.source_store_path.join(n);
+                    if let Err(e) = w.top(c.source_store.as_fd(), n) {
+                        first_error.lock().unwrap().get_or_insert(e);
+                        break;
+                    }
                 }
-                size.bytes += m.len();
-                size.needed += round(m.len());
-            } else {
-                size.needed += if m.is_dir() { block } else { round(m.len()) };
+                let mut t = total.lock().unwrap();
+                t.files += w.size.files;
+                t.bytes += w.size.bytes;
+                t.needed += w.size.needed;
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().unwrap() {
+        return Err(e);
+    }
+    Ok(total.into_inner().unwrap())
+}
+
+/// One thread's share of [`measure`]: an lstat walk relative to directory fds that takes
+/// directories and symlinks from the type `getdents` gives (neither needs a stat: a
+/// directory counts one block, a symlink's target is never empty so it counts one block).
+struct Measure<'a> {
+    block: u64,
+    seen: &'a Mutex<HashSet<(u64, u64)>>,
+    size: Size,
+    /// Source path of the entry being measured, for messages.
+    path: PathBuf,
+}
+
+impl Measure<'_> {
+    fn round(&self, n: u64) -> u64 {
+        n.div_ceil(self.block) * self.block
+    }
+
+    fn top(&mut self, store: BorrowedFd, name: &OsStr) -> Result<()> {
+        let st = lstat_at(store, name)
+            .with_context(|| format!("cannot stat {}", self.path.display()))?
+            .ok_or_else(|| anyhow::anyhow!("{}: vanished from the source while seeding", self.path.display()))?;
+        self.entry(store, name, &st)
+    }
+
+    fn entry(&mut self, dir: BorrowedFd, name: &OsStr, st: &FileStat) -> Result<()> {
+        match file_type(st) {
+            SFlag::S_IFDIR => self.dir(dir, name),
+            SFlag::S_IFREG => {
+                self.size.files += 1;
+                if st.st_nlink > 1 && !self.seen.lock().unwrap().insert((st.st_dev, st.st_ino)) {
+                    return Ok(());
+                }
+                let len = u64::try_from(st.st_size).unwrap_or(0);
+                self.size.bytes += len;
+                self.size.needed += self.round(len);
+                Ok(())
+            }
+            _ => {
+                self.size.needed += self.round(u64::try_from(st.st_size).unwrap_or(0));
+                Ok(())
             }
         }
     }
-    Ok(size)
+
+    fn dir(&mut self, parent: BorrowedFd, name: &OsStr) -> Result<()> {
+        self.size.needed += self.block;
+        let d =
+            crate::dirfd::Listed::open(parent, name).with_context(|| format!("cannot walk {}", self.path.display()))?;
+        for e in &d.entries {
+            self.path.push(&e.name);
+            let r = match e.dtype {
+                Some(nix::dir::Type::Directory) => self.dir(d.fd(), &e.name),
+                Some(nix::dir::Type::Symlink) => {
+                    self.size.needed += self.block;
+                    Ok(())
+                }
+                _ => match fstatat(d.fd(), e.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) => self.entry(d.fd(), &e.name, &st),
+                    Err(err) => {
+                        Err(anyhow::Error::from(err)).with_context(|| format!("cannot stat {}", self.path.display()))
+                    }
+                },
+            };
+            self.path.pop();
+            r?;
+        }
+        Ok(())
+    }
 }
 
 /// `target/store`, opened without following a symlink; `None` if it does not exist yet.

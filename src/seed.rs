@@ -51,7 +51,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         } else if !plan.image_marked {
             log.info("would add the image's missing var/ entries");
         }
-        let size = plan::measure(&c, &plan.missing, 4096)?;
+        let size = plan::measure(&c, &plan.missing, 4096, args.jobs as usize)?;
         log.info(&format!(
             "would copy {} store paths: {} files, {}",
             plan.missing.len(),
@@ -102,7 +102,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     // Enough space? Measured on the source, refused before anything is copied.
     let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())
         .with_context(|| format!("cannot statfs {}", c.target_path.display()))?;
-    let size = plan::measure(&c, &plan.missing, vfs.fragment_size() as u64)?;
+    let size = plan::measure(&c, &plan.missing, vfs.fragment_size() as u64, args.jobs as usize)?;
     let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
     counters
         .bytes_total
