@@ -629,9 +629,14 @@ def save(ctx):
     data = {
         "results": ctx.results,
         "strace": ctx.strace,
-        "workloads": {k: {kk: vv for kk, vv in w.stats.items() if kk != "names"} | {"title": w.title}
+        "workloads": {k: {kk: vv for kk, vv in w.stats.items() if kk != "names"}
+                      | {"title": w.title, "gen_cmd": w.gen_cmd, "gen_line": w.gen_line}
                       for k, w in ctx.workloads.items() if w.stats},
         "meta": ctx.meta,
+        "config": {"runs": ctx.runs, "gl_runs": getattr(ctx, "gl_runs", ctx.runs), "noop_runs": ctx.noop_runs,
+                   "notes": ctx.notes, "targets": getattr(ctx, "targets", []),
+                   "jobs": sorted({c.jobs for c in ctx.contenders_all if c.is_seed}),
+                   "have_nix": ctx.have_nix},
     }
     (ctx.work / "results.json").write_text(json.dumps(data, indent=1))
 
@@ -715,9 +720,12 @@ def copy_table(ctx, wl_key, target, mode, contenders):
     loads = [r["load1"] for r in rs]
     lines.append("")
     lines.append(f"{max(r['round'] for r in rs)} rounds. " if loads else "")
+    others = ("other processes (on GlusterFS these include its client and brick daemons, which do most of "
+              "the copy's work: the CPU column counts only the contender's own processes)"
+              if target == "gluster" else "other processes")
     lines[-1] += (
         f"Background: load average (1 min) at run start {min(loads):.1f}–{max(loads):.1f} (median "
-        f"{med(loads):.1f}); other processes used a median {med(bg):.2f} of the {os.cpu_count()} CPUs during runs."
+        f"{med(loads):.1f}); {others} used a median {med(bg):.2f} of the {os.cpu_count()} CPUs during runs."
         if loads else "")
     return "\n".join(lines)
 
@@ -960,6 +968,38 @@ def machine_meta(ctx, argv):
     }
 
 
+def report_from(a):
+    """Render the report again from a run's results.json (the numbers are that run's)."""
+    data = json.loads(Path(a.report_from).read_text())
+    ctx = Ctx()
+    ctx.results, ctx.strace, ctx.meta = data["results"], data.get("strace", {}), data["meta"]
+    cfg = data.get("config", {})
+
+    def rounds(**kw):
+        rs = [r["round"] for r in ctx.results if all(r.get(k) == v for k, v in kw.items())]
+        return max(rs) if rs else 3
+
+    ctx.runs = cfg.get("runs") or rounds(phase="copy", target="ext4", workload="synth")
+    ctx.gl_runs = cfg.get("gl_runs") or rounds(phase="copy", target="gluster", workload="synth")
+    ctx.noop_runs = cfg.get("noop_runs") or rounds(phase="noop", target="ext4")
+    ctx.notes = cfg.get("notes", [])
+    ctx.targets = cfg.get("targets") or [t for t in ("ext4", "gluster") if any(r["target"] == t for r in ctx.results)]
+    ctx.gl_modes = ["cold", "warm"]
+    jobs = cfg.get("jobs") or sorted({int(r["contender"][6:]) for r in ctx.results if r["contender"].startswith("seed-j")})
+    ctx.have_nix = cfg.get("have_nix", True)
+    ctx.contenders_all = [c for c in all_contenders(jobs) if ctx.have_nix or c.kind != "nixcopy"]
+    ctx.workloads = {}
+    for k, w in data["workloads"].items():
+        wl = Workload(k, w["title"], "/")
+        wl.gen_cmd, wl.gen_line = w.get("gen_cmd"), w.get("gen_line")
+        wl.stats = w
+        ctx.workloads[k] = wl
+    out_path = Path(a.out) if a.out else REPO / "BENCHMARKS.md"
+    report(ctx, out_path)
+    for what, s, v in checks(ctx):
+        print(f"{v:5s} {what}: {s}")
+
+
 def main():
     ap = argparse.ArgumentParser(prog="scripts/bench.sh", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -979,6 +1019,7 @@ def main():
     ap.add_argument("--bytes", type=int, help="synthetic workload: bytes (default 2 GiB)")
     ap.add_argument("--scale-files", type=int, default=1_000_000, help="scale run: files (default 1,000,000)")
     ap.add_argument("--scale-paths", type=int, default=20_000, help="scale run: store paths (default 20,000)")
+    ap.add_argument("--scale-runs", type=int, default=3, help="scale run: rounds (default 3)")
     ap.add_argument("--skip", default="", help="comma-separated phases to leave out: real,noop,strace,scale,copy")
     ap.add_argument("--gluster-cold", default="cp,rsync-aH,seed-j8",
                     help="contenders measured cold on GlusterFS, or 'all' (default cp,rsync-aH,seed-j8; every "
@@ -988,10 +1029,14 @@ def main():
                     help="nix-seed --jobs values on GlusterFS (default 4,8,16: -j1 takes long there and is "
                          "measured on ext4)")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "nix-seed-bench"))
+    ap.add_argument("--report-from", metavar="RESULTS_JSON",
+                    help="measure nothing: write the report (--out) from the raw data of an earlier run")
     ap.add_argument("--bin", required=True, help=argparse.SUPPRESS)
     ap.add_argument("--gen", required=True, help=argparse.SUPPRESS)
     ap.add_argument("--argv", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.report_from:
+        return report_from(a)
     if os.geteuid() != 0:
         sys.exit("bench: must run as root (loop devices, mounts, drop_caches)")
 
@@ -1133,7 +1178,7 @@ def main():
                 if name == "ext4" and "strace" not in skip:
                     strace_phase(ctx, synth)
         if "scale" not in skip and "ext4" in targets:
-            scale_phase(ctx, 3)
+            scale_phase(ctx, a.scale_runs)
         srcfs.down()
     except KeyboardInterrupt:
         log("interrupted: cleaning up")

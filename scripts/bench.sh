@@ -6,7 +6,7 @@
 # (scripts/netfs.sh), cold and warm; then the no-op on a seeded target, and strace counts.
 #
 #   scripts/bench.sh [--quick] [--out FILE] [--targets ext4,gluster] [--runs N]
-#                    [--jobs 1,4,8,16] [--paths N] [--files N] [--bytes N]
+#                    [--jobs 1,4,8,16] [--paths N] [--files N] [--bytes N] [--scale-runs N]
 #                    [--skip real,noop,strace,scale,copy] [--gluster-cold LIST|all]
 #                    [--workdir DIR] [--no-build]
 #
