@@ -118,6 +118,21 @@ impl Held {
     pub fn still_ours(&self) -> bool {
         !self.lost.load(Ordering::Relaxed) && is_current(self.dir.as_fd(), &self.file).unwrap_or(false)
     }
+
+    /// [`Held::still_ours`], asked again every 100 ms for up to `d`: false as soon as one
+    /// answer is false.
+    pub fn still_ours_within(&self, d: Duration) -> bool {
+        let t0 = Instant::now();
+        loop {
+            if !self.still_ours() {
+                return false;
+            }
+            if t0.elapsed() >= d {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Held {

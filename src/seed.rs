@@ -212,7 +212,13 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         // A holder that was frozen past --lock-stale and taken over can hit errors (ESTALE,
         // ENOENT: the new holder claimed its temporaries) before its heartbeat notices:
         // say what happened, not only the symptom.
-        Err(e) if !held.still_ours() => {
+        // (An ESTALE/ENOENT is checked again for up to 2 s: a network filesystem's client
+        // that was frozen can show the old lock file from its caches for a moment.)
+        Err(e)
+            if !held.still_ours()
+                || (copy::has_errno(&e, &[libc::ESTALE, libc::ENOENT])
+                    && !held.still_ours_within(std::time::Duration::from_secs(2))) =>
+        {
             return Err(e.context(format!(
                 "lost lock {}: another seeder took it over (this one was stalled past --lock-stale); stopped",
                 held.path.display()
@@ -359,10 +365,7 @@ fn no_space(c: &Checked, plan: &Plan, size: plan::Size, free: u64) -> String {
 }
 
 fn is_enospc(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) == Some(libc::ENOSPC)
-            || c.downcast_ref::<Errno>() == Some(&Errno::ENOSPC)
-    })
+    copy::has_errno(e, &[libc::ENOSPC])
 }
 
 /// A present but unregistered store path of the image that this run did not copy: keep

@@ -304,12 +304,9 @@ impl Engine {
             Err(e) => {
                 // ENOENT inside our own temporary copy, and the copy is gone: another
                 // seeder claimed it as a leftover (see `remove_leftovers`); say so.
-                let enoent = e.chain().any(|c| {
-                    c.downcast_ref::<nix::errno::Errno>() == Some(&nix::errno::Errno::ENOENT)
-                        || c.downcast_ref::<std::io::Error>()
-                            .is_some_and(|io| io.raw_os_error() == Some(libc::ENOENT))
-                });
-                if enoent && matches!(crate::dirfd::lstat_at(t.dst, &tmp), Ok(None)) {
+                if has_errno(&e, &[libc::ENOENT, libc::ESTALE])
+                    && matches!(crate::dirfd::lstat_at(t.dst, &tmp), Ok(None))
+                {
                     return Err(e.context(publish::vanished(&tmp)));
                 }
                 // Best effort: a later run (under the lock) removes any leftover.
@@ -353,6 +350,17 @@ pub struct Built {
     files: u64,
     bytes: u64,
     src_path: PathBuf,
+}
+
+/// Whether any error in `e`'s chain is one of `errnos` (as an `io::Error` or a nix `Errno`).
+pub fn has_errno(e: &anyhow::Error, errnos: &[i32]) -> bool {
+    e.chain().any(|c| {
+        let n = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+            .or_else(|| c.downcast_ref::<nix::errno::Errno>().map(|e| *e as i32));
+        n.is_some_and(|n| errnos.contains(&n))
+    })
 }
 
 /// Own the fd of a directory together with its path for messages.

@@ -98,16 +98,17 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
 }
 
 /// The temporary copy is gone before it was published: only another nix-seed run removes
-/// (claims) entries with nix-seed's temporary names, and it does so only when it believes
-/// it holds the lock. So this run and that one both did: the filesystem does not share
-/// `flock` between its clients. The copy is not published (see `remove_leftovers`).
+/// (claims) entries with nix-seed's temporary names, and only while it holds the lock. So
+/// it took the lock over (this run was stalled past --lock-stale), or both held it (the
+/// filesystem does not share `flock` between clients). The copy is not published (see
+/// `dirfd::remove_leftovers`).
 pub(super) fn vanished(tmp: &OsStr) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!(
-            "the temporary copy {} was removed by another seeder before it could be published: \
-             both held the lock, so this filesystem does not share flock between clients (sshfs \
-             does not); run one seeder at a time on it",
+            "lost lock: another seeder removed this run's temporary copy {} before it was \
+             published (it took the lock over after this one stalled past --lock-stale, or this \
+             filesystem's clients do not share flock, as with sshfs: then run one seeder at a time)",
             crate::dirfd::show(tmp)
         ),
     )
