@@ -192,6 +192,14 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         ));
     }
 
+    if let Ok(Some(false)) = copy::hardlinks_visible(store.as_fd(), crate::dirfd::run_token()) {
+        log.warn(&format!(
+            "{} reports hardlinked files as separate files (link count 1, as sshfs does): hardlinks \
+             are made, but clients of this filesystem cannot see them",
+            c.target_path.display()
+        ));
+    }
+
     let bar = progress::start(log.clone(), counters.clone(), args.output.progress);
     let copied = engine.copy_store_paths(
         (&c.source_store_path, c.source_store.as_fd()),

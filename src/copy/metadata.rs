@@ -143,6 +143,39 @@ pub fn symlinks_read_back(dir: BorrowedFd, tag: &str) -> io::Result<Option<(Stri
     Ok(None)
 }
 
+/// Whether a hardlink made in `dir` shows as one (link count 2 on both names). sshfs makes
+/// the link on the server (`hardlink@openssh.com`) but reports every name with link count
+/// 1 and its own inode number, so clients cannot tell linked files from copies. `None`:
+/// the filesystem refuses hardlinks (the copy then keeps linked files as separate copies).
+pub fn hardlinks_visible(dir: BorrowedFd, tag: &str) -> io::Result<Option<bool>> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fstatat, Mode};
+    use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
+    let a = format!("{}probe-{tag}-hardlink-a", crate::dirfd::TEMP_PREFIX);
+    let b = format!("{}probe-{tag}-hardlink-b", crate::dirfd::TEMP_PREFIX);
+    for n in [&a, &b] {
+        let _ = unlinkat(dir, n.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    let fd = openat(
+        dir,
+        a.as_str(),
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )?;
+    drop(fd);
+    let r = match linkat(dir, a.as_str(), dir, b.as_str(), AtFlags::empty()) {
+        Ok(()) => fstatat(dir, b.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map(|st| Some(st.st_nlink >= 2))
+            .map_err(io::Error::from),
+        Err(Errno::EPERM) | Err(Errno::ENOTSUP) | Err(Errno::EMLINK) | Err(Errno::ENOSYS) => Ok(None),
+        Err(e) => Err(e.into()),
+    };
+    for n in [&a, &b] {
+        let _ = unlinkat(dir, n.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    r
+}
+
 /// Whether `AT_SYMLINK_NOFOLLOW` metadata calls reach the link's *target* on the
 /// filesystem of `dir` (sshfs: SFTP SETSTAT follows links on the server, so a dangling link
 /// fails with ENOENT and a link to an existing file changes that file). Probed once with a

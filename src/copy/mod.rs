@@ -8,7 +8,7 @@ mod hardlinks;
 mod metadata;
 pub mod publish;
 pub mod tree;
-pub use metadata::symlinks_read_back;
+pub use metadata::{hardlinks_visible, symlinks_read_back};
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
