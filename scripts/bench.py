@@ -634,6 +634,7 @@ def save(ctx):
                       for k, w in ctx.workloads.items() if w.stats},
         "meta": ctx.meta,
         "config": {"runs": ctx.runs, "gl_runs": getattr(ctx, "gl_runs", ctx.runs), "noop_runs": ctx.noop_runs,
+                   "scale_runs": getattr(ctx, "scale_runs", 3),
                    "notes": ctx.notes, "targets": getattr(ctx, "targets", []),
                    "jobs": sorted({c.jobs for c in ctx.contenders_all if c.is_seed}),
                    "have_nix": ctx.have_nix},
@@ -853,7 +854,8 @@ def report(ctx, path):
     L.append(f"- **Tools**: {m['tools']}")
     L.append(f"- **nix-seed**: {m['nix_seed_version']}, release binary {m['binary_bytes']:,} bytes, git {m['git']}")
     L.append(f"- **Also running on the machine**: {m['background']}. Each table states the load during its runs.")
-    L.append(f"- **Method**: {ctx.runs} rounds on ext4, {ctx.gl_runs} on GlusterFS, 3 for the scale run (each table "
+    L.append(f"- **Method**: {ctx.runs} rounds on ext4, {ctx.gl_runs} on GlusterFS, "
+             f"{getattr(ctx, 'scale_runs', 3)} for the scale run (each table "
              f"says); in every round each contender runs once, the order "
              f"rotating by one each round, each on a fresh destination. *Cold*: `sync; echo 3 > "
              f"/proc/sys/vm/drop_caches` right before the command. *Warm*: the whole source read "
@@ -983,6 +985,7 @@ def report_from(a):
     ctx.gl_runs = cfg.get("gl_runs") or rounds(phase="copy", target="gluster", workload="synth")
     ctx.noop_runs = cfg.get("noop_runs") or rounds(phase="noop", target="ext4")
     ctx.notes = cfg.get("notes", [])
+    ctx.scale_runs = cfg.get("scale_runs") or rounds(phase="copy", workload="scale")
     ctx.targets = cfg.get("targets") or [t for t in ("ext4", "gluster") if any(r["target"] == t for r in ctx.results)]
     ctx.gl_modes = ["cold", "warm"]
     jobs = cfg.get("jobs") or sorted({int(r["contender"][6:]) for r in ctx.results if r["contender"].startswith("seed-j")})
@@ -1178,6 +1181,7 @@ def main():
                 if name == "ext4" and "strace" not in skip:
                     strace_phase(ctx, synth)
         if "scale" not in skip and "ext4" in targets:
+            ctx.scale_runs = a.scale_runs
             scale_phase(ctx, a.scale_runs)
         srcfs.down()
     except KeyboardInterrupt:
