@@ -1161,25 +1161,24 @@ def main():
                     log(f"gluster unavailable: {e}")
 
         modes = ["cold", "warm"]
-        if "copy" not in skip:
-            for name in ctx.targets:
-                tg = tgts[name]
-                for wl in wls:
-                    if name == "ext4":
-                        copy_phase(ctx, tg, wl, copy_cs, modes, ctx.runs, small=(wl.key == "real"))
-                    elif a.quick:
-                        cs = [c for c in copy_cs if c.key in ("cp", "seed-j8")]
-                        copy_phase(ctx, tg, wl, cs, ["warm"], ctx.gl_runs, small=(wl.key == "real"))
-                    else:
-                        gj = {f"seed-j{j}" for j in a.gluster_jobs.split(",")} | {"seed-j8"}
-                        cs = [c for c in copy_cs if not c.is_seed or c.key in gj]
-                        copy_phase(ctx, tg, wl, cs, ["warm"], ctx.gl_runs, small=(wl.key == "real"))
-                        cold = [c for c in cs if gl_cold is None or c.key in gl_cold]
-                        copy_phase(ctx, tg, wl, cold, ["cold"], ctx.gl_runs, small=(wl.key == "real"))
-                if "noop" not in skip:
-                    noop_phase(ctx, tg, synth, ctx.noop_runs if name == "ext4" else max(ctx.gl_runs, 5), modes)
-                if name == "ext4" and "strace" not in skip:
-                    strace_phase(ctx, synth)
+        for name in ctx.targets:
+            tg = tgts[name]
+            for wl in (wls if "copy" not in skip else []):
+                if name == "ext4":
+                    copy_phase(ctx, tg, wl, copy_cs, modes, ctx.runs, small=(wl.key == "real"))
+                elif a.quick:
+                    cs = [c for c in copy_cs if c.key in ("cp", "seed-j8")]
+                    copy_phase(ctx, tg, wl, cs, ["warm"], ctx.gl_runs, small=(wl.key == "real"))
+                else:
+                    gj = {f"seed-j{j}" for j in a.gluster_jobs.split(",")} | {"seed-j8"}
+                    cs = [c for c in copy_cs if not c.is_seed or c.key in gj]
+                    copy_phase(ctx, tg, wl, cs, ["warm"], ctx.gl_runs, small=(wl.key == "real"))
+                    cold = [c for c in cs if gl_cold is None or c.key in gl_cold]
+                    copy_phase(ctx, tg, wl, cold, ["cold"], ctx.gl_runs, small=(wl.key == "real"))
+            if "noop" not in skip:
+                noop_phase(ctx, tg, synth, ctx.noop_runs if name == "ext4" else max(ctx.gl_runs, 5), modes)
+            if name == "ext4" and "strace" not in skip:
+                strace_phase(ctx, synth)
         if "scale" not in skip and "ext4" in targets:
             ctx.scale_runs = a.scale_runs
             scale_phase(ctx, a.scale_runs)
