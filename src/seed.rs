@@ -115,21 +115,10 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
 
     // The target's database, opened (and its schema checked) before anything is written.
-    // Absent is "no database yet"; anything else (a symlink swapped in) is an error, not
-    // a reason to skip registering.
-    let var_fd = crate::dirfd::open_dir_if_exists(c.target.as_fd(), "var").with_context(|| {
-        format!(
-            "cannot open {}/var (must be a directory, not a symlink)",
-            c.target_path.display()
-        )
-    })?;
-    let db_dir = match &var_fd {
+    let db_dir = match open_var(&c)? {
         Some(v) => nixdb::open_db_dir(v.as_fd(), &c.target_path.join("var"))?,
         None => None,
     };
-    let existing_db = db_dir
-        .as_ref()
-        .filter(|d| nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
     let db_path = c.target_path.join("var").join(nixdb::DB_DIR);
     nixdb::set_busy_context(&db_path, args.lock_timeout, log.clone());
     // From here until the database is closed, a kill could leave its dotfile lock behind.
@@ -139,12 +128,8 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         &db_path,
         log,
     )?;
-    let mut target_db = match existing_db {
-        Some(d) => Some(nixdb::open_target(
-            d.as_fd(),
-            &c.target_path.join("var").join(nixdb::DB_DIR),
-            false,
-        )?),
+    let mut target_db = match &db_dir {
+        Some(d) => open_existing_db(&c, d.as_fd())?,
         None => None,
     };
     if let Some(db) = &target_db {
@@ -174,7 +159,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         ));
     }
 
-    if let Some((link, why)) = copy::symlinks_read_back(store.as_fd(), crate::dirfd::run_token())
+    if let Some((link, why)) = copy::symlinks_read_back(store.as_fd())
         .with_context(|| format!("cannot probe symlinks in {}", store_path.display()))?
     {
         return Err(crate::preflight::Invalid(format!(
@@ -192,7 +177,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         ));
     }
 
-    if let Ok(Some(false)) = copy::hardlinks_visible(store.as_fd(), crate::dirfd::run_token()) {
+    if let Ok(Some(false)) = copy::hardlinks_visible(store.as_fd()) {
         log.warn(&format!(
             "{} reports hardlinked files as separate files (link count 1, as sshfs does): hardlinks \
              are made, but clients of this filesystem cannot see them",
@@ -305,17 +290,9 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     // The database may have appeared since it was looked for (var/ was briefly missing, or
     // a pod's Nix created it): open it now, or what was copied would stay unregistered.
     if target_db.is_none() && !v.db_created && source_db.is_some() {
-        let var_path = c.target_path.join("var");
-        let var = open_dir(c.target.as_fd(), "var").with_context(|| {
-            format!(
-                "cannot open {} (must be a directory, not a symlink)",
-                var_path.display()
-            )
-        })?;
-        if let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? {
-            if nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
-                target_db = Some(nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), false)?);
-            }
+        let var = open_var(&c)?.with_context(|| format!("{}/var vanished", c.target_path.display()))?;
+        if let Some(d) = nixdb::open_db_dir(var.as_fd(), &c.target_path.join("var"))? {
+            target_db = open_existing_db(&c, d.as_fd())?;
         }
     }
 
@@ -370,6 +347,27 @@ fn no_space(c: &Checked, plan: &Plan, size: plan::Size, free: u64) -> String {
         indicatif::HumanBytes(free),
         free
     )
+}
+
+/// `TARGET/var`, if it exists. Absent is "no database yet"; anything else (a symlink
+/// swapped in) is an error, not a reason to skip registering.
+fn open_var(c: &Checked) -> Result<Option<std::os::fd::OwnedFd>> {
+    crate::dirfd::open_dir_if_exists(c.target.as_fd(), "var").with_context(|| {
+        format!(
+            "cannot open {}/var (must be a directory, not a symlink)",
+            c.target_path.display()
+        )
+    })
+}
+
+/// The target's database in `db_dir` (its `var/nix/db`), opened the way its Nix clients
+/// open it, if it has one.
+fn open_existing_db(c: &Checked, db_dir: BorrowedFd) -> Result<Option<nixdb::TargetDb>> {
+    if !nixdb::has_file(db_dir, OsStr::new(nixdb::DB_FILE)) {
+        return Ok(None);
+    }
+    let shown = c.target_path.join("var").join(nixdb::DB_DIR);
+    Ok(Some(nixdb::open_target(db_dir, &shown, false)?))
 }
 
 fn is_enospc(e: &anyhow::Error) -> bool {

@@ -119,21 +119,48 @@ pub fn apply_symlink(
     Ok(())
 }
 
+/// Entries a probe makes in the target: named with this run's temporary names (so a run
+/// killed mid-probe leaves only what leftover removal removes), unlinked when dropped.
+struct ProbeEntries<'a> {
+    dir: BorrowedFd<'a>,
+    names: Vec<String>,
+}
+
+impl<'a> ProbeEntries<'a> {
+    fn new(dir: BorrowedFd<'a>) -> Self {
+        ProbeEntries { dir, names: Vec::new() }
+    }
+
+    fn name(&mut self, what: &str) -> String {
+        let n = crate::dirfd::temp_name(std::ffi::OsStr::new(what))
+            .into_string()
+            .expect("an ASCII name");
+        self.names.push(n.clone());
+        n
+    }
+}
+
+impl Drop for ProbeEntries<'_> {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = nix::unistd::unlinkat(self.dir, n.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
 /// Whether symlinks created in `dir` read back unchanged, for the targets a Nix store is
 /// full of: absolute (`/nix/store/...`) and with `..`. sshfs by default (`contain_symlinks`,
 /// Debian's fix for CVE-2026-47187) creates such links but then refuses to read them
 /// (readlink: EPERM), so every pod would see a broken store. Returns the first target
 /// that failed and why, or `None` if all read back.
-pub fn symlinks_read_back(dir: BorrowedFd, tag: &str) -> io::Result<Option<(String, String)>> {
+pub fn symlinks_read_back(dir: BorrowedFd) -> io::Result<Option<(String, String)>> {
     use nix::fcntl::readlinkat;
-    use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
-    let link = format!("{}probe-{tag}-readback", crate::dirfd::TEMP_PREFIX);
+    use nix::unistd::symlinkat;
+    let mut probe = ProbeEntries::new(dir);
     for target in ["/nix/store/nix-seed-probe", "../nix-seed-probe"] {
-        let _ = unlinkat(dir, link.as_str(), UnlinkatFlags::NoRemoveDir);
+        let link = probe.name("probe-readback");
         symlinkat(target, dir, link.as_str())?;
-        let got = readlinkat(dir, link.as_str());
-        let _ = unlinkat(dir, link.as_str(), UnlinkatFlags::NoRemoveDir);
-        let why = match got {
+        let why = match readlinkat(dir, link.as_str()) {
             Ok(t) if t == std::ffi::OsStr::new(target) => continue,
             Ok(t) => format!("reads back as {t:?}"),
             Err(e) => format!("cannot be read back (readlink: {})", io::Error::from(e)),
@@ -147,33 +174,25 @@ pub fn symlinks_read_back(dir: BorrowedFd, tag: &str) -> io::Result<Option<(Stri
 /// the link on the server (`hardlink@openssh.com`) but reports every name with link count
 /// 1 and its own inode number, so clients cannot tell linked files from copies. `None`:
 /// the filesystem refuses hardlinks (the copy then keeps linked files as separate copies).
-pub fn hardlinks_visible(dir: BorrowedFd, tag: &str) -> io::Result<Option<bool>> {
+pub fn hardlinks_visible(dir: BorrowedFd) -> io::Result<Option<bool>> {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::{fstatat, Mode};
-    use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
-    let a = format!("{}probe-{tag}-hardlink-a", crate::dirfd::TEMP_PREFIX);
-    let b = format!("{}probe-{tag}-hardlink-b", crate::dirfd::TEMP_PREFIX);
-    for n in [&a, &b] {
-        let _ = unlinkat(dir, n.as_str(), UnlinkatFlags::NoRemoveDir);
-    }
-    let fd = openat(
+    use nix::unistd::linkat;
+    let mut probe = ProbeEntries::new(dir);
+    let (a, b) = (probe.name("probe-hardlink-a"), probe.name("probe-hardlink-b"));
+    drop(openat(
         dir,
         a.as_str(),
         OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o600),
-    )?;
-    drop(fd);
-    let r = match linkat(dir, a.as_str(), dir, b.as_str(), AtFlags::empty()) {
-        Ok(()) => fstatat(dir, b.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map(|st| Some(st.st_nlink >= 2))
-            .map_err(io::Error::from),
+    )?);
+    match linkat(dir, a.as_str(), dir, b.as_str(), AtFlags::empty()) {
+        Ok(()) => Ok(Some(
+            fstatat(dir, b.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)?.st_nlink >= 2,
+        )),
         Err(Errno::EPERM) | Err(Errno::ENOTSUP) | Err(Errno::EMLINK) | Err(Errno::ENOSYS) => Ok(None),
         Err(e) => Err(e.into()),
-    };
-    for n in [&a, &b] {
-        let _ = unlinkat(dir, n.as_str(), UnlinkatFlags::NoRemoveDir);
     }
-    r
 }
 
 /// Whether `AT_SYMLINK_NOFOLLOW` metadata calls reach the link's *target* on the
@@ -181,20 +200,17 @@ pub fn hardlinks_visible(dir: BorrowedFd, tag: &str) -> io::Result<Option<bool>>
 /// fails with ENOENT and a link to an existing file changes that file). Probed once with a
 /// dangling symlink: setting its times can only fail with ENOENT if the call followed it
 /// (no attribute cache can hide that).
-pub fn symlink_metadata_follows(dir: BorrowedFd, tag: &str) -> io::Result<bool> {
-    use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
-    let link = format!("{}probe-{tag}-link", crate::dirfd::TEMP_PREFIX);
-    let missing = format!("{}probe-{tag}-no-such-file", crate::dirfd::TEMP_PREFIX);
-    let _ = unlinkat(dir, link.as_str(), UnlinkatFlags::NoRemoveDir);
+pub fn symlink_metadata_follows(dir: BorrowedFd) -> io::Result<bool> {
+    use nix::unistd::symlinkat;
+    let mut probe = ProbeEntries::new(dir);
+    let (link, missing) = (probe.name("probe-link"), probe.name("probe-no-such-file"));
     symlinkat(missing.as_str(), dir, link.as_str())?;
     let t = TimeSpec::new(1, 0);
-    let r = match utimensat(dir, link.as_str(), &t, &t, UtimensatFlags::NoFollowSymlink) {
+    match utimensat(dir, link.as_str(), &t, &t, UtimensatFlags::NoFollowSymlink) {
         Ok(()) => Ok(false),
         // ENOENT: it went to the missing target; sshfs reports SFTP's generic failure as
         // EPERM. Setting the times of one's own new symlink cannot fail otherwise.
         Err(Errno::ENOENT) | Err(Errno::EPERM) | Err(Errno::EOPNOTSUPP) => Ok(true),
         Err(e) => Err(e.into()),
-    };
-    let _ = unlinkat(dir, link.as_str(), UnlinkatFlags::NoRemoveDir);
-    r
+    }
 }

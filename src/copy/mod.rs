@@ -114,7 +114,7 @@ impl Engine {
     /// symlinks keep the owner and times the target gives them (the caller warns).
     /// Returns whether symlink metadata is kept.
     pub fn probe_symlink_metadata(&self, dir: BorrowedFd) -> Result<bool> {
-        let follows = metadata::symlink_metadata_follows(dir, crate::dirfd::run_token())
+        let follows = metadata::symlink_metadata_follows(dir)
             .context("cannot probe how the target filesystem treats symlinks")?;
         self.symlink_meta.store(!follows, Ordering::Relaxed);
         Ok(!follows)
