@@ -811,26 +811,7 @@ fn assert_nix_accepts_batched(target: &Path, image: &Path, scratch: &Path) {
     );
     let image_dead: Vec<&String> = paths.iter().filter(|p| dead.contains(*p)).collect();
     assert!(image_dead.is_empty(), "image paths a GC would delete: {image_dead:?}");
-    let copy = scratch.join("verify-copy");
-    let _ = Command::new("rm").arg("-rf").arg(&copy).status();
-    std::fs::create_dir_all(&copy).unwrap();
-    assert!(Command::new("cp")
-        .arg("-a")
-        .arg(target)
-        .arg(copy.join("nix"))
-        .status()
-        .unwrap()
-        .success());
-    let o = support::nix::in_pod(&copy.join("nix"), "nix-store --verify --check-contents");
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(
-        o.status.success() && !all.contains("modified") && !all.contains("error"),
-        "--verify:\n{all}"
-    );
+    support::nix::assert_contents_verify(target, &scratch.join("verify-copy"));
 }
 
 /// A rerun must not wait for ever. nix-seed's SQLite busy timeout is 10 minutes: a rerun

@@ -105,8 +105,14 @@ pub fn assert_nix_accepts(target: &Path, image: &Path) {
         .parent()
         .unwrap()
         .join(format!("verify-copy-{}", std::process::id()));
-    let _ = Command::new("rm").arg("-rf").arg(&copy).status();
-    std::fs::create_dir_all(&copy).unwrap();
+    assert_contents_verify(target, &copy);
+}
+
+/// `nix-store --verify --check-contents` accepts the Nix root `target`: run on a copy made
+/// in the directory `copy` (replaced, then removed), because --verify repairs.
+pub fn assert_contents_verify(target: &Path, copy: &Path) {
+    let _ = Command::new("rm").arg("-rf").arg(copy).status();
+    std::fs::create_dir_all(copy).unwrap();
     assert!(Command::new("cp")
         .arg("-a")
         .arg(target)
@@ -124,8 +130,8 @@ pub fn assert_nix_accepts(target: &Path, image: &Path) {
         o.status.success() && !all.contains("modified") && !all.contains("error"),
         "--verify:\n{all}"
     );
-    super::make_writable(&copy);
-    std::fs::remove_dir_all(&copy).unwrap();
+    super::make_writable(copy);
+    std::fs::remove_dir_all(copy).unwrap();
 }
 
 pub fn seed(image: &Path, target: &Path, args: &[&str]) -> Output {
