@@ -634,7 +634,7 @@ def save(ctx):
                       for k, w in ctx.workloads.items() if w.stats},
         "meta": ctx.meta,
         "config": {"runs": ctx.runs, "gl_runs": getattr(ctx, "gl_runs", ctx.runs), "noop_runs": ctx.noop_runs,
-                   "scale_runs": getattr(ctx, "scale_runs", 3),
+                   "scale_runs": ctx.scale_runs,
                    "notes": ctx.notes, "targets": getattr(ctx, "targets", []),
                    "jobs": sorted({c.jobs for c in ctx.contenders_all if c.is_seed}),
                    "have_nix": ctx.have_nix},
@@ -855,7 +855,7 @@ def report(ctx, path):
     L.append(f"- **nix-seed**: {m['nix_seed_version']}, release binary {m['binary_bytes']:,} bytes, git {m['git']}")
     L.append(f"- **Also running on the machine**: {m['background']}. Each table states the load during its runs.")
     L.append(f"- **Method**: {ctx.runs} rounds on ext4, {ctx.gl_runs} on GlusterFS, "
-             f"{getattr(ctx, 'scale_runs', 3)} for the scale run (each table "
+             f"{ctx.scale_runs} for the scale run (each table "
              f"says); in every round each contender runs once, the order "
              f"rotating by one each round, each on a fresh destination. *Cold*: `sync; echo 3 > "
              f"/proc/sys/vm/drop_caches` right before the command. *Warm*: the whole source read "
@@ -1050,6 +1050,7 @@ def main():
     ctx.runs = a.runs or (3 if a.quick else 5)
     ctx.gl_runs = a.gluster_runs
     ctx.noop_runs = max(ctx.runs, 5)
+    ctx.scale_runs = a.scale_runs
     ctx.scale_files, ctx.scale_paths = a.scale_files, a.scale_paths
     skip = set(filter(None, a.skip.split(",")))
     if a.quick:
@@ -1180,7 +1181,6 @@ def main():
             if name == "ext4" and "strace" not in skip:
                 strace_phase(ctx, synth)
         if "scale" not in skip and "ext4" in targets:
-            ctx.scale_runs = a.scale_runs
             scale_phase(ctx, a.scale_runs)
         srcfs.down()
     except KeyboardInterrupt:

@@ -177,6 +177,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         ));
     }
 
+    // Only a warning hangs on this probe, so a probe that fails is not an error.
     if let Ok(Some(false)) = copy::hardlinks_visible(store.as_fd()) {
         log.warn(&format!(
             "{} reports hardlinked files as separate files (link count 1, as sshfs does): hardlinks \
