@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod copy;
 pub mod dirfd;
+pub mod failpoint;
 pub mod gcroots;
 pub mod install;
 pub mod lock;
@@ -17,5 +18,6 @@ pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod seed;
+pub mod status;
 pub mod var;
 pub mod verify;

@@ -99,7 +99,7 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => {
             let log = Log::new(&args.output);
-            match seed::status(&args, &log) {
+            match nix_seed::status::status(&args, &log) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(FAILURE),
                 Err(e) => fail(&log, e, &signal),

@@ -1,0 +1,93 @@
+//! `nix-seed status`: what an image still lacks in the target, read without any lock and
+//! without writing: store paths missing, and registrations (the target's database against
+//! its store and against the image). Its verdict and its exit code always agree.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::StatusArgs;
+use crate::dirfd::open_dir;
+use crate::nixdb;
+use crate::plan::{self, Plan};
+use crate::preflight;
+use crate::progress::Log;
+
+pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
+    let c = preflight::check(&args.paths.source, &args.paths.target, false, false)?;
+    let plan = Plan::compute(&c)?;
+    // Registration: what the target's database says about its store.
+    let mut unregistered = None;
+    let mut missing_registered = None;
+    let mut image_unregistered = None;
+    if let Ok(var) = open_dir(c.target.as_fd(), "var") {
+        let var_path = c.target_path.join("var");
+        if let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? {
+            if nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
+                let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
+                let registered = db.registered()?;
+                let present: HashSet<String> = match plan::open_target_store(&c)? {
+                    Some(fd) => crate::dirfd::list(fd.as_fd())?
+                        .into_iter()
+                        .filter_map(|e| e.name.into_string().ok())
+                        .filter(|n| plan::is_store_path_name(n.as_bytes()))
+                        .collect(),
+                    None => HashSet::new(),
+                };
+                unregistered = Some(present.iter().filter(|n| !registered.contains(*n)).count());
+                missing_registered = Some(registered.iter().filter(|n| !present.contains(*n)).count());
+                image_unregistered = Some(
+                    plan.source
+                        .iter()
+                        .filter(|n| n.to_str().is_some_and(|n| !registered.contains(n)))
+                        .count(),
+                );
+            }
+        }
+    }
+    let fields = json!({
+        "source": c.source_path.to_string_lossy(),
+        "source_store_paths": plan.source.len(),
+        "target": c.target_path.to_string_lossy(),
+        "target_store_paths": plan.target_count,
+        "missing_store_paths": plan.missing.len(),
+        "image_unregistered": image_unregistered,
+        "present_unregistered": unregistered,
+        "registered_missing": missing_registered,
+        "image_id": plan.image_id,
+        "image_seeded": plan.image_marked,
+    });
+    let count = |o: Option<usize>| o.map_or("- (no database)".to_string(), |n| n.to_string());
+    let text = format!(
+        "source: {} ({} store paths)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
+         image paths not registered in the target: {}\n\
+         target paths present but not registered: {}\n\
+         target paths registered but missing: {}\nimage {}: {}",
+        c.source_path.display(),
+        plan.source.len(),
+        c.target_path.display(),
+        plan.target_count,
+        plan.missing.len(),
+        count(image_unregistered),
+        count(unregistered),
+        count(missing_registered),
+        plan.image_id,
+        if plan.image_marked {
+            "seeded"
+        } else {
+            "not seeded (var/ or the store paths incomplete)"
+        }
+    );
+    log.report(&text, fields);
+    for n in &plan.missing {
+        log.detail(
+            "missing",
+            &format!("missing {}", n.to_string_lossy()),
+            json!({"path": n.to_string_lossy()}),
+        );
+    }
+    Ok(plan.is_complete() && image_unregistered.unwrap_or(0) == 0)
+}
