@@ -1,7 +1,9 @@
-//! Failpoints for crash tests: `NIX_SEED_FAILPOINT=<name>` makes a debug build (what
-//! `cargo test` runs) kill itself with SIGKILL when it reaches the step boundary `<name>`,
-//! exactly as a `kill -9` or a node loss would at that moment. `<name>:<n>` fires at the
-//! n-th time the point is reached (1-based), for points inside loops.
+//! Failpoints for crash tests. In a debug build (what `cargo test` runs),
+//! `NIX_SEED_FAILPOINT=<name>[:<n>][=kill|=stop]` acts when the step boundary `<name>` is
+//! reached for the n-th time (default 1):
+//! - `kill` (default): SIGKILL to itself, exactly as a `kill -9` or a node loss would;
+//! - `stop`: SIGSTOP to itself, so a test can act on the target (run Nix, collect garbage)
+//!   at that precise moment, then let the seeder go on with SIGCONT.
 //!
 //! Release builds compile every call to nothing: the variable is never read there.
 
@@ -9,31 +11,41 @@
 pub fn hit(name: &str) {
     use std::sync::Mutex;
     static COUNTS: Mutex<Vec<(String, u64)>> = Mutex::new(Vec::new());
-    let Some(want) = std::env::var_os("NIX_SEED_FAILPOINT") else {
+    let Some(spec) = std::env::var_os("NIX_SEED_FAILPOINT") else {
         return;
     };
-    let want = want.to_string_lossy().into_owned();
-    let (want_name, nth) = match want.rsplit_once(':') {
-        Some((n, k)) => (n.to_string(), k.parse::<u64>().unwrap_or(1)),
-        None => (want.clone(), 1),
+    let spec = spec.to_string_lossy().into_owned();
+    let (point, action) = spec.split_once('=').unwrap_or((spec.as_str(), "kill"));
+    let (want, nth) = match point.split_once(':') {
+        Some((n, k)) => (n, k.parse::<u64>().unwrap_or(1)),
+        None => (point, 1),
     };
-    if want_name != name {
+    if want != name {
         return;
     }
-    let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
-    let seen = match counts.iter_mut().find(|(n, _)| n == name) {
-        Some((_, c)) => {
-            *c += 1;
-            *c
-        }
-        None => {
-            counts.push((name.to_string(), 1));
-            1
+    let seen = {
+        let mut counts = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        match counts.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => {
+                *c += 1;
+                *c
+            }
+            None => {
+                counts.push((name.to_string(), 1));
+                1
+            }
         }
     };
-    if seen == nth {
+    if seen != nth {
+        return;
+    }
+    use nix::sys::signal::{raise, Signal};
+    if action == "stop" {
+        eprintln!("nix-seed: failpoint {name} reached: SIGSTOP");
+        let _ = raise(Signal::SIGSTOP);
+    } else {
         eprintln!("nix-seed: failpoint {name} reached: SIGKILL");
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        let _ = raise(Signal::SIGKILL);
     }
 }
 
