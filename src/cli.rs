@@ -99,6 +99,14 @@ pub struct SeedArgs {
     #[arg(long, env = "NIX_SEED_VERIFY")]
     pub verify: bool,
 
+    /// Take the slow path even when the image is marked seeded: under the locks, compare
+    /// the image's registrations with the target's database and store, re-register present
+    /// but unregistered paths whose content hashes to what the image registered, replace
+    /// those that do not, and re-add missing GC roots. For a store that drifted (`status`
+    /// says so), e.g. after a path or a database row was deleted by hand.
+    #[arg(long, env = "NIX_SEED_RECHECK")]
+    pub recheck: bool,
+
     /// Print what would be copied; change nothing and take no lock.
     #[arg(long, env = "NIX_SEED_DRY_RUN")]
     pub dry_run: bool,

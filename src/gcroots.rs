@@ -4,13 +4,15 @@
 //! collector keeps everything reachable from a root, so a `nix-collect-garbage` in any pod
 //! cannot delete what another image needs.
 //!
-//! The directory appears whole (built under a temporary name, then renamed). To retire an
+//! The directory appears whole (built under a temporary name, then renamed), and every
+//! later slow-path run adds the links it lacks. To retire an
 //! image: `rm -r /nix/var/nix/gcroots/nix-seed/<image id>` (and its marker
 //! `/nix/.nix-seed/images/<image id>`), then collect garbage from one place.
 //!
 //! The image's own `gcroots/auto` links point at paths inside the image's pods and are
 //! never carried over (see `var::keep`).
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -23,7 +25,7 @@ use nix::unistd::symlinkat;
 use crate::copy::publish::{publish, Published};
 use crate::copy::{Engine, TopEntry};
 use crate::dirfd::{lstat_at, open_dir};
-use crate::nixdb::SourceDb;
+use crate::nixdb::{SourceDb, ValidPath};
 
 pub const DIR: &str = "nix-seed";
 
@@ -35,40 +37,55 @@ fn mkdir_open(dir: BorrowedFd, name: &str, shown: &Path) -> Result<std::os::fd::
     open_dir(dir, name).with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display()))
 }
 
-/// Add the roots of one image; returns how many links were created (0 if they exist).
-pub fn add(
-    eng: &Engine,
-    var: BorrowedFd,
-    var_path: &Path,
-    image_id: &str,
-    src: &SourceDb,
-    present: &dyn Fn(&str) -> bool,
-) -> Result<usize> {
+/// The tops of the part of the image's closure that is valid in the target: paths for
+/// which `valid` holds that no other such path refers to. Rooting them keeps all of it
+/// alive, and a path that is missing at one run gets its root at the next.
+pub fn tops<'a>(src: &'a SourceDb, valid: &dyn Fn(&str) -> bool) -> Vec<&'a ValidPath> {
+    let referenced: HashSet<&str> = src
+        .refs
+        .iter()
+        .filter(|(a, b)| a != b && valid(name_of(a)))
+        .map(|(_, b)| b.as_str())
+        .collect();
+    src.paths
+        .iter()
+        .filter(|p| valid(p.name()) && !referenced.contains(p.path.as_str()))
+        .collect()
+}
+
+fn name_of(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// Make the roots of one image complete: its directory is created whole the first time
+/// (built under a temporary name, then renamed); at later runs every missing link is
+/// added to it. Returns how many links were created.
+pub fn add(eng: &Engine, var: BorrowedFd, var_path: &Path, image_id: &str, tops: &[&ValidPath]) -> Result<usize> {
     let nix_dir = mkdir_open(var, "nix", &var_path.join("nix"))?;
     let roots = mkdir_open(nix_dir.as_fd(), "gcroots", &var_path.join("nix/gcroots"))?;
     let ours_path = var_path.join("nix/gcroots").join(DIR);
     let ours = mkdir_open(roots.as_fd(), DIR, &ours_path)?;
+    let image_path = ours_path.join(image_id);
     if lstat_at(ours.as_fd(), image_id)
-        .with_context(|| format!("cannot stat {}", ours_path.join(image_id).display()))?
+        .with_context(|| format!("cannot stat {}", image_path.display()))?
         .is_some()
     {
-        return Ok(0);
+        let d = open_dir(ours.as_fd(), image_id).with_context(|| {
+            format!(
+                "cannot open {} (must be a directory, not a symlink)",
+                image_path.display()
+            )
+        })?;
+        return fill(d.as_fd(), &image_path, tops);
     }
     let tmp = eng.temp_name(OsStr::new(image_id));
     mkdirat(ours.as_fd(), tmp.as_os_str(), Mode::from_bits_truncate(0o755))
         .with_context(|| format!("cannot create a directory in {}", ours_path.display()))?;
     let top = TopEntry::new(tmp.clone());
-    let fill = || -> Result<usize> {
-        let d = open_dir(ours.as_fd(), &tmp)?;
-        let mut n = 0;
-        for p in src.tops().into_iter().filter(|p| present(p.name())) {
-            symlinkat(p.path.as_str(), d.as_fd(), p.name())
-                .with_context(|| format!("cannot create GC root for {}", p.path))?;
-            n += 1;
-        }
-        Ok(n)
-    };
-    let n = match fill() {
+    let n = match open_dir(ours.as_fd(), &tmp)
+        .map_err(anyhow::Error::from)
+        .and_then(|d| fill(d.as_fd(), &ours_path.join(&tmp), tops))
+    {
         Ok(n) => n,
         Err(e) => {
             let _ = crate::dirfd::remove_tree_at(ours.as_fd(), &tmp);
@@ -79,8 +96,33 @@ pub fn add(
     if published.is_err() {
         let _ = crate::dirfd::remove_tree_at(ours.as_fd(), &tmp);
     }
-    match published.with_context(|| format!("cannot publish {}", ours_path.join(image_id).display()))? {
+    match published.with_context(|| format!("cannot publish {}", image_path.display()))? {
         Published::Yes => Ok(n),
-        Published::AlreadyThere => Ok(0),
+        // Another run made it meanwhile: complete that one.
+        Published::AlreadyThere => {
+            let d = open_dir(ours.as_fd(), image_id).with_context(|| {
+                format!(
+                    "cannot open {} (must be a directory, not a symlink)",
+                    image_path.display()
+                )
+            })?;
+            fill(d.as_fd(), &image_path, tops)
+        }
     }
+}
+
+/// Add a link `<name>` → `/nix/store/<name>` for each top that has none in `dir`.
+fn fill(dir: BorrowedFd, shown: &Path, tops: &[&ValidPath]) -> Result<usize> {
+    let mut n = 0;
+    for p in tops {
+        match symlinkat(p.path.as_str(), dir, p.name()) {
+            Ok(()) => n += 1,
+            Err(Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot create GC root {}/{} for {}", shown.display(), p.name(), p.path))
+            }
+        }
+    }
+    Ok(n)
 }

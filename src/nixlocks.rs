@@ -9,7 +9,7 @@
 //!   under nix-seed; `LOCK_EX` would wait for every Nix process on every pod to exit.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -17,9 +17,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{mkdirat, Mode};
+use nix::unistd::{Gid, Uid};
 
-use crate::dirfd::open_dir_if_exists;
+use crate::dirfd::{open_dir, open_dir_if_exists};
+use crate::preflight::Checked;
 use crate::progress::Log;
 
 /// The shared locks; released when dropped.
@@ -60,25 +62,15 @@ fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log,
 }
 
 impl NixLocks {
-    /// Take `LOCK_SH` on `var/nix/gc.lock` and `var/nix/db/big-lock` if the target's
-    /// `var/nix` exists (otherwise no Nix can be using the target yet).
-    pub fn acquire(target: BorrowedFd, target_path: &Path, log: &Log, stop: &AtomicBool) -> Result<NixLocks> {
+    /// Take `LOCK_SH` on `var/nix/gc.lock` and, if the database directory exists,
+    /// `var/nix/db/big-lock`. `var/nix` is created first when missing (with the image's
+    /// modes and owners): a Nix started in a pod just after a check for it would otherwise
+    /// create it, take `gc.lock` itself and collect what is being copied.
+    pub fn acquire(c: &Checked, log: &Log, stop: &AtomicBool) -> Result<NixLocks> {
         let mut held = Vec::new();
-        // Absent: no Nix uses the target yet. Anything else (a symlink swapped in) is an
-        // error, not a reason to go without the locks.
-        let not_symlink = |p: &str| {
-            format!(
-                "cannot open {}/{p} (must be a directory, not a symlink)",
-                target_path.display()
-            )
-        };
-        let Some(var) = open_dir_if_exists(target, "var").with_context(|| not_symlink("var"))? else {
-            return Ok(NixLocks { _held: held });
-        };
-        let Some(nix_dir) = open_dir_if_exists(var.as_fd(), "nix").with_context(|| not_symlink("var/nix"))? else {
-            return Ok(NixLocks { _held: held });
-        };
-        let shown = target_path.join("var/nix/gc.lock");
+        let var = ensure_dir(c.target.as_fd(), c.source.as_fd(), "var", &c.target_path.join("var"))?;
+        let nix_dir = ensure_dir(var.as_fd(), c.source.as_fd(), "var/nix", &c.target_path.join("var/nix"))?;
+        let shown = c.target_path.join("var/nix/gc.lock");
         held.push(shared_lock(
             nix_dir.as_fd(),
             "gc.lock",
@@ -87,8 +79,12 @@ impl NixLocks {
             log,
             stop,
         )?);
-        if let Some(db) = open_dir_if_exists(nix_dir.as_fd(), "db").with_context(|| not_symlink("var/nix/db"))? {
-            let shown = target_path.join("var/nix/db/big-lock");
+        let not_symlink = format!(
+            "cannot open {}/var/nix/db (must be a directory, not a symlink)",
+            c.target_path.display()
+        );
+        if let Some(db) = open_dir_if_exists(nix_dir.as_fd(), "db").context(not_symlink)? {
+            let shown = c.target_path.join("var/nix/db/big-lock");
             held.push(shared_lock(
                 db.as_fd(),
                 "big-lock",
@@ -99,5 +95,32 @@ impl NixLocks {
             )?);
         }
         Ok(NixLocks { _held: held })
+    }
+}
+
+/// `rel`'s last component inside `parent` (a directory of the target), created if missing
+/// with the mode and owner of the image's `rel` (0755 if the image has none), and opened
+/// without following a symlink.
+fn ensure_dir(parent: BorrowedFd, source_root: BorrowedFd, rel: &str, shown: &Path) -> Result<OwnedFd> {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    let model = crate::dirfd::lstat_at(source_root, rel)
+        .ok()
+        .flatten()
+        .filter(|st| crate::dirfd::file_type(st) == nix::sys::stat::SFlag::S_IFDIR);
+    match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+        Ok(()) => {
+            let fd = open_dir(parent, name).with_context(|| format!("cannot open {}", shown.display()))?;
+            let (mode, owner) = model.map_or((0o755, None), |st| (st.st_mode & 0o7777, Some((st.st_uid, st.st_gid))));
+            if let Some((uid, gid)) = owner {
+                // Not root, or a filesystem that squashes root: the directory keeps ours.
+                let _ = nix::unistd::fchown(fd.as_fd(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+            }
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))
+                .with_context(|| format!("cannot set the mode of {}", shown.display()))?;
+            Ok(fd)
+        }
+        Err(Errno::EEXIST) => open_dir(parent, name)
+            .with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}", shown.display())),
     }
 }

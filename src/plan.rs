@@ -22,9 +22,7 @@ use nix::sys::stat::{fstatat, FileStat, SFlag};
 use crate::dirfd::{file_type, list, lstat_at, open_dir};
 use crate::preflight::Checked;
 
-/// Our own directory at the top of the target: the lock and the per-image markers.
-pub const STATE_DIR: &str = ".nix-seed";
-pub const IMAGES_DIR: &str = "images";
+pub use crate::state::{IMAGES_DIR, STATE_DIR};
 
 /// A store path name. Names starting with `.` are not (Nix forbids them): `.links` (Nix's
 /// optimiser index, rebuilt by Nix as needed) and nix-seed's temporary entries.
@@ -69,7 +67,7 @@ impl Plan {
         let have: HashSet<OsString> = target.into_iter().collect();
         let missing: Vec<OsString> = source.iter().filter(|n| !have.contains(*n)).cloned().collect();
         let image_id = image_id(&source);
-        let image_marked = marker_exists(c.target.as_fd(), &image_id)?;
+        let image_marked = crate::state::is_marked(c.target.as_fd(), &image_id)?;
         Ok(Plan {
             target_count,
             missing,
@@ -239,26 +237,6 @@ pub fn image_id(sorted: &[OsString]) -> String {
     }
     let d = h.finalize();
     d.iter().take(16).map(|b| format!("{b:02x}")).collect()
-}
-
-/// The marker of a complete seed of image `id`. Anything unexpected on the way (a symlink
-/// planted at `.nix-seed`) counts as no marker: the slow path then reports it.
-fn marker_exists(target: BorrowedFd, id: &str) -> Result<bool> {
-    let found = || -> std::io::Result<bool> {
-        let Some(state) = crate::dirfd::open_dir_if_exists(target, STATE_DIR)? else {
-            return Ok(false);
-        };
-        let Some(images) = crate::dirfd::open_dir_if_exists(state.as_fd(), IMAGES_DIR)? else {
-            return Ok(false);
-        };
-        Ok(lstat_at(images.as_fd(), id)?
-            .is_some_and(|st| crate::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFREG))
-    };
-    match found() {
-        Ok(b) => Ok(b),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

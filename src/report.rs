@@ -50,6 +50,12 @@ impl Report {
         }
     }
 
+    /// Stamp the run's duration: the report is final.
+    pub fn finished(mut self, t0: std::time::Instant) -> Report {
+        self.seconds = t0.elapsed().as_secs_f64();
+        self
+    }
+
     pub fn take_counters(&mut self, c: &Counters) {
         self.copied = Counters::get(&c.paths_done);
         self.skipped = Counters::get(&c.paths_skipped);

@@ -1,11 +1,17 @@
-//! `nix-seed seed` and `nix-seed status`: the pipeline in the order Nix's own
-//! `local-store.cc` uses for adding paths: validate, decide, lock, write (atomically,
-//! with canonical metadata), then record what was written last.
+//! `nix-seed seed`: the steps of adding an image to a shared store, in the order Nix's own
+//! `local-store.cc` adds a path: lock, decide (under the locks), write (atomically, with
+//! canonical metadata), check, register, root, and only then mark the image complete.
+//!
+//! The promise behind exit 0: every store path of the image is present, valid (registered
+//! with the image's references) and reachable from a GC root in the target. Each decision
+//! about what the target holds is made while Nix's `gc.lock` is held shared, so no garbage
+//! collection can change the answer before it is acted on; a crash between any two steps
+//! leaves no marker, so the next run takes the slow path and repairs.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::AtomicBool;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,15 +22,16 @@ use serde_json::json;
 
 use crate::cli::SeedArgs;
 use crate::copy::{self, Counters, Engine, Stopped};
-use crate::dirfd::{lstat_at, open_dir};
-use crate::lock;
+use crate::dirfd::open_dir;
+use crate::failpoint;
+use crate::lock::{self, Held};
+use crate::nixdb::{self, SourceDb};
 use crate::nixlocks::NixLocks;
-use crate::plan::{self, Plan, IMAGES_DIR};
+use crate::plan::{self, Plan};
 use crate::preflight::{self, Checked};
 use crate::progress::{self, Log, PathEvents};
 use crate::report::Report;
-use crate::var;
-use crate::{gcroots, nar, nixdb, verify};
+use crate::{gcroots, repair, state, var};
 
 pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
@@ -34,40 +41,16 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         !args.allow_non_mountpoint,
         !args.dry_run,
     )?;
-    let plan = Plan::compute(&c)?;
-    let mut report = Report::new(&c, &plan);
-
     if args.dry_run {
-        for n in &plan.missing {
-            log.event(
-                progress::Level::Info,
-                "would-copy",
-                &format!("would copy {}", n.to_string_lossy()),
-                json!({"path": n.to_string_lossy()}),
-            );
-        }
-        if !plan.target_has_var && plan.source_has_var {
-            log.info("would create var/ from the image's var/ (runtime files left out)");
-        } else if !plan.image_marked {
-            log.info("would add the image's missing var/ entries");
-        }
-        let size = plan::measure(&c, &plan.missing, 4096, args.jobs as usize)?;
-        log.info(&format!(
-            "would copy {} store paths: {} files, {}",
-            plan.missing.len(),
-            size.files,
-            indicatif::HumanBytes(size.bytes)
-        ));
-        report.dry_run = true;
-        report.seconds = t0.elapsed().as_secs_f64();
-        return Ok(report);
+        return dry_run(&c, args, log, t0);
     }
-    if plan.is_complete() {
-        // The fast path: no lock, nothing written.
-        report.seconds = t0.elapsed().as_secs_f64();
-        return Ok(report);
+    // The fast path: no lock, nothing written.
+    let plan = Plan::compute(&c)?;
+    if plan.is_complete() && !args.recheck {
+        return Ok(Report::new(&c, &plan).finished(t0));
     }
 
+    // Lock: one seeder at a time, then Nix's own locks: no collection from here on.
     let held = lock::acquire(
         c.target.as_fd(),
         &c.target_path,
@@ -78,262 +61,411 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         log,
         interrupted,
     )?;
-    // Another seeder may have done the work while we waited.
+    failpoint::hit("locked");
+    let nix_locks = NixLocks::acquire(&c, log, interrupted)?;
+    failpoint::hit("nix-locks");
+
+    // Decide, under the locks: what a collection deleted while we waited is missing now,
+    // and another seeder may have done the work meanwhile.
     let plan = Plan::compute(&c)?;
-    report = Report::new(&c, &plan);
-    report.locked = true;
-    if plan.is_complete() {
-        report.seconds = t0.elapsed().as_secs_f64();
-        return Ok(report);
+    if plan.is_complete() && !args.recheck {
+        let mut report = Report::new(&c, &plan);
+        report.locked = true;
+        return Ok(report.finished(t0));
     }
+    failpoint::hit("planned");
+    let mut run = Run::start(c, args, log, &held, interrupted, plan)?;
+    failpoint::hit("unmarked");
+    run.check_space()?;
+    run.prepare_store()?;
+    run.copy()?;
+    failpoint::hit("copied");
+    run.check_contents()?;
+    failpoint::hit("verified");
+    run.seed_var()?;
+    failpoint::hit("var-seeded");
+    run.register()?;
+    failpoint::hit("registered");
+    run.root()?;
+    failpoint::hit("rooted");
+    let report = run.mark()?;
+    failpoint::hit("marked");
+    drop(nix_locks);
+    drop(held);
+    Ok(report.finished(t0))
+}
 
-    let stop_flags = vec![interrupted.clone(), held.lost.clone()];
-    let counters = Arc::new(Counters::default());
-    let engine = Engine::new(counters.clone(), stop_flags.clone());
-    let events = PathEvents(log);
-
-    let source_db = nixdb::read_source(&c.source_path.join("var").join(nixdb::DB_DIR))?;
-    if source_db.is_none() {
-        log.warn(&format!(
-            "the image has no Nix database ({}/var/nix/db/db.sqlite): store paths are copied but not registered",
-            c.source_path.display()
-        ));
+fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Report> {
+    let plan = Plan::compute(c)?;
+    for n in &plan.missing {
+        log.event(
+            progress::Level::Info,
+            "would-copy",
+            &format!("would copy {}", n.to_string_lossy()),
+            json!({"path": n.to_string_lossy()}),
+        );
     }
-    // Enough space? Measured on the source, refused before anything is copied.
-    let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())
-        .with_context(|| format!("cannot statfs {}", c.target_path.display()))?;
-    let size = plan::measure(&c, &plan.missing, vfs.fragment_size() as u64, args.jobs as usize)?;
-    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
-    counters
-        .bytes_total
-        .store(size.bytes, std::sync::atomic::Ordering::Relaxed);
-    if size.needed > free {
-        return Err(anyhow::anyhow!(no_space(&c, &plan, size, free)));
+    if !plan.target_has_var && plan.source_has_var {
+        log.info("would create var/ from the image's var/ (runtime files left out)");
+    } else if !plan.image_marked {
+        log.info("would add the image's missing var/ entries");
     }
+    let size = plan::measure(c, &plan.missing, 4096, args.jobs as usize)?;
+    log.info(&format!(
+        "would copy {} store paths: {} files, {}",
+        plan.missing.len(),
+        size.files,
+        indicatif::HumanBytes(size.bytes)
+    ));
+    let mut report = Report::new(c, &plan);
+    report.dry_run = true;
+    Ok(report.finished(t0))
+}
 
-    // Nix's locks, shared: no garbage collection may run between copy and register.
-    let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
+/// One slow-path run, under the seed lock and Nix's locks: each step a method.
+struct Run<'a> {
+    c: Checked,
+    args: &'a SeedArgs,
+    log: &'a Arc<Log>,
+    held: &'a Held,
+    interrupted: &'a Arc<AtomicBool>,
+    plan: Plan,
+    counters: Arc<Counters>,
+    engine: Engine,
+    source_db: Option<SourceDb>,
+    report: Report,
+    size: plan::Size,
+    store: Option<OwnedFd>,
+    copied: HashSet<OsString>,
+    checks: repair::Outcome,
+    /// Names of the store paths valid in the target after registering.
+    valid: HashSet<String>,
+    /// Image paths that could not be registered, with why.
+    unregistrable: Vec<String>,
+}
 
-    // The target's database, opened (and its schema checked) before anything is written.
-    let db_dir = match open_var(&c)? {
-        Some(v) => nixdb::open_db_dir(v.as_fd(), &c.target_path.join("var"))?,
-        None => None,
-    };
-    let db_path = c.target_path.join("var").join(nixdb::DB_DIR);
-    nixdb::set_busy_context(&db_path, args.lock_timeout, log.clone());
-    // From here until the database is closed, a kill could leave its dotfile lock behind.
-    let db_window = nixdb::DbWindow::enter(
-        lock::state_dir(c.target.as_fd(), &c.target_path)?,
-        db_dir.as_ref().map(|d| d.as_fd()),
-        &db_path,
-        log,
-    )?;
-    let mut target_db = match &db_dir {
-        Some(d) => open_existing_db(&c, d.as_fd())?,
-        None => None,
-    };
-    if let Some(db) = &target_db {
-        if db.wal && nixdb::is_network_fs(c.target.as_fd()) {
+impl<'a> Run<'a> {
+    /// Read the image's database, then invalidate the image's marker: from here on the
+    /// store and the database change, and a crash must leave the next run the slow path.
+    fn start(
+        c: Checked,
+        args: &'a SeedArgs,
+        log: &'a Arc<Log>,
+        held: &'a Held,
+        interrupted: &'a Arc<AtomicBool>,
+        plan: Plan,
+    ) -> Result<Run<'a>> {
+        let source_db = nixdb::read_source(&c.source_path.join("var").join(nixdb::DB_DIR))?;
+        if source_db.is_none() {
             log.warn(&format!(
-                "{} is in WAL mode on a network filesystem: SQLite's WAL does not work across hosts; \
-                 set use-sqlite-wal = false in every pod's nix.conf",
-                db.path.display()
+                "the image has no Nix database ({}/var/nix/db/db.sqlite): store paths are copied but not registered",
+                c.source_path.display()
             ));
         }
+        // The target's database, if any, must be one nix-seed can register in: refused
+        // here, before anything is written.
+        with_target_db(&c, args, log, |_| Ok(()))?;
+        state::unmark(&c, &plan.image_id)?;
+        let counters = Arc::new(Counters::default());
+        let engine = Engine::new(counters.clone(), vec![interrupted.clone(), held.lost.clone()]);
+        let mut report = Report::new(&c, &plan);
+        report.locked = true;
+        Ok(Run {
+            c,
+            args,
+            log,
+            held,
+            interrupted,
+            plan,
+            counters,
+            engine,
+            source_db,
+            report,
+            size: plan::Size::default(),
+            store: None,
+            copied: HashSet::new(),
+            checks: repair::Outcome::default(),
+            valid: HashSet::new(),
+            unregistrable: Vec::new(),
+        })
     }
 
-    let store = ensure_target_store(&c)?;
-    let store_path = c.target_path.join("store");
-    let mut removed = 0;
-    for (fd, path) in [(store.as_fd(), &store_path), (c.target.as_fd(), &c.target_path)] {
-        let (n, problems) =
-            crate::dirfd::remove_leftovers(fd, path).with_context(|| format!("cannot list {}", path.display()))?;
-        removed += n;
-        for p in problems {
-            log.warn(&p);
+    fn lost(&self) -> bool {
+        self.held.lost.load(Ordering::Relaxed) || self.interrupted.load(Ordering::Relaxed)
+    }
+
+    fn store(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.store.as_ref().expect("prepare_store ran").as_fd()
+    }
+
+    /// Enough space? Measured on the source, refused before anything is copied.
+    fn check_space(&mut self) -> Result<()> {
+        let c = &self.c;
+        let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())
+            .with_context(|| format!("cannot statfs {}", c.target_path.display()))?;
+        self.size = plan::measure(
+            c,
+            &self.plan.missing,
+            vfs.fragment_size() as u64,
+            self.args.jobs as usize,
+        )?;
+        let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+        self.counters.bytes_total.store(self.size.bytes, Ordering::Relaxed);
+        if self.size.needed > free {
+            anyhow::bail!(no_space(c, &self.plan, self.size, free));
         }
-    }
-    if removed > 0 {
-        log.info(&format!(
-            "removed {removed} temporary entries left by an interrupted earlier run"
-        ));
+        Ok(())
     }
 
-    if let Some((link, why)) = copy::symlinks_read_back(store.as_fd())
-        .with_context(|| format!("cannot probe symlinks in {}", store_path.display()))?
-    {
-        return Err(crate::preflight::Invalid(format!(
-            "{} cannot hold a Nix store: a symlink to {link} created there {why}; on sshfs mount with \
-             -o no_contain_symlinks, elsewhere use a filesystem that keeps symlink targets as written",
-            store_path.display()
-        ))
-        .into());
-    }
-    if !engine.probe_symlink_metadata(store.as_fd())? {
-        log.warn(&format!(
-            "{} applies a symlink's owner and times to the link's target (sshfs does): symlinks keep \
-             the owner and times the target gives them; everything else is preserved",
-            c.target_path.display()
-        ));
-    }
-
-    // Only a warning hangs on this probe, so a probe that fails is not an error.
-    if let Ok(Some(false)) = copy::hardlinks_visible(store.as_fd()) {
-        log.warn(&format!(
-            "{} reports hardlinked files as separate files (link count 1, as sshfs does): hardlinks \
-             are made, but clients of this filesystem cannot see them",
-            c.target_path.display()
-        ));
-    }
-
-    let bar = progress::start(log.clone(), counters.clone(), args.output.progress);
-    let copied = engine.copy_store_paths(
-        (&c.source_store_path, c.source_store.as_fd()),
-        (&store_path, store.as_fd()),
-        &plan.missing,
-        args.jobs as usize,
-        &events,
-    );
-    bar.finish();
-    report.take_counters(&counters);
-    let copied: HashSet<OsString> = match copied {
-        Ok(v) => v.into_iter().collect(),
-        Err(e) if is_enospc(&e) => {
-            let free =
-                nix::sys::statvfs::fstatvfs(store.as_fd()).map_or(0, |v| v.blocks_available() * v.fragment_size());
-            return Err(anyhow::anyhow!("{} ({e:#})", no_space(&c, &plan, size, free)));
+    /// `TARGET/store` exists, holds no leftovers of a killed run, and can hold a Nix store.
+    fn prepare_store(&mut self) -> Result<()> {
+        let store = ensure_target_store(&self.c)?;
+        let (c, log) = (&self.c, self.log);
+        let store_path = c.target_path.join("store");
+        let mut removed = 0;
+        for (fd, path) in [(store.as_fd(), &store_path), (c.target.as_fd(), &c.target_path)] {
+            let (n, problems) =
+                crate::dirfd::remove_leftovers(fd, path).with_context(|| format!("cannot list {}", path.display()))?;
+            removed += n;
+            for p in problems {
+                log.warn(&p);
+            }
         }
-        // A holder that was frozen past --lock-stale and taken over can hit errors (ESTALE,
-        // ENOENT: the new holder claimed its temporaries) before its heartbeat notices:
-        // say what happened, not only the symptom.
-        // (An ESTALE/ENOENT is checked again for up to 2 s: a network filesystem's client
-        // that was frozen can show the old lock file from its caches for a moment.)
-        Err(e)
-            if !held.still_ours()
-                || (copy::has_errno(&e, &[libc::ESTALE, libc::ENOENT])
-                    && !held.still_ours_within(std::time::Duration::from_secs(2))) =>
+        if removed > 0 {
+            log.info(&format!(
+                "removed {removed} temporary entries left by an interrupted earlier run"
+            ));
+        }
+        if let Some((link, why)) = copy::symlinks_read_back(store.as_fd())
+            .with_context(|| format!("cannot probe symlinks in {}", store_path.display()))?
         {
-            return Err(e.context(format!(
-                "lost lock {}: another seeder took it over (this one was stalled past --lock-stale); stopped",
-                held.path.display()
-            )))
+            return Err(preflight::Invalid(format!(
+                "{} cannot hold a Nix store: a symlink to {link} created there {why}; on sshfs mount with \
+                 -o no_contain_symlinks, elsewhere use a filesystem that keeps symlink targets as written",
+                store_path.display()
+            ))
+            .into());
         }
-        Err(e) => return Err(e),
-    };
+        if !self.engine.probe_symlink_metadata(store.as_fd())? {
+            log.warn(&format!(
+                "{} applies a symlink's owner and times to the link's target (sshfs does): symlinks keep \
+                 the owner and times the target gives them; everything else is preserved",
+                c.target_path.display()
+            ));
+        }
+        // Only a warning hangs on this probe, so a probe that fails is not an error.
+        if let Ok(Some(false)) = copy::hardlinks_visible(store.as_fd()) {
+            log.warn(&format!(
+                "{} reports hardlinked files as separate files (link count 1, as sshfs does): hardlinks \
+                 are made, but clients of this filesystem cannot see them",
+                c.target_path.display()
+            ));
+        }
+        self.store = Some(store);
+        Ok(())
+    }
 
-    if args.verify {
-        match &source_db {
-            None => log.warn("--verify: the image has no Nix database to verify against"),
-            Some(db) => {
-                let by_name = db.by_name();
-                let items: Vec<verify::Expect> = copied
-                    .iter()
-                    .filter_map(|n| by_name.get(nixdb::utf8(n)?))
-                    .map(|p| verify::Expect {
-                        path: p.path.clone(),
-                        hash: p.hash.clone(),
-                        nar_size: p.nar_size,
-                    })
-                    .collect();
-                let problems = verify::check(store.as_fd(), &items, args.jobs as usize);
-                for p in &problems {
-                    log.error(p);
-                }
-                if !problems.is_empty() {
-                    anyhow::bail!(
-                        "--verify: {} problems in the {} store paths copied to {}; nothing was registered",
-                        problems.len(),
-                        items.len(),
-                        store_path.display()
-                    );
-                }
-                report.verified = items.len();
+    /// Copy the missing store paths, each published atomically.
+    fn copy(&mut self) -> Result<()> {
+        let store_path = self.c.target_path.join("store");
+        let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.output.progress);
+        let copied = self.engine.copy_store_paths(
+            (&self.c.source_store_path, self.c.source_store.as_fd()),
+            (&store_path, self.store()),
+            &self.plan.missing,
+            self.args.jobs as usize,
+            &PathEvents(self.log),
+        );
+        bar.finish();
+        self.report.take_counters(&self.counters);
+        match copied {
+            Ok(v) => {
+                self.copied = v.into_iter().collect();
+                Ok(())
             }
+            Err(e) if copy::has_errno(&e, &[libc::ENOSPC]) => {
+                let free =
+                    nix::sys::statvfs::fstatvfs(self.store()).map_or(0, |v| v.blocks_available() * v.fragment_size());
+                Err(anyhow::anyhow!(
+                    "{} ({e:#})",
+                    no_space(&self.c, &self.plan, self.size, free)
+                ))
+            }
+            // A holder that was frozen past --lock-stale and taken over can hit errors
+            // (ESTALE, ENOENT: the new holder claimed its temporaries) before its heartbeat
+            // notices: say what happened, not only the symptom. An ESTALE/ENOENT is checked
+            // again for up to 2 s: a network filesystem's client that was frozen can show
+            // the old lock file from its caches for a moment.
+            Err(e)
+                if !self.held.still_ours()
+                    || (copy::has_errno(&e, &[libc::ESTALE, libc::ENOENT])
+                        && !self.held.still_ours_within(std::time::Duration::from_secs(2))) =>
+            {
+                Err(e.context(format!(
+                    "lost lock {}: another seeder took it over (this one was stalled past --lock-stale); stopped",
+                    self.held.path.display()
+                )))
+            }
+            Err(e) => Err(e),
         }
     }
 
-    // Paths of the image present in the target, unregistered, and not copied by this run
-    // (an interrupted run, or a plain `cp`): registered only if their content is what the
-    // image registered; otherwise replaced by a fresh copy first.
-    let present: HashSet<OsString> = crate::dirfd::list(store.as_fd())
-        .with_context(|| format!("cannot list {}", store_path.display()))?
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
-    if let Some(src_db) = &source_db {
-        let registered = match &target_db {
-            Some(db) => db.registered()?,
-            None => HashSet::new(),
+    /// Hash what needs hashing before anything is registered (see [`repair`]).
+    fn check_contents(&mut self) -> Result<()> {
+        let Some(src) = &self.source_db else {
+            if self.args.verify {
+                self.log
+                    .warn("--verify: the image has no Nix database to verify against");
+            }
+            return Ok(());
         };
-        for p in &src_db.paths {
-            let name = OsStr::new(p.name());
-            if !present.contains(name) || copied.contains(name) || registered.contains(p.name()) {
-                continue;
+        let store = self.store.as_ref().expect("prepare_store ran").as_fd();
+        if self.args.verify {
+            repair::verify_copies(
+                &self.c,
+                store,
+                src,
+                &self.copied,
+                self.args.jobs as usize,
+                self.log,
+                &mut self.checks,
+            );
+        }
+        let registered = with_target_db(&self.c, self.args, self.log, |db| match db {
+            Some(db) => db.registered(),
+            None => Ok(HashSet::new()),
+        })?;
+        let present = list_store(&self.c, store)?;
+        repair::check_unregistered(
+            &self.engine,
+            &self.c,
+            store,
+            src,
+            &present,
+            &self.copied,
+            &registered,
+            self.log,
+            &mut self.checks,
+        )?;
+        for p in &self.checks.problems {
+            self.log.error(p);
+        }
+        if !self.checks.problems.is_empty() {
+            anyhow::bail!(
+                "{} store paths in {}/store do not match the image's database (see above); they were removed \
+                 and nothing was registered; the image is corrupt: rebuild it",
+                self.checks.problems.len(),
+                self.c.target_path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// var/ after the store paths, so profiles and roots never point at missing paths; a
+    /// database is created here (a copy of the image's) if the target has none.
+    fn seed_var(&mut self) -> Result<()> {
+        let var_engine = Engine::new(
+            Arc::new(Counters::default()),
+            vec![self.interrupted.clone(), self.held.lost.clone()],
+        );
+        if !self.engine.symlink_metadata() {
+            let _ = var_engine.probe_symlink_metadata(self.store());
+        }
+        let v = var::seed(&self.c, &var_engine, self.log, self.source_db.is_some())?;
+        if var_engine.ownership.take_denied_notice() && self.engine.ownership.preserved() {
+            self.log.warn(&format!(
+                "cannot set file ownership in {}/var (chown refused)",
+                self.c.target_path.display()
+            ));
+        }
+        if v.db_created {
+            self.report.registered = self.source_db.as_ref().map_or(0, |d| d.paths.len());
+        }
+        self.report.var = Some(v);
+        Ok(())
+    }
+
+    /// Register last, in one transaction, what the target holds. The database is opened
+    /// here, right before the transaction: a pod's Nix may have created it, or switched it
+    /// to WAL, while the store paths were copied.
+    fn register(&mut self) -> Result<()> {
+        let Some(src) = &self.source_db else {
+            return Ok(());
+        };
+        let c = &self.c;
+        let present = list_store(c, self.store())?;
+        let names: HashSet<&str> = present.iter().filter_map(|n| n.to_str()).collect();
+        let lost = || self.lost();
+        let (n, valid) = with_target_db(c, self.args, self.log, |db| {
+            let db = db.with_context(|| format!("{}/var/nix/db/db.sqlite vanished", c.target_path.display()))?;
+            Ok((db.register(src, &names, &lost)?, db.registered()?))
+        })?;
+        if !self.report.var.as_ref().is_some_and(|v| v.db_created) {
+            self.report.registered = n;
+        }
+        self.valid = valid;
+        // Every image path the image's own database registers must now be valid here.
+        let by_name = src.by_name();
+        for n in &self.plan.source {
+            let Some(name) = n.to_str() else { continue };
+            if by_name.contains_key(name) && !self.valid.contains(name) {
+                let why = if present.contains(n) {
+                    "present but could not be registered"
+                } else {
+                    "missing from the target's store"
+                };
+                self.unregistrable
+                    .push(format!("{}/store/{name}: {why}", c.target_path.display()));
             }
-            check_or_replace(&engine, &c, store.as_fd(), p, log, &mut report)?;
         }
+        Ok(())
     }
 
-    // var/ after the store paths, so profiles and roots never point at missing paths; a
-    // database is created here (a copy of the image's) if the target has none.
-    let var_engine = Engine::new(Arc::new(Counters::default()), stop_flags);
-    if !engine.symlink_metadata() {
-        let _ = var_engine.probe_symlink_metadata(store.as_fd());
-    }
-    let v = var::seed(&c, &var_engine, log, source_db.is_some())?;
-    if var_engine.ownership.take_denied_notice() && engine.ownership.preserved() {
-        log.warn(&format!(
-            "cannot set file ownership in {}/var (chown refused)",
-            c.target_path.display()
-        ));
-    }
-
-    // The database may have appeared since it was looked for (var/ was briefly missing, or
-    // a pod's Nix created it): open it now, or what was copied would stay unregistered.
-    if target_db.is_none() && !v.db_created && source_db.is_some() {
-        let var = open_var(&c)?.with_context(|| format!("{}/var vanished", c.target_path.display()))?;
-        if let Some(d) = nixdb::open_db_dir(var.as_fd(), &c.target_path.join("var"))? {
-            target_db = open_existing_db(&c, d.as_fd())?;
-        }
-    }
-
-    // Register last, in one transaction.
-    let lost = || {
-        held.lost.load(std::sync::atomic::Ordering::Relaxed) || interrupted.load(std::sync::atomic::Ordering::Relaxed)
-    };
-    if let (Some(src_db), Some(db)) = (&source_db, target_db.as_mut()) {
-        let names: HashSet<&str> = present.iter().filter_map(|n| nixdb::utf8(n)).collect();
-        report.registered = db.register(src_db, &names, &lost)?;
-    } else if v.db_created {
-        report.registered = source_db.as_ref().map_or(0, |d| d.paths.len());
-    }
-    drop(target_db);
-    drop(db_window);
-
-    if let Some(src_db) = &source_db {
+    /// GC roots for the tops of the image's closure that are valid here.
+    fn root(&mut self) -> Result<()> {
+        let Some(src) = &self.source_db else {
+            return Ok(());
+        };
+        let c = &self.c;
         let var = open_dir(c.target.as_fd(), "var")
             .with_context(|| format!("cannot open {}/var", c.target_path.display()))?;
-        let in_store = |name: &str| present.contains(OsStr::new(name));
-        report.roots = gcroots::add(
+        let image: HashSet<&OsStr> = self.plan.source.iter().map(OsString::as_os_str).collect();
+        let valid = |name: &str| self.valid.contains(name) && image.contains(OsStr::new(name));
+        let tops = gcroots::tops(src, &valid);
+        let var_engine = Engine::new(Arc::new(Counters::default()), vec![]);
+        self.report.roots = gcroots::add(
             &var_engine,
             var.as_fd(),
             &c.target_path.join("var"),
-            &plan.image_id,
-            src_db,
-            &in_store,
+            &self.plan.image_id,
+            &tops,
         )?;
+        Ok(())
     }
-    if lost() {
-        return Err(Stopped.into());
+
+    /// The image is complete: say so in its marker, the last write.
+    fn mark(mut self) -> Result<Report> {
+        if self.lost() {
+            return Err(Stopped.into());
+        }
+        for p in &self.unregistrable {
+            self.log.error(p);
+        }
+        if !self.unregistrable.is_empty() {
+            anyhow::bail!(
+                "{} store paths of the image are not valid in {} (see above); the image was not marked seeded; \
+                 run again, and if it persists rebuild the image",
+                self.unregistrable.len(),
+                self.c.target_path.display()
+            );
+        }
+        state::mark(&self.c, &self.plan.image_id, self.plan.source.len())?;
+        self.report.checked = self.checks.checked;
+        self.report.replaced = self.checks.replaced;
+        self.report.verified = self.checks.verified;
+        self.report.ownership_preserved = self.engine.ownership.preserved();
+        Ok(self.report)
     }
-    report.var = Some(v);
-    mark_image(&c, &plan)
-        .with_context(|| format!("cannot record the seed in {}/.nix-seed", c.target_path.display()))?;
-    report.ownership_preserved = engine.ownership.preserved();
-    drop(nix_locks);
-    drop(held);
-    report.seconds = t0.elapsed().as_secs_f64();
-    Ok(report)
 }
 
 /// The one message for "does not fit", before copying or when the disk filled up anyway.
@@ -350,9 +482,18 @@ fn no_space(c: &Checked, plan: &Plan, size: plan::Size, free: u64) -> String {
     )
 }
 
+/// The store path names in the target's store, as they are now.
+fn list_store(c: &Checked, store: std::os::fd::BorrowedFd) -> Result<HashSet<OsString>> {
+    Ok(crate::dirfd::list(store)
+        .with_context(|| format!("cannot list {}/store", c.target_path.display()))?
+        .into_iter()
+        .map(|e| e.name)
+        .collect())
+}
+
 /// `TARGET/var`, if it exists. Absent is "no database yet"; anything else (a symlink
 /// swapped in) is an error, not a reason to skip registering.
-fn open_var(c: &Checked) -> Result<Option<std::os::fd::OwnedFd>> {
+fn open_var(c: &Checked) -> Result<Option<OwnedFd>> {
     crate::dirfd::open_dir_if_exists(c.target.as_fd(), "var").with_context(|| {
         format!(
             "cannot open {}/var (must be a directory, not a symlink)",
@@ -361,9 +502,38 @@ fn open_var(c: &Checked) -> Result<Option<std::os::fd::OwnedFd>> {
     })
 }
 
+/// Run `f` on the target's database (`None` if it has none yet), opened the way its Nix
+/// clients open it, right now: a pod's Nix may have created it or switched it to WAL since
+/// it was last looked at. Recorded in `.nix-seed/db-lock` while open, so that a kill that
+/// leaves SQLite's dotfile lock behind is recovered by the next run.
+fn with_target_db<T>(
+    c: &Checked,
+    args: &SeedArgs,
+    log: &Arc<Log>,
+    f: impl FnOnce(Option<&mut nixdb::TargetDb>) -> Result<T>,
+) -> Result<T> {
+    let Some(var) = open_var(c)? else { return f(None) };
+    let Some(db_dir) = nixdb::open_db_dir(var.as_fd(), &c.target_path.join("var"))? else {
+        return f(None);
+    };
+    let db_path = c.target_path.join("var").join(nixdb::DB_DIR);
+    nixdb::set_busy_context(&db_path, args.lock_timeout, log.clone());
+    let window = nixdb::DbWindow::enter(
+        lock::state_dir(c.target.as_fd(), &c.target_path)?,
+        Some(db_dir.as_fd()),
+        &db_path,
+        log,
+    )?;
+    let mut db = open_existing_db(c, db_dir.as_fd())?;
+    let r = f(db.as_mut());
+    drop(db);
+    drop(window);
+    r
+}
+
 /// The target's database in `db_dir` (its `var/nix/db`), opened the way its Nix clients
 /// open it, if it has one.
-fn open_existing_db(c: &Checked, db_dir: BorrowedFd) -> Result<Option<nixdb::TargetDb>> {
+fn open_existing_db(c: &Checked, db_dir: std::os::fd::BorrowedFd) -> Result<Option<nixdb::TargetDb>> {
     if !nixdb::has_file(db_dir, OsStr::new(nixdb::DB_FILE)) {
         return Ok(None);
     }
@@ -371,45 +541,8 @@ fn open_existing_db(c: &Checked, db_dir: BorrowedFd) -> Result<Option<nixdb::Tar
     Ok(Some(nixdb::open_target(db_dir, &shown, false)?))
 }
 
-fn is_enospc(e: &anyhow::Error) -> bool {
-    copy::has_errno(e, &[libc::ENOSPC])
-}
-
-/// A present but unregistered store path of the image that this run did not copy: keep
-/// it if its NAR hash is what the image registered, else swap in a fresh copy.
-fn check_or_replace(
-    engine: &Engine,
-    c: &Checked,
-    store: BorrowedFd,
-    p: &nixdb::ValidPath,
-    log: &Log,
-    report: &mut Report,
-) -> Result<()> {
-    let name = OsStr::new(p.name());
-    let shown = c.target_path.join("store").join(name);
-    let ok = match nar::hash_path(store, name, None) {
-        Ok(h) => h.hash == p.hash && p.nar_size.is_none_or(|n| n as u64 == h.size),
-        Err(_) => false,
-    };
-    report.checked += 1;
-    if ok {
-        return Ok(());
-    }
-    log.warn(&format!(
-        "{} is present but unregistered and differs from the image's: replacing it with a fresh copy",
-        shown.display()
-    ));
-    engine.replace_store_path(
-        (&c.source_store_path, c.source_store.as_fd()),
-        (&c.target_path.join("store"), store),
-        name,
-    )?;
-    report.replaced += 1;
-    Ok(())
-}
-
 /// `target/store`, created with the source store directory's mode and owner if missing.
-fn ensure_target_store(c: &Checked) -> Result<std::os::fd::OwnedFd> {
+fn ensure_target_store(c: &Checked) -> Result<OwnedFd> {
     if let Some(fd) = plan::open_target_store(c)? {
         return Ok(fd);
     }
@@ -430,51 +563,5 @@ fn ensure_target_store(c: &Checked) -> Result<std::os::fd::OwnedFd> {
             plan::open_target_store(c)?.ok_or_else(|| anyhow::anyhow!("{}/store vanished", c.target_path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("cannot create {}/store", c.target_path.display())),
-    }
-}
-
-/// `target/.nix-seed/images/<image id>`: written last, so its presence means this image's
-/// store paths and var/ entries were all seeded (the fast path checks it).
-fn mark_image(c: &Checked, plan: &Plan) -> Result<()> {
-    let state = lock::state_dir(c.target.as_fd(), &c.target_path)?;
-    match mkdirat(state.as_fd(), IMAGES_DIR, Mode::from_bits_truncate(0o755)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let images = open_dir(state.as_fd(), IMAGES_DIR)?;
-    write_marker(images.as_fd(), c, plan)
-}
-
-fn write_marker(images: BorrowedFd, c: &Checked, plan: &Plan) -> Result<()> {
-    use std::io::Write;
-    if lstat_at(images, plan.image_id.as_str())?.is_some() {
-        return Ok(());
-    }
-    let body = json!({
-        "image_id": plan.image_id,
-        "source": c.source_path.to_string_lossy(),
-        "store_paths": plan.source.len(),
-        "seeded_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        "host": nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    let fd = nix::fcntl::openat(
-        images,
-        plan.image_id.as_str(),
-        nix::fcntl::OFlag::O_WRONLY
-            | nix::fcntl::OFlag::O_CREAT
-            | nix::fcntl::OFlag::O_EXCL
-            | nix::fcntl::OFlag::O_NOFOLLOW
-            | nix::fcntl::OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    );
-    match fd {
-        Ok(fd) => {
-            let mut f = std::fs::File::from(fd);
-            writeln!(f, "{body}")?;
-            Ok(())
-        }
-        Err(Errno::EEXIST) => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }

@@ -321,15 +321,29 @@ fn a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free() {
         1,
         &[&dst.display().to_string(), "not enough space", "need", "is free"],
     );
-    // Nothing but nix-seed's own lock directory (the check runs under the lock).
-    let left: Vec<_> = std::fs::read_dir(&dst)
+    // Nothing but nix-seed's own lock directory and Nix's gc.lock (the check runs under
+    // both locks; gc.lock must exist to be held).
+    let mut left: Vec<_> = std::fs::read_dir(&dst)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
+    left.sort();
     assert_eq!(
         left,
-        [std::ffi::OsString::from(".nix-seed")],
+        [std::ffi::OsString::from(".nix-seed"), std::ffi::OsString::from("var")],
         "nothing may be written when it cannot fit"
+    );
+    let var: Vec<_> = walkdir::WalkDir::new(dst.join("var"))
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().path().strip_prefix(&dst).unwrap().to_path_buf())
+        .collect();
+    assert_eq!(
+        var,
+        [
+            std::path::PathBuf::from("var/nix"),
+            std::path::PathBuf::from("var/nix/gc.lock")
+        ]
     );
     // The lock was released: with room, the next run does the job.
     assert!(std::process::Command::new("mount")

@@ -177,6 +177,7 @@ impl Engine {
                         self.warn_pending(events, dst_store.0);
                         match r {
                             Ok((Published::Yes, files, bytes)) => {
+                                crate::failpoint::hit("published");
                                 self.counters.paths_done.fetch_add(1, Ordering::Relaxed);
                                 published.lock().unwrap().push(name.clone());
                                 events.path_copied(name, files, bytes);
