@@ -96,7 +96,7 @@ pub struct SeedArgs {
 
     /// After copying, recompute the NAR hash of every store path copied and compare it
     /// with the image's database before registering anything.
-    #[arg(long, env = "NIX_SEED_VERIFY")]
+    #[arg(long, env = "NIX_SEED_VERIFY", value_parser = clap::builder::FalseyValueParser::new())]
     pub verify: bool,
 
     /// Take the slow path even when the image is marked seeded: under the locks, compare
@@ -104,16 +104,16 @@ pub struct SeedArgs {
     /// but unregistered paths whose content hashes to what the image registered, replace
     /// those that do not, and re-add missing GC roots. For a store that drifted (`status`
     /// says so), e.g. after a path or a database row was deleted by hand.
-    #[arg(long, env = "NIX_SEED_RECHECK")]
+    #[arg(long, env = "NIX_SEED_RECHECK", value_parser = clap::builder::FalseyValueParser::new())]
     pub recheck: bool,
 
     /// Print what would be copied; change nothing and take no lock.
-    #[arg(long, env = "NIX_SEED_DRY_RUN")]
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
     pub dry_run: bool,
 
     /// Seed a target that is not a mount point (by default refused: in a pod that means the
     /// volume was forgotten and the copy would vanish with the pod).
-    #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT")]
+    #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT", value_parser = clap::builder::FalseyValueParser::new())]
     pub allow_non_mountpoint: bool,
 
     #[command(flatten)]
@@ -140,7 +140,7 @@ pub struct Output {
     pub log_format: LogFormat,
 
     /// Only errors and warnings.
-    #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose")]
+    #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose", value_parser = clap::builder::FalseyValueParser::new())]
     pub quiet: bool,
 
     /// More detail: -v names every store path copied.

@@ -48,6 +48,37 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
             }
         }
     }
+    // The verdict, and the exit code: every store path of the image present and registered,
+    // and the image marked (so that the next `seed` is a no-op that tells the truth).
+    let image_has_db = c
+        .source_path
+        .join("var")
+        .join(nixdb::DB_DIR)
+        .join(nixdb::DB_FILE)
+        .exists();
+    let not_registered = image_unregistered.unwrap_or(if image_has_db { plan.source.len() } else { 0 });
+    let seeded = plan.missing.is_empty() && not_registered == 0 && plan.image_marked;
+    let verdict = if seeded {
+        "seeded".to_string()
+    } else {
+        let mut why = Vec::new();
+        if !plan.missing.is_empty() {
+            why.push(format!("{} store paths missing", plan.missing.len()));
+        }
+        if not_registered > 0 {
+            why.push(format!("{not_registered} not registered"));
+        }
+        if !plan.image_marked {
+            why.push("no complete seed recorded".to_string());
+        }
+        // A marked image is skipped by a plain seed's fast path: drift needs --recheck.
+        let fix = if plan.image_marked {
+            "nix-seed seed --recheck"
+        } else {
+            "nix-seed seed"
+        };
+        format!("not seeded ({}): run `{fix}` to repair", why.join(", "))
+    };
     let fields = json!({
         "source": c.source_path.to_string_lossy(),
         "source_store_paths": plan.source.len(),
@@ -58,7 +89,8 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         "present_unregistered": unregistered,
         "registered_missing": missing_registered,
         "image_id": plan.image_id,
-        "image_seeded": plan.image_marked,
+        "image_marked": plan.image_marked,
+        "image_seeded": seeded,
     });
     let count = |o: Option<usize>| o.map_or("- (no database)".to_string(), |n| n.to_string());
     let text = format!(
@@ -75,11 +107,7 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         count(unregistered),
         count(missing_registered),
         plan.image_id,
-        if plan.image_marked {
-            "seeded"
-        } else {
-            "not seeded (var/ or the store paths incomplete)"
-        }
+        verdict
     );
     log.report(&text, fields);
     for n in &plan.missing {
@@ -89,5 +117,5 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
             json!({"path": n.to_string_lossy()}),
         );
     }
-    Ok(plan.is_complete() && image_unregistered.unwrap_or(0) == 0)
+    Ok(seeded)
 }
