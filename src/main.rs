@@ -75,25 +75,9 @@ fn main() -> ExitCode {
         }
         Command::Verify(args) => {
             let log = Log::new(&args.output);
-            match nix_seed::verify::verify_target(&args.target, &args.paths, args.jobs as usize) {
-                Ok((n, problems)) => {
-                    for p in &problems {
-                        log.event(nix_seed::progress::Level::Warn, "mismatch", p, serde_json::json!({}));
-                    }
-                    log.summary(
-                        &format!(
-                            "verified {n} store paths in {}: {} problems",
-                            args.target.display(),
-                            problems.len()
-                        ),
-                        serde_json::json!({"verified": n, "problems": problems.len()}),
-                    );
-                    if problems.is_empty() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(FAILURE)
-                    }
-                }
+            match nix_seed::verify::run(&args, &log) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(FAILURE),
                 Err(e) => fail(&log, e, &signal),
             }
         }

@@ -91,6 +91,8 @@ pub struct Size {
     /// Space the copy needs on a filesystem with `block`-sized blocks: every file, directory
     /// and symlink rounded up to whole blocks, hardlinked files once.
     pub needed: u64,
+    /// Inodes the copy needs: every directory, symlink and distinct file.
+    pub inodes: u64,
 }
 
 pub fn measure(c: &Checked, names: &[OsString], block: u64, jobs: usize) -> Result<Size> {
@@ -126,6 +128,7 @@ pub fn measure(c: &Checked, names: &[OsString], block: u64, jobs: usize) -> Resu
                 t.files += w.size.files;
                 t.bytes += w.size.bytes;
                 t.needed += w.size.needed;
+                t.inodes += w.size.inodes;
             });
         }
     });
@@ -166,12 +169,14 @@ impl Measure<'_> {
                 if st.st_nlink > 1 && !self.seen.lock().unwrap().insert((st.st_dev, st.st_ino)) {
                     return Ok(());
                 }
+                self.size.inodes += 1;
                 let len = u64::try_from(st.st_size).unwrap_or(0);
                 self.size.bytes += len;
                 self.size.needed += self.round(len);
                 Ok(())
             }
             _ => {
+                self.size.inodes += 1;
                 self.size.needed += self.round(u64::try_from(st.st_size).unwrap_or(0));
                 Ok(())
             }
@@ -180,6 +185,7 @@ impl Measure<'_> {
 
     fn dir(&mut self, parent: BorrowedFd, name: &OsStr) -> Result<()> {
         self.size.needed += self.block;
+        self.size.inodes += 1;
         let d =
             crate::dirfd::Listed::open(parent, name).with_context(|| format!("cannot walk {}", self.path.display()))?;
         for e in &d.entries {
@@ -188,6 +194,7 @@ impl Measure<'_> {
                 Some(nix::dir::Type::Directory) => self.dir(d.fd(), &e.name),
                 Some(nix::dir::Type::Symlink) => {
                     self.size.needed += self.block;
+                    self.size.inodes += 1;
                     Ok(())
                 }
                 _ => match fstatat(d.fd(), e.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -202,6 +209,33 @@ impl Measure<'_> {
         }
         Ok(())
     }
+}
+
+/// Room in the target for a copy of `size`: `None` if it fits, else why not (one line).
+pub fn room(c: &Checked, missing: usize, size: Size) -> Result<Option<String>> {
+    let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())
+        .with_context(|| format!("cannot statfs {}", c.target_path.display()))?;
+    let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+    // Filesystems without an inode limit (btrfs, many network ones) report 0 inodes in all.
+    let inodes_free = (vfs.files() > 0).then(|| vfs.files_available() as u64);
+    let what = if size.needed > free {
+        format!(
+            "need {} ({} bytes), {} ({} bytes) is free",
+            indicatif::HumanBytes(size.needed),
+            size.needed,
+            indicatif::HumanBytes(free),
+            free
+        )
+    } else if let Some(f) = inodes_free.filter(|f| size.inodes > *f) {
+        format!("need {} inodes, {f} are free", size.inodes)
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(format!(
+        "not enough space in {}: the {missing} missing store paths {what}; free space or grow the volume \
+         (or, for inodes, a filesystem with more), then run again (nothing half-copied is left)",
+        c.target_path.display()
+    )))
 }
 
 /// `target/store`, opened without following a symlink; `None` if it does not exist yet.

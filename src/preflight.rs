@@ -80,6 +80,15 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         ));
     }
 
+    // First: a forgotten volume on a read-only root filesystem (readOnlyRootFilesystem)
+    // is a missing mount, not a read-only one.
+    if require_mountpoint && !is_mount_point(&tgt) {
+        return invalid(format!(
+            "target {} is not a mount point: in a pod this means the volume is not mounted and \
+             the copy would vanish with the pod; mount it, or pass --allow-non-mountpoint",
+            tgt.display()
+        ));
+    }
     let target_fd = open_root(&tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
     if need_write {
         let vfs =
@@ -97,13 +106,6 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
                 nix::unistd::geteuid()
             ));
         }
-    }
-    if require_mountpoint && !is_mount_point(&tgt) {
-        return invalid(format!(
-            "target {} is not a mount point: in a pod this means the volume is not mounted and \
-             the copy would vanish with the pod; mount it, or pass --allow-non-mountpoint",
-            tgt.display()
-        ));
     }
 
     let source_fd = open_root(&src).map_err(|e| Invalid(format!("cannot open source {}: {e}", src.display())))?;

@@ -17,6 +17,11 @@ use serde_json::{json, Map, Value};
 use crate::cli::{LogFormat, Output, ProgressMode};
 use crate::copy::{Counters, Events};
 
+/// `1 file`, `2 files`: a number and its noun, in the right number.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Level {
     Info,
@@ -134,7 +139,7 @@ impl Events for PathEvents<'_> {
         let n = name.to_string_lossy();
         self.0.detail(
             "copied",
-            &format!("copied {n} ({files} files, {})", HumanBytes(bytes)),
+            &format!("copied {n} ({}, {})", count(files, "file", "files"), HumanBytes(bytes)),
             json!({"path": n, "files": files, "bytes": bytes}),
         );
     }
@@ -179,6 +184,8 @@ pub fn start(log: Arc<Log>, counters: Arc<Counters>, mode: ProgressMode) -> Prog
                 ProgressMode::Log
             }
         }
+        // indicatif draws nothing where stderr is not a terminal: lines, not silence.
+        ProgressMode::Bar if !std::io::stderr().is_terminal() => ProgressMode::Log,
         m => m,
     };
     let thread = match mode {

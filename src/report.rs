@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::copy::Counters;
 use crate::plan::Plan;
 use crate::preflight::Checked;
-use crate::progress::Log;
+use crate::progress::{count, Log};
 use crate::var;
 
 #[derive(Debug, Default)]
@@ -37,6 +37,10 @@ pub struct Report {
     pub replaced: u64,
     /// Store paths checked by `--verify`.
     pub verified: usize,
+    /// Time spent copying store paths (the rate's divisor: not the waits for locks).
+    pub copy_seconds: f64,
+    /// Dry run: whether the copy would fit, in words.
+    pub fit: Option<String>,
 }
 
 impl Report {
@@ -64,23 +68,32 @@ impl Report {
         self.hardlinks = Counters::get(&c.hardlinks);
     }
 
+    /// Store paths of the image that were (or, in a dry run, are) in the target already.
+    pub fn already_present(&self) -> u64 {
+        let done = if self.dry_run { self.missing as u64 } else { self.copied };
+        (self.source_paths as u64).saturating_sub(done)
+    }
+
     pub fn line(&self) -> String {
         if self.dry_run {
             return format!(
-                "dry run: would copy {} of {} store paths to {}",
+                "dry run: would copy {} of {} store paths ({}, {}) to {}{}",
                 self.missing,
                 self.source_paths,
-                self.target.display()
+                count(self.files, "file", "files"),
+                HumanBytes(self.bytes),
+                self.target.display(),
+                self.fit.as_deref().map_or(String::new(), |f| format!("; {f}"))
             );
         }
-        let present = self.source_paths as u64 - self.copied;
-        let rate = self.bytes as f64 / self.seconds.max(1e-3);
+        let present = self.already_present();
+        let rate = self.bytes as f64 / self.copy_seconds.max(1e-3);
         let mut s = format!(
-            "seeded {}: {} store paths copied, {} already present, {} files, {} in {:.2}s ({}/s)",
+            "seeded {}: {} copied, {} already present, {}, {} in {:.2}s ({}/s while copying)",
             self.target.display(),
-            self.copied,
+            count(self.copied, "store path", "store paths"),
             present,
-            self.files,
+            count(self.files, "file", "files"),
             HumanBytes(self.bytes),
             self.seconds,
             HumanBytes(rate as u64),
@@ -126,7 +139,7 @@ impl Report {
                 "target": self.target.to_string_lossy(),
                 "store_paths": self.source_paths,
                 "copied": self.copied,
-                "already_present": self.source_paths as u64 - self.copied,
+                "already_present": self.already_present(),
                 "skipped_concurrent": self.skipped,
                 "files": self.files,
                 "bytes": self.bytes,

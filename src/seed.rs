@@ -77,6 +77,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let mut run = Run::start(c, args, log, &held, interrupted, plan)?;
     failpoint::hit("unmarked");
     run.check_space()?;
+    failpoint::hit("space-checked");
     run.prepare_store()?;
     run.copy()?;
     failpoint::hit("copied");
@@ -110,15 +111,20 @@ fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Repor
     } else if !plan.image_marked {
         log.info("would add the image's missing var/ entries");
     }
-    let size = plan::measure(c, &plan.missing, 4096, args.jobs as usize)?;
-    log.info(&format!(
-        "would copy {} store paths: {} files, {}",
-        plan.missing.len(),
-        size.files,
-        indicatif::HumanBytes(size.bytes)
-    ));
+    let block = nix::sys::statvfs::fstatvfs(c.target.as_fd()).map_or(4096, |v| v.fragment_size() as u64);
+    let size = plan::measure(c, &plan.missing, block, args.jobs as usize)?;
     let mut report = Report::new(c, &plan);
     report.dry_run = true;
+    report.files = size.files;
+    report.bytes = size.bytes;
+    report.fit = Some(match plan::room(c, plan.missing.len(), size)? {
+        None => format!(
+            "it fits ({}, {} inodes needed)",
+            indicatif::HumanBytes(size.needed),
+            size.inodes
+        ),
+        Some(why) => format!("it would NOT fit: {why}"),
+    });
     Ok(report.finished(t0))
 }
 
@@ -198,21 +204,33 @@ impl<'a> Run<'a> {
         self.store.as_ref().expect("prepare_store ran").as_fd()
     }
 
-    /// Enough space? Measured on the source, refused before anything is copied.
+    /// Enough space and inodes? Measured on the source, refused before anything is copied;
+    /// then one line saying what will be copied (a long first seed is otherwise silent
+    /// until the first progress line).
     fn check_space(&mut self) -> Result<()> {
         let c = &self.c;
-        let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())
-            .with_context(|| format!("cannot statfs {}", c.target_path.display()))?;
-        self.size = plan::measure(
-            c,
-            &self.plan.missing,
-            vfs.fragment_size() as u64,
-            self.args.jobs as usize,
-        )?;
-        let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
+        let block = nix::sys::statvfs::fstatvfs(c.target.as_fd())
+            .with_context(|| format!("cannot statfs {}", c.target_path.display()))?
+            .fragment_size() as u64;
+        self.size = plan::measure(c, &self.plan.missing, block, self.args.jobs as usize)?;
         self.counters.bytes_total.store(self.size.bytes, Ordering::Relaxed);
-        if self.size.needed > free {
-            anyhow::bail!(no_space(c, &self.plan, self.size, free));
+        if let Some(why) = plan::room(c, self.plan.missing.len(), self.size)? {
+            anyhow::bail!(why);
+        }
+        if !self.plan.missing.is_empty() {
+            self.log.event(
+                progress::Level::Info,
+                "start",
+                &format!(
+                    "copying {} ({}, {}) of {} to {}",
+                    progress::count(self.plan.missing.len() as u64, "store path", "store paths"),
+                    progress::count(self.size.files, "file", "files"),
+                    indicatif::HumanBytes(self.size.bytes),
+                    self.plan.source.len(),
+                    c.target_path.display()
+                ),
+                json!({"paths": self.plan.missing.len(), "files": self.size.files, "bytes": self.size.bytes}),
+            );
         }
         Ok(())
     }
@@ -268,6 +286,7 @@ impl<'a> Run<'a> {
     /// Copy the missing store paths, each published atomically.
     fn copy(&mut self) -> Result<()> {
         let store_path = self.c.target_path.join("store");
+        let t0 = Instant::now();
         let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.output.progress);
         let copied = self.engine.copy_store_paths(
             (&self.c.source_store_path, self.c.source_store.as_fd()),
@@ -277,20 +296,18 @@ impl<'a> Run<'a> {
             &PathEvents(self.log),
         );
         bar.finish();
+        self.report.copy_seconds = t0.elapsed().as_secs_f64();
         self.report.take_counters(&self.counters);
         match copied {
             Ok(v) => {
                 self.copied = v.into_iter().collect();
                 Ok(())
             }
-            Err(e) if copy::has_errno(&e, &[libc::ENOSPC]) => {
-                let free =
-                    nix::sys::statvfs::fstatvfs(self.store()).map_or(0, |v| v.blocks_available() * v.fragment_size());
-                Err(anyhow::anyhow!(
-                    "{} ({e:#})",
-                    no_space(&self.c, &self.plan, self.size, free)
-                ))
-            }
+            Err(e) if copy::has_errno(&e, &[libc::ENOSPC]) => Err(anyhow::anyhow!(
+                "not enough space in {}: the disk filled up while copying ({e:#}); free space or grow the \
+                 volume, then run again (nothing half-copied is left)",
+                self.c.target_path.display()
+            )),
             // A holder that was frozen past --lock-stale and taken over can hit errors
             // (ESTALE, ENOENT: the new holder claimed its temporaries) before its heartbeat
             // notices: say what happened, not only the symptom. An ESTALE/ENOENT is checked
@@ -466,20 +483,6 @@ impl<'a> Run<'a> {
         self.report.ownership_preserved = self.engine.ownership.preserved();
         Ok(self.report)
     }
-}
-
-/// The one message for "does not fit", before copying or when the disk filled up anyway.
-fn no_space(c: &Checked, plan: &Plan, size: plan::Size, free: u64) -> String {
-    format!(
-        "not enough space in {}: the {} missing store paths need {} ({} bytes), {} ({} bytes) is free; \
-         free space or grow the volume, then run again (nothing half-copied is left)",
-        c.target_path.display(),
-        plan.missing.len(),
-        indicatif::HumanBytes(size.needed),
-        size.needed,
-        indicatif::HumanBytes(free),
-        free
-    )
 }
 
 /// The store path names in the target's store, as they are now.

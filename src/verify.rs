@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::dirfd::{lstat_at, open_dir, open_root};
 use crate::nar;
@@ -73,18 +73,43 @@ fn check_one(store: BorrowedFd, e: &Expect) -> Vec<String> {
 
 /// The registered paths of the target at `target` (or those named in `only`: store paths,
 /// names, or paths ending in a name), and the problems found in them.
+/// `nix-seed verify`: check, print one line per problem and a summary; true if clean.
+pub fn run(args: &crate::cli::VerifyArgs, log: &crate::progress::Log) -> Result<bool> {
+    let (n, problems) = verify_target(&args.target, &args.paths, args.jobs as usize)?;
+    for p in &problems {
+        log.event(crate::progress::Level::Warn, "mismatch", p, serde_json::json!({}));
+    }
+    log.summary(
+        &format!(
+            "verified {} in {}: {}",
+            crate::progress::count(n as u64, "store path", "store paths"),
+            args.target.display(),
+            crate::progress::count(problems.len() as u64, "problem", "problems")
+        ),
+        serde_json::json!({"verified": n, "problems": problems.len()}),
+    );
+    Ok(problems.is_empty())
+}
+
+/// A target that cannot be verified at all is the caller's mistake: exit 2, like `status`.
+fn unusable(target: &Path, what: std::fmt::Arguments) -> anyhow::Error {
+    crate::preflight::Invalid(format!(
+        "{} {what}: --target must be a Nix root that was seeded (it holds store/ and var/nix/db)",
+        target.display()
+    ))
+    .into()
+}
+
 pub fn verify_target(target: &Path, only: &[String], jobs: usize) -> Result<(usize, Vec<String>)> {
-    let root = open_root(target).with_context(|| format!("cannot open target {}", target.display()))?;
-    let store = open_dir(root.as_fd(), "store").with_context(|| {
-        format!(
-            "cannot open {}/store (must be a directory, not a symlink)",
-            target.display()
-        )
-    })?;
-    let var = open_dir(root.as_fd(), "var").with_context(|| format!("cannot open {}/var", target.display()))?;
+    let root = open_root(target).map_err(|e| unusable(target, format_args!("cannot be opened ({e})")))?;
+    let store =
+        open_dir(root.as_fd(), "store").map_err(|e| unusable(target, format_args!("has no store/ directory ({e})")))?;
+    let var =
+        open_dir(root.as_fd(), "var").map_err(|e| unusable(target, format_args!("has no var/ directory ({e})")))?;
     let var_path = target.join("var");
     let db_dir = nixdb::open_db_dir(var.as_fd(), &var_path)?
-        .with_context(|| format!("{} has no Nix database (var/nix/db)", target.display()))?;
+        .filter(|d| nixdb::has_file(d.as_fd(), std::ffi::OsStr::new(nixdb::DB_FILE)))
+        .ok_or_else(|| unusable(target, format_args!("has no Nix database (var/nix/db/db.sqlite)")))?;
     let db = nixdb::open_target(db_dir.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
     let all = db.all()?;
     let mut problems = Vec::new();

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use support::cmd::{assert_code, nix_seed, run, seed, stderr, text};
+use support::cmd::{assert_code, assert_ok, nix_seed, run, seed, stderr, stdout, text};
 use support::fixture::{self, Spec};
 
 fn small(dir: &Path) -> fixture::Fixture {
@@ -110,6 +110,56 @@ fn read_only_target() {
         .success());
     assert!(empty(&dst));
     drop(m);
+}
+
+/// The examples set `readOnlyRootFilesystem: true`: with the volume forgotten, the target
+/// directory sits on the read-only root filesystem, and the real problem is the missing
+/// mount, which the message must name.
+#[test]
+fn a_forgotten_volume_on_a_read_only_root_is_called_not_a_mount_point() {
+    if !support::require_root("a_forgotten_volume_on_a_read_only_root") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let root = tmp.path().join("rootfs");
+    let m = support::mounts::tmpfs(&root, 16);
+    std::fs::create_dir_all(root.join("mnt/nix")).unwrap();
+    assert!(std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success());
+    let dst = root.join("mnt/nix");
+    let out = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    refused(&out, 2, &["is not a mount point", &dst.display().to_string()]);
+    drop(m);
+}
+
+/// `verify` on a target that is not a seeded Nix root is the caller's mistake: exit 2,
+/// as `status` and `seed` do, with the path and what it lacks.
+#[test]
+fn verify_on_a_missing_or_empty_target_exits_2() {
+    let tmp = support::scratch();
+    let missing = tmp.path().join("nope");
+    let o = run(["verify", "--target", missing.to_str().unwrap()]);
+    refused(&o, 2, &[&missing.display().to_string()]);
+    let empty_dir = tmp.path().join("empty");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let o = run(["verify", "--target", empty_dir.to_str().unwrap()]);
+    refused(&o, 2, &[&empty_dir.display().to_string(), "no store/"]);
+    std::fs::create_dir_all(empty_dir.join("store")).unwrap();
+    std::fs::create_dir_all(empty_dir.join("var")).unwrap();
+    let o = run(["verify", "--target", empty_dir.to_str().unwrap()]);
+    refused(&o, 2, &["has no Nix database"]);
 }
 
 #[test]
@@ -368,6 +418,46 @@ fn a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free() {
 }
 
 #[test]
+fn a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so() {
+    if !support::require_root("a_target_short_of_inodes (needs root for a small tmpfs)") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 40,
+            big_file_bytes: 1 << 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    // Space enough by bytes, but few inodes.
+    let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
+    let dry = support::cmd::seed_cmd(&fx.root, &dst, &["--dry-run"]).output().unwrap();
+    assert_ok(&dry);
+    assert!(
+        stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
+        "{}",
+        text(&dry)
+    );
+    let o = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .output()
+        .unwrap();
+    refused(
+        &o,
+        1,
+        &[&dst.display().to_string(), "not enough space", "inodes", "are free"],
+    );
+    assert!(!dst.join("store").exists(), "nothing copied");
+}
+
+#[test]
 fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible() {
     if !support::require_root("a_target_that_fills_up (needs root for a small tmpfs)") {
         return;
@@ -382,20 +472,32 @@ fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible
         },
     );
     let dst = tmp.path().join("dst");
-    // Space enough by bytes, but few inodes: the copy runs out part-way (ENOSPC).
-    let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
-    let o = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
+    let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
+    // Stopped right after the space check passed; then another writer fills the disk.
+    let mut child = support::cmd::seed_cmd(&fx.root, &dst, &[])
+        .env("NIX_SEED_FAILPOINT", "space-checked=stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    refused(
-        &o,
-        1,
-        &[&dst.display().to_string(), "not enough space", "No space left"],
+    support::wait_stopped(child.id());
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M"])
+        .arg(format!("of={}", dst.join("filler").display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGCONT,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_code(&o, 1);
+    let err = stderr(&o);
+    assert!(
+        err.contains("not enough space") && err.contains("filled up while copying") && err.contains("No space left"),
+        "{}",
+        text(&o)
     );
     support::compare::assert_no_temp(&dst);
     // Every store path that is visible is complete.

@@ -19,6 +19,7 @@ const POINTS: &[&str] = &[
     "nix-locks",
     "planned",
     "unmarked",
+    "space-checked",
     "published",
     "copied",
     "verified",

@@ -185,3 +185,20 @@ pub fn show(bytes: &[u8]) -> String {
 pub fn os(bytes: &[u8]) -> OsString {
     std::ffi::OsStr::from_bytes(bytes).to_os_string()
 }
+
+/// Wait (up to 60 s) until process `pid` is stopped (a failpoint's `=stop` raised SIGSTOP).
+pub fn wait_stopped(pid: u32) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+            return;
+        }
+        assert!(
+            !stat.is_empty() && t0.elapsed() < std::time::Duration::from_secs(60),
+            "process {pid} never reached its failpoint (stat: {stat:?})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
