@@ -111,7 +111,7 @@ fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Repor
     } else if !plan.image_marked {
         log.info("would add the image's missing var/ entries");
     }
-    let block = nix::sys::statvfs::fstatvfs(c.target.as_fd()).map_or(4096, |v| v.fragment_size() as u64);
+    let block = nix::sys::statvfs::fstatvfs(c.target.as_fd()).map_or(4096, |v| v.fragment_size());
     let size = plan::measure(c, &plan.missing, block, args.jobs as usize)?;
     let mut report = Report::new(c, &plan);
     report.dry_run = true;

@@ -474,7 +474,7 @@ fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible
     let dst = tmp.path().join("dst");
     let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
     // Stopped right after the space check passed; then another writer fills the disk.
-    let mut child = support::cmd::seed_cmd(&fx.root, &dst, &[])
+    let child = support::cmd::seed_cmd(&fx.root, &dst, &[])
         .env("NIX_SEED_FAILPOINT", "space-checked=stop")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
