@@ -30,6 +30,9 @@ pub struct Outcome {
     pub replaced: u64,
     /// Paths hashed by `--verify`.
     pub verified: usize,
+    /// Files and bytes written by replacements.
+    pub files: u64,
+    pub bytes: u64,
     /// One line per path that does not match the image (removed from the target).
     pub problems: Vec<String>,
 }
@@ -131,12 +134,17 @@ pub fn check_unregistered(
             "{} is present but unregistered and differs from the image's ({why}): replacing it with a fresh copy",
             shown.display()
         ));
-        engine.replace_store_path(
+        let (files, bytes, problem) = engine.replace_store_path(
             (&c.source_store_path, c.source_store.as_fd()),
             (&c.target_path.join("store"), store),
             name,
         )?;
+        if let Some(p) = problem {
+            log.warn(&p);
+        }
         out.replaced += 1;
+        out.files += files;
+        out.bytes += bytes;
         if let Err(why) = matches(store, name, p) {
             remove_ours(store, name, &shown, log);
             out.problems.push(format!(

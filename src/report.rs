@@ -114,8 +114,9 @@ impl Report {
         }
         if self.checked > 0 {
             s.push_str(&format!(
-                "; {} unregistered paths checked, {} replaced",
-                self.checked, self.replaced
+                "; {} checked, {} replaced",
+                count(self.checked, "unregistered path", "unregistered paths"),
+                self.replaced
             ));
         }
         if let Some(v) = &self.var {

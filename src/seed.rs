@@ -479,6 +479,8 @@ impl<'a> Run<'a> {
         state::mark(&self.c, &self.plan.image_id, self.plan.source.len())?;
         self.report.checked = self.checks.checked;
         self.report.replaced = self.checks.replaced;
+        self.report.files += self.checks.files;
+        self.report.bytes += self.checks.bytes;
         self.report.verified = self.checks.verified;
         self.report.ownership_preserved = self.engine.ownership.preserved();
         Ok(self.report)

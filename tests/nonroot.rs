@@ -105,3 +105,74 @@ fn a_user_seeding_a_root_owned_store_warns_once_and_keeps_modes_times_and_conten
         }
     }
 }
+
+/// A non-root seeder repairing a present-but-unregistered path owned by root: the fresh
+/// copy is swapped in and registered; only the old copy, which it may not delete, stays
+/// behind under a temporary name, with one warning, and the run succeeds.
+#[test]
+fn a_user_replacing_a_root_owned_copy_warns_and_registers() {
+    if !support::require_root("a_user_replacing_a_root_owned_copy (needs root to switch user)") {
+        return;
+    }
+    let tmp = support::scratch();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 20,
+            owners: false,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
+    assert_ok(&as_nobody(&fx.root, &dst));
+    std::fs::set_permissions(dst.join("store"), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // A top directory path loses its registration, and root puts a different copy there.
+    let db = rusqlite::Connection::open(dst.join("var/nix/db/db.sqlite")).unwrap();
+    let tops: Vec<String> = db
+        .prepare("SELECT path FROM ValidPaths WHERE id NOT IN (SELECT reference FROM Refs WHERE referrer <> reference)")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let victim = tops
+        .iter()
+        .find(|p| dst.join("store").join(p.rsplit('/').next().unwrap()).is_dir())
+        .expect("a top directory path")
+        .clone();
+    db.execute("DELETE FROM ValidPaths WHERE path = ?1", [&victim]).unwrap();
+    drop(db);
+    let name = victim.rsplit('/').next().unwrap();
+    let p = dst.join("store").join(name);
+    support::make_writable(&p);
+    std::fs::remove_dir_all(&p).unwrap();
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join("not-the-image"), b"x").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o555)).unwrap();
+
+    let out = seed_cmd(&fx.root, &dst, &["--recheck"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("cannot remove the replaced copy"), "{err}");
+    assert!(
+        support::cmd::stdout(&out).contains("1 replaced"),
+        "{}",
+        support::cmd::text(&out)
+    );
+    assert!(!p.join("not-the-image").exists(), "the fresh copy is in place");
+    let db = rusqlite::Connection::open(dst.join("var/nix/db/db.sqlite")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM ValidPaths WHERE path = ?1", [&victim], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1, "registered again");
+}

@@ -209,12 +209,14 @@ impl Engine {
 
     /// Replace the store path `name` in `dst_store` (present but not what the image
     /// registered) by a fresh copy, swapped in as atomically as the filesystem allows.
+    /// Returns the files and bytes copied, and a problem to report if the old copy could
+    /// not be removed (the replacement itself succeeded).
     pub fn replace_store_path(
         &self,
         (src_root, src): (&Path, BorrowedFd),
         (dst_root, dst): (&Path, BorrowedFd),
         name: &OsStr,
-    ) -> Result<()> {
+    ) -> Result<(u64, u64, Option<String>)> {
         let src_path = src_root.join(name);
         let Some(st) = crate::dirfd::lstat_at(src, name)? else {
             anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
@@ -232,12 +234,18 @@ impl Engine {
             dst_path: dst_root.join(name),
         };
         let built = self.build_top(top, &mut buf)?;
-        let r = publish::replace(self, dst, &built.tmp, name)
-            .with_context(|| format!("cannot replace {}", dst_root.join(name).display()));
-        if r.is_err() {
-            let _ = crate::dirfd::remove_tree_at(dst, &built.tmp);
+        let shown = dst_root.join(name);
+        match publish::replace(self, dst, &built.tmp, name) {
+            Ok(problem) => Ok((
+                built.files,
+                built.bytes,
+                problem.map(|p| format!("{}: {p}", shown.display())),
+            )),
+            Err(e) => {
+                let _ = crate::dirfd::remove_tree_at(dst, &built.tmp);
+                Err(e).with_context(|| format!("cannot replace {}", shown.display()))
+            }
         }
-        r
     }
 
     fn copy_store_path(

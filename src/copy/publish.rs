@@ -116,18 +116,28 @@ pub(super) fn vanished(tmp: &OsStr) -> io::Error {
 
 /// Swap the finished copy `tmp` in for the existing `fin` and remove the old one:
 /// `renameat2(RENAME_EXCHANGE)` where the filesystem has it (one atomic step), otherwise
-/// two renames (the name is absent for a moment in between).
-pub fn replace(eng: &Engine, dir: BorrowedFd, tmp: &OsStr, fin: &OsStr) -> io::Result<()> {
-    match renameat2(dir, tmp, dir, fin, RenameFlags::RENAME_EXCHANGE) {
-        Ok(()) => return remove_tree_at(dir, tmp),
-        Err(Errno::EINVAL) | Err(Errno::ENOSYS) | Err(Errno::ENOTSUP) => {}
+/// two renames (the name is absent for a moment in between). Once the new copy is in
+/// place the replacement has succeeded: an old copy that cannot be removed (not root, and
+/// it belongs to root) is returned as a problem to report, under a temporary name that a
+/// later run removes.
+pub fn replace(eng: &Engine, dir: BorrowedFd, tmp: &OsStr, fin: &OsStr) -> io::Result<Option<String>> {
+    let old = match renameat2(dir, tmp, dir, fin, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => tmp.to_os_string(),
+        Err(Errno::EINVAL) | Err(Errno::ENOSYS) | Err(Errno::ENOTSUP) => {
+            let old = eng.temp_name(fin);
+            renameat(dir, fin, dir, old.as_os_str())?;
+            if let Err(e) = renameat(dir, tmp, dir, fin) {
+                let _ = renameat(dir, old.as_os_str(), dir, fin);
+                return Err(e.into());
+            }
+            old
+        }
         Err(e) => return Err(e.into()),
-    }
-    let old = eng.temp_name(fin);
-    renameat(dir, fin, dir, old.as_os_str())?;
-    if let Err(e) = renameat(dir, tmp, dir, fin) {
-        let _ = renameat(dir, old.as_os_str(), dir, fin);
-        return Err(e.into());
-    }
-    remove_tree_at(dir, &old)
+    };
+    Ok(remove_tree_at(dir, &old).err().map(|e| {
+        format!(
+            "cannot remove the replaced copy (now {}): {e}; a later run with the rights to do so removes it",
+            crate::dirfd::show(&old)
+        )
+    }))
 }
