@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let code = e.exit_code();
-            let _ = e.print();
+            nix_seed::cli::print_usage_error(&e);
             // clap: 0 for --help/--version, 2 for usage errors.
             return ExitCode::from(code as u8);
         }
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                 progress: nix_seed::cli::ProgressMode::None,
                 log_format: nix_seed::cli::LogFormat::Text,
                 quiet: false,
-                verbose: 0,
+                verbose: false,
             });
             match nix_seed::install::install(&args.dest) {
                 Ok(p) => {

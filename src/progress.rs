@@ -42,7 +42,7 @@ impl Level {
 pub struct Log {
     pub format: LogFormat,
     pub quiet: bool,
-    pub verbose: u8,
+    pub verbose: bool,
     bar: Mutex<Option<ProgressBar>>,
 }
 
@@ -83,7 +83,7 @@ impl Log {
 
     /// Detail shown with -v.
     pub fn detail(&self, event: &str, msg: &str, fields: Value) {
-        if self.verbose > 0 {
+        if self.verbose {
             self.event(Level::Info, event, msg, fields);
         }
     }

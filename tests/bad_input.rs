@@ -514,3 +514,38 @@ fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible
         assert!(same.success(), "{} is visible but differs", d.display());
     }
 }
+
+/// Usage errors speak the log format the caller asked for, and a bad value from the
+/// environment names the variable (a pod spec sets `env:`, not flags).
+#[test]
+fn usage_errors_follow_the_log_format_and_name_the_variable() {
+    let o = nix_seed()
+        .args(["seed", "--target", "/tmp"])
+        .env("NIX_SEED_LOCK_STALE", "soon")
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("NIX_SEED_LOCK_STALE"), "{}", text(&o));
+    let o = run(["seed", "--target", "/tmp", "--log-format", "json", "--bogus"]);
+    assert_code(&o, 2);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let v: serde_json::Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {err}"));
+    assert_eq!(v["level"], "error");
+    assert!(v["msg"].as_str().unwrap().contains("--bogus"), "{err}");
+    let o = nix_seed()
+        .args(["status", "--target", "/tmp", "--jobs", "3"])
+        .env("NIX_SEED_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(stderr(&o).trim()).is_ok(),
+        "{}",
+        text(&o)
+    );
+    // -v is a switch: -vv says so instead of silently meaning -v.
+    let o = run(["status", "--target", "/tmp", "-vv"]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("--verbose"), "{}", text(&o));
+}

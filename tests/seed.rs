@@ -220,7 +220,11 @@ fn dry_run_changes_nothing() {
         assert!(err.lines().any(|l| l.ends_with(&line)), "no `{line}` in:\n{err}");
     }
     assert!(
-        err.contains(&format!("would copy {} store paths: ", fx.names.len())),
+        stdout(&out).contains(&format!(
+            "would copy {} of {} store paths (",
+            fx.names.len(),
+            fx.names.len()
+        )) && stdout(&out).contains("it fits"),
         "no size line in:\n{err}"
     );
     assert!(stdout(&out).contains(&format!("would copy {} of {}", fx.names.len(), fx.names.len())));
@@ -252,6 +256,24 @@ fn summary_goes_to_the_termination_log_and_json_lines_parse() {
             "not a log line: {line}"
         );
     }
+}
+
+/// `--progress bar` where stderr is not a terminal (a log, a pipe): plain progress lines,
+/// not silence.
+#[test]
+fn a_bar_without_a_terminal_falls_back_to_progress_lines() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 40);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = support::cmd::seed_cmd(&fx.root, &dst, &["--progress", "bar", "--jobs", "1"])
+        .env("NIX_SEED_PROGRESS_INTERVAL", "1ms")
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let err = stderr(&out);
+    assert!(err.contains("copying 40 store paths"), "the start line:\n{err}");
+    assert!(err.contains("progress: "), "no progress line:\n{err}");
 }
 
 /// A seeder killed while it held the target database's dotfile lock leaves
