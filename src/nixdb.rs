@@ -42,10 +42,15 @@ use crate::dirfd::lstat_at;
 pub const DB_DIR: &str = "nix/db";
 pub const DB_FILE: &str = "db.sqlite";
 pub const SCHEMA_VERSION: &str = "10";
+/// Nix 2.26's record that the CA-derivations migration ran on this database: it belongs
+/// with the database, so it is written together with a database nix-seed creates and
+/// never added next to one it did not create.
+pub const CA_SCHEMA: &str = "ca-schema";
 
 /// Which entries of `var/nix/db` the var/ walk copies: only `schema`. The database itself
-/// is written by [`create`] (a backup), never copied as files; `big-lock`,
-/// `db.sqlite-shm`, `-wal`, `-journal`, `reserved` and `*.lock` are runtime files.
+/// is written by [`create`] (a backup), never copied as files, and `ca-schema` with it
+/// (see [`CA_SCHEMA`]); `big-lock`, `db.sqlite-shm`, `-wal`, `-journal`, `reserved` and
+/// `*.lock` are runtime files.
 pub fn keep_db_entry(name: &[u8]) -> bool {
     name == b"schema"
 }
