@@ -182,15 +182,19 @@ fn read_schema_file(dir: BorrowedFd, shown: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Open the image's database read-only, creating nothing in the image (which may be a
-/// read-only filesystem):
-/// - no `-wal` file: everything is in the main file; open it `immutable=1` (no locks, no
-///   journal or WAL files looked for or created). A non-empty `-journal` (a crash in the
-///   middle of a write) is refused: its rollback would need a write.
-/// - a `-wal` file: its committed transactions must be read. The `unix-none` VFS (no file
-///   locks: nothing writes the image's database while it is seeded, and a read-only
-///   descriptor cannot take the lock WAL's exclusive mode wants) in exclusive locking mode
-///   keeps the wal-index in heap memory instead of a `-shm` file.
+/// Open the image's database read-only, changing nothing in the image (which may be a
+/// read-only filesystem, and when it is not, must stay as it is):
+/// - no `-wal` file, or an empty one: everything is in the main file; open it
+///   `immutable=1` (no locks, no journal or WAL files looked for, created or removed). A
+///   non-empty `-journal` (a crash in the middle of a write) is refused: its rollback would
+///   need a write.
+/// - a non-empty `-wal` file: its committed transactions must be read. The `unix-none` VFS
+///   (no file locks: nothing writes the image's database while it is seeded, and a
+///   read-only descriptor cannot take the lock WAL's exclusive mode wants) in exclusive
+///   locking mode keeps the wal-index in heap memory instead of a `-shm` file, and
+///   `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE` keeps SQLite from even trying to checkpoint the
+///   WAL into the image's database and delete it when the connection closes (what removed
+///   an empty `-wal` from writable images: the read-only flag alone does not stop it).
 fn open_source(db: &Path) -> Result<Connection> {
     let side = |suffix: &str| {
         let mut p = db.as_os_str().to_owned();
@@ -198,8 +202,11 @@ fn open_source(db: &Path) -> Result<Connection> {
         PathBuf::from(p)
     };
     let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = if side("-wal").exists() {
+    let wal_len = std::fs::symlink_metadata(side("-wal")).map_or(0, |m| m.len());
+    let conn = if wal_len > 0 {
         let c = Connection::open_with_flags_and_vfs(db, ro, c"unix-none")
+            .with_context(|| format!("cannot open the image's database {}", db.display()))?;
+        c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .with_context(|| format!("cannot open the image's database {}", db.display()))?;
         c.pragma_update(None, "locking_mode", "EXCLUSIVE")
             .with_context(|| format!("cannot read the image's database {}", db.display()))?;
