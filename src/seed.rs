@@ -220,6 +220,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         }
         Err(e) => return Err(e),
     };
+    crate::failpoint::hit("copied");
 
     if args.verify {
         match &source_db {
@@ -301,9 +302,19 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let lost = || {
         held.lost.load(std::sync::atomic::Ordering::Relaxed) || interrupted.load(std::sync::atomic::Ordering::Relaxed)
     };
-    if let (Some(src_db), Some(db)) = (&source_db, target_db.as_mut()) {
+    if let (Some(src_db), Some(db)) = (&source_db, target_db.take()) {
+        // Opened again now: a pod's Nix may have changed its journal mode meanwhile.
+        let (dir, shown) = (db.dir()?, db.shown().to_path_buf());
+        drop(db);
         let names: HashSet<&str> = present.iter().filter_map(|n| nixdb::utf8(n)).collect();
-        report.registered = db.register(src_db, &names, &lost)?;
+        let r = nixdb::register_in_target(dir.as_fd(), &shown, src_db, &names, &lost)?;
+        report.registered = r.count;
+        for (p, missing) in &r.skipped {
+            log.warn(&format!(
+                "{p} not registered: its reference {missing} is neither registered in {} nor in the target's store",
+                shown.display()
+            ));
+        }
     } else if v.db_created {
         report.registered = source_db.as_ref().map_or(0, |d| d.paths.len());
     }
