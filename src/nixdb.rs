@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::dirfd::lstat_at;
 
@@ -42,10 +42,15 @@ use crate::dirfd::lstat_at;
 pub const DB_DIR: &str = "nix/db";
 pub const DB_FILE: &str = "db.sqlite";
 pub const SCHEMA_VERSION: &str = "10";
+/// Nix 2.26's record that the CA-derivations migration ran on this database: it belongs
+/// with the database, so it is written together with a database nix-seed creates and
+/// never added next to one it did not create.
+pub const CA_SCHEMA: &str = "ca-schema";
 
 /// Which entries of `var/nix/db` the var/ walk copies: only `schema`. The database itself
-/// is written by [`create`] (a backup), never copied as files; `big-lock`,
-/// `db.sqlite-shm`, `-wal`, `-journal`, `reserved` and `*.lock` are runtime files.
+/// is written by [`create`] (a backup), never copied as files, and `ca-schema` with it
+/// (see [`CA_SCHEMA`]); `big-lock`, `db.sqlite-shm`, `-wal`, `-journal`, `reserved` and
+/// `*.lock` are runtime files.
 pub fn keep_db_entry(name: &[u8]) -> bool {
     name == b"schema"
 }
@@ -84,6 +89,29 @@ pub struct SourceDb {
     pub refs: Vec<(String, String)>,
     /// (drv, output id, output path).
     pub outputs: Vec<(String, String, String)>,
+    /// Columns beyond Nix's schema 10 (Determinate Nix's `provenance`...) of `ValidPaths`,
+    /// `Refs` and `DerivationOutputs`, row by row with `paths`, `refs` and `outputs`.
+    pub extra: [Extra; 3],
+}
+
+/// A table's columns beyond Nix's schema 10, and their values row by row.
+#[derive(Debug, Default, Clone)]
+pub struct Extra {
+    pub cols: Vec<String>,
+    pub rows: Vec<Vec<rusqlite::types::Value>>,
+}
+
+impl Extra {
+    /// The values of `cols` (a subset of `self.cols`) in row `i`.
+    fn values(&self, i: usize, cols: &[String]) -> Vec<rusqlite::types::Value> {
+        cols.iter()
+            .map(|c| {
+                let k = self.cols.iter().position(|x| x == c);
+                k.and_then(|k| self.rows.get(i)?.get(k).cloned())
+                    .unwrap_or(rusqlite::types::Value::Null)
+            })
+            .collect()
+    }
 }
 
 impl SourceDb {
@@ -125,38 +153,96 @@ pub fn is_wal(dir: BorrowedFd, name: &str, db: &Path) -> Result<bool> {
     Ok(h[18] == 2 && h[19] == 2)
 }
 
-fn check_schema(conn: &Connection, db: &Path) -> Result<()> {
-    let want: &[(&str, &[&str])] = &[
-        (
-            "ValidPaths",
-            &[
-                "id",
-                "path",
-                "hash",
-                "registrationTime",
-                "deriver",
-                "narSize",
-                "ultimate",
-                "sigs",
-                "ca",
-            ],
-        ),
-        ("Refs", &["referrer", "reference"]),
-        ("DerivationOutputs", &["drv", "id", "path"]),
-    ];
-    for (table, cols) in want {
-        let mut st = conn.prepare(&format!("PRAGMA table_info({table})"))?;
-        let have: Vec<String> = st.query_map([], |r| r.get::<_, String>(1))?.collect::<Result<_, _>>()?;
-        if have.iter().map(String::as_str).collect::<Vec<_>>() != *cols {
-            bail!(
-                "{}: table {table} has columns {:?}, not Nix's schema 10 {:?}: refusing to change it",
-                db.display(),
-                have,
-                cols
-            );
+/// Nix's schema-10 tables and columns that nix-seed reads and writes, by name.
+const TABLES: [(&str, &[&str]); 3] = [
+    (
+        "ValidPaths",
+        &[
+            "id",
+            "path",
+            "hash",
+            "registrationTime",
+            "deriver",
+            "narSize",
+            "ultimate",
+            "sigs",
+            "ca",
+        ],
+    ),
+    ("Refs", &["referrer", "reference"]),
+    ("DerivationOutputs", &["drv", "id", "path"]),
+];
+
+/// Whose database is checked: the fix an error names differs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Image,
+    Target,
+}
+
+/// Check that `conn` has Nix's schema-10 tables and columns (by name: newer Nix adds
+/// columns, e.g. Determinate Nix's `provenance`, tables, e.g. 2.26's `SchemaMigrations`,
+/// and drops indexes, e.g. `IndexReferrer`; nix-seed relies on none of its indexes by
+/// name). Returns, per table of [`TABLES`], the columns beyond those. A target's extra
+/// column must be nullable or have a default: nix-seed fills only the ones the image has.
+fn check_schema(conn: &Connection, db: &Path, side: Side) -> Result<[Vec<String>; 3]> {
+    let fix = match side {
+        Side::Image => "build the image's /nix with Nix (schema 10)",
+        Side::Target => "restore it from a backup, or move it away and seed every image again",
+    };
+    let mut extra: [Vec<String>; 3] = Default::default();
+    for (k, (table, cols)) in TABLES.iter().enumerate() {
+        let mut st = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .with_context(|| format!("cannot read {}", db.display()))?;
+        // (name, notnull, default)
+        let have: Vec<(String, bool, bool)> = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(3)? != 0,
+                    r.get::<_, rusqlite::types::Value>(4)? != rusqlite::types::Value::Null,
+                ))
+            })?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("cannot read {}", db.display()))?;
+        if have.is_empty() {
+            bail!("{} has no table {table}: not a Nix database; {fix}", db.display());
+        }
+        for c in cols.iter() {
+            if !have.iter().any(|(n, _, _)| n == c) {
+                bail!(
+                    "{}: table {table} has no column {c} (it has {}): not Nix's schema 10; {fix}",
+                    db.display(),
+                    have.iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        for (n, notnull, default) in &have {
+            if cols.contains(&n.as_str()) {
+                continue;
+            }
+            if side == Side::Target && *notnull && !*default {
+                bail!(
+                    "{}: table {table} has a column {n} that is NOT NULL without a default, which nix-seed \
+                     cannot fill: refusing to change it; register with the Nix that made this database",
+                    db.display()
+                );
+            }
+            extra[k].push(n.clone());
         }
     }
-    Ok(())
+    Ok(extra)
+}
+
+/// `name` as an SQL identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `, t."a", t."b"` for the columns `cols` of the table alias `t`.
+fn select_extra(t: &str, cols: &[String]) -> String {
+    cols.iter().map(|c| format!(", {t}.{}", ident(c))).collect()
 }
 
 fn read_schema_file(dir: BorrowedFd, shown: &Path) -> Result<Option<String>> {
@@ -177,15 +263,19 @@ fn read_schema_file(dir: BorrowedFd, shown: &Path) -> Result<Option<String>> {
     }
 }
 
-/// Open the image's database read-only, creating nothing in the image (which may be a
-/// read-only filesystem):
-/// - no `-wal` file: everything is in the main file; open it `immutable=1` (no locks, no
-///   journal or WAL files looked for or created). A non-empty `-journal` (a crash in the
-///   middle of a write) is refused: its rollback would need a write.
-/// - a `-wal` file: its committed transactions must be read. The `unix-none` VFS (no file
-///   locks: nothing writes the image's database while it is seeded, and a read-only
-///   descriptor cannot take the lock WAL's exclusive mode wants) in exclusive locking mode
-///   keeps the wal-index in heap memory instead of a `-shm` file.
+/// Open the image's database read-only, changing nothing in the image (which may be a
+/// read-only filesystem, and when it is not, must stay as it is):
+/// - no `-wal` file, or an empty one: everything is in the main file; open it
+///   `immutable=1` (no locks, no journal or WAL files looked for, created or removed). A
+///   non-empty `-journal` (a crash in the middle of a write) is refused: its rollback would
+///   need a write.
+/// - a non-empty `-wal` file: its committed transactions must be read. The `unix-none` VFS
+///   (no file locks: nothing writes the image's database while it is seeded, and a
+///   read-only descriptor cannot take the lock WAL's exclusive mode wants) in exclusive
+///   locking mode keeps the wal-index in heap memory instead of a `-shm` file, and
+///   `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE` keeps SQLite from even trying to checkpoint the
+///   WAL into the image's database and delete it when the connection closes (what removed
+///   an empty `-wal` from writable images: the read-only flag alone does not stop it).
 fn open_source(db: &Path) -> Result<Connection> {
     let side = |suffix: &str| {
         let mut p = db.as_os_str().to_owned();
@@ -193,8 +283,11 @@ fn open_source(db: &Path) -> Result<Connection> {
         PathBuf::from(p)
     };
     let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = if side("-wal").exists() {
+    let wal_len = std::fs::symlink_metadata(side("-wal")).map_or(0, |m| m.len());
+    let conn = if wal_len > 0 {
         let c = Connection::open_with_flags_and_vfs(db, ro, c"unix-none")
+            .with_context(|| format!("cannot open the image's database {}", db.display()))?;
+        c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .with_context(|| format!("cannot open the image's database {}", db.display()))?;
         c.pragma_update(None, "locking_mode", "EXCLUSIVE")
             .with_context(|| format!("cannot read the image's database {}", db.display()))?;
@@ -248,40 +341,82 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
         }
     }
     let conn = open_source(&db)?;
-    check_schema(&conn, &db)?;
+    let [xp, xr, xo] = check_schema(&conn, &db, Side::Image)?;
     let ctx = || format!("cannot read the image's database {}", db.display());
+    let value = |r: &rusqlite::Row, from: usize, n: usize| -> rusqlite::Result<Vec<rusqlite::types::Value>> {
+        (from..from + n).map(|i| r.get(i)).collect()
+    };
     let mut st = conn
-        .prepare("SELECT path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca FROM ValidPaths")
+        .prepare(&format!(
+            "SELECT v.path, v.hash, v.registrationTime, v.deriver, v.narSize, v.ultimate, v.sigs, v.ca{} \
+             FROM ValidPaths v",
+            select_extra("v", &xp)
+        ))
         .with_context(ctx)?;
-    let paths = st
+    let (paths, path_extra): (Vec<_>, Vec<_>) = st
         .query_map([], |r| {
-            Ok(ValidPath {
-                path: r.get(0)?,
-                hash: r.get(1)?,
-                registration_time: r.get(2)?,
-                deriver: r.get(3)?,
-                nar_size: r.get(4)?,
-                ultimate: r.get(5)?,
-                sigs: r.get(6)?,
-                ca: r.get(7)?,
-            })
+            Ok((
+                ValidPath {
+                    path: r.get(0)?,
+                    hash: r.get(1)?,
+                    registration_time: r.get(2)?,
+                    deriver: r.get(3)?,
+                    nar_size: r.get(4)?,
+                    ultimate: r.get(5)?,
+                    sigs: r.get(6)?,
+                    ca: r.get(7)?,
+                },
+                value(r, 8, xp.len())?,
+            ))
         })?
         .collect::<Result<Vec<_>, _>>()
+        .with_context(ctx)?
+        .into_iter()
+        .unzip();
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT a.path, b.path{} FROM Refs r JOIN ValidPaths a ON a.id = r.referrer \
+             JOIN ValidPaths b ON b.id = r.reference",
+            select_extra("r", &xr)
+        ))
         .with_context(ctx)?;
-    let mut st = conn.prepare(
-        "SELECT a.path, b.path FROM Refs r JOIN ValidPaths a ON a.id = r.referrer JOIN ValidPaths b ON b.id = r.reference",
-    )?;
-    let refs = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+    let (refs, ref_extra): (Vec<_>, Vec<_>) = st
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?), value(r, 2, xr.len())?)))?
         .collect::<Result<Vec<_>, _>>()
+        .with_context(ctx)?
+        .into_iter()
+        .unzip();
+    let mut st = conn
+        .prepare(&format!(
+            "SELECT v.path, d.id, d.path{} FROM DerivationOutputs d JOIN ValidPaths v ON v.id = d.drv",
+            select_extra("d", &xo)
+        ))
         .with_context(ctx)?;
-    let mut st =
-        conn.prepare("SELECT v.path, d.id, d.path FROM DerivationOutputs d JOIN ValidPaths v ON v.id = d.drv")?;
-    let outputs = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    let (outputs, output_extra): (Vec<_>, Vec<_>) = st
+        .query_map([], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), value(r, 3, xo.len())?)))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(ctx)?;
-    Ok(Some(SourceDb { paths, refs, outputs }))
+        .with_context(ctx)?
+        .into_iter()
+        .unzip();
+    Ok(Some(SourceDb {
+        paths,
+        refs,
+        outputs,
+        extra: [
+            Extra {
+                cols: xp,
+                rows: path_extra,
+            },
+            Extra {
+                cols: xr,
+                rows: ref_extra,
+            },
+            Extra {
+                cols: xo,
+                rows: output_extra,
+            },
+        ],
+    }))
 }
 
 /// Write a consistent copy of the image's database to `dst_name` in the target directory
@@ -309,7 +444,7 @@ pub fn create(src_db_dir: &Path, dst_dir_fd: BorrowedFd, dst_dir: &Path, dst_nam
     if !mode.eq_ignore_ascii_case("delete") {
         bail!("cannot switch {} to a rollback journal (still {mode})", dst.display());
     }
-    check_schema(&to, &dst)?;
+    check_schema(&to, &dst, Side::Target)?;
     to.close().map_err(|(_, e)| e)?;
     Ok(())
 }
@@ -422,14 +557,24 @@ mod fd_vfs {
 /// The target's database, opened the way its Nix clients open it.
 pub struct TargetDb {
     pub conn: Connection,
+    /// The journal mode read from the header when it was opened (and the VFS chosen by it).
     pub wal: bool,
     pub path: PathBuf,
+    /// Columns beyond Nix's schema 10, per table of [`TABLES`].
+    extra: [Vec<String>; 3],
+    /// `var/nix/db`, to read the header again and to reopen.
+    dir: std::os::fd::OwnedFd,
+    shown: PathBuf,
+    read_only: bool,
     /// Dropped after `conn`: SQLite's paths go through it.
     _dir: InDir,
 }
 
 /// Open `db_dir/db.sqlite` of the target (db_dir opened without following symlinks
-/// first; SQLite itself needs a path). Refuses a schema other than 10.
+/// first; SQLite itself needs a path), with the VFS its journal mode needs *now* (see
+/// the module's doc). Refuses a schema other than 10. A pod's Nix can change the journal
+/// mode at any time (default Nix converts a rollback database to WAL when it opens it):
+/// open it right before using it ([`register_in_target`]).
 pub fn open_target(db_dir_fd: BorrowedFd, db_dir: &Path, read_only: bool) -> Result<TargetDb> {
     match read_schema_file(db_dir_fd, db_dir)? {
         Some(v) if v == SCHEMA_VERSION => {}
@@ -459,25 +604,113 @@ pub fn open_target(db_dir_fd: BorrowedFd, db_dir: &Path, read_only: bool) -> Res
     conn.busy_handler(Some(busy))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     if !wal && !read_only {
-        conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
+        conn.pragma_update(None, "journal_mode", "TRUNCATE")
+            .with_context(|| format!("cannot open the target's database {}", path.display()))?;
     }
-    check_schema(&conn, &path)?;
+    let extra = check_schema(&conn, &path, Side::Target)?;
     Ok(TargetDb {
         conn,
         wal,
         path,
+        extra,
+        dir: db_dir_fd
+            .try_clone_to_owned()
+            .with_context(|| format!("cannot open {}", db_dir.display()))?,
+        shown: db_dir.to_path_buf(),
+        read_only,
         _dir: at,
     })
 }
 
+/// What [`register_in_target`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// Store paths registered.
+    pub count: usize,
+    /// Present store paths left unregistered, each with the reference that is neither
+    /// valid in the target nor registered with it (for a path referring to a skipped one,
+    /// that path): (store path, reference), sorted.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// How many times [`register_in_target`] tries again when the journal mode changed under it.
+const MODE_RETRIES: usize = 3;
+
+/// Register `names` (store path names present and complete in the target store) of the
+/// image's `src` in the target database of `db_dir` (shown as `shown`), opened at this
+/// moment with the VFS its journal mode needs now, in one `BEGIN IMMEDIATE` transaction
+/// (see [`TargetDb::register`]). If the open or the transaction fails and the header's
+/// journal mode is no longer the one the database was opened with (a pod's Nix converted
+/// it meanwhile), opens it again with the matching VFS and tries again (up to 3 times).
+pub fn register_in_target(
+    db_dir: BorrowedFd,
+    shown: &Path,
+    src: &SourceDb,
+    names: &HashSet<&str>,
+    abort: &dyn Fn() -> bool,
+) -> Result<Registered> {
+    let path = shown.join(DB_FILE);
+    let mut tries = 0;
+    loop {
+        let before = is_wal(db_dir, DB_FILE, &path)?;
+        let e = match open_target(db_dir, shown, false).and_then(|mut db| db.register(src, names, abort)) {
+            Ok(r) => return Ok(r),
+            Err(e) => e,
+        };
+        if abort() || !is_wal(db_dir, DB_FILE, &path).is_ok_and(|w| w != before) {
+            return Err(e);
+        }
+        if tries == MODE_RETRIES {
+            return Err(e.context(format!(
+                "{}: its journal mode changed {} times while nix-seed registered: pods run Nix with \
+                 different use-sqlite-wal settings; set use-sqlite-wal = false in every pod's nix.conf",
+                path.display(),
+                tries + 1
+            )));
+        }
+        tries += 1;
+    }
+}
+
 impl TargetDb {
-    /// Names of the registered store paths.
+    /// The database's directory (`var/nix/db`), as opened (a new descriptor).
+    pub fn dir(&self) -> Result<std::os::fd::OwnedFd> {
+        self.dir
+            .try_clone()
+            .with_context(|| format!("cannot open {}", self.shown.display()))
+    }
+
+    /// How the database's directory is shown.
+    pub fn shown(&self) -> &Path {
+        &self.shown
+    }
+
+    /// Whether the header's journal mode is no longer the one this connection was opened for.
+    fn mode_changed(&self) -> bool {
+        is_wal(self.dir.as_fd(), DB_FILE, &self.path).is_ok_and(|w| w != self.wal)
+    }
+
+    /// Names of the registered store paths. If the read fails because the journal mode
+    /// changed since the database was opened, read through a new connection.
     pub fn registered(&self) -> Result<HashSet<String>> {
-        let mut st = self.conn.prepare("SELECT path FROM ValidPaths")?;
+        match self.registered_here() {
+            Err(_) if self.mode_changed() => {
+                open_target(self.dir.as_fd(), &self.shown, self.read_only)?.registered_here()
+            }
+            r => r,
+        }
+    }
+
+    fn registered_here(&self) -> Result<HashSet<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT path FROM ValidPaths")
+            .with_context(|| format!("cannot read the target's database {}", self.path.display()))?;
         let v = st
             .query_map([], |r| r.get::<_, String>(0))?
             .map(|p| p.map(|p| p.rsplit('/').next().unwrap_or(&p).to_string()))
-            .collect::<Result<HashSet<_>, _>>()?;
+            .collect::<Result<HashSet<_>, _>>()
+            .with_context(|| format!("cannot read the target's database {}", self.path.display()))?;
         Ok(v)
     }
 
@@ -503,59 +736,155 @@ impl TargetDb {
     }
 
     /// Register `names` (store path names of the image, present and complete on disk) in
-    /// one transaction. `abort` is checked just before committing. Returns how many paths
-    /// were registered.
-    pub fn register(&mut self, src: &SourceDb, names: &HashSet<&str>, abort: &dyn Fn() -> bool) -> Result<usize> {
+    /// one transaction: their `ValidPaths` rows (the columns beyond schema 10 that both
+    /// databases have copied too), their `Refs` and, for a `.drv`, its
+    /// `DerivationOutputs`. Nothing outside `names` gets a row. A path whose reference is
+    /// neither valid in the target nor registered in this transaction is left out, and so
+    /// is every path referring to one left out: returned in `skipped`. `abort` is checked
+    /// just before committing.
+    pub fn register(&mut self, src: &SourceDb, names: &HashSet<&str>, abort: &dyn Fn() -> bool) -> Result<Registered> {
+        use rusqlite::ToSql;
         let path = self.path.clone();
+        let wal = self.wal;
+        let common: Vec<Vec<String>> = (0..3)
+            .map(|k| {
+                src.extra[k]
+                    .cols
+                    .iter()
+                    .filter(|c| self.extra[k].contains(c))
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        let dir = self.dir.try_clone()?;
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .with_context(|| format!("cannot lock the target's database {}", path.display()))?;
+        // Checked again with the lock held: a rollback-mode connection (dotfile lock) on a
+        // database a default-configured pod has just converted to WAL must not write.
+        if is_wal(dir.as_fd(), DB_FILE, &path)? != wal {
+            bail!(
+                "{}: its journal mode changed since it was opened (a pod's Nix converted it)",
+                path.display()
+            );
+        }
         let mut ids: HashMap<&str, i64> = HashMap::new();
+        let mut skipped: Vec<(String, String)>;
         {
             let mut exists = tx.prepare("SELECT id FROM ValidPaths WHERE path = ?1")?;
-            let mut insert = tx.prepare(
-                "INSERT INTO ValidPaths (path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
+            let mut id_of = |p: &str| -> Result<Option<i64>> {
+                exists
+                    .query_row([p], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .with_context(|| format!("cannot read the target's database {}", path.display()))
+            };
+            // What this transaction adds: present, not yet registered.
+            let mut in_target: HashMap<&str, Option<i64>> = HashMap::new();
+            let mut new: HashSet<&str> = HashSet::new();
             for p in src.paths.iter().filter(|p| names.contains(p.name())) {
-                if exists
-                    .query_row([&p.path], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .is_some()
+                let id = id_of(&p.path)?;
+                in_target.insert(&p.path, id);
+                if id.is_none() {
+                    new.insert(&p.path);
+                }
+            }
+            // Left out: a path with a reference neither valid nor added, until none is.
+            let mut out: HashMap<&str, &str> = HashMap::new();
+            loop {
+                let mut changed = false;
+                for (a, b) in &src.refs {
+                    if a == b || !new.contains(a.as_str()) || out.contains_key(a.as_str()) {
+                        continue;
+                    }
+                    let ok = if new.contains(b.as_str()) {
+                        !out.contains_key(b.as_str())
+                    } else {
+                        let id = match in_target.get(b.as_str()) {
+                            Some(id) => *id,
+                            None => {
+                                let id = id_of(b)?;
+                                in_target.insert(b, id);
+                                id
+                            }
+                        };
+                        id.is_some()
+                    };
+                    if !ok {
+                        out.insert(a, b);
+                        changed = true;
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+            skipped = out.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            skipped.sort();
+
+            let cols = |fixed: &str, extra: &[String]| -> (String, String) {
+                let n = fixed.split(',').count() + extra.len();
+                let names = std::iter::once(fixed.to_string())
+                    .chain(extra.iter().map(|c| ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let marks = (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+                (names, marks)
+            };
+            let (c, m) = cols(
+                "path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca",
+                &common[0],
+            );
+            let mut insert = tx.prepare(&format!("INSERT INTO ValidPaths ({c}) VALUES ({m})"))?;
+            for (i, p) in src.paths.iter().enumerate() {
+                if !new.contains(p.path.as_str())
+                    || out.contains_key(p.path.as_str())
+                    || ids.contains_key(p.path.as_str())
                 {
                     continue;
                 }
+                let extra = src.extra[0].values(i, &common[0]);
+                let mut v: Vec<&dyn ToSql> = vec![
+                    &p.path,
+                    &p.hash,
+                    &p.registration_time,
+                    &p.deriver,
+                    &p.nar_size,
+                    &p.ultimate,
+                    &p.sigs,
+                    &p.ca,
+                ];
+                v.extend(extra.iter().map(|x| x as &dyn ToSql));
                 insert
-                    .execute(params![
-                        p.path,
-                        p.hash,
-                        p.registration_time,
-                        p.deriver,
-                        p.nar_size,
-                        p.ultimate,
-                        p.sigs,
-                        p.ca
-                    ])
-                    .with_context(|| format!("cannot register {}", p.path))?;
+                    .execute(&*v)
+                    .with_context(|| format!("cannot register {} in {}", p.path, path.display()))?;
                 ids.insert(p.path.as_str(), tx.last_insert_rowid());
             }
-            let mut ref_insert = tx.prepare("INSERT OR IGNORE INTO Refs (referrer, reference) VALUES (?1, ?2)")?;
-            for (a, b) in &src.refs {
+            let (c, m) = cols("referrer, reference", &common[1]);
+            let mut ref_insert = tx.prepare(&format!("INSERT OR IGNORE INTO Refs ({c}) VALUES ({m})"))?;
+            for (i, (a, b)) in src.refs.iter().enumerate() {
                 let Some(&ida) = ids.get(a.as_str()) else { continue };
                 let idb = match ids.get(b.as_str()) {
                     Some(&i) => i,
-                    None => exists.query_row([b], |r| r.get::<_, i64>(0)).optional()?.with_context(|| {
-                        format!("cannot register {a}: its reference {b} is not valid in the target; nothing was registered")
+                    None => in_target.get(b.as_str()).copied().flatten().with_context(|| {
+                        format!(
+                            "cannot register {a}: its reference {b} is not valid in the target; nothing was registered"
+                        )
                     })?,
                 };
-                ref_insert.execute(params![ida, idb])?;
+                let extra = src.extra[1].values(i, &common[1]);
+                let mut v: Vec<&dyn ToSql> = vec![&ida, &idb];
+                v.extend(extra.iter().map(|x| x as &dyn ToSql));
+                ref_insert.execute(&*v)?;
             }
-            let mut out_insert =
-                tx.prepare("INSERT OR REPLACE INTO DerivationOutputs (drv, id, path) VALUES (?1, ?2, ?3)")?;
-            for (drv, id, out) in &src.outputs {
-                if let Some(&i) = ids.get(drv.as_str()) {
-                    out_insert.execute(params![i, id, out])?;
+            let (c, m) = cols("drv, id, path", &common[2]);
+            let mut out_insert = tx.prepare(&format!("INSERT OR REPLACE INTO DerivationOutputs ({c}) VALUES ({m})"))?;
+            for (i, (drv, id, out)) in src.outputs.iter().enumerate() {
+                if let Some(drv_id) = ids.get(drv.as_str()) {
+                    let extra = src.extra[2].values(i, &common[2]);
+                    let mut v: Vec<&dyn ToSql> = vec![drv_id, id, out];
+                    v.extend(extra.iter().map(|x| x as &dyn ToSql));
+                    out_insert.execute(&*v)?;
                 }
             }
         }
@@ -564,7 +893,10 @@ impl TargetDb {
         }
         tx.commit()
             .with_context(|| format!("cannot commit to the target's database {}", path.display()))?;
-        Ok(ids.len())
+        Ok(Registered {
+            count: ids.len(),
+            skipped,
+        })
     }
 }
 
@@ -738,6 +1070,172 @@ impl Drop for DbWindow {
             self.state.as_fd(),
             DB_WINDOW_RECORD,
             nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nix's schema 10, as `nix-store` 2.8 creates it.
+    const SCHEMA: &str = "
+        CREATE TABLE ValidPaths (id integer primary key autoincrement not null, path text unique not null,
+            hash text not null, registrationTime integer not null, deriver text, narSize integer,
+            ultimate integer, sigs text, ca text);
+        CREATE TABLE Refs (referrer integer not null, reference integer not null, primary key (referrer, reference),
+            foreign key (referrer) references ValidPaths(id) on delete cascade,
+            foreign key (reference) references ValidPaths(id) on delete restrict);
+        CREATE INDEX IndexReferrer on Refs(referrer);
+        CREATE INDEX IndexReference on Refs(reference);
+        CREATE TABLE DerivationOutputs (drv integer not null, id text not null, path text not null,
+            primary key (drv, id), foreign key (drv) references ValidPaths(id) on delete cascade);
+        CREATE INDEX IndexDerivationOutputs on DerivationOutputs(path);";
+
+    fn sp(name: &str) -> String {
+        format!("/nix/store/{name}")
+    }
+
+    fn vp(name: &str) -> ValidPath {
+        ValidPath {
+            path: sp(name),
+            hash: format!("sha256:{name}"),
+            registration_time: 1,
+            deriver: None,
+            nar_size: Some(1),
+            ultimate: None,
+            sigs: None,
+            ca: None,
+        }
+    }
+
+    /// A target `var/nix/db` in a temporary directory with `registered` in it.
+    fn target(registered: &[&str]) -> (tempfile::TempDir, std::os::fd::OwnedFd) {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        for n in registered {
+            c.execute(
+                "INSERT INTO ValidPaths (path, hash, registrationTime) VALUES (?1, 'sha256:x', 1)",
+                [sp(n)],
+            )
+            .unwrap();
+        }
+        drop(c);
+        let fd = crate::dirfd::open_root(tmp.path()).unwrap();
+        (tmp, fd)
+    }
+
+    fn rows(dir: &Path, sql: &str) -> Vec<String> {
+        let c = Connection::open(dir.join(DB_FILE)).unwrap();
+        let mut st = c.prepare(sql).unwrap();
+        let mut v: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+        v.sort();
+        v
+    }
+
+    /// C.9: an image database listing paths its store lacks (slimmed images), and present
+    /// paths whose references are neither valid nor added: only what the target holds gets
+    /// a row, and what cannot be registered is left out (transitively) and reported, while
+    /// the rest is committed.
+    #[test]
+    fn only_present_paths_with_valid_references_are_registered() {
+        let (tmp, dir) = target(&["x-valid"]);
+        let src = SourceDb {
+            paths: ["a", "b", "c", "d", "e", "f-absent", "h.drv", "g-absent.drv"]
+                .into_iter()
+                .map(vp)
+                .collect(),
+            refs: [
+                ("a", "x-valid"),
+                ("a", "a"),
+                ("b", "a"),
+                ("c", "f-absent"),
+                ("d", "c"),
+                ("e", "d"),
+                ("e", "e"),
+                ("g-absent.drv", "a"),
+            ]
+            .into_iter()
+            .map(|(a, b)| (sp(a), sp(b)))
+            .collect(),
+            outputs: vec![
+                (sp("h.drv"), "out".into(), sp("f-absent")),
+                (sp("g-absent.drv"), "out".into(), sp("a")),
+            ],
+            ..Default::default()
+        };
+        let names: HashSet<&str> = ["a", "b", "c", "d", "e", "h.drv", "x-valid"].into_iter().collect();
+        let r = register_in_target(dir.as_fd(), tmp.path(), &src, &names, &|| false).unwrap();
+        assert_eq!(r.count, 3);
+        assert_eq!(
+            r.skipped,
+            vec![(sp("c"), sp("f-absent")), (sp("d"), sp("c")), (sp("e"), sp("d"))]
+        );
+        assert_eq!(
+            rows(tmp.path(), "SELECT path FROM ValidPaths"),
+            ["a", "b", "h.drv", "x-valid"].map(sp).to_vec()
+        );
+        assert_eq!(
+            rows(
+                tmp.path(),
+                "SELECT a.path || ' ' || b.path FROM Refs r JOIN ValidPaths a ON a.id = r.referrer \
+                 JOIN ValidPaths b ON b.id = r.reference"
+            ),
+            vec![
+                format!("{} {}", sp("a"), sp("a")),
+                format!("{} {}", sp("a"), sp("x-valid")),
+                format!("{} {}", sp("b"), sp("a")),
+            ]
+        );
+        // Only the present derivation's outputs (an output need not be valid, as in Nix).
+        assert_eq!(
+            rows(
+                tmp.path(),
+                "SELECT v.path || ' ' || d.id || ' ' || d.path FROM DerivationOutputs d JOIN ValidPaths v ON v.id = d.drv"
+            ),
+            vec![format!("{} out {}", sp("h.drv"), sp("f-absent"))]
+        );
+        // Again: nothing new; the skipped ones are still reported.
+        let r = register_in_target(dir.as_fd(), tmp.path(), &src, &names, &|| false).unwrap();
+        assert_eq!(r.count, 0);
+        assert_eq!(r.skipped.len(), 3);
+    }
+
+    /// A.4: a target opened while in rollback mode (unix-dotfile VFS), converted to WAL by a
+    /// default-configured Nix before registering: reading and registering still work.
+    #[test]
+    fn a_database_converted_to_wal_after_it_was_opened() {
+        let (tmp, dir) = target(&["x-valid"]);
+        let db = open_target(dir.as_fd(), tmp.path(), false).unwrap();
+        assert!(!db.wal);
+        let c = Connection::open(tmp.path().join(DB_FILE)).unwrap();
+        let mode: String = c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        drop(c);
+        assert!(is_wal(dir.as_fd(), DB_FILE, tmp.path()).unwrap());
+        assert!(db.registered().unwrap().contains("x-valid"));
+        let src = SourceDb {
+            paths: vec![vp("a")],
+            refs: vec![(sp("a"), sp("x-valid"))],
+            ..Default::default()
+        };
+        let names: HashSet<&str> = ["a"].into_iter().collect();
+        let r = register_in_target(dir.as_fd(), tmp.path(), &src, &names, &|| false).unwrap();
+        assert_eq!(
+            r,
+            Registered {
+                count: 1,
+                skipped: vec![]
+            }
+        );
+        assert!(
+            is_wal(dir.as_fd(), DB_FILE, tmp.path()).unwrap(),
+            "the pods' journal mode is kept"
+        );
+        assert_eq!(
+            rows(tmp.path(), "SELECT path FROM ValidPaths"),
+            ["a", "x-valid"].map(sp).to_vec()
         );
     }
 }

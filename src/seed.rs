@@ -413,12 +413,29 @@ impl<'a> Run<'a> {
         let present = list_store(c, self.store())?;
         let names: HashSet<&str> = present.iter().filter_map(|n| n.to_str()).collect();
         let lost = || self.lost();
-        let (n, valid) = with_target_db(c, self.args, self.log, |db| {
-            let db = db.with_context(|| format!("{}/var/nix/db/db.sqlite vanished", c.target_path.display()))?;
-            Ok((db.register(src, &names, &lost)?, db.registered()?))
+        let shown = c.target_path.join("var").join(nixdb::DB_DIR);
+        let (r, valid) = with_db_dir(c, self.args, self.log, |dir| {
+            let dir = dir.with_context(|| format!("{} vanished", shown.display()))?;
+            let r = nixdb::register_in_target(dir, &shown, src, &names, &lost)?;
+            let valid = match open_existing_db(c, dir)? {
+                Some(db) => {
+                    if db.wal && nixdb::is_network_fs(dir) {
+                        self.log.warn(&crate::status::wal_on_network_fs(&db.path));
+                    }
+                    db.registered()?
+                }
+                None => HashSet::new(),
+            };
+            Ok((r, valid))
         })?;
+        for (p, missing) in &r.skipped {
+            self.log.warn(&format!(
+                "{p} not registered: its reference {missing} is neither registered in {} nor in the target's store",
+                shown.display()
+            ));
+        }
         if !self.report.var.as_ref().is_some_and(|v| v.db_created) {
-            self.report.registered = n;
+            self.report.registered = r.count;
         }
         self.valid = valid;
         // Every image path the image's own database registers must now be valid here.
@@ -507,15 +524,15 @@ fn open_var(c: &Checked) -> Result<Option<OwnedFd>> {
     })
 }
 
-/// Run `f` on the target's database (`None` if it has none yet), opened the way its Nix
-/// clients open it, right now: a pod's Nix may have created it or switched it to WAL since
-/// it was last looked at. Recorded in `.nix-seed/db-lock` while open, so that a kill that
-/// leaves SQLite's dotfile lock behind is recovered by the next run.
-fn with_target_db<T>(
+/// Run `f` on the target's database directory `var/nix/db` (`None` if it has none yet),
+/// recorded in `.nix-seed/db-lock` meanwhile, so that a kill that leaves SQLite's dotfile
+/// lock behind is recovered by the next run. Whatever `f` opens is opened now: a pod's Nix
+/// may have created the database, or switched it to WAL, since it was last looked at.
+fn with_db_dir<T>(
     c: &Checked,
     args: &SeedArgs,
     log: &Arc<Log>,
-    f: impl FnOnce(Option<&mut nixdb::TargetDb>) -> Result<T>,
+    f: impl FnOnce(Option<std::os::fd::BorrowedFd>) -> Result<T>,
 ) -> Result<T> {
     let Some(var) = open_var(c)? else { return f(None) };
     let Some(db_dir) = nixdb::open_db_dir(var.as_fd(), &c.target_path.join("var"))? else {
@@ -529,11 +546,25 @@ fn with_target_db<T>(
         &db_path,
         log,
     )?;
-    let mut db = open_existing_db(c, db_dir.as_fd())?;
-    let r = f(db.as_mut());
-    drop(db);
+    let r = f(Some(db_dir.as_fd()));
     drop(window);
     r
+}
+
+/// [`with_db_dir`] with the database opened (`None` if there is none).
+fn with_target_db<T>(
+    c: &Checked,
+    args: &SeedArgs,
+    log: &Arc<Log>,
+    f: impl FnOnce(Option<&mut nixdb::TargetDb>) -> Result<T>,
+) -> Result<T> {
+    with_db_dir(c, args, log, |dir| match dir {
+        Some(d) => {
+            let mut db = open_existing_db(c, d)?;
+            f(db.as_mut())
+        }
+        None => f(None),
+    })
 }
 
 /// The target's database in `db_dir` (its `var/nix/db`), opened the way its Nix clients

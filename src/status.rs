@@ -23,11 +23,16 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
     let mut unregistered = None;
     let mut missing_registered = None;
     let mut image_unregistered = None;
+    let mut journal_mode = None;
     if let Ok(var) = open_dir(c.target.as_fd(), "var") {
         let var_path = c.target_path.join("var");
         if let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? {
             if nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
                 let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
+                journal_mode = Some(if db.wal { "wal" } else { "rollback" });
+                if db.wal && nixdb::is_network_fs(d.as_fd()) {
+                    log.warn(&wal_on_network_fs(&db.path));
+                }
                 let registered = db.registered()?;
                 let present: HashSet<String> = match plan::open_target_store(&c)? {
                     Some(fd) => crate::dirfd::list(fd.as_fd())?
@@ -88,6 +93,7 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         "image_unregistered": image_unregistered,
         "present_unregistered": unregistered,
         "registered_missing": missing_registered,
+        "journal_mode": journal_mode,
         "image_id": plan.image_id,
         "image_marked": plan.image_marked,
         "image_seeded": seeded,
@@ -97,7 +103,7 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         "source: {} ({} store paths)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
          image paths not registered in the target: {}\n\
          target paths present but not registered: {}\n\
-         target paths registered but missing: {}\nimage {}: {}",
+         target paths registered but missing: {}\njournal mode: {}\nimage {}: {}",
         c.source_path.display(),
         plan.source.len(),
         c.target_path.display(),
@@ -106,6 +112,7 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         count(image_unregistered),
         count(unregistered),
         count(missing_registered),
+        journal_mode.unwrap_or("- (no database)"),
         plan.image_id,
         verdict
     );
@@ -118,4 +125,16 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         );
     }
     Ok(seeded)
+}
+
+/// The warning for a target database in WAL mode on a network filesystem.
+pub fn wal_on_network_fs(db: &std::path::Path) -> String {
+    format!(
+        "{} is in WAL mode on a network filesystem: every pod with use-sqlite-wal = false fails to open \
+         it (\"unable to open database file\"), and WAL does not work across hosts; set use-sqlite-wal = \
+         false in every pod's nix.conf, then, with no Nix process using the store, convert it back: \
+         sqlite3 {} 'PRAGMA journal_mode=DELETE'",
+        db.display(),
+        db.display()
+    )
 }

@@ -202,21 +202,37 @@ fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path) -> Result<bool> {
         }
     });
     let _ = remove_tree_at(db_dir.as_fd(), tmp.as_str());
-    let schema_src = src_db_dir.join("schema");
-    if linked.as_ref().is_ok_and(|l| *l) && !nixdb::has_file(db_dir.as_fd(), OsStr::new("schema")) {
-        let fd = nix::fcntl::openat(
-            db_dir.as_fd(),
-            "schema",
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
-        );
-        if let Ok(fd) = fd {
-            use std::io::Write;
-            let body = std::fs::read(&schema_src).unwrap_or_else(|_| nixdb::SCHEMA_VERSION.as_bytes().to_vec());
-            std::fs::File::from(fd).write_all(&body)?;
+    // `schema` (10 if the image has none) and `ca-schema` (only if the image has one) belong
+    // to the database just created: written with it, never over an existing file.
+    if linked.as_ref().is_ok_and(|l| *l) {
+        let schema =
+            std::fs::read(src_db_dir.join("schema")).unwrap_or_else(|_| nixdb::SCHEMA_VERSION.as_bytes().to_vec());
+        add_file(db_dir.as_fd(), &db_path, "schema", &schema)?;
+        if let Ok(ca) = std::fs::read(src_db_dir.join(nixdb::CA_SCHEMA)) {
+            add_file(db_dir.as_fd(), &db_path, nixdb::CA_SCHEMA, &ca)?;
         }
     }
     linked
+}
+
+/// Write `name` in `dir` (shown as `shown`) unless it exists.
+fn add_file(dir: BorrowedFd, shown: &Path, name: &str, body: &[u8]) -> Result<()> {
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    );
+    match fd {
+        Ok(fd) => {
+            use std::io::Write;
+            std::fs::File::from(fd)
+                .write_all(body)
+                .with_context(|| format!("cannot write {}/{name}", shown.display()))
+        }
+        Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot create {}/{name}", shown.display())),
+    }
 }
 
 struct Merge<'a> {
@@ -382,11 +398,12 @@ mod tests {
             "nix/db/db.sqlite",
             "nix/db/db.sqlite-wal",
             "nix/db/db.sqlite-journal",
+            "nix/db/ca-schema",
             "nix/gcroots/auto/x",
         ] {
             assert!(
                 !keep(Path::new(p), &f),
-                "{p}: the database is written by the backup API, auto roots never"
+                "{p}: the database (and ca-schema with it) is written by the backup API, auto roots never"
             );
         }
         for p in [
