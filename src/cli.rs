@@ -88,9 +88,11 @@ pub struct SeedArgs {
           value_name = "DUR")]
     pub lock_timeout: Duration,
 
-    /// A holder whose lease heartbeat has not changed for this long (on the waiter's own
-    /// monotonic clock) while the kernel still reports the lock held is taken over.
-    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_duration,
+    /// A holder whose lease has not changed for this long (on the waiter's own monotonic
+    /// clock) while the kernel still reports the lock held is taken over; never before 6 of
+    /// the holder's own heartbeats (its lease says how often it beats: DUR/6, 0.5 s to 5 s;
+    /// 5 s if it does not say), so a live holder is not taken over. At least 3s.
+    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_stale,
           value_name = "DUR")]
     pub lock_stale: Duration,
 
@@ -163,6 +165,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 10m, 1h, 1h30m)"))
 }
 
+/// [`parse_duration`], refusing less than [`crate::lock::MIN_STALE`]: a shorter stale
+/// period would let waiters take the lock from a holder that is merely busy.
+pub fn parse_stale(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let min = crate::lock::MIN_STALE;
+    if d < min {
+        return Err(format!(
+            "the minimum for --lock-stale (NIX_SEED_LOCK_STALE) is {}: a shorter one could take the \
+             lock from a seeder that is alive",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,6 +193,9 @@ mod tests {
         assert!(parse_duration("ten minutes").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-5s").is_err());
+        assert!(parse_stale("0").is_err());
+        assert!(parse_stale("2999ms").is_err());
+        assert_eq!(parse_stale("3s").unwrap(), crate::lock::MIN_STALE);
     }
 
     #[test]
