@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Seed a shared /nix (network disk) from an image's /nix: only missing store paths, \
              each atomically, with exact metadata, one seeder at a time.",
     after_help = "Exit codes: 0 success (also: nothing to do), 1 failure, 2 usage error or invalid \
-                  source/target (nothing written), 3 gave up waiting for the lock, \
+                  source/target (nothing written), 3 gave up waiting for a lock \
+                  (--lock-timeout: another seeder's, Nix's gc.lock or big-lock, the Nix database's), \
                   130/143 interrupted by SIGINT/SIGTERM."
 )]
 pub struct Cli {
@@ -83,7 +84,9 @@ pub struct SeedArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: u32,
 
-    /// How long to wait for another seeder's lock before giving up (exit 3): 30s, 10m, 1h.
+    /// How long each lock wait may last before giving up (exit 3): another seeder's lock,
+    /// Nix's gc.lock (a garbage collection) and db/big-lock (a migration), the Nix
+    /// database's lock. 30s, 10m, 1h.
     #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
           value_name = "DUR")]
     pub lock_timeout: Duration,

@@ -27,7 +27,17 @@ pub struct NixLocks {
     _held: Vec<File>,
 }
 
-fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log, stop: &AtomicBool) -> Result<File> {
+/// `LOCK_SH` on `name`, waiting at most `timeout` for `what` (the exclusive holder) to
+/// finish; then [`crate::lock::Timeout`] (exit 3) names the file and what to do.
+fn shared_lock(
+    dir: BorrowedFd,
+    name: &str,
+    shown: &Path,
+    what: &str,
+    log: &Log,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> Result<File> {
     let fd = openat(
         dir,
         name,
@@ -47,6 +57,16 @@ fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log,
         if stop.load(Ordering::Relaxed) {
             return Err(crate::copy::Stopped.into());
         }
+        let waited = t0.elapsed();
+        if waited >= timeout {
+            return Err(crate::lock::Timeout(format!(
+                "gave up after {} waiting for {what} to finish: {} is held exclusively; nothing was \
+                 copied; run the seed when it has finished, or raise --lock-timeout",
+                humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                shown.display()
+            ))
+            .into());
+        }
         if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             said = Some(Instant::now());
             log.info(&format!(
@@ -55,14 +75,21 @@ fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log,
                 t0.elapsed().as_secs()
             ));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100).min(timeout.saturating_sub(waited)));
     }
 }
 
 impl NixLocks {
     /// Take `LOCK_SH` on `var/nix/gc.lock` and `var/nix/db/big-lock` if the target's
     /// `var/nix` exists (otherwise no Nix can be using the target yet).
-    pub fn acquire(target: BorrowedFd, target_path: &Path, log: &Log, stop: &AtomicBool) -> Result<NixLocks> {
+    /// Each wait gives up after `timeout` (`--lock-timeout`).
+    pub fn acquire(
+        target: BorrowedFd,
+        target_path: &Path,
+        log: &Log,
+        stop: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<NixLocks> {
         let mut held = Vec::new();
         // Absent: no Nix uses the target yet. Anything else (a symlink swapped in) is an
         // error, not a reason to go without the locks.
@@ -83,9 +110,10 @@ impl NixLocks {
             nix_dir.as_fd(),
             "gc.lock",
             &shown,
-            "a garbage collection",
+            "a garbage collection (nix-collect-garbage, nix store gc)",
             log,
             stop,
+            timeout,
         )?);
         if let Some(db) = open_dir_if_exists(nix_dir.as_fd(), "db").with_context(|| not_symlink("var/nix/db"))? {
             let shown = target_path.join("var/nix/db/big-lock");
@@ -96,6 +124,7 @@ impl NixLocks {
                 "a Nix database migration",
                 log,
                 stop,
+                timeout,
             )?);
         }
         Ok(NixLocks { _held: held })

@@ -112,7 +112,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     }
 
     // Nix's locks, shared: no garbage collection may run between copy and register.
-    let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
+    let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted, args.lock_timeout)?;
 
     // The target's database, opened (and its schema checked) before anything is written.
     let db_dir = match open_var(&c)? {

@@ -361,6 +361,21 @@ fn sigterm_stops_cleanly_removes_temporaries_and_releases_the_lock() {
     assert_store_equal_with(&fx.root, &dst, Links::Subset);
 }
 
+/// Wait for `child` for up to `secs`; kill it and panic if it is still running (an
+/// unbounded wait must fail the test, not hang it).
+fn wait_bounded(mut child: Child, secs: u64, what: &str) -> std::process::Output {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(secs) {
+            signal(&child, libc::SIGKILL);
+            let out = child.wait_with_output().unwrap();
+            panic!("{what}: still running after {secs}s:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A waiter's `--lock-stale`, however small, never takes the lock from a holder that is
 /// alive and renewing its lease at its own pace (a default holder beats every 5 s).
 #[test]
@@ -444,4 +459,63 @@ fn a_lock_stale_below_the_floor_is_refused_with_exit_2_and_nothing_written() {
     }
     assert_ok(&seed(&fx.root, &dst, &["--lock-stale", SMALLEST_STALE]));
     assert_store_equal(&fx.root, &dst);
+}
+
+/// Hold `path` with `flock(LOCK_EX)` as a Nix garbage collection (or migration) would.
+fn hold_nix_lock(path: &Path) -> File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    f
+}
+
+#[test]
+fn waiting_for_a_garbage_collection_or_migration_gives_up_after_the_lock_timeout_with_exit_3() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    assert!(dst.join("var/nix/db").is_dir());
+    for (seed_no, (lock, what)) in [
+        ("var/nix/gc.lock", "garbage collection"),
+        ("var/nix/db/big-lock", "migration"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fixture::add_paths(&fx.root, 3, 2000 + seed_no as u64);
+        let before = store_entries(&dst);
+        let held = hold_nix_lock(&dst.join(lock));
+        let t0 = Instant::now();
+        let child = spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s"]);
+        let out = wait_bounded(child, 30, &format!("a seeder waiting for a held {lock}"));
+        assert_code(&out, 3);
+        assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.contains(&dst.join(lock).display().to_string())
+                && last.contains(what)
+                && last.contains("--lock-timeout")
+                && last.contains("gave up after 2s"),
+            "{err}"
+        );
+        assert_eq!(store_entries(&dst), before, "nothing copied while {lock} is held");
+        assert_no_temp(&dst);
+        drop(held);
+        assert_ok(&seed(&fx.root, &dst, &["--lock-timeout", "2s"]));
+        assert_store_equal_with(&fx.root, &dst, Links::Subset);
+    }
 }
