@@ -460,6 +460,30 @@ pub fn acquire(
     }
 }
 
+/// SQLite's "database is locked" (SQLITE_BUSY: the busy handler gave up after
+/// `--lock-timeout`) among `e`'s causes, as a [`Timeout`] naming the lock of the Nix
+/// database in `db_dir` (the target's `var/nix/db`); any other error as it is.
+pub fn db_busy_as_timeout(e: anyhow::Error, db_dir: &Path, timeout: Duration) -> anyhow::Error {
+    let busy = e.chain().any(|c| {
+        matches!(c.downcast_ref::<rusqlite::Error>(),
+                 Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy)
+    });
+    if !busy {
+        return e;
+    }
+    let db = db_dir.join(crate::nixdb::DB_FILE);
+    Timeout(format!(
+        "gave up after {} waiting for the lock of the Nix database {} (with use-sqlite-wal = false, the \
+         directory {}.lock): a Nix process holds it, or one killed while holding it left it behind \
+         (rmdir it if no Nix process uses this store); nothing was registered, the next run registers \
+         what was copied; run again, or raise --lock-timeout",
+        humantime::format_duration(timeout),
+        db.display(),
+        db.display()
+    ))
+    .into()
+}
+
 /// Replace a stale lock file by a fresh one we hold, if it is still the stale one.
 fn take_over(dir: BorrowedFd, lock_path: &Path, stale_ino: u64, stale_raw: &[u8], me: &Me) -> Result<Option<File>> {
     let tpath = lock_path.with_file_name(TAKEOVER_NAME);

@@ -519,3 +519,72 @@ fn waiting_for_a_garbage_collection_or_migration_gives_up_after_the_lock_timeout
         assert_store_equal_with(&fx.root, &dst, Links::Subset);
     }
 }
+
+/// The Nix database's lock, as Nix with `use-sqlite-wal = false` (SQLite's unix-dotfile
+/// VFS) holds it: the directory `db.sqlite.lock`.
+#[test]
+fn waiting_for_the_nix_database_gives_up_after_the_lock_timeout_with_exit_3_and_registers_nothing() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    let db = dst.join("var/nix/db/db.sqlite");
+    let dot = dst.join("var/nix/db/db.sqlite.lock");
+    let check = |out: &std::process::Output, t0: Instant| {
+        assert_code(out, 3);
+        assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
+        let err = stderr(out);
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.contains(&dot.display().to_string())
+                && last.contains("--lock-timeout")
+                && last.contains("nothing was registered"),
+            "{err}"
+        );
+    };
+
+    // Held before the seed starts: given up on when the database is opened.
+    fixture::add_paths(&fx.root, 5, 3000);
+    let rows = support::compare::db_rows(&db);
+    std::fs::create_dir(&dot).unwrap();
+    let t0 = Instant::now();
+    let out = wait_bounded(
+        spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s"]),
+        60,
+        "a seeder waiting for the database",
+    );
+    check(&out, t0);
+    std::fs::remove_dir(&dot).unwrap();
+    assert_eq!(support::compare::db_rows(&db), rows, "nothing registered");
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    assert_store_equal(&fx.root, &dst);
+
+    // Taken while the seeder copies: given up on when it registers.
+    fixture::add_paths(&fx.root, 100, 3001);
+    let rows = support::compare::db_rows(&db);
+    let before = store_entries(&dst);
+    let a = spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s", "--jobs", "1"]);
+    wait_for(60, "the seeder to copy something", || store_entries(&dst) > before);
+    signal(&a, libc::SIGSTOP);
+    std::fs::create_dir(&dot).unwrap();
+    let t0 = Instant::now();
+    signal(&a, libc::SIGCONT);
+    let out = wait_bounded(a, 60, "a seeder waiting for the database");
+    check(&out, t0);
+    std::fs::remove_dir(&dot).unwrap();
+    assert_eq!(support::compare::db_rows(&db), rows, "nothing registered");
+    let out = seed(&fx.root, &dst, &[]);
+    assert_ok(&out);
+    assert_store_equal(&fx.root, &dst);
+    assert_ok(&support::cmd::status(&fx.root, &dst));
+    let out = support::cmd::run(["verify".as_ref(), "--target".as_ref(), dst.as_os_str()]);
+    assert_ok(&out);
+    assert_no_temp(&dst);
+}
