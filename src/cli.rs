@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Seed a shared /nix (network disk) from an image's /nix: only missing store paths, \
              each atomically, with exact metadata, one seeder at a time.",
     after_help = "Exit codes: 0 success (also: nothing to do), 1 failure, 2 usage error or invalid \
-                  source/target (nothing written), 3 gave up waiting for the lock, \
+                  source/target (nothing written), 3 gave up waiting for a lock \
+                  (--lock-timeout: another seeder's, Nix's gc.lock or big-lock, the Nix database's), \
                   130/143 interrupted by SIGINT/SIGTERM."
 )]
 pub struct Cli {
@@ -83,14 +84,18 @@ pub struct SeedArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: u32,
 
-    /// How long to wait for another seeder's lock before giving up (exit 3): 30s, 10m, 1h.
+    /// How long each lock wait may last before giving up (exit 3): another seeder's lock,
+    /// Nix's gc.lock (a garbage collection) and db/big-lock (a migration), the Nix
+    /// database's lock. 30s, 10m, 1h.
     #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
           value_name = "DUR")]
     pub lock_timeout: Duration,
 
-    /// A holder whose lease heartbeat has not changed for this long (on the waiter's own
-    /// monotonic clock) while the kernel still reports the lock held is taken over.
-    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_duration,
+    /// A holder whose lease has not changed for this long (on the waiter's own monotonic
+    /// clock) while the kernel still reports the lock held is taken over; never before 6 of
+    /// the holder's own heartbeats (its lease says how often it beats: DUR/6, 0.5 s to 5 s;
+    /// 5 s if it does not say), so a live holder is not taken over. At least 3s.
+    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_stale,
           value_name = "DUR")]
     pub lock_stale: Duration,
 
@@ -233,6 +238,21 @@ fn env_source(arg: &str) -> Option<String> {
     var.filter(|v| std::env::var_os(v).is_some())
 }
 
+/// [`parse_duration`], refusing less than [`crate::lock::MIN_STALE`]: a shorter stale
+/// period would let waiters take the lock from a holder that is merely busy.
+pub fn parse_stale(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    let min = crate::lock::MIN_STALE;
+    if d < min {
+        return Err(format!(
+            "the minimum for --lock-stale (NIX_SEED_LOCK_STALE) is {}: a shorter one could take the \
+             lock from a seeder that is alive",
+            humantime::format_duration(min)
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +266,9 @@ mod tests {
         assert!(parse_duration("ten minutes").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-5s").is_err());
+        assert!(parse_stale("0").is_err());
+        assert!(parse_stale("2999ms").is_err());
+        assert_eq!(parse_stale("3s").unwrap(), crate::lock::MIN_STALE);
     }
 
     #[test]

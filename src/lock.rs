@@ -6,11 +6,14 @@
 //! watch the lease. Two ways out for a waiter:
 //! - the kernel releases the lock (holder exited or was SIGKILLed; on a network
 //!   filesystem, when the server notices the client is gone): it takes the lock at once;
-//! - the lease has not changed for `--lock-stale` on the waiter's own monotonic clock
-//!   while the kernel still says "held" (a node lost with its lock never released): it
-//!   takes over by renaming a fresh, locked lock file over the old one. Takeovers are
-//!   serialised by `TARGET/.nix-seed/takeover` and re-check staleness under it, so two
-//!   waiters never both take over.
+//! - the lease has not changed, on the waiter's own monotonic clock and while the kernel
+//!   still says "held" (a node lost with its lock never released), for the larger of
+//!   `--lock-stale` and [`STALE_BEATS`] of the holder's heartbeat periods (the lease says
+//!   its period; a lease that does not, from an older version or garbled, counts as
+//!   [`HEARTBEAT_MAX`]): it takes over by renaming a fresh, locked lock file over the old
+//!   one. So no waiter's flags can take the lock from a holder that renews its lease at
+//!   its own pace. Takeovers are serialised by `TARGET/.nix-seed/takeover` and re-check
+//!   staleness under it, so two waiters never both take over.
 //!
 //! A holder whose lock file was replaced (it was taken over while paused or cut off)
 //! notices at its next heartbeat and stops before doing more work.
@@ -46,6 +49,20 @@ const MAX_LEASE: usize = 4096;
 const POLL: Duration = Duration::from_millis(100);
 const SAY_EVERY: Duration = Duration::from_secs(5);
 
+/// The holder rewrites its lease every `--lock-stale`/6, within these bounds.
+pub const HEARTBEAT_MIN: Duration = Duration::from_millis(500);
+pub const HEARTBEAT_MAX: Duration = Duration::from_secs(5);
+/// A waiter takes over only after this many of the holder's heartbeat periods (and never
+/// before its own `--lock-stale`).
+pub const STALE_BEATS: u32 = 6;
+/// The smallest `--lock-stale` accepted: [`STALE_BEATS`] of the fastest heartbeat.
+pub const MIN_STALE: Duration = Duration::from_secs(3);
+/// A lease's heartbeat period is honoured up to this (it is untrusted input: a huge one
+/// must not make a lost node's lock unbreakable).
+const HEARTBEAT_HONOURED_MAX: Duration = Duration::from_secs(60);
+/// The lease field with the holder's heartbeat period in milliseconds.
+const HEARTBEAT_FIELD: &str = "heartbeat_every_ms";
+
 /// Gave up waiting for the lock: exit code 3.
 #[derive(Debug)]
 pub struct Timeout(pub String);
@@ -65,8 +82,19 @@ pub struct Config {
 
 impl Config {
     /// The holder rewrites its lease several times per stale period.
-    fn heartbeat(&self) -> Duration {
-        (self.stale / 6).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    pub fn heartbeat(&self) -> Duration {
+        (self.stale / STALE_BEATS).clamp(HEARTBEAT_MIN, HEARTBEAT_MAX)
+    }
+
+    /// How long a holder whose lease says `raw` may leave it unchanged before this waiter
+    /// takes over: the larger of `--lock-stale` and [`STALE_BEATS`] of the holder's
+    /// heartbeat period ([`HEARTBEAT_MAX`], the most any version beats at, when the lease
+    /// does not say).
+    pub fn stale_for(&self, raw: &[u8]) -> Duration {
+        let beat = Lease::parse(raw)
+            .and_then(|l| l.heartbeat_every)
+            .map_or(HEARTBEAT_MAX, |b| b.clamp(HEARTBEAT_MIN, HEARTBEAT_HONOURED_MAX));
+        self.stale.max(beat * STALE_BEATS)
     }
 }
 
@@ -163,6 +191,8 @@ pub struct Lease {
     pub pid: Option<String>,
     pub started: Option<String>,
     pub heartbeat: Option<String>,
+    /// The holder's heartbeat period, if its lease says (versions before it did not).
+    pub heartbeat_every: Option<Duration>,
 }
 
 impl Lease {
@@ -186,6 +216,7 @@ impl Lease {
                 "pid" => l.pid = v,
                 "started" => l.started = v,
                 "heartbeat" => l.heartbeat = v,
+                HEARTBEAT_FIELD => l.heartbeat_every = v.and_then(|v| v.parse().ok()).map(Duration::from_millis),
                 _ => {}
             }
         }
@@ -240,10 +271,11 @@ struct Me {
     node: Option<String>,
     pid: u32,
     started: u64,
+    every: Duration,
 }
 
 impl Me {
-    fn new() -> Me {
+    fn new(every: Duration) -> Me {
         let host = nix::unistd::gethostname().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());
         Me {
             pod: std::env::var("HOSTNAME").unwrap_or_else(|_| host.clone()),
@@ -251,18 +283,20 @@ impl Me {
             node: std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()),
             pid: std::process::id(),
             started: now_unix(),
+            every,
         }
     }
 
     fn lease(&self, beat: u64) -> String {
         let mut s = format!(
-            "{LEASE_MAGIC}\nhost={}\npod={}\npid={}\nstarted={}\nheartbeat={} {}\nversion={}\n",
+            "{LEASE_MAGIC}\nhost={}\npod={}\npid={}\nstarted={}\nheartbeat={} {}\n{HEARTBEAT_FIELD}={}\nversion={}\n",
             sanitize(&self.host),
             sanitize(&self.pod),
             self.pid,
             self.started,
             beat,
             now_unix(),
+            self.every.as_millis(),
             env!("CARGO_PKG_VERSION")
         );
         if let Some(n) = &self.node {
@@ -341,7 +375,7 @@ pub fn acquire(
 ) -> Result<Held> {
     let dir = Arc::new(state_dir(target, target_path)?);
     let lock_path = target_path.join(STATE_DIR).join(LOCK_NAME);
-    let me = Arc::new(Me::new());
+    let me = Arc::new(Me::new(cfg.heartbeat()));
     let t0 = Instant::now();
     let mut seen: Option<(u64, Vec<u8>)> = None;
     let mut changed_at = Instant::now();
@@ -373,14 +407,17 @@ pub fn acquire(
             changed_at = Instant::now();
         }
         let holder = Lease::describe(&raw);
-        if changed_at.elapsed() >= cfg.stale {
+        let stale = cfg.stale_for(&raw);
+        if changed_at.elapsed() >= stale {
             log.event(
                 Level::Warn,
                 "lock-stale",
                 &format!(
-                    "lease on {} held by {holder} has not changed for {}s (--lock-stale): taking over",
+                    "lease on {} held by {holder} has not changed for {}s (the larger of --lock-stale {} and \
+                     {STALE_BEATS} of the holder's heartbeats): taking over",
                     lock_path.display(),
-                    changed_at.elapsed().as_secs()
+                    changed_at.elapsed().as_secs(),
+                    humantime::format_duration(cfg.stale)
                 ),
                 Lease::fields(&raw),
             );
@@ -393,9 +430,10 @@ pub fn acquire(
         if waited >= cfg.timeout {
             return Err(Timeout(format!(
                 "gave up after {} waiting for lock {} held by {holder}: raise --lock-timeout; if that \
-                 seeder is gone, its lease is taken over after --lock-stale",
+                 seeder is gone, its lease is taken over after it has not changed for {}",
                 humantime::format_duration(Duration::from_secs(waited.as_secs())),
-                lock_path.display()
+                lock_path.display(),
+                humantime::format_duration(Duration::from_secs(stale.as_secs()))
             ))
             .into());
         }
@@ -420,6 +458,30 @@ pub fn acquire(
         drop(f);
         std::thread::sleep(POLL.min(cfg.timeout.saturating_sub(waited)));
     }
+}
+
+/// SQLite's "database is locked" (SQLITE_BUSY: the busy handler gave up after
+/// `--lock-timeout`) among `e`'s causes, as a [`Timeout`] naming the lock of the Nix
+/// database in `db_dir` (the target's `var/nix/db`); any other error as it is.
+pub fn db_busy_as_timeout(e: anyhow::Error, db_dir: &Path, timeout: Duration) -> anyhow::Error {
+    let busy = e.chain().any(|c| {
+        matches!(c.downcast_ref::<rusqlite::Error>(),
+                 Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy)
+    });
+    if !busy {
+        return e;
+    }
+    let db = db_dir.join(crate::nixdb::DB_FILE);
+    Timeout(format!(
+        "gave up after {} waiting for the lock of the Nix database {} (with use-sqlite-wal = false, the \
+         directory {}.lock): a Nix process holds it, or one killed while holding it left it behind \
+         (rmdir it if no Nix process uses this store); nothing was registered, the next run registers \
+         what was copied; run again, or raise --lock-timeout",
+        humantime::format_duration(timeout),
+        db.display(),
+        db.display()
+    ))
+    .into()
 }
 
 /// Replace a stale lock file by a fresh one we hold, if it is still the stale one.
@@ -542,10 +604,12 @@ mod tests {
             node: Some("n1".into()),
             pid: 42,
             started: 0,
+            every: Duration::from_millis(1500),
         };
         let l = Lease::parse(me.lease(3).as_bytes()).unwrap();
         assert_eq!(l.pod.as_deref(), Some("ide-abc"));
         assert_eq!(l.pid.as_deref(), Some("42"));
+        assert_eq!(l.heartbeat_every, Some(Duration::from_millis(1500)));
         assert!(Lease::describe(me.lease(3).as_bytes()).contains("pod ide-abc (host node-1, pid 42, node n1"));
         assert!(Lease::describe(b"").contains("no lease"));
         assert!(Lease::describe(b"\x00\xff garbage").contains("unknown holder"));
@@ -555,5 +619,40 @@ mod tests {
         let d = Lease::describe(evil.as_bytes());
         assert!(!d.contains('\x1b'));
         assert!(d.len() < 300, "{d}");
+    }
+
+    #[test]
+    fn a_waiter_waits_for_several_of_the_holders_heartbeats_whatever_its_own_stale() {
+        let cfg = |s| Config {
+            timeout: Duration::from_secs(60),
+            stale: Duration::from_secs(s),
+        };
+        let lease = |every_ms: Option<&str>| {
+            let mut s = format!("{LEASE_MAGIC}\npod=p\nheartbeat=1 2\n");
+            if let Some(ms) = every_ms {
+                s.push_str(&format!("{HEARTBEAT_FIELD}={ms}\n"));
+            }
+            s.into_bytes()
+        };
+        // A default holder (60 s: beats every 5 s).
+        let every = cfg(60).heartbeat();
+        assert_eq!(every, HEARTBEAT_MAX);
+        let ms = every.as_millis().to_string();
+        assert_eq!(cfg(3).stale_for(&lease(Some(&ms))), Duration::from_secs(30));
+        assert_eq!(cfg(60).stale_for(&lease(Some(&ms))), Duration::from_secs(60));
+        // A holder with the smallest stale beats at the fastest pace: takeover after 3 s.
+        let ms = cfg(3).heartbeat().as_millis().to_string();
+        assert_eq!(cfg(3).stale_for(&lease(Some(&ms))), MIN_STALE);
+        assert_eq!(MIN_STALE, HEARTBEAT_MIN * STALE_BEATS);
+        // Older versions (no period), garbage, empty: the slowest heartbeat any version has.
+        for raw in [lease(None), lease(Some("x")), b"garbage".to_vec(), Vec::new()] {
+            assert_eq!(cfg(3).stale_for(&raw), HEARTBEAT_MAX * STALE_BEATS);
+        }
+        // Untrusted: bounded both ways.
+        assert_eq!(cfg(3).stale_for(&lease(Some("0"))), MIN_STALE);
+        assert_eq!(
+            cfg(3).stale_for(&lease(Some("99999999999"))),
+            HEARTBEAT_HONOURED_MAX * STALE_BEATS
+        );
     }
 }

@@ -48,6 +48,10 @@ fn main() -> ExitCode {
                 // Every error line names a path: one that does not (a bare errno from a
                 // filesystem call) gets the target.
                 Err(e) => {
+                    // The database's busy wait ends in SQLITE_BUSY: a lock timeout too.
+                    let target = std::fs::canonicalize(&args.paths.target).unwrap_or(args.paths.target.clone());
+                    let db_dir = target.join("var").join(nix_seed::nixdb::DB_DIR);
+                    let e = nix_seed::lock::db_busy_as_timeout(e, &db_dir, args.lock_timeout);
                     let named = format!("{e:#}").contains('/');
                     let e = if named {
                         e

@@ -960,13 +960,27 @@ pub fn set_busy_context(db_dir: &Path, timeout: Duration, log: std::sync::Arc<cr
 }
 
 /// SQLite's busy handler: retry every 100 ms, say every 5 s what is waited for, give up
-/// after the lock timeout (the error then names the lock).
+/// after the lock timeout, measured on the clock (a retry on a network filesystem takes
+/// time too). SQLite then returns SQLITE_BUSY, which `lock::db_busy_as_timeout` turns into
+/// a lock timeout (exit 3) naming the lock.
 fn busy(count: i32) -> bool {
+    thread_local! {
+        static SINCE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+    }
+    // SQLite calls with 0 at the start of each wait.
+    let since = SINCE.with(|s| match s.get() {
+        Some(t) if count > 0 => t,
+        _ => {
+            let now = std::time::Instant::now();
+            s.set(Some(now));
+            now
+        }
+    });
+    let waited = since.elapsed();
     let Some(ctx) = BUSY.get() else {
         std::thread::sleep(Duration::from_millis(100));
         return count < 100;
     };
-    let waited = Duration::from_millis(100) * count.max(0) as u32;
     if waited >= ctx.timeout {
         return false;
     }
@@ -979,7 +993,7 @@ fn busy(count: i32) -> bool {
             ctx.lock_path.display()
         ));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(100).min(ctx.timeout - waited));
     true
 }
 

@@ -29,7 +29,17 @@ pub struct NixLocks {
     _held: Vec<File>,
 }
 
-fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log, stop: &AtomicBool) -> Result<File> {
+/// `LOCK_SH` on `name`, waiting at most `timeout` for `what` (the exclusive holder) to
+/// finish; then [`crate::lock::Timeout`] (exit 3) names the file and what to do.
+fn shared_lock(
+    dir: BorrowedFd,
+    name: &str,
+    shown: &Path,
+    what: &str,
+    log: &Log,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> Result<File> {
     let fd = openat(
         dir,
         name,
@@ -49,6 +59,16 @@ fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log,
         if stop.load(Ordering::Relaxed) {
             return Err(crate::copy::Stopped.into());
         }
+        let waited = t0.elapsed();
+        if waited >= timeout {
+            return Err(crate::lock::Timeout(format!(
+                "gave up after {} waiting for {what} to finish: {} is held exclusively; nothing was \
+                 copied; run the seed when it has finished, or raise --lock-timeout",
+                humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                shown.display()
+            ))
+            .into());
+        }
         if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             said = Some(Instant::now());
             log.info(&format!(
@@ -57,7 +77,7 @@ fn shared_lock(dir: BorrowedFd, name: &str, shown: &Path, what: &str, log: &Log,
                 t0.elapsed().as_secs()
             ));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100).min(timeout.saturating_sub(waited)));
     }
 }
 
@@ -65,8 +85,9 @@ impl NixLocks {
     /// Take `LOCK_SH` on `var/nix/gc.lock` and, if the database directory exists,
     /// `var/nix/db/big-lock`. `var/nix` is created first when missing (with the image's
     /// modes and owners): a Nix started in a pod just after a check for it would otherwise
-    /// create it, take `gc.lock` itself and collect what is being copied.
-    pub fn acquire(c: &Checked, log: &Log, stop: &AtomicBool) -> Result<NixLocks> {
+    /// create it, take `gc.lock` itself and collect what is being copied. Each wait gives
+    /// up after `timeout` (`--lock-timeout`).
+    pub fn acquire(c: &Checked, log: &Log, stop: &AtomicBool, timeout: Duration) -> Result<NixLocks> {
         let mut held = Vec::new();
         let var = ensure_dir(c.target.as_fd(), c.source.as_fd(), "var", &c.target_path.join("var"))?;
         let nix_dir = ensure_dir(var.as_fd(), c.source.as_fd(), "var/nix", &c.target_path.join("var/nix"))?;
@@ -75,9 +96,10 @@ impl NixLocks {
             nix_dir.as_fd(),
             "gc.lock",
             &shown,
-            "a garbage collection",
+            "a garbage collection (nix-collect-garbage, nix store gc)",
             log,
             stop,
+            timeout,
         )?);
         let not_symlink = format!(
             "cannot open {}/var/nix/db (must be a directory, not a symlink)",
@@ -92,6 +114,7 @@ impl NixLocks {
                 "a Nix database migration",
                 log,
                 stop,
+                timeout,
             )?);
         }
         Ok(NixLocks { _held: held })

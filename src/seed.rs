@@ -62,7 +62,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         interrupted,
     )?;
     failpoint::hit("locked");
-    let nix_locks = NixLocks::acquire(&c, log, interrupted)?;
+    let nix_locks = NixLocks::acquire(&c, log, interrupted, args.lock_timeout)?;
     failpoint::hit("nix-locks");
 
     // Decide, under the locks: what a collection deleted while we waited is missing now,

@@ -14,6 +14,11 @@ use support::cmd::{assert_code, assert_ok, copied_events, seed, spawn_seed, stde
 use support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
 use support::fixture::{self, Spec};
 
+/// The smallest `--lock-stale` the binary accepts (the floor; see `lock::MIN_STALE`).
+const SMALLEST_STALE: &str = "3s";
+/// Rounds of "a busy, healthy holder and waiters with the smallest --lock-stale".
+const HEALTHY_HOLDER_ROUNDS: usize = 4;
+
 fn big_fixture(dir: &Path) -> fixture::Fixture {
     fixture::build(
         dir,
@@ -211,25 +216,44 @@ fn garbage_empty_and_huge_lock_files_are_handled() {
         },
     );
     let huge = vec![b'\xff'; 8 << 20];
-    for (i, lease) in [&b""[..], &b"\x1b[2J\x00\x01garbage\n=\n==="[..], &huge[..]]
-        .into_iter()
+    let leases = [&b""[..], &b"\x1b[2J\x00\x01garbage\n=\n==="[..], &huge[..]];
+    // Held and never renewed: reported as an unknown holder, then taken over. A lease that
+    // does not say its heartbeat period counts as the slowest (5 s), so the takeover comes
+    // after 6 of those, whatever --lock-stale says: the three run at once.
+    let runs: Vec<_> = leases
+        .iter()
         .enumerate()
-    {
-        let dst = tmp.path().join(format!("dst{i}"));
-        std::fs::create_dir(&dst).unwrap();
-        // Held and never renewed: reported as an unknown holder, then taken over.
-        let held = hold_lock(&dst, lease);
-        let out = seed(&fx.root, &dst, &["--lock-stale", "1s", "--lock-timeout", "30s"]);
+        .map(|(i, lease)| {
+            let dst = tmp.path().join(format!("dst{i}"));
+            std::fs::create_dir(&dst).unwrap();
+            let held = hold_lock(&dst, lease);
+            let child = spawn_seed(&fx.root, &dst, &["--lock-stale", "3s", "--lock-timeout", "2m"]);
+            let t0 = Instant::now();
+            (
+                dst,
+                held,
+                t0,
+                std::thread::spawn(move || child.wait_with_output().unwrap()),
+            )
+        })
+        .collect();
+    for (dst, held, t0, out) in runs {
+        let out = out.join().unwrap();
+        let took = t0.elapsed();
         assert_ok(&out);
         let err = stderr(&out);
         assert!(err.contains("unknown holder"), "{err}");
         assert!(err.contains("taking over"), "{err}");
+        assert!(took >= Duration::from_secs(30), "took over after {took:?}");
         assert!(
             !err.contains('\x1b'),
             "terminal escapes from the lock file were printed"
         );
         assert_store_equal(&fx.root, &dst);
         drop(held);
+    }
+    for (i, lease) in leases.into_iter().enumerate() {
+        let dst = tmp.path().join(format!("dst{i}"));
         // Not held: garbage content alone does not block anyone.
         std::fs::write(dst.join(".nix-seed/lock"), lease).unwrap();
         fixture::add_paths(&fx.root, 1, 1000 + i as u64);
@@ -246,16 +270,21 @@ fn a_stalled_holder_is_taken_over_and_stops_when_it_resumes() {
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
 
-    let a = spawn_seed(&fx.root, &dst, &["--jobs", "2", "--lock-stale", "2s"]);
+    // The smallest --lock-stale: the holder beats every 0.5 s, and says so in its lease.
+    let a = spawn_seed(&fx.root, &dst, &["--jobs", "2", "--lock-stale", SMALLEST_STALE]);
     wait_for(30, "the first seeder to copy something", || store_entries(&dst) >= 5);
     signal(&a, libc::SIGSTOP); // paused, like a node cut off: flock still held
     let t0 = Instant::now();
-    let out = seed(&fx.root, &dst, &["--lock-stale", "2s", "--lock-timeout", "60s"]);
+    let out = seed(
+        &fx.root,
+        &dst,
+        &["--lock-stale", SMALLEST_STALE, "--lock-timeout", "60s"],
+    );
     let took = t0.elapsed();
     assert_ok(&out);
     assert!(stderr(&out).contains("taking over"), "{}", text(&out));
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(30),
+        took >= Duration::from_secs(3) && took < Duration::from_secs(30),
         "took over after {took:?}"
     );
     assert_store_equal_with(&fx.root, &dst, Links::Subset);
@@ -330,4 +359,232 @@ fn sigterm_stops_cleanly_removes_temporaries_and_releases_the_lock() {
     let out = seed(&fx.root, &dst, &["--lock-timeout", "1s"]);
     assert_ok(&out);
     assert_store_equal_with(&fx.root, &dst, Links::Subset);
+}
+
+/// Wait for `child` for up to `secs`; kill it and panic if it is still running (an
+/// unbounded wait must fail the test, not hang it).
+fn wait_bounded(mut child: Child, secs: u64, what: &str) -> std::process::Output {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(secs) {
+            signal(&child, libc::SIGKILL);
+            let out = child.wait_with_output().unwrap();
+            panic!("{what}: still running after {secs}s:\n{}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A waiter's `--lock-stale`, however small, never takes the lock from a holder that is
+/// alive and renewing its lease at its own pace (a default holder beats every 5 s).
+#[test]
+fn the_smallest_lock_stale_never_takes_over_a_busy_healthy_holder() {
+    let tmp = support::scratch();
+    let fx = big_fixture(&tmp.path().join("src"));
+    for round in 0..HEALTHY_HOLDER_ROUNDS {
+        let dst = tmp.path().join(format!("dst{round}"));
+        std::fs::create_dir(&dst).unwrap();
+        // --jobs 1 --verify: busy (copying, then hashing everything it copied) for many
+        // seconds, longer than the waiters' --lock-stale and the holder's 5 s heartbeat.
+        let a = spawn_seed(&fx.root, &dst, &["--jobs", "1", "--verify"]);
+        let lock = dst.join(".nix-seed/lock");
+        let pid = a.id().to_string();
+        wait_for(30, "the first seeder to hold the lock", || {
+            std::fs::read_to_string(&lock).is_ok_and(|l| l.contains(&format!("pid={pid}")))
+        });
+        let t0 = Instant::now();
+        let waiters: Vec<Child> = (0..2)
+            .map(|_| {
+                spawn_seed(
+                    &fx.root,
+                    &dst,
+                    &["--lock-stale", SMALLEST_STALE, "--lock-timeout", "10m"],
+                )
+            })
+            .collect();
+        let waiters: Vec<_> = waiters
+            .into_iter()
+            .map(|c| std::thread::spawn(move || c.wait_with_output().unwrap()))
+            .collect();
+        let out_a = a.wait_with_output().unwrap();
+        let busy = t0.elapsed();
+        assert_ok(&out_a);
+        assert!(!stderr(&out_a).contains("lost lock"), "{}", text(&out_a));
+        for w in waiters {
+            let out = w.join().unwrap();
+            assert_ok(&out);
+            assert!(
+                !stderr(&out).contains("taking over"),
+                "round {round}: a healthy holder (busy {busy:?}) was taken over:\n{}",
+                text(&out)
+            );
+        }
+        assert!(
+            busy > Duration::from_secs(6),
+            "round {round}: the holder was busy only {busy:?}: the test proves nothing"
+        );
+        assert_store_equal(&fx.root, &dst);
+        assert_no_temp(&dst);
+        support::make_writable(&dst);
+        let _ = std::fs::remove_dir_all(&dst);
+    }
+}
+
+#[test]
+fn a_lock_stale_below_the_floor_is_refused_with_exit_2_and_nothing_written() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 5,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    for v in ["0", "0s", "1s", "2999ms"] {
+        let out = seed(&fx.root, &dst, &["--lock-stale", v]);
+        assert_code(&out, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains("--lock-stale") && err.contains("NIX_SEED_LOCK_STALE") && err.contains(SMALLEST_STALE),
+            "{err}"
+        );
+        let mut c = support::cmd::seed_cmd(&fx.root, &dst, &[]);
+        let out = c.env("NIX_SEED_LOCK_STALE", v).output().unwrap();
+        assert_code(&out, 2);
+        assert!(stderr(&out).contains("NIX_SEED_LOCK_STALE"), "{}", text(&out));
+        assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0, "nothing may be written");
+    }
+    assert_ok(&seed(&fx.root, &dst, &["--lock-stale", SMALLEST_STALE]));
+    assert_store_equal(&fx.root, &dst);
+}
+
+/// Hold `path` with `flock(LOCK_EX)` as a Nix garbage collection (or migration) would.
+fn hold_nix_lock(path: &Path) -> File {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    f
+}
+
+#[test]
+fn waiting_for_a_garbage_collection_or_migration_gives_up_after_the_lock_timeout_with_exit_3() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    assert!(dst.join("var/nix/db").is_dir());
+    for (seed_no, (lock, what)) in [
+        ("var/nix/gc.lock", "garbage collection"),
+        ("var/nix/db/big-lock", "migration"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fixture::add_paths(&fx.root, 3, 2000 + seed_no as u64);
+        let before = store_entries(&dst);
+        let held = hold_nix_lock(&dst.join(lock));
+        let t0 = Instant::now();
+        let child = spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s"]);
+        let out = wait_bounded(child, 30, &format!("a seeder waiting for a held {lock}"));
+        assert_code(&out, 3);
+        assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.contains(&dst.join(lock).display().to_string())
+                && last.contains(what)
+                && last.contains("--lock-timeout")
+                && last.contains("gave up after 2s"),
+            "{err}"
+        );
+        assert_eq!(store_entries(&dst), before, "nothing copied while {lock} is held");
+        assert_no_temp(&dst);
+        drop(held);
+        assert_ok(&seed(&fx.root, &dst, &["--lock-timeout", "2s"]));
+        assert_store_equal_with(&fx.root, &dst, Links::Subset);
+    }
+}
+
+/// The Nix database's lock, as Nix with `use-sqlite-wal = false` (SQLite's unix-dotfile
+/// VFS) holds it: the directory `db.sqlite.lock`.
+#[test]
+fn waiting_for_the_nix_database_gives_up_after_the_lock_timeout_with_exit_3_and_registers_nothing() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    let db = dst.join("var/nix/db/db.sqlite");
+    let dot = dst.join("var/nix/db/db.sqlite.lock");
+    let check = |out: &std::process::Output, t0: Instant| {
+        assert_code(out, 3);
+        assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
+        let err = stderr(out);
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.contains(&dot.display().to_string())
+                && last.contains("--lock-timeout")
+                && last.contains("nothing was registered"),
+            "{err}"
+        );
+    };
+
+    // Held before the seed starts: given up on when the database is opened.
+    fixture::add_paths(&fx.root, 5, 3000);
+    let rows = support::compare::db_rows(&db);
+    std::fs::create_dir(&dot).unwrap();
+    let t0 = Instant::now();
+    let out = wait_bounded(
+        spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s"]),
+        60,
+        "a seeder waiting for the database",
+    );
+    check(&out, t0);
+    std::fs::remove_dir(&dot).unwrap();
+    assert_eq!(support::compare::db_rows(&db), rows, "nothing registered");
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    assert_store_equal(&fx.root, &dst);
+
+    // Taken while the seeder copies: given up on when it registers.
+    fixture::add_paths(&fx.root, 100, 3001);
+    let rows = support::compare::db_rows(&db);
+    let before = store_entries(&dst);
+    let a = spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s", "--jobs", "1"]);
+    wait_for(60, "the seeder to copy something", || store_entries(&dst) > before);
+    signal(&a, libc::SIGSTOP);
+    std::fs::create_dir(&dot).unwrap();
+    let t0 = Instant::now();
+    signal(&a, libc::SIGCONT);
+    let out = wait_bounded(a, 60, "a seeder waiting for the database");
+    check(&out, t0);
+    std::fs::remove_dir(&dot).unwrap();
+    assert_eq!(support::compare::db_rows(&db), rows, "nothing registered");
+    let out = seed(&fx.root, &dst, &[]);
+    assert_ok(&out);
+    assert_store_equal(&fx.root, &dst);
+    assert_ok(&support::cmd::status(&fx.root, &dst));
+    let out = support::cmd::run(["verify".as_ref(), "--target".as_ref(), dst.as_os_str()]);
+    assert_ok(&out);
+    assert_no_temp(&dst);
 }

@@ -289,11 +289,12 @@ fn a_dotfile_lock_left_by_a_killed_seeder_is_removed_and_a_foreign_one_is_waited
     assert_ok(&seed(&fx.root, &dst, &[]));
     let lock = dst.join("var/nix/db/db.sqlite.lock");
 
-    // Someone else's lock: waited for, named, left alone; the seed gives up (exit 1).
+    // Someone else's lock: waited for, named, left alone; the seed gives up (exit 3, a
+    // lock timeout).
     std::fs::create_dir(&lock).unwrap();
     let added = support::fixture::add_paths(&fx.root, 3, 77);
     let out = seed(&fx.root, &dst, &["--lock-timeout", "6s"]);
-    assert_code(&out, 1);
+    assert_code(&out, 3);
     let err = stderr(&out);
     assert!(err.contains("db.sqlite.lock") && err.contains("rmdir it"), "{err}");
     assert!(lock.exists(), "a lock nix-seed did not leave is never removed");
