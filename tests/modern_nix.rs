@@ -303,3 +303,136 @@ fn a_nix_2_26_pod_with_the_default_wal_between_two_seeds() {
     }
     cross_add_and_gc(&target, &[&img1, &img2], Some(true));
 }
+
+/// `NIX_CONFIG` lines a pod script exports to use content-addressed derivations.
+const CA_ON: &str = "export NIX_CONFIG=\"$NIX_CONFIG\nexperimental-features = nix-command ca-derivations\"\n";
+
+/// A pod of version `v` (with ca-derivations on) builds a content-addressed derivation
+/// named `name`, rooted at var/nix/gcroots/`name`: returns (drv, output).
+fn build_ca(v: Nix, nix: &Path, name: &str) -> (String, String) {
+    let script = format!(
+        r#"set -e
+{CA_ON}drv=$(nix-instantiate -E 'derivation {{ name = "{name}"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo content-addressed {name} > $out" ]; __contentAddressed = true; outputHashMode = "recursive"; outputHashAlgo = "sha256"; }}')
+nix-store -r "$drv" --add-root /nix/var/nix/gcroots/{name} >/dev/null
+echo "drv $drv"
+echo "out $(readlink /nix/var/nix/gcroots/{name})"
+"#
+    );
+    let out = v.pod_ok(nix, &script);
+    let get = |k: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k} ")))
+            .unwrap_or_else(|| panic!("no `{k}` in:\n{out}"))
+            .to_string()
+    };
+    (get("drv"), get("out"))
+}
+
+/// Images whose Nix used content-addressed derivations (`ca-derivations`): Nix 2.8 keeps
+/// the CA schema's version in `var/nix/db/ca-schema` (and tables Realisations,
+/// RealisationsRefs), Nix 2.26 in the SchemaMigrations table. Seeded into an empty target,
+/// the CA output and the realisation come along (its own Nix builds nothing for the
+/// derivation again), both versions find every path valid, each builds a new CA derivation
+/// the other sees, and the database's side files (`schema`, `ca-schema`) are the image's.
+#[test]
+fn images_built_with_ca_derivations_by_each_version() {
+    if !modern_available("images_built_with_ca_derivations") {
+        return;
+    }
+    // 2.26 first: the known bug below fails the 2.8 round at its last assertion.
+    for builder in [Nix::V2_26, Nix::V2_8] {
+        let tmp = support::scratch();
+        let image = builder.real_store(&tmp.path().join("i"), "v1", true).join("nix");
+        let (drv, out) = build_ca(builder, &image, &format!("image-ca-{}", tag(builder)));
+        let target = tmp.path().join("t/nix");
+        std::fs::create_dir_all(&target).unwrap();
+        assert_ok(&seed(image.parent().unwrap(), &target, &[]));
+        // What the seed wrote next to db.sqlite (asserted last: a Nix pod rewrites them).
+        let side = |root: &Path| ["schema", "ca-schema"].map(|f| std::fs::read(root.join("var/nix/db").join(f)).ok());
+        let (image_side, seeded_side) = (side(&image), side(&target));
+
+        let mut paths = image_paths(&image);
+        assert!(paths.contains(&out) && paths.contains(&drv));
+        for v in BOTH {
+            v.assert_valid(&target, &paths, &format!("the CA image by {}", builder.name()));
+        }
+        // The realisation is the image's: nothing to build.
+        let o = builder.pod(&target, &format!("{CA_ON}nix-store -r {drv}"));
+        assert!(
+            o.status.success() && !text(&o).contains("will be built"),
+            "{}: the image's CA derivation is not realised in the target:\n{}",
+            builder.name(),
+            text(&o)
+        );
+        assert!(stdout(&o).contains(&out), "{}", text(&o));
+        for v in BOTH {
+            let (d, p) = build_ca(v, &target, &format!("pod-ca-{}", tag(v)));
+            for u in BOTH {
+                u.assert_valid(
+                    &target,
+                    &[d.clone(), p.clone()],
+                    &format!("CA paths {} built", v.name()),
+                );
+            }
+            paths.push(p);
+        }
+        for v in BOTH {
+            v.assert_contents_verify(&target, &tmp.path().join("verify"));
+        }
+        // Last (a known nix-seed bug until fixed: ca-schema is not copied on a first seed).
+        assert!(
+            builder == Nix::V2_26 || image_side[1].is_some(),
+            "Nix 2.8 with ca-derivations writes var/nix/db/ca-schema"
+        );
+        assert_eq!(
+            seeded_side,
+            image_side,
+            "image by {}: var/nix/db/{{schema, ca-schema}} right after the seed are not the image's",
+            builder.name()
+        );
+    }
+}
+
+/// An image snapshotted while a Nix 2.26 process had its store open (`docker commit` of a
+/// running container, a daemon running during the image build): var/nix/db holds an empty
+/// `db.sqlite-wal` and a `db.sqlite-shm` (made here by SIGKILLing `nix-store --serve`).
+/// nix-seed reads it without changing it, and both versions accept the target.
+#[test]
+fn an_image_snapshotted_while_nix_2_26_had_its_database_open() {
+    if !modern_available("an_image_snapshotted_while_nix_2_26_had_its_database_open") {
+        return;
+    }
+    let tmp = support::scratch();
+    let image = Nix::V2_26.real_store(&tmp.path().join("i"), "v1", true).join("nix");
+    let o = Nix::V2_26.pod(
+        &image,
+        "mkfifo /tmp/in && { nix-store --serve --write </tmp/in >/dev/null 2>&1 & } && exec 3>/tmp/in \
+         && sleep 1 && kill -9 $! && sleep 0.2",
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let db = image.join("var/nix/db");
+    assert_eq!(
+        std::fs::metadata(db.join("db.sqlite-wal")).map(|m| m.len()).ok(),
+        Some(0),
+        "the killed Nix left an empty db.sqlite-wal"
+    );
+    assert!(db.join("db.sqlite-shm").exists());
+    let before = db_dir_listing(&image);
+    let wal_before = std::fs::read(db.join("db.sqlite-wal")).unwrap();
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    let out = seed(image.parent().unwrap(), &target, &[]);
+    assert_ok(&out);
+    let after = db_dir_listing(&image);
+    let wal_after = std::fs::read(db.join("db.sqlite-wal")).ok();
+    // Nix's checks first (they open the image's database too: hence the listing above),
+    // then the image's listing (a known nix-seed bug until fixed: the empty -wal is deleted).
+    for v in BOTH {
+        assert_accepts(v, &target, &image, Nix::V2_26, tmp.path());
+    }
+    assert_eq!(
+        after, before,
+        "nix-seed changed the image's var/nix/db (deleted its empty db.sqlite-wal?)"
+    );
+    assert_eq!(wal_after, Some(wal_before));
+}
