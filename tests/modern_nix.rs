@@ -436,3 +436,78 @@ fn an_image_snapshotted_while_nix_2_26_had_its_database_open() {
     );
     assert_eq!(wal_after, Some(wal_before));
 }
+
+/// A pod of Nix 2.26 left with the default `use-sqlite-wal = true` converts the shared
+/// database to WAL *while* a seed runs: between nix-seed's copy (store paths in place) and
+/// its registration. The seed must still register its image (or fail cleanly and succeed
+/// on a rerun: here it must succeed), and both versions accept everything.
+#[test]
+fn a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed() {
+    if !modern_available("a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed") {
+        return;
+    }
+    let tmp = support::scratch();
+    let img1 = Nix::V2_8.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
+    let img2 = Nix::V2_26.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    assert_ok(&seed(img1.parent().unwrap(), &target, &[]));
+    assert!(!nix_seed_db_is_wal(&target));
+
+    // Pause the seeder once img2's store paths are all in place: a large (sparse) file in
+    // img2's var/log, copied after the store paths and before registering, gives the time.
+    let big = img2.join("var/log/nix/big.log");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(1 << 30).unwrap();
+    drop(f);
+    let names: Vec<String> = image_paths(&img2)
+        .iter()
+        .map(|p| p.rsplit('/').next().unwrap().to_string())
+        .collect();
+    let child = support::cmd::spawn_seed(&img2, &target, &[]);
+    let t0 = std::time::Instant::now();
+    while !names
+        .iter()
+        .all(|n| target.join("store").join(n).symlink_metadata().is_ok())
+    {
+        assert!(t0.elapsed().as_secs() < 60, "the seeder did not copy img2's paths");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+    let registered = support::nix::valid_paths(&target);
+    let unregistered = image_paths(&img2)
+        .into_iter()
+        .filter(|p| !registered.contains(p))
+        .count();
+    // The 2.26 pod, its database opened with WAL on (a timeout: never hang the suite).
+    let o = Nix::V2_26.pod_wal(
+        &target,
+        "set -e; printf 'added during a seed\\n' > /tmp/during.txt; timeout 120 nix-store --add /tmp/during.txt",
+        true,
+    );
+    let during = stdout(&o).trim().to_string();
+    let wal_now = nix_seed_db_is_wal(&target);
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    std::fs::remove_file(&big).unwrap();
+    assert!(
+        unregistered > 0,
+        "the seeder registered before it could be paused (var/log copy too fast?)"
+    );
+    assert!(
+        o.status.success(),
+        "Nix 2.26 could not add a path during the seed:\n{}",
+        text(&o)
+    );
+    assert!(
+        wal_now,
+        "Nix 2.26 with use-sqlite-wal = true switched the database to WAL"
+    );
+    assert_ok(&out);
+    for v in BOTH {
+        v.assert_valid(&target, std::slice::from_ref(&during), "the path added during the seed");
+        assert_accepts(v, &target, &img1, Nix::V2_8, tmp.path());
+        assert_accepts(v, &target, &img2, Nix::V2_26, tmp.path());
+    }
+    cross_add_and_gc(&target, &[&img1, &img2], Some(true));
+}
