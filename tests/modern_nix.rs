@@ -511,3 +511,35 @@ fn a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed() {
     }
     cross_add_and_gc(&target, &[&img1, &img2], Some(true));
 }
+
+/// Nix forks add nullable columns to ValidPaths (Determinate Nix: `provenance`); plain Nix
+/// names its columns in every statement, so both versions keep working on such a database.
+/// Simulated on a database Nix 2.26 made (`ALTER TABLE ... ADD COLUMN provenance text`,
+/// as that fork's migration does): an image with the column is seeded into an empty target,
+/// then a Nix 2.8 image into that target; both versions accept both images.
+#[test]
+fn an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds() {
+    if !modern_available("an_extra_nullable_column_in_valid_paths") {
+        return;
+    }
+    let tmp = support::scratch();
+    let img1 = Nix::V2_26.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
+    let img2 = Nix::V2_8.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
+    let c = rusqlite::Connection::open(img1.join("var/nix/db/db.sqlite")).unwrap();
+    c.execute_batch("ALTER TABLE ValidPaths ADD COLUMN provenance text")
+        .unwrap();
+    drop(c);
+    // Nix itself is fine with it.
+    Nix::V2_26.assert_valid(&img1, &image_paths(&img1), "the image with a provenance column");
+    let target = tmp.path().join("t/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    let out = seed(img1.parent().unwrap(), &target, &[]);
+    assert_ok(&out);
+    let out = seed(img2.parent().unwrap(), &target, &[]);
+    assert_ok(&out);
+    for v in BOTH {
+        assert_accepts(v, &target, &img1, Nix::V2_26, tmp.path());
+        assert_accepts(v, &target, &img2, Nix::V2_8, tmp.path());
+    }
+    cross_add_and_gc(&target, &[&img1, &img2], None);
+}
