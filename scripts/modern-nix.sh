@@ -13,6 +13,9 @@
 #       are mounted; this repository, $NIX_SEED_TEST_DIR and each DIR appear at their
 #       host paths. The tree is an overlay with a tmpfs upper layer: whatever CMD writes
 #       outside the bound directories is thrown away. Exit status: CMD's.
+#   scripts/modern-nix.sh make-real-store [OPTIONS] ROOT [v1|v2]
+#       scripts/make-real-store.sh (same arguments) run by Nix 2.26 in the tree, ROOT
+#       bound at its host path: the same store Nix 2.8 builds, made by 2.26.
 #   scripts/modern-nix.sh path      print the tree's directory (after setup)
 #
 # Env: NIX_SEED_TRIXIE (tree), NIX_SEED_TRIXIE_MIRROR (default http://deb.debian.org/debian).
@@ -173,12 +176,24 @@ inside() {
   exec "$@"
 }
 
+# make-real-store.sh in the tree, its ROOT (the first non-option argument) bound.
+make_store() {
+  local a root=
+  for a in "$@"; do
+    case "$a" in -*) ;; *) root=$a; break ;; esac
+  done
+  [ -n "$root" ] || die "make-real-store: ROOT missing"
+  mkdir -p "$root"
+  run --bind "$root" - -- bash "$repo/scripts/make-real-store.sh" "$@"
+}
+
 [ $# -ge 1 ] || usage
 cmd=$1
 shift
 case "$cmd" in
   setup) [ $# = 0 ] || usage; setup ;;
   run) run "$@" ;;
+  make-real-store) make_store "$@" ;;
   path) [ $# = 0 ] || usage; complete || die "no complete tree at $tree (run setup)"; echo "$tree" ;;
   __inside) inside "$@" ;;
   -h|--help|help) usage ;;

@@ -139,13 +139,7 @@ impl Nix {
             }
             Nix::V2_26 => {
                 let mut c = Command::new("bash");
-                c.arg(script())
-                    .arg("run")
-                    .arg("--bind")
-                    .arg(root)
-                    .arg("-")
-                    .arg("--")
-                    .args(&args);
+                c.arg(script()).arg("make-real-store").args(&args[2..]);
                 c
             }
         };
