@@ -83,7 +83,7 @@ setup() {
     "$suite" "$part" "$mirror" >"$log" 2>&1; then
     umount_below "$part"
     tail -n 15 "$log" >&2
-    die "debootstrap of Debian $suite from $mirror FAILED (mirror unreachable, or a package missing?); full log: $log"
+    die "debootstrap of Debian $suite from $mirror FAILED (mirror unreachable, trixie's release key missing: apt-get install debian-archive-keyring, or a package missing?); full log: $log"
   fi
   umount_below "$part"
   # The smoke test: Nix runs (it needs /proc) in the tree entered the way `run` does.
