@@ -4,6 +4,8 @@
 # checked for static linking and size. tests/netfs.rs leaves the GlusterFS/sshfs harness
 # up for speed: `scripts/netfs.sh down` takes it down (.ci/run does). Also lints the Dockerfile and validates the
 # Kubernetes examples (hadolint, kubernetes-validate, shellcheck: installed from PyPI).
+# Real Nix checks seeded stores in two versions: the host's Debian 12 nix-bin (2.8) and
+# Debian trixie's (2.26), debootstrapped once by scripts/modern-nix.sh setup (cached).
 #
 # Needs root (mounts, chown, chroot, switching users). Missing Debian packages are
 # installed when running as root with apt-get; otherwise the script stops and names them.
@@ -18,6 +20,8 @@ command -v file       >/dev/null || need_pkgs+=(file)
 command -v losetup    >/dev/null || need_pkgs+=(mount)
 command -v nix-store  >/dev/null || need_pkgs+=(nix-bin)     # real Nix: the oracle for store validity
 command -v unshare    >/dev/null || need_pkgs+=(util-linux)
+# Debian trixie's Nix 2.26 next to the host's 2.8, for tests/modern_nix.rs.
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap debian-archive-keyring)
 # GlusterFS and sshfs for tests/netfs.rs (scripts/netfs.sh brings them up on loopback).
 command -v glusterd   >/dev/null || need_pkgs+=(glusterfs-server)
 command -v glusterfs  >/dev/null || need_pkgs+=(glusterfs-client)
@@ -44,6 +48,13 @@ bash scripts/install-test-tools.sh
 # Scratch space for fixtures: the build directory's filesystem, not a small tmpfs /tmp.
 export NIX_SEED_TEST_DIR="${NIX_SEED_TEST_DIR:-$PWD/target/test-scratch}"
 mkdir -p "$NIX_SEED_TEST_DIR"
+
+# Nix 2.26 for tests/modern_nix.rs: a Debian trixie tree, debootstrapped once into
+# $NIX_SEED_TRIXIE (default /var/cache/nix-seed/trixie) and reused; fails loudly if the
+# mirror is unreachable. Needs root (the tests that use it need root too).
+if [ "$(id -u)" = 0 ]; then
+  bash scripts/modern-nix.sh setup
+fi
 
 # Two test threads: the machines have two cores, and the crash/lock tests time things.
 cargo test --locked -- --test-threads=2

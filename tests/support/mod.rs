@@ -10,6 +10,7 @@
 pub mod cmd;
 pub mod compare;
 pub mod fixture;
+pub mod modern;
 pub mod mounts;
 pub mod nix;
 

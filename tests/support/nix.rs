@@ -44,7 +44,11 @@ pub fn nix_config(wal: bool) -> String {
 /// way that store's database is (Nix with WAL off cannot open a WAL database, and Nix with
 /// WAL on converts a rollback one).
 pub fn in_pod(nix: &Path, script: &str) -> Output {
-    let wal = nix_seed_db_is_wal(nix);
+    in_pod_with(nix, script, &nix_config(nix_seed_db_is_wal(nix)))
+}
+
+/// [`in_pod`] with the given `NIX_CONFIG`.
+pub fn in_pod_with(nix: &Path, script: &str, config: &str) -> Output {
     Command::new("unshare")
         .arg("-m")
         .arg("sh")
@@ -53,7 +57,7 @@ pub fn in_pod(nix: &Path, script: &str) -> Output {
             "mkdir -p /nix && mount --bind '{}' /nix && {script}",
             nix.display()
         ))
-        .env("NIX_CONFIG", nix_config(wal))
+        .env("NIX_CONFIG", config)
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
