@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The main job end to end on a sample store this script creates: builds nix-seed, makes a
-# Nix-shaped store (default 1,000 store paths with every hard case), seeds it into an
-# empty target (cold: page cache dropped when root), seeds again (the no-op every later
-# pod start does), shows `status`, and times `cp -a` of the same store as a baseline.
+# The main job end to end on a sample store this script creates: builds the release
+# binary (minutes the first time; it lands in target/x86_64-unknown-linux-gnu/release/),
+# makes a Nix-shaped store (default 1,000 store paths with every hard case), seeds it into
+# an empty target (cold: as root, the page cache is dropped first; progress every 200 ms
+# so that a short seed shows some), seeds again (the no-op every later pod start does),
+# shows `status`, and times `cp -a` of the same store as a baseline.
+#
+# DIR (default ${TMPDIR:-/tmp}/nix-seed-demo) is deleted and made again at every run.
 #
 #   scripts/demo.sh [--paths N] [--dir DIR]
 set -euo pipefail
@@ -17,9 +21,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-cargo build --release --quiet --bin nix-seed --example make_store
 bin=target/x86_64-unknown-linux-gnu/release/nix-seed
 mk=target/x86_64-unknown-linux-gnu/release/examples/make_store
+echo "== building the release binary (the first build takes minutes): $bin"
+cargo build --release --quiet --bin nix-seed --example make_store
 
 if [ -d "$dir" ]; then chmod -R u+w "$dir" 2>/dev/null || true; rm -rf "$dir"; fi
 mkdir -p "$dir/image" "$dir/mnt/nix" "$dir/cp-baseline"
@@ -34,7 +39,8 @@ drop_caches() {
   fi
 }
 
-echo "== sample store"
+echo
+echo "== sample store in $dir/image/nix (replacing $dir)"
 "$mk" "$dir/image/nix" --paths "$paths"
 
 # A real target is a mounted volume; here it is a plain directory, hence the flag.
@@ -42,7 +48,9 @@ echo
 echo "== first seed into the empty target $dir/mnt/nix"
 drop_caches
 t0=$(now)
-"$bin" seed --source "$dir/image/nix" --target "$dir/mnt/nix" --allow-non-mountpoint --progress log
+# Progress lines every 200 ms instead of the default 5 s: the demo's seed takes about a second.
+NIX_SEED_PROGRESS_INTERVAL=200ms \
+  "$bin" seed --source "$dir/image/nix" --target "$dir/mnt/nix" --allow-non-mountpoint --progress log
 t_seed=$(secs "$t0" "$(now)")
 
 echo

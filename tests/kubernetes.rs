@@ -8,7 +8,10 @@
 //!   variables that `nix-seed --help` / `nix-seed <sub> --help` list, has
 //!   `terminationMessagePolicy: FallbackToLogsOnError`, the same resources as every other
 //!   one, and (when it seeds) runs as root, names its node and seeds a mounted volume;
-//! - node-oneshot.sh passes `bash -n` and shellcheck.
+//! - node-oneshot.sh passes `bash -n` and shellcheck;
+//! - the README, the pages in docs/ and the examples name only flags and `NIX_SEED_*`
+//!   variables that exist, every relative link in README.md and docs/ reaches a file (and a
+//!   heading, for an `#anchor` into a markdown page), and the README stays under 300 lines.
 //!
 //! The tools come from PyPI at pinned versions: `scripts/install-test-tools.sh`. Without
 //! them the tests print SKIPPED, except under `CI`, where they fail.
@@ -405,24 +408,237 @@ fn check_text(path: &Path) -> Vec<String> {
         }
         for t in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             // `NIX_SEED_*` (the family, in prose) is not a name.
-            if t.len() > "NIX_SEED_".len() && t.starts_with("NIX_SEED_") && !all_help.contains(t) {
-                errors.push(format!("{at}: {t} is not in any `nix-seed <sub> --help`"));
+            if t.len() > "NIX_SEED_".len()
+                && t.starts_with("NIX_SEED_")
+                && !all_help.contains(t)
+                && !NOT_FLAGS.iter().any(|(v, _)| *v == t)
+            {
+                errors.push(format!(
+                    "{at}: {t} is not in any `nix-seed <sub> --help` (nor one of the test and script \
+                     variables in NOT_FLAGS)"
+                ));
             }
         }
     }
     errors
 }
 
+/// `NIX_SEED_*` variables that are not flags, which the docs may name: each is read by the
+/// file given (checked, so that this list cannot outlive the variable).
+const NOT_FLAGS: &[(&str, &str)] = &[
+    ("NIX_SEED_FAILPOINT", "src/failpoint.rs"),
+    ("NIX_SEED_PROGRESS_INTERVAL", "src/progress.rs"),
+    ("NIX_SEED_TERMINATION_LOG", "src/report.rs"),
+    ("NIX_SEED_TEST_DIR", "tests/support/mod.rs"),
+    ("NIX_SEED_TRIXIE", "scripts/modern-nix.sh"),
+    ("NIX_SEED_TRIXIE_MIRROR", "scripts/modern-nix.sh"),
+    ("NIX_SEED_NETFS_BASE", "scripts/netfs.sh"),
+    ("NIX_SEED_NETFS_GLUSTER_HOST", "scripts/netfs.sh"),
+    ("NIX_SEED_NETFS_SSH_HOST", "scripts/netfs.sh"),
+    ("NIX_SEED_NETFS_SSH_PORT", "scripts/netfs.sh"),
+    ("NIX_SEED_WAL", "scripts/make-real-store.sh"),
+    ("NIX_SEED_FORCE", "scripts/make-real-store.sh"),
+    ("NIX_SEED_REUSE", "scripts/make-real-store.sh"),
+];
+
+/// README.md and every markdown page under docs/.
+fn markdown_pages() -> Vec<PathBuf> {
+    let mut files = vec![root().join("README.md")];
+    let mut dirs = vec![root().join("docs")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let p = e.expect("dirent").path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
 #[test]
 fn prose_and_scripts_use_the_cli_as_it_is() {
+    for (var, file) in NOT_FLAGS {
+        let body = std::fs::read_to_string(root().join(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+        assert!(body.contains(var), "NOT_FLAGS: {file} does not read {var} (any more?)");
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(examples())
         .expect("read examples/kubernetes")
         .map(|e| e.expect("dirent").path())
         .collect();
-    files.push(root().join("README.md"));
+    files.extend(markdown_pages());
     files.sort();
     let errors: Vec<String> = files.iter().flat_map(|f| check_text(f)).collect();
     assert!(errors.is_empty(), "{errors:#?}");
+}
+
+/// The lines of a markdown page outside fenced code blocks, with inline code removed.
+fn prose_lines(body: &str) -> Vec<(usize, String)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (n, line) in body.lines().enumerate() {
+        let t = line.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        // Drop `code` spans: a link written inside one is not a link.
+        let mut kept = String::new();
+        for (i, part) in line.split('`').enumerate() {
+            if i % 2 == 0 {
+                kept.push_str(part);
+            }
+        }
+        out.push((n + 1, kept));
+    }
+    out
+}
+
+/// GitHub's anchor for a heading: lowercase, punctuation dropped except `-` and `_`,
+/// spaces to `-`.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// Every anchor a markdown page has: its headings' slugs (a repeated heading gets `-1`,
+/// `-2`, ... as on GitHub) and explicit `<a id="...">`/`<a name="...">`.
+fn anchors(page: &Path) -> BTreeSet<String> {
+    let body = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("read {}: {e}", page.display()));
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut fenced = false;
+    for line in body.lines() {
+        let t = line.trim_start();
+        if t.starts_with("```") || t.starts_with("~~~") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        if t.starts_with('#') {
+            let text = t.trim_start_matches('#');
+            if text.starts_with(' ') {
+                let base = slug(text);
+                let mut s = base.clone();
+                let mut k = 0;
+                while seen.contains(&s) {
+                    k += 1;
+                    s = format!("{base}-{k}");
+                }
+                seen.insert(s);
+            }
+        }
+        for attr in ["<a id=\"", "<a name=\""] {
+            let mut rest = line;
+            while let Some(i) = rest.find(attr) {
+                rest = &rest[i + attr.len()..];
+                if let Some(j) = rest.find('"') {
+                    seen.insert(rest[..j].to_owned());
+                }
+            }
+        }
+    }
+    seen
+}
+
+/// The targets of the inline links `[text](target)` and reference definitions
+/// `[ref]: target` of a markdown page, with their line numbers.
+fn links(page: &Path) -> Vec<(usize, String)> {
+    let body = std::fs::read_to_string(page).unwrap_or_else(|e| panic!("read {}: {e}", page.display()));
+    let mut out = Vec::new();
+    for (n, line) in prose_lines(&body) {
+        let mut rest = line.as_str();
+        while let Some(i) = rest.find("](") {
+            rest = &rest[i + 2..];
+            let end = rest.find([')', ' ']).unwrap_or(rest.len());
+            out.push((n, rest[..end].to_owned()));
+        }
+        let t = line.trim_start();
+        if t.starts_with('[') && !t.starts_with("[ ]") {
+            if let Some(i) = t.find("]: ") {
+                out.push((n, t[i + 3..].split_whitespace().next().unwrap_or("").to_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn docs_links_resolve_and_readme_is_short() {
+    let mut errors = Vec::new();
+    let mut count = 0;
+    for page in markdown_pages() {
+        let shown = page.strip_prefix(root()).unwrap().display().to_string();
+        for (n, target) in links(&page) {
+            let at = format!("{shown}:{n}: link `{target}`");
+            if target.is_empty() {
+                errors.push(format!("{at}: empty"));
+                continue;
+            }
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            count += 1;
+            let (file, anchor) = match target.split_once('#') {
+                Some((f, a)) => (f, Some(a)),
+                None => (target.as_str(), None),
+            };
+            if file.starts_with('/') {
+                errors.push(format!("{at}: absolute; write it relative to {shown}"));
+                continue;
+            }
+            let dest = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            if !dest.exists() {
+                errors.push(format!("{at}: {} does not exist", dest.display()));
+                continue;
+            }
+            if let Some(a) = anchor {
+                if dest.extension().is_none_or(|x| x != "md") {
+                    errors.push(format!("{at}: an anchor into a file that is not markdown"));
+                } else if !anchors(&dest).contains(a) {
+                    errors.push(format!(
+                        "{at}: no heading or <a id> gives the anchor #{a} in {} (it has: {:?})",
+                        dest.strip_prefix(root()).unwrap_or(&dest).display(),
+                        anchors(&dest)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(count > 0, "no relative links found: the link parser is broken");
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("read README.md");
+    let lines = readme.lines().count();
+    if lines >= 300 {
+        errors.push(format!(
+            "README.md has {lines} lines: keep it under 300 (details belong in docs/)"
+        ));
+    }
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn slugs_follow_github() {
+    assert_eq!(slug(" After a crash"), "after-a-crash");
+    assert_eq!(slug(" `seed --recheck`: drift"), "seed---recheck-drift");
+    assert_eq!(slug(" GC roots (`gcroots`)"), "gc-roots-gcroots");
+    assert_eq!(slug(" Nix's locks, in order"), "nixs-locks-in-order");
+    assert_eq!(slug(" snake_case and-dash"), "snake_case-and-dash");
 }
 
 #[test]
