@@ -18,6 +18,7 @@ command -v file       >/dev/null || need_pkgs+=(file)
 command -v losetup    >/dev/null || need_pkgs+=(mount)
 command -v nix-store  >/dev/null || need_pkgs+=(nix-bin)     # real Nix: the oracle for store validity
 command -v unshare    >/dev/null || need_pkgs+=(util-linux)
+command -v strace     >/dev/null || need_pkgs+=(strace)      # tests/live_store.rs: a slowed-down garbage collection
 # GlusterFS and sshfs for tests/netfs.rs (scripts/netfs.sh brings them up on loopback).
 command -v glusterd   >/dev/null || need_pkgs+=(glusterfs-server)
 command -v glusterfs  >/dev/null || need_pkgs+=(glusterfs-client)

@@ -113,6 +113,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
 
     // Nix's locks, shared: no garbage collection may run between copy and register.
     let nix_locks = NixLocks::acquire(c.target.as_fd(), &c.target_path, log, interrupted)?;
+    crate::failpoint::hit("nix-locks");
 
     // The target's database, opened (and its schema checked) before anything is written.
     let db_dir = match open_var(&c)? {
@@ -220,6 +221,7 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         }
         Err(e) => return Err(e),
     };
+    crate::failpoint::hit("copied");
 
     if args.verify {
         match &source_db {
