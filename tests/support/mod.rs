@@ -12,6 +12,7 @@ pub mod compare;
 pub mod fixture;
 pub mod mounts;
 pub mod nix;
+pub mod storm;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
