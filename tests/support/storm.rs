@@ -185,6 +185,9 @@ pub struct StormStats {
     pub deleted: Vec<String>,
     /// Output of collections that failed (Nix's error, e.g. a database it cannot open).
     pub failures: Vec<String>,
+    /// Collections killed by [`GcStorm::stop_within`] because they did not finish in time
+    /// (e.g. blocked on a `db.sqlite.lock` a killed seeder left).
+    pub killed: usize,
 }
 
 /// A loop of slowed-down garbage collections on one target, each run as a pod runs it,
@@ -193,6 +196,7 @@ pub struct StormStats {
 /// while the test is panicking, drop kills it instead.
 pub struct GcStorm {
     stop: Arc<AtomicBool>,
+    killed: Arc<AtomicBool>,
     done: Arc<AtomicUsize>,
     current: Arc<Mutex<Option<u32>>>,
     thread: Option<JoinHandle<StormStats>>,
@@ -202,10 +206,17 @@ pub struct GcStorm {
 impl GcStorm {
     pub fn start(nix: &Path, slow: Slow, gap: Duration) -> GcStorm {
         let stop = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicUsize::new(0));
         let current = Arc::new(Mutex::new(None));
         let thread = {
-            let (stop, done, current, nix) = (stop.clone(), done.clone(), current.clone(), nix.to_path_buf());
+            let (stop, killed, done, current, nix) = (
+                stop.clone(),
+                killed.clone(),
+                done.clone(),
+                current.clone(),
+                nix.to_path_buf(),
+            );
             std::thread::spawn(move || {
                 let mut stats = StormStats::default();
                 let mut rng = Rng::new(0);
@@ -219,15 +230,17 @@ impl GcStorm {
                     let o = child.wait_with_output().unwrap();
                     *current.lock().unwrap() = None;
                     let err = String::from_utf8_lossy(&o.stderr);
+                    done.fetch_add(1, Ordering::Relaxed);
                     if o.status.success() {
                         stats.collections += 1;
-                        done.fetch_add(1, Ordering::Relaxed);
                         stats.deleted.extend(
                             err.lines()
                                 .filter_map(|l| l.strip_prefix("deleting '"))
                                 .filter_map(|l| l.strip_suffix('\''))
                                 .map(str::to_string),
                         );
+                    } else if killed.load(Ordering::Relaxed) {
+                        stats.killed += 1;
                     } else {
                         stats.failures.push(text(&o));
                     }
@@ -239,6 +252,7 @@ impl GcStorm {
         };
         GcStorm {
             stop,
+            killed,
             done,
             current,
             thread: Some(thread),
@@ -246,7 +260,7 @@ impl GcStorm {
         }
     }
 
-    /// Collections completed so far.
+    /// Collections finished so far (completed or failed).
     pub fn collections(&self) -> usize {
         self.done.load(Ordering::Relaxed)
     }
@@ -263,7 +277,7 @@ impl GcStorm {
         false
     }
 
-    /// Wait until `n` collections have completed (false after `timeout`).
+    /// Wait until `n` collections have finished (false after `timeout`).
     pub fn wait_collections(&self, n: usize, timeout: Duration) -> bool {
         let t0 = Instant::now();
         while self.collections() < n {
@@ -275,15 +289,28 @@ impl GcStorm {
         true
     }
 
-    /// Let one more whole collection run (one that starts after now), then stop; what the
-    /// storm did.
-    pub fn stop_after_one_more(self) -> StormStats {
-        let n = self.collections() + 2;
-        assert!(
-            self.wait_collections(n, Duration::from_secs(120)),
-            "the storm's collections stopped completing"
-        );
-        self.stop()
+    /// Stop: with `one_more`, after one more whole collection (one that starts after now)
+    /// has run; the collection under way is given until `timeout` to finish, then killed
+    /// with its process group (counted in [`StormStats::killed`]). What the storm did.
+    pub fn stop_within(mut self, one_more: bool, timeout: Duration) -> StormStats {
+        let t0 = Instant::now();
+        if one_more {
+            let n = self.collections() + 2;
+            self.wait_collections(n, timeout);
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let t = self.thread.take().unwrap();
+        while !t.is_finished() {
+            if t0.elapsed() > timeout {
+                self.killed.store(true, Ordering::Relaxed);
+                if let Some(pid) = *self.current.lock().unwrap() {
+                    // SAFETY: kill of the process group the collection leads.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        t.join().unwrap()
     }
 
     /// Stop after the collection under way; what the storm did.
