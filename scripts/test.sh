@@ -22,6 +22,7 @@ command -v nix-store  >/dev/null || need_pkgs+=(nix-bin)     # real Nix: the ora
 command -v unshare    >/dev/null || need_pkgs+=(util-linux)
 # Debian trixie's Nix 2.26 next to the host's 2.8, for tests/modern_nix.rs.
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap debian-archive-keyring)
+command -v strace     >/dev/null || need_pkgs+=(strace)      # tests/live_store.rs: a slowed-down garbage collection
 # GlusterFS and sshfs for tests/netfs.rs (scripts/netfs.sh brings them up on loopback).
 command -v glusterd   >/dev/null || need_pkgs+=(glusterfs-server)
 command -v glusterfs  >/dev/null || need_pkgs+=(glusterfs-client)

@@ -13,6 +13,7 @@ pub mod fixture;
 pub mod modern;
 pub mod mounts;
 pub mod nix;
+pub mod storm;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
