@@ -419,9 +419,10 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
     }))
 }
 
-/// Write a consistent copy of the image's database to `dst_name` in the target directory
-/// `dst_dir_fd` (shown as `dst_dir`; the name must not exist, the caller makes it appear
-/// atomically) in rollback-journal mode.
+/// Write a copy of the image's database without its registrations to `dst_name` in the
+/// target directory `dst_dir_fd` (shown as `dst_dir`; the name must not exist, the caller
+/// makes it appear atomically) in rollback-journal mode: the schema, Nix's own tables
+/// and settings as the image's Nix left them; the caller registers what the target holds.
 pub fn create(src_db_dir: &Path, dst_dir_fd: BorrowedFd, dst_dir: &Path, dst_name: &str) -> Result<()> {
     let src = src_db_dir.join(DB_FILE);
     let dst = dst_dir.join(dst_name);
@@ -445,6 +446,12 @@ pub fn create(src_db_dir: &Path, dst_dir_fd: BorrowedFd, dst_dir: &Path, dst_nam
         bail!("cannot switch {} to a rollback journal (still {mode})", dst.display());
     }
     check_schema(&to, &dst, Side::Target)?;
+    // The image's schema and settings, none of its registrations: they are added next,
+    // like a merge's, for the paths the target holds (an image's database may list paths
+    // its store lacks, and a path whose references are absent must not be registered).
+    to.pragma_update(None, "foreign_keys", "ON")?;
+    to.execute_batch("BEGIN; DELETE FROM Refs; DELETE FROM DerivationOutputs; DELETE FROM ValidPaths; COMMIT;")
+        .with_context(|| format!("cannot prepare {}", dst.display()))?;
     to.close().map_err(|(_, e)| e)?;
     Ok(())
 }

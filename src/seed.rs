@@ -395,9 +395,6 @@ impl<'a> Run<'a> {
                 self.c.target_path.display()
             ));
         }
-        if v.db_created {
-            self.report.registered = self.source_db.as_ref().map_or(0, |d| d.paths.len());
-        }
         self.report.var = Some(v);
         Ok(())
     }
@@ -434,9 +431,7 @@ impl<'a> Run<'a> {
                 shown.display()
             ));
         }
-        if !self.report.var.as_ref().is_some_and(|v| v.db_created) {
-            self.report.registered = r.count;
-        }
+        self.report.registered = r.count;
         self.valid = valid;
         // Every image path the image's own database registers must now be valid here.
         let by_name = src.by_name();

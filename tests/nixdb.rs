@@ -415,3 +415,98 @@ fn a_wal_only_source_database_on_a_read_only_image_is_copied_consistently() {
         wal_bytes
     );
 }
+
+/// Paths of the image's database with a referrer among them (`referenced`), or without
+/// (`tops`), that are directories or files in its store.
+fn image_paths_by_role(image: &Path) -> (Vec<String>, Vec<String>) {
+    let db = rusqlite::Connection::open_with_flags(
+        image.join("var/nix/db/db.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let q = |sql: &str| -> Vec<String> {
+        db.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let referenced = q(
+        "SELECT DISTINCT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference \
+         WHERE r.referrer <> r.reference AND v.path NOT LIKE '%.drv' ORDER BY v.path",
+    );
+    let tops = q("SELECT path FROM ValidPaths WHERE id NOT IN \
+         (SELECT reference FROM Refs WHERE referrer <> reference) AND path NOT LIKE '%.drv' ORDER BY path");
+    (referenced, tops)
+}
+
+fn remove_from_store(nix: &Path, path: &str) {
+    let p = nix.join("store").join(path.rsplit('/').next().unwrap());
+    support::make_writable(&p);
+    if p.is_dir() {
+        std::fs::remove_dir_all(&p).unwrap();
+    } else {
+        std::fs::remove_file(&p).unwrap();
+    }
+}
+
+/// A slimmed image: its database lists paths its store lacks. The target registers only
+/// what it holds, on a first seed and on a merge alike; and a present path whose
+/// reference is absent is reported and left unregistered, and the run fails.
+#[test]
+fn a_slimmed_image_registers_only_what_the_target_holds() {
+    if !nix_available("a_slimmed_image") {
+        return;
+    }
+    let tmp = support::scratch();
+    // A top removed from the image's store: nothing refers to it, the image is fine.
+    let v1 = real_store(&tmp.path().join("v1"), "v1", false);
+    let (_, tops) = image_paths_by_role(&v1.join("nix"));
+    let gone = tops.first().expect("a top").clone();
+    remove_from_store(&v1.join("nix"), &gone);
+    for (what, target) in [
+        ("first seed", tmp.path().join("t1/nix")),
+        ("merge", tmp.path().join("t2/nix")),
+    ] {
+        std::fs::create_dir_all(&target).unwrap();
+        if what == "merge" {
+            // A target that already has a database (another image's).
+            let other = real_store(&tmp.path().join("other"), "v2", false);
+            assert_ok(&seed(&other, &target, &[]));
+        }
+        let out = seed(&v1, &target, &[]);
+        assert_ok(&out);
+        assert!(
+            !valid_paths(&target).contains(&gone),
+            "{what}: {gone} is registered but the target does not hold it\n{}",
+            text(&out)
+        );
+        assert_ok(&support::cmd::status(&v1.join("nix"), &target));
+        let o = in_pod(&target, "nix-store --verify --check-contents");
+        let all = format!("{}{}", stdout(&o), stderr(&o));
+        assert!(o.status.success() && !all.contains("disappeared"), "{what}: {all}");
+    }
+
+    // A referenced path removed: its referrers are present but cannot be valid.
+    let v1b = real_store(&tmp.path().join("v1b"), "v1", false);
+    let (referenced, _) = image_paths_by_role(&v1b.join("nix"));
+    let dep = referenced.first().expect("a referenced path").clone();
+    remove_from_store(&v1b.join("nix"), &dep);
+    let target = tmp.path().join("t3/nix");
+    std::fs::create_dir_all(&target).unwrap();
+    let out = seed(&v1b, &target, &[]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains(&dep), "the missing reference is named:\n{err}");
+    let valid = valid_paths(&target);
+    assert!(!valid.contains(&dep));
+    let o = in_pod(&target, "nix-store --verify");
+    assert!(o.status.success(), "the target's database is consistent: {}", text(&o));
+    assert_code(&support::cmd::status(&v1b.join("nix"), &target), 1);
+    // Every path that is registered has its whole closure registered.
+    for p in &valid {
+        let o = in_pod(&target, &format!("nix-store -qR {p}"));
+        assert!(o.status.success(), "{p}: {}", text(&o));
+    }
+}
