@@ -252,3 +252,29 @@ pub fn remove_tree_at<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io
 pub fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
     name.to_string_lossy()
 }
+
+/// Why a file nix-seed must open in the target (a lock file) cannot be opened, and what
+/// to do, in words: permissions are not "not a regular file".
+pub fn open_problem(e: Errno, path: &Path) -> String {
+    match e {
+        Errno::EACCES | Errno::EPERM => format!(
+            "cannot open {}: permission denied for uid {}: run nix-seed as the owner of the disk's files \
+             (or root), or make {} writable for this uid",
+            path.display(),
+            nix::unistd::geteuid(),
+            path.display()
+        ),
+        Errno::ELOOP => format!(
+            "{} is a symlink: nix-seed never follows symlinks in the target; remove it",
+            path.display()
+        ),
+        Errno::EISDIR | Errno::ENXIO | Errno::ETXTBSY | Errno::EWOULDBLOCK => {
+            format!("{} is not a regular file: remove it", path.display())
+        }
+        Errno::EROFS => format!(
+            "{} is on a read-only filesystem: mount the volume read-write",
+            path.display()
+        ),
+        e => format!("cannot open {}: {}", path.display(), io::Error::from(e)),
+    }
+}

@@ -325,10 +325,11 @@ pub fn state_dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
         Err(e) => return Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display())),
     }
     open_dir(target, STATE_DIR).map_err(|e| {
-        anyhow::anyhow!(
+        crate::preflight::Invalid(format!(
             "cannot open {}/{STATE_DIR} ({e}): it must be a directory, not a symlink or file; remove it",
             target_path.display()
-        )
+        ))
+        .into()
     })
 }
 
@@ -338,15 +339,15 @@ fn open_lock_file(dir: BorrowedFd, name: &str, path: &Path, excl: bool) -> Resul
     if excl {
         flags |= OFlag::O_EXCL;
     }
-    let fd = openat(dir, name, flags, Mode::from_bits_truncate(0o644)).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open lock file {} ({e}): remove it if it is not a regular file",
-            path.display()
-        )
-    })?;
+    let fd = openat(dir, name, flags, Mode::from_bits_truncate(0o644))
+        .map_err(|e| crate::preflight::Invalid(crate::dirfd::open_problem(e, path)))?;
     let st = fstat(fd.as_fd())?;
     if file_type(&st) != SFlag::S_IFREG {
-        bail!("lock file {} is not a regular file: remove it", path.display());
+        return Err(crate::preflight::Invalid(format!(
+            "lock file {} is not a regular file: remove it",
+            path.display()
+        ))
+        .into());
     }
     Ok(File::from(fd))
 }

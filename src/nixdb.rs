@@ -611,8 +611,20 @@ pub fn open_target(db_dir_fd: BorrowedFd, db_dir: &Path, read_only: bool) -> Res
     conn.busy_handler(Some(busy))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     if !wal && !read_only {
-        conn.pragma_update(None, "journal_mode", "TRUNCATE")
-            .with_context(|| format!("cannot open the target's database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "TRUNCATE").map_err(|e| {
+            let corrupt = matches!(&e, rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt));
+            let e = anyhow::Error::from(e).context(format!("cannot open the target's database {}", path.display()));
+            if corrupt {
+                e.context(format!(
+                    "{} is corrupt or not an SQLite database: restore it from a backup, or move it away and \
+                     seed every image again",
+                    path.display()
+                ))
+            } else {
+                e
+            }
+        })?;
     }
     let extra = check_schema(&conn, &path, Side::Target)?;
     Ok(TargetDb {

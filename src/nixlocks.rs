@@ -46,7 +46,7 @@ fn shared_lock(
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::from_bits_truncate(0o600),
     )
-    .with_context(|| format!("cannot open {} (must be a regular file)", shown.display()))?;
+    .map_err(|e| crate::preflight::Invalid(crate::dirfd::open_problem(e, shown)))?;
     let f = File::from(fd);
     let t0 = Instant::now();
     let mut said = None::<Instant>;

@@ -170,7 +170,7 @@ impl<'a> Run<'a> {
         }
         // The target's database, if any, must be one nix-seed can register in: refused
         // here, before anything is written.
-        with_target_db(&c, args, log, |_| Ok(()))?;
+        with_target_db(&c, args, log, |_| Ok(())).map_err(refusal)?;
         state::unmark(&c, &plan.image_id)?;
         let counters = Arc::new(Counters::default());
         let engine = Engine::new(counters.clone(), vec![interrupted.clone(), held.lost.clone()]);
@@ -497,6 +497,19 @@ impl<'a> Run<'a> {
         self.report.ownership_preserved = self.engine.ownership.preserved();
         Ok(self.report)
     }
+}
+
+/// A target database nix-seed cannot register in (another schema, not a Nix database,
+/// unreadable) is refused before anything is written: exit 2. A busy one stays a lock wait.
+fn refusal(e: anyhow::Error) -> anyhow::Error {
+    let busy = e.chain().any(|c| {
+        matches!(c.downcast_ref::<rusqlite::Error>(),
+                 Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy)
+    });
+    if busy || e.downcast_ref::<preflight::Invalid>().is_some() {
+        return e;
+    }
+    preflight::Invalid(format!("{e:#}; nothing was written")).into()
 }
 
 /// The store path names in the target's store, as they are now.

@@ -549,3 +549,24 @@ fn usage_errors_follow_the_log_format_and_name_the_variable() {
     assert_code(&o, 2);
     assert!(stderr(&o).contains("--verbose"), "{}", text(&o));
 }
+
+/// A target database that is not one (garbage, or empty) is named, with what to do, and
+/// refused before anything is written: exit 2.
+#[test]
+fn a_corrupt_or_empty_target_database_is_named_and_refused() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    support::cmd::assert_ok(&support::cmd::seed_cmd(&fx.root, &dst, &[]).output().unwrap());
+    let db = dst.join("var/nix/db/db.sqlite");
+    for (what, body, says) in [
+        ("garbage", vec![0x5au8; 8192], "corrupt or not an SQLite database"),
+        ("empty", vec![], "not a Nix database"),
+    ] {
+        std::fs::write(&db, &body).unwrap();
+        let o = support::cmd::seed_cmd(&fx.root, &dst, &["--recheck"]).output().unwrap();
+        refused(&o, 2, &[&db.display().to_string(), says, "nothing was written"]);
+        assert_eq!(std::fs::read(&db).unwrap(), body, "{what}: left as it was");
+    }
+}

@@ -176,3 +176,48 @@ fn a_user_replacing_a_root_owned_copy_warns_and_registers() {
         .unwrap();
     assert_eq!(n, 1, "registered again");
 }
+
+/// Lock files a non-root seeder may not open say so (permission, uid, what to do), not
+/// "remove it if it is not a regular file"; exit 2, nothing written.
+#[test]
+fn lock_files_a_user_may_not_open_are_named_as_a_permission_problem() {
+    if !support::require_root("lock_files_a_user_may_not_open (needs root to switch user)") {
+        return;
+    }
+    let tmp = support::scratch();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 5,
+            owners: false,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed_cmd(&fx.root, &dst, &[]).output().unwrap());
+    chown_tree(&dst, NOBODY);
+    for (file, what) in [
+        (".nix-seed/lock", "the seed lock"),
+        ("var/nix/gc.lock", "Nix's gc.lock"),
+    ] {
+        let f = dst.join(file);
+        std::os::unix::fs::lchown(&f, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_dir_all(dst.join(".nix-seed/images")).unwrap_or(());
+        let out = seed_cmd(&fx.root, &dst, &["--recheck"])
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", support::cmd::text(&out));
+        assert!(
+            err.contains("permission denied for uid 65534") && err.contains(&f.display().to_string()),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("regular file"), "{what}: {err}");
+        std::os::unix::fs::lchown(&f, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+}

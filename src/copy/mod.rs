@@ -301,14 +301,14 @@ impl Engine {
             bytes: 0,
         };
         let copied = walk.copy_entry(t.src, t.name, t.st, t.dst, &tmp);
-        let (files, bytes, src_path) = (walk.files, walk.bytes, walk.src_path);
+        let (files, bytes, dst_path) = (walk.files, walk.bytes, walk.dst_path);
         match copied {
             Ok(()) => Ok(Built {
                 top,
                 tmp,
                 files,
                 bytes,
-                src_path,
+                dst_path,
             }),
             Err(e) => {
                 // ENOENT inside our own temporary copy, and the copy is gone: another
@@ -331,7 +331,7 @@ impl Engine {
             Ok(p) => Ok((p, b.files, b.bytes)),
             Err(e) => {
                 let _ = crate::dirfd::remove_tree_at(dst, &b.tmp);
-                Err(e).with_context(|| format!("cannot move the finished copy of {} into place", b.src_path.display()))
+                Err(e).with_context(|| format!("cannot move the finished copy into place at {}", b.dst_path.display()))
             }
         }
     }
@@ -358,7 +358,8 @@ pub struct Built {
     pub tmp: OsString,
     files: u64,
     bytes: u64,
-    src_path: PathBuf,
+    /// The final path in the target, for messages.
+    dst_path: PathBuf,
 }
 
 /// Whether any error in `e`'s chain is one of `errnos` (as an `io::Error` or a nix `Errno`).
