@@ -325,11 +325,10 @@ pub fn state_dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
         Err(e) => return Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display())),
     }
     open_dir(target, STATE_DIR).map_err(|e| {
-        crate::preflight::Invalid(format!(
+        anyhow::anyhow!(
             "cannot open {}/{STATE_DIR} ({e}): it must be a directory, not a symlink or file; remove it",
             target_path.display()
-        ))
-        .into()
+        )
     })
 }
 
@@ -374,7 +373,9 @@ pub fn acquire(
     log: &Arc<Log>,
     interrupted: &AtomicBool,
 ) -> Result<Held> {
-    let dir = Arc::new(state_dir(target, target_path)?);
+    // Before the lock nothing was written: a state directory that cannot be used is a
+    // refusal (exit 2). Later (a symlink swapped in mid-run) it is a failure.
+    let dir = Arc::new(state_dir(target, target_path).map_err(|e| crate::preflight::Invalid(format!("{e:#}")))?);
     let lock_path = target_path.join(STATE_DIR).join(LOCK_NAME);
     let me = Arc::new(Me::new(cfg.heartbeat()));
     let t0 = Instant::now();
