@@ -419,11 +419,19 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
     }))
 }
 
-/// Write a copy of the image's database without its registrations to `dst_name` in the
-/// target directory `dst_dir_fd` (shown as `dst_dir`; the name must not exist, the caller
-/// makes it appear atomically) in rollback-journal mode: the schema, Nix's own tables
-/// and settings as the image's Nix left them; the caller registers what the target holds.
-pub fn create(src_db_dir: &Path, dst_dir_fd: BorrowedFd, dst_dir: &Path, dst_name: &str) -> Result<()> {
+/// Write a copy of the image's database to `dst_name` in the target directory
+/// `dst_dir_fd` (shown as `dst_dir`; the name must not exist, the caller makes it appear
+/// atomically) in rollback-journal mode, keeping the registrations of the paths the target
+/// holds (`holds`, by name) whose references are all kept too: an image's database may
+/// list paths its store lacks, and a path whose closure is incomplete must not be valid.
+/// Everything else the image's Nix recorded (schema, realisations of what is kept) stays.
+pub fn create(
+    src_db_dir: &Path,
+    dst_dir_fd: BorrowedFd,
+    dst_dir: &Path,
+    dst_name: &str,
+    holds: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let src = src_db_dir.join(DB_FILE);
     let dst = dst_dir.join(dst_name);
     let from = open_source(&src)?;
@@ -446,13 +454,43 @@ pub fn create(src_db_dir: &Path, dst_dir_fd: BorrowedFd, dst_dir: &Path, dst_nam
         bail!("cannot switch {} to a rollback journal (still {mode})", dst.display());
     }
     check_schema(&to, &dst, Side::Target)?;
-    // The image's schema and settings, none of its registrations: they are added next,
-    // like a merge's, for the paths the target holds (an image's database may list paths
-    // its store lacks, and a path whose references are absent must not be registered).
-    to.pragma_update(None, "foreign_keys", "ON")?;
-    to.execute_batch("BEGIN; DELETE FROM Refs; DELETE FROM DerivationOutputs; DELETE FROM ValidPaths; COMMIT;")
-        .with_context(|| format!("cannot prepare {}", dst.display()))?;
+    drop_unheld(&mut to, holds).with_context(|| format!("cannot prepare {}", dst.display()))?;
     to.close().map_err(|(_, e)| e)?;
+    Ok(())
+}
+
+/// Delete from a database nix-seed just created the registrations of paths the target does
+/// not hold, and of every path referring to one of those (transitively); the rest of the
+/// image's records of them (derivation outputs, realisations) go by Nix's own cascades.
+fn drop_unheld(db: &mut Connection, holds: &dyn Fn(&str) -> bool) -> Result<()> {
+    db.pragma_update(None, "foreign_keys", "ON")?;
+    let tx = db.transaction()?;
+    tx.execute_batch("CREATE TEMP TABLE nix_seed_drop (id INTEGER PRIMARY KEY)")?;
+    {
+        let mut all = tx.prepare("SELECT id, path FROM ValidPaths")?;
+        let rows: Vec<(i64, String)> = all
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut add = tx.prepare("INSERT INTO nix_seed_drop (id) VALUES (?1)")?;
+        for (id, path) in rows {
+            if !holds(path.rsplit('/').next().unwrap_or(&path)) {
+                add.execute([id])?;
+            }
+        }
+    }
+    // Referrers of what goes, until nothing more is added.
+    while tx.execute(
+        "INSERT OR IGNORE INTO nix_seed_drop (id) SELECT referrer FROM Refs \
+         WHERE reference IN (SELECT id FROM nix_seed_drop)",
+        [],
+    )? > 0
+    {}
+    tx.execute_batch(
+        "DELETE FROM Refs WHERE referrer IN (SELECT id FROM nix_seed_drop); \
+         DELETE FROM ValidPaths WHERE id IN (SELECT id FROM nix_seed_drop); \
+         DROP TABLE nix_seed_drop;",
+    )?;
+    tx.commit()?;
     Ok(())
 }
 

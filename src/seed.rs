@@ -388,7 +388,11 @@ impl<'a> Run<'a> {
         if !self.engine.symlink_metadata() {
             let _ = var_engine.probe_symlink_metadata(self.store());
         }
-        let v = var::seed(&self.c, &var_engine, self.log, self.source_db.is_some())?;
+        // A database created here holds what the store holds now.
+        let present = list_store(&self.c, self.store())?;
+        let holds = |name: &str| present.contains(OsStr::new(name));
+        let with_db = self.source_db.as_ref().map(|_| &holds as &dyn Fn(&str) -> bool);
+        let v = var::seed(&self.c, &var_engine, self.log, with_db)?;
         if var_engine.ownership.take_denied_notice() && self.engine.ownership.preserved() {
             self.log.warn(&format!(
                 "cannot set file ownership in {}/var (chown refused)",
@@ -431,7 +435,9 @@ impl<'a> Run<'a> {
                 shown.display()
             ));
         }
-        self.report.registered = r.count;
+        // A database created by this run: every row in it was registered by this run.
+        let created = self.report.var.as_ref().is_some_and(|v| v.db_created);
+        self.report.registered = if created { valid.len() } else { r.count };
         self.valid = valid;
         // Every image path the image's own database registers must now be valid here.
         let by_name = src.by_name();

@@ -73,9 +73,10 @@ pub struct Outcome {
     pub conflicts: u64,
 }
 
-/// Seed var/. With `with_db`, the image's database is copied (backup API) into a target
-/// that has none, before anything makes it visible.
-pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outcome> {
+/// Seed var/. With `with_db` (which store path names the target holds), the image's
+/// database is copied (backup API) into a target that has none, with the registrations of
+/// the paths the target holds, before anything makes it visible.
+pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) -> bool>) -> Result<Outcome> {
     let src_var = c.source_path.join("var");
     let Some(st) = lstat_at(c.source.as_fd(), "var")? else {
         return Ok(Outcome::default());
@@ -102,12 +103,12 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outco
             dst_path: c.target_path.join("var"),
         };
         let built = eng.build_top(top, &mut buf)?;
-        if with_db {
+        if let Some(holds) = with_db {
             // Inside the temporary var/, so var/ never appears without its database.
             let tmp_var = c.target_path.join(&built.tmp);
             let r = open_dir(c.target.as_fd(), &built.tmp)
                 .map_err(anyhow::Error::from)
-                .and_then(|v| add_db(c, v.as_fd(), &tmp_var));
+                .and_then(|v| add_db(c, v.as_fd(), &tmp_var, holds));
             if let Err(e) = r {
                 let _ = remove_tree_at(c.target.as_fd(), &built.tmp);
                 return Err(e);
@@ -116,7 +117,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outco
         let (p, _, _) = eng.publish_top(c.target.as_fd(), built, OsStr::new("var"))?;
         if p == Published::Yes {
             out.created = true;
-            out.db_created = with_db;
+            out.db_created = with_db.is_some();
             return Ok(out);
         }
     }
@@ -137,11 +138,11 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outco
     };
     m.dir(src.as_fd(), dst.as_fd(), PathBuf::new())?;
     let mut out = m.out;
-    if with_db {
+    if let Some(holds) = with_db {
         let has_db = nixdb::open_db_dir(dst.as_fd(), &c.target_path.join("var"))?
             .is_some_and(|d| nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
         if !has_db {
-            out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"))?;
+            out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"), holds)?;
         }
     }
     Ok(out)
@@ -151,7 +152,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outco
 /// of the image's, under a temporary name first, then linked into place (never over an
 /// existing database). Owner and mode follow the image's file. Returns false if a
 /// database appeared meanwhile.
-fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path) -> Result<bool> {
+fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path, holds: &dyn Fn(&str) -> bool) -> Result<bool> {
     let src_db_dir = c.source_path.join("var").join(nixdb::DB_DIR);
     let mk = |dir: BorrowedFd, name: &str| -> Result<std::os::fd::OwnedFd> {
         match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
@@ -166,7 +167,7 @@ fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path) -> Result<bool> {
     let tmp = crate::dirfd::temp_name(std::ffi::OsStr::new("db.sqlite"))
         .into_string()
         .expect("an ASCII name");
-    let r = nixdb::create(&src_db_dir, db_dir.as_fd(), &db_path, &tmp)
+    let r = nixdb::create(&src_db_dir, db_dir.as_fd(), &db_path, &tmp, holds)
         .and_then(|()| {
             // On the open file: fchmodat(AT_SYMLINK_NOFOLLOW) needs /proc, which a bare
             // container may not have.

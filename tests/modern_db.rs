@@ -297,7 +297,8 @@ fn a_database_that_is_not_nix_s_says_what_is_wrong() {
             assert_ok(&out);
             continue;
         }
-        assert_code(&out, 1);
+        // Refused before anything is written: exit 2.
+        assert_code(&out, 2);
         let err = stderr(&out);
         assert!(err.contains(want), "{name}: {err}");
         assert!(

@@ -111,11 +111,11 @@ fn default_fixture_has_all_hard_cases_and_is_fast() {
     let fx = fixture::build(&root, &Spec::default());
     let took = t.elapsed();
     eprintln!("default fixture built in {took:?}");
-    // Typically 0.2-0.6 s (debug build); generous bound to stay robust on a loaded machine.
+    // Typically 0.2-0.6 s (debug build). Not asserted: a timed test fails on a loaded
+    // machine and proves nothing; speed lives in the benchmark.
     if took.as_secs_f64() > 2.0 {
         eprintln!("WARNING: default fixture took {took:?} (> 2 s)");
     }
-    assert!(took.as_secs_f64() < 10.0, "default fixture took {took:?}");
     assert_eq!(fx.names.len(), 300);
     let names: HashSet<_> = fx.names.iter().collect();
     assert_eq!(names.len(), 300, "names distinct");
