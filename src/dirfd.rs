@@ -248,6 +248,31 @@ pub fn remove_tree_at<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io
     }
 }
 
+/// Filesystems on which SQLite's WAL mode cannot work between hosts (statfs f_type).
+pub fn is_network_fs(fd: BorrowedFd) -> bool {
+    const NETWORK: &[i64] = &[
+        0x6969,     // NFS
+        0x65735546, // FUSE (GlusterFS, CephFS-fuse, JuiceFS, sshfs, MooseFS...)
+        0x00c36400, // CephFS
+        0xff534d42, // CIFS
+        0xfe534d42, // SMB2
+        0x01021997, // 9P
+        0x5346414f, // AFS
+        0x01161970, // GFS2
+        0x7461636f, // OCFS2
+        0x0bd00bd0, // Lustre
+    ];
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
+}
+
+/// Whether `name` has a regular file in `dir`.
+pub fn has_file(dir: BorrowedFd, name: &OsStr) -> bool {
+    lstat_at(dir, name)
+        .ok()
+        .flatten()
+        .is_some_and(|st| file_type(&st) == SFlag::S_IFREG)
+}
+
 /// Display a name that may not be UTF-8.
 pub fn show(name: &OsStr) -> std::borrow::Cow<'_, str> {
     name.to_string_lossy()

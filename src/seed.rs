@@ -416,7 +416,7 @@ impl<'a> Run<'a> {
             let r = nixdb::register_in_target(dir, &shown, src, &names, &lost)?;
             let valid = match open_existing_db(c, dir)? {
                 Some(db) => {
-                    if db.wal && nixdb::is_network_fs(dir) {
+                    if db.wal && crate::dirfd::is_network_fs(dir) {
                         self.log.warn(&crate::status::wal_on_network_fs(&db.path));
                     }
                     db.registered()?
@@ -578,7 +578,7 @@ fn with_target_db<T>(
 /// The target's database in `db_dir` (its `var/nix/db`), opened the way its Nix clients
 /// open it, if it has one.
 fn open_existing_db(c: &Checked, db_dir: std::os::fd::BorrowedFd) -> Result<Option<nixdb::TargetDb>> {
-    if !nixdb::has_file(db_dir, OsStr::new(nixdb::DB_FILE)) {
+    if !crate::dirfd::has_file(db_dir, OsStr::new(nixdb::DB_FILE)) {
         return Ok(None);
     }
     let shown = c.target_path.join("var").join(nixdb::DB_DIR);

@@ -27,10 +27,10 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
     if let Ok(var) = open_dir(c.target.as_fd(), "var") {
         let var_path = c.target_path.join("var");
         if let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? {
-            if nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
+            if crate::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
                 let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
                 journal_mode = Some(if db.wal { "wal" } else { "rollback" });
-                if db.wal && nixdb::is_network_fs(d.as_fd()) {
+                if db.wal && crate::dirfd::is_network_fs(d.as_fd()) {
                     log.warn(&wal_on_network_fs(&db.path));
                 }
                 let registered = db.registered()?;

@@ -139,7 +139,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: bool) -> Result<Outco
     let mut out = m.out;
     if with_db {
         let has_db = nixdb::open_db_dir(dst.as_fd(), &c.target_path.join("var"))?
-            .is_some_and(|d| nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
+            .is_some_and(|d| crate::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
         if !has_db {
             out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"))?;
         }

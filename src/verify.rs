@@ -108,7 +108,7 @@ pub fn verify_target(target: &Path, only: &[String], jobs: usize) -> Result<(usi
         open_dir(root.as_fd(), "var").map_err(|e| unusable(target, format_args!("has no var/ directory ({e})")))?;
     let var_path = target.join("var");
     let db_dir = nixdb::open_db_dir(var.as_fd(), &var_path)?
-        .filter(|d| nixdb::has_file(d.as_fd(), std::ffi::OsStr::new(nixdb::DB_FILE)))
+        .filter(|d| crate::dirfd::has_file(d.as_fd(), std::ffi::OsStr::new(nixdb::DB_FILE)))
         .ok_or_else(|| unusable(target, format_args!("has no Nix database (var/nix/db/db.sqlite)")))?;
     let db = nixdb::open_target(db_dir.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
     let all = db.all()?;
