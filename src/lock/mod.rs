@@ -21,31 +21,38 @@
 //! The lease is written by other nodes, so it is untrusted input: at most 4 KiB is read,
 //! values are reduced to printable ASCII of bounded length, and anything unparsable is
 //! shown as an unknown holder.
+//!
+//! Here: waiting for and taking the lock ([`acquire`], [`Held`]). The lease's format is in
+//! [`lease`], the lock file's kernel lock and the takeover in `file`, the holder's
+//! heartbeat in `heartbeat`.
 
-use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, OFlag};
-use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use nix::sys::stat::{fstat, mkdirat, Mode};
 use serde_json::json;
 
-use crate::dirfd::{file_type, lstat_at, open_dir};
+use crate::dirfd::open_dir;
 use crate::plan::STATE_DIR;
 use crate::progress::{Level, Log};
 
+mod file;
+mod heartbeat;
+pub mod lease;
+
+use file::{is_current, open_lock_file, take_over, try_flock};
+use heartbeat::Intruders;
+pub use lease::Lease;
+use lease::{read_lease, Me};
+
 pub const LOCK_NAME: &str = "lock";
-const TAKEOVER_NAME: &str = "takeover";
-const LEASE_MAGIC: &str = "nix-seed lease v1";
-const MAX_LEASE: usize = 4096;
 const POLL: Duration = Duration::from_millis(100);
 const SAY_EVERY: Duration = Duration::from_secs(5);
 
@@ -60,8 +67,6 @@ pub const MIN_STALE: Duration = Duration::from_secs(3);
 /// A lease's heartbeat period is honoured up to this (it is untrusted input: a huge one
 /// must not make a lost node's lock unbreakable).
 const HEARTBEAT_HONOURED_MAX: Duration = Duration::from_secs(60);
-/// The lease field with the holder's heartbeat period in milliseconds.
-const HEARTBEAT_FIELD: &str = "heartbeat_every_ms";
 
 /// Gave up waiting for the lock: exit code 3.
 #[derive(Debug)]
@@ -110,37 +115,6 @@ pub struct Held {
     dir: Arc<OwnedFd>,
 }
 
-/// Notices another seeder's lease in the lock file while this one holds the lock: then
-/// the filesystem's clients do not share `flock` (sshfs), and both "hold" it. Checked at
-/// every heartbeat and at release (a short seed may not live to its first heartbeat).
-struct Intruders {
-    mine: Mutex<String>,
-    warned: AtomicBool,
-    log: Arc<Log>,
-    path: PathBuf,
-}
-
-impl Intruders {
-    fn check(&self, file: &File) {
-        if self.warned.load(Ordering::Relaxed) {
-            return;
-        }
-        let now = read_lease(file);
-        if now.is_empty() || now == self.mine.lock().unwrap().as_bytes() {
-            return;
-        }
-        self.warned.store(true, Ordering::Relaxed);
-        self.log.warn(&format!(
-            "the lock {} is not exclusive on this filesystem: {} wrote its lease while this \
-             seeder held it (the filesystem's clients do not share flock, as with sshfs); \
-             concurrent seeders may fail but never publish a partial copy; run one seeder at a \
-             time here",
-            self.path.display(),
-            Lease::describe(&now)
-        ));
-    }
-}
-
 impl Held {
     /// Whether the lock file is still the one this seeder locked (a takeover replaces it).
     pub fn still_ours(&self) -> bool {
@@ -182,142 +156,6 @@ impl Drop for Held {
     }
 }
 
-/// Who holds the lock, as far as the (untrusted) lease says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Lease {
-    pub host: Option<String>,
-    pub pod: Option<String>,
-    pub node: Option<String>,
-    pub pid: Option<String>,
-    pub started: Option<String>,
-    pub heartbeat: Option<String>,
-    /// The holder's heartbeat period, if its lease says (versions before it did not).
-    pub heartbeat_every: Option<Duration>,
-}
-
-impl Lease {
-    pub fn parse(raw: &[u8]) -> Option<Lease> {
-        let raw = &raw[..raw.len().min(MAX_LEASE)];
-        let text = String::from_utf8_lossy(raw);
-        let mut lines = text.lines();
-        if lines.next()?.trim() != LEASE_MAGIC {
-            return None;
-        }
-        let mut l = Lease::default();
-        for line in lines {
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let v = Some(sanitize(v));
-            match k.trim() {
-                "host" => l.host = v,
-                "pod" => l.pod = v,
-                "node" => l.node = v,
-                "pid" => l.pid = v,
-                "started" => l.started = v,
-                "heartbeat" => l.heartbeat = v,
-                HEARTBEAT_FIELD => l.heartbeat_every = v.and_then(|v| v.parse().ok()).map(Duration::from_millis),
-                _ => {}
-            }
-        }
-        Some(l)
-    }
-
-    pub fn describe(raw: &[u8]) -> String {
-        if raw.iter().all(|b| b.is_ascii_whitespace()) {
-            return "an unknown holder (no lease written yet)".into();
-        }
-        let Some(l) = Lease::parse(raw) else {
-            return "an unknown holder (the lock file does not hold a nix-seed lease)".into();
-        };
-        let q = |o: &Option<String>| o.clone().unwrap_or_else(|| "?".into());
-        let mut s = format!("pod {} (host {}, pid {}", q(&l.pod), q(&l.host), q(&l.pid));
-        if let Some(n) = &l.node {
-            s.push_str(&format!(", node {n}"));
-        }
-        if let Some(t) = l.started.as_deref().and_then(|t| t.parse::<u64>().ok()) {
-            let when = UNIX_EPOCH + Duration::from_secs(t);
-            s.push_str(&format!(", since {}", humantime::format_rfc3339_seconds(when)));
-        }
-        s.push(')');
-        s
-    }
-
-    fn fields(raw: &[u8]) -> serde_json::Value {
-        match Lease::parse(raw) {
-            Some(l) => json!({"holder_pod": l.pod, "holder_host": l.host, "holder_pid": l.pid,
-                              "holder_node": l.node, "holder_started": l.started}),
-            None => json!({"holder": null}),
-        }
-    }
-}
-
-/// Printable ASCII only, at most 100 characters: a lease may contain anything.
-fn sanitize(v: &str) -> String {
-    v.trim()
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(100)
-        .collect()
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-struct Me {
-    host: String,
-    pod: String,
-    node: Option<String>,
-    pid: u32,
-    started: u64,
-    every: Duration,
-}
-
-impl Me {
-    fn new(every: Duration) -> Me {
-        let host = nix::unistd::gethostname().map_or_else(|_| "?".into(), |h| h.to_string_lossy().into_owned());
-        Me {
-            pod: std::env::var("HOSTNAME").unwrap_or_else(|_| host.clone()),
-            host,
-            node: std::env::var("NODE_NAME").ok().filter(|s| !s.is_empty()),
-            pid: std::process::id(),
-            started: now_unix(),
-            every,
-        }
-    }
-
-    fn lease(&self, beat: u64) -> String {
-        let mut s = format!(
-            "{LEASE_MAGIC}\nhost={}\npod={}\npid={}\nstarted={}\nheartbeat={} {}\n{HEARTBEAT_FIELD}={}\nversion={}\n",
-            sanitize(&self.host),
-            sanitize(&self.pod),
-            self.pid,
-            self.started,
-            beat,
-            now_unix(),
-            self.every.as_millis(),
-            env!("CARGO_PKG_VERSION")
-        );
-        if let Some(n) = &self.node {
-            s.push_str(&format!("node={}\n", sanitize(n)));
-        }
-        s
-    }
-}
-
-fn write_lease(f: &File, text: &str) -> std::io::Result<()> {
-    f.write_all_at(text.as_bytes(), 0)?;
-    f.set_len(text.len() as u64)
-}
-
-fn read_lease(f: &File) -> Vec<u8> {
-    let mut buf = vec![0u8; MAX_LEASE];
-    let n = f.read_at(&mut buf, 0).unwrap_or(0);
-    buf.truncate(n);
-    buf
-}
-
 /// `TARGET/.nix-seed`, created if needed, never followed if it is a symlink.
 pub fn state_dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
     match mkdirat(target, STATE_DIR, Mode::from_bits_truncate(0o755)) {
@@ -331,39 +169,6 @@ pub fn state_dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
         ))
         .into()
     })
-}
-
-fn open_lock_file(dir: BorrowedFd, name: &str, path: &Path, excl: bool) -> Result<File> {
-    // O_NONBLOCK: a FIFO planted at the name must not hang the open.
-    let mut flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    if excl {
-        flags |= OFlag::O_EXCL;
-    }
-    let fd = openat(dir, name, flags, Mode::from_bits_truncate(0o644))
-        .map_err(|e| crate::preflight::Invalid(crate::dirfd::open_problem(e, path)))?;
-    let st = fstat(fd.as_fd())?;
-    if file_type(&st) != SFlag::S_IFREG {
-        return Err(crate::preflight::Invalid(format!(
-            "lock file {} is not a regular file: remove it",
-            path.display()
-        ))
-        .into());
-    }
-    Ok(File::from(fd))
-}
-
-fn try_flock(f: &File) -> Result<bool, Errno> {
-    match Errno::result(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
-        Ok(_) => Ok(true),
-        Err(Errno::EWOULDBLOCK) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether the name `lock` still refers to the file we hold.
-fn is_current(dir: BorrowedFd, f: &File) -> std::io::Result<bool> {
-    let mine = fstat(f.as_fd())?;
-    Ok(lstat_at(dir, LOCK_NAME)?.is_some_and(|st| st.st_dev == mine.st_dev && st.st_ino == mine.st_ino))
 }
 
 /// Wait for and take the lock. `interrupted` is checked while waiting.
@@ -485,142 +290,10 @@ pub fn db_busy_as_timeout(e: anyhow::Error, db_dir: &Path, timeout: Duration) ->
     .into()
 }
 
-/// Replace a stale lock file by a fresh one we hold, if it is still the stale one.
-fn take_over(dir: BorrowedFd, lock_path: &Path, stale_ino: u64, stale_raw: &[u8], me: &Me) -> Result<Option<File>> {
-    let tpath = lock_path.with_file_name(TAKEOVER_NAME);
-    let guard = open_lock_file(dir, TAKEOVER_NAME, &tpath, false)?;
-    if !try_flock(&guard).unwrap_or(false) {
-        return Ok(None); // someone else is taking over right now
-    }
-    // Re-check under the takeover lock: is it still the same stale lease?
-    let cur = open_lock_file(dir, LOCK_NAME, lock_path, false)?;
-    if try_flock(&cur).unwrap_or(false) && is_current(dir, &cur)? {
-        return Ok(Some(cur)); // released meanwhile
-    }
-    if fstat(cur.as_fd())?.st_ino != stale_ino || read_lease(&cur) != stale_raw {
-        return Ok(None);
-    }
-    let fresh_name: OsString = format!("{LOCK_NAME}.new.{}", std::process::id()).into();
-    let _ = nix::unistd::unlinkat(dir, fresh_name.as_os_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
-    let fresh = open_lock_file(dir, fresh_name.to_str().unwrap_or("lock.new"), lock_path, true)?;
-    if !try_flock(&fresh).unwrap_or(false) {
-        bail!("cannot lock a new lock file next to {}", lock_path.display());
-    }
-    write_lease(&fresh, &me.lease(0)).with_context(|| format!("cannot write lease to {}", lock_path.display()))?;
-    renameat(dir, fresh_name.as_os_str(), dir, LOCK_NAME)
-        .with_context(|| format!("cannot replace {}", lock_path.display()))?;
-    drop(guard);
-    Ok(Some(fresh))
-}
-
-impl Held {
-    fn start(
-        file: File,
-        dir: Arc<OwnedFd>,
-        me: Arc<Me>,
-        cfg: &Config,
-        log: &Arc<Log>,
-        path: PathBuf,
-        t0: Instant,
-    ) -> Result<Held> {
-        let first = me.lease(0);
-        write_lease(&file, &first).with_context(|| format!("cannot write lease to {}", path.display()))?;
-        let waited = t0.elapsed();
-        if waited > Duration::from_millis(500) {
-            log.info(&format!(
-                "took lock {} after waiting {}s",
-                path.display(),
-                waited.as_secs()
-            ));
-        }
-        let file = Arc::new(file);
-        let lost = Arc::new(AtomicBool::new(false));
-        let hb_stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let every = cfg.heartbeat();
-        let intruders = Arc::new(Intruders {
-            mine: Mutex::new(first),
-            warned: AtomicBool::new(false),
-            log: log.clone(),
-            path: path.clone(),
-        });
-        let hb = {
-            let (file, lost, hb_stop, log, path, intruders) = (
-                file.clone(),
-                lost.clone(),
-                hb_stop.clone(),
-                log.clone(),
-                path.clone(),
-                intruders.clone(),
-            );
-            let dir = dir.clone();
-            std::thread::spawn(move || {
-                let mut beat = 0u64;
-                let (m, cv) = &*hb_stop;
-                let mut stopped = m.lock().unwrap();
-                loop {
-                    stopped = cv.wait_timeout(stopped, every).unwrap().0;
-                    if *stopped {
-                        return;
-                    }
-                    beat += 1;
-                    let still = is_current(dir.as_fd(), &file).unwrap_or(false);
-                    if still {
-                        intruders.check(&file);
-                    }
-                    let mine = me.lease(beat);
-                    *intruders.mine.lock().unwrap() = mine.clone();
-                    if !still || write_lease(&file, &mine).is_err() {
-                        lost.store(true, Ordering::Relaxed);
-                        log.error(&format!(
-                            "lost lock {}: another seeder took it over (this one was stalled past \
-                             --lock-stale) or the target became unwritable; stopping",
-                            path.display()
-                        ));
-                        return;
-                    }
-                }
-            })
-        };
-        Ok(Held {
-            file,
-            lost,
-            hb_stop,
-            hb: Some(hb),
-            path,
-            intruders,
-            dir,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::lease::{HEARTBEAT_FIELD, LEASE_MAGIC};
     use super::*;
-
-    #[test]
-    fn lease_roundtrip_and_garbage() {
-        let me = Me {
-            host: "node-1".into(),
-            pod: "ide-abc".into(),
-            node: Some("n1".into()),
-            pid: 42,
-            started: 0,
-            every: Duration::from_millis(1500),
-        };
-        let l = Lease::parse(me.lease(3).as_bytes()).unwrap();
-        assert_eq!(l.pod.as_deref(), Some("ide-abc"));
-        assert_eq!(l.pid.as_deref(), Some("42"));
-        assert_eq!(l.heartbeat_every, Some(Duration::from_millis(1500)));
-        assert!(Lease::describe(me.lease(3).as_bytes()).contains("pod ide-abc (host node-1, pid 42, node n1"));
-        assert!(Lease::describe(b"").contains("no lease"));
-        assert!(Lease::describe(b"\x00\xff garbage").contains("unknown holder"));
-        let huge = vec![b'x'; 10 << 20];
-        assert!(Lease::describe(&huge).contains("unknown holder"));
-        let evil = format!("{LEASE_MAGIC}\npod=\x1b[31mred\x1b[0m{}\n", "y".repeat(5000));
-        let d = Lease::describe(evil.as_bytes());
-        assert!(!d.contains('\x1b'));
-        assert!(d.len() < 300, "{d}");
-    }
 
     #[test]
     fn a_waiter_waits_for_several_of_the_holders_heartbeats_whatever_its_own_stale() {
