@@ -16,8 +16,9 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
+use nix::errno::Errno;
 use nix::fcntl::AtFlags;
-use nix::sys::stat::{fstatat, FileStat, SFlag};
+use nix::sys::stat::{fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 
 use crate::dirfd::{file_type, list, lstat_at, open_dir};
 use crate::preflight::Checked;
@@ -251,6 +252,40 @@ pub fn open_target_store(c: &Checked) -> Result<Option<OwnedFd>> {
             )
         }
         Err(e) => Err(e).with_context(|| format!("cannot open {}/store", c.target_path.display())),
+    }
+}
+
+/// The store path names in the target's store, as they are now.
+pub fn list_store(c: &Checked, store: BorrowedFd) -> Result<HashSet<OsString>> {
+    Ok(crate::dirfd::list(store)
+        .with_context(|| format!("cannot list {}/store", c.target_path.display()))?
+        .into_iter()
+        .map(|e| e.name)
+        .collect())
+}
+
+/// `target/store`, created with the source store directory's mode and owner if missing.
+pub fn ensure_target_store(c: &Checked) -> Result<OwnedFd> {
+    if let Some(fd) = open_target_store(c)? {
+        return Ok(fd);
+    }
+    let st = fstat(c.source_store.as_fd())?;
+    match mkdirat(c.target.as_fd(), "store", Mode::from_bits_truncate(0o700)) {
+        Ok(()) => {
+            let fd = open_dir(c.target.as_fd(), "store")?;
+            let _ = nix::unistd::fchown(
+                fd.as_fd(),
+                Some(nix::unistd::Uid::from_raw(st.st_uid)),
+                Some(nix::unistd::Gid::from_raw(st.st_gid)),
+            );
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))
+                .with_context(|| format!("cannot set the mode of {}/store", c.target_path.display()))?;
+            Ok(fd)
+        }
+        Err(Errno::EEXIST) => {
+            open_target_store(c)?.ok_or_else(|| anyhow::anyhow!("{}/store vanished", c.target_path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot create {}/store", c.target_path.display())),
     }
 }
 
