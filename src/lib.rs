@@ -3,6 +3,8 @@
 //! The pipeline, one module each: [`cli`] → [`preflight`] → [`plan`] → [`lock`] →
 //! [`copy`] → [`var`]/[`nixdb`] (register) → [`report`], driven by [`seed`].
 
+#![warn(clippy::too_many_lines)]
+
 pub mod cli;
 pub mod copy;
 pub mod dirfd;

@@ -35,6 +35,7 @@ use std::path::Path;
 
 mod lock;
 mod open;
+mod register;
 mod schema;
 mod source;
 mod target;

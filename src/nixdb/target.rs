@@ -1,7 +1,7 @@
 //! The target's database: opened the way its Nix clients open it (the VFS its journal mode
 //! needs at that moment), read, and registered in, in one `BEGIN IMMEDIATE` transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::lock::busy;
-use super::schema::{check_schema, ident, is_wal, read_schema_file, Side, SourceDb};
+use super::schema::{check_schema, is_wal, read_schema_file, Side, SourceDb};
 use super::vfs::InDir;
 use super::{DB_FILE, SCHEMA_VERSION};
 use crate::dirfd::lstat_at;
@@ -21,9 +21,9 @@ pub struct TargetDb {
     pub wal: bool,
     pub path: PathBuf,
     /// Columns beyond Nix's schema 10, per table of [`TABLES`].
-    extra: [Vec<String>; 3],
+    pub(super) extra: [Vec<String>; 3],
     /// `var/nix/db`, to read the header again and to reopen.
-    dir: std::os::fd::OwnedFd,
+    pub(super) dir: std::os::fd::OwnedFd,
     shown: PathBuf,
     read_only: bool,
     /// Dropped after `conn`: SQLite's paths go through it.
@@ -205,170 +205,6 @@ impl TargetDb {
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(v)
-    }
-
-    /// Register `names` (store path names of the image, present and complete on disk) in
-    /// one transaction: their `ValidPaths` rows (the columns beyond schema 10 that both
-    /// databases have copied too), their `Refs` and, for a `.drv`, its
-    /// `DerivationOutputs`. Nothing outside `names` gets a row. A path whose reference is
-    /// neither valid in the target nor registered in this transaction is left out, and so
-    /// is every path referring to one left out: returned in `skipped`. `abort` is checked
-    /// just before committing.
-    pub fn register(&mut self, src: &SourceDb, names: &HashSet<&str>, abort: &dyn Fn() -> bool) -> Result<Registered> {
-        use rusqlite::ToSql;
-        let path = self.path.clone();
-        let wal = self.wal;
-        let common: Vec<Vec<String>> = (0..3)
-            .map(|k| {
-                src.extra[k]
-                    .cols
-                    .iter()
-                    .filter(|c| self.extra[k].contains(c))
-                    .cloned()
-                    .collect()
-            })
-            .collect();
-        let dir = self.dir.try_clone()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .with_context(|| format!("cannot lock the target's database {}", path.display()))?;
-        // Checked again with the lock held: a rollback-mode connection (dotfile lock) on a
-        // database a default-configured pod has just converted to WAL must not write.
-        if is_wal(dir.as_fd(), DB_FILE, &path)? != wal {
-            bail!(
-                "{}: its journal mode changed since it was opened (a pod's Nix converted it)",
-                path.display()
-            );
-        }
-        let mut ids: HashMap<&str, i64> = HashMap::new();
-        let mut skipped: Vec<(String, String)>;
-        {
-            let mut exists = tx.prepare("SELECT id FROM ValidPaths WHERE path = ?1")?;
-            let mut id_of = |p: &str| -> Result<Option<i64>> {
-                exists
-                    .query_row([p], |r| r.get::<_, i64>(0))
-                    .optional()
-                    .with_context(|| format!("cannot read the target's database {}", path.display()))
-            };
-            // What this transaction adds: present, not yet registered.
-            let mut in_target: HashMap<&str, Option<i64>> = HashMap::new();
-            let mut new: HashSet<&str> = HashSet::new();
-            for p in src.paths.iter().filter(|p| names.contains(p.name())) {
-                let id = id_of(&p.path)?;
-                in_target.insert(&p.path, id);
-                if id.is_none() {
-                    new.insert(&p.path);
-                }
-            }
-            // Left out: a path with a reference neither valid nor added, until none is.
-            let mut out: HashMap<&str, &str> = HashMap::new();
-            loop {
-                let mut changed = false;
-                for (a, b) in &src.refs {
-                    if a == b || !new.contains(a.as_str()) || out.contains_key(a.as_str()) {
-                        continue;
-                    }
-                    let ok = if new.contains(b.as_str()) {
-                        !out.contains_key(b.as_str())
-                    } else {
-                        let id = match in_target.get(b.as_str()) {
-                            Some(id) => *id,
-                            None => {
-                                let id = id_of(b)?;
-                                in_target.insert(b, id);
-                                id
-                            }
-                        };
-                        id.is_some()
-                    };
-                    if !ok {
-                        out.insert(a, b);
-                        changed = true;
-                    }
-                }
-                if !changed {
-                    break;
-                }
-            }
-            skipped = out.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-            skipped.sort();
-
-            let cols = |fixed: &str, extra: &[String]| -> (String, String) {
-                let n = fixed.split(',').count() + extra.len();
-                let names = std::iter::once(fixed.to_string())
-                    .chain(extra.iter().map(|c| ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let marks = (1..=n).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-                (names, marks)
-            };
-            let (c, m) = cols(
-                "path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca",
-                &common[0],
-            );
-            let mut insert = tx.prepare(&format!("INSERT INTO ValidPaths ({c}) VALUES ({m})"))?;
-            for (i, p) in src.paths.iter().enumerate() {
-                if !new.contains(p.path.as_str())
-                    || out.contains_key(p.path.as_str())
-                    || ids.contains_key(p.path.as_str())
-                {
-                    continue;
-                }
-                let extra = src.extra[0].values(i, &common[0]);
-                let mut v: Vec<&dyn ToSql> = vec![
-                    &p.path,
-                    &p.hash,
-                    &p.registration_time,
-                    &p.deriver,
-                    &p.nar_size,
-                    &p.ultimate,
-                    &p.sigs,
-                    &p.ca,
-                ];
-                v.extend(extra.iter().map(|x| x as &dyn ToSql));
-                insert
-                    .execute(&*v)
-                    .with_context(|| format!("cannot register {} in {}", p.path, path.display()))?;
-                ids.insert(p.path.as_str(), tx.last_insert_rowid());
-            }
-            let (c, m) = cols("referrer, reference", &common[1]);
-            let mut ref_insert = tx.prepare(&format!("INSERT OR IGNORE INTO Refs ({c}) VALUES ({m})"))?;
-            for (i, (a, b)) in src.refs.iter().enumerate() {
-                let Some(&ida) = ids.get(a.as_str()) else { continue };
-                let idb = match ids.get(b.as_str()) {
-                    Some(&i) => i,
-                    None => in_target.get(b.as_str()).copied().flatten().with_context(|| {
-                        format!(
-                            "cannot register {a}: its reference {b} is not valid in the target; nothing was registered"
-                        )
-                    })?,
-                };
-                let extra = src.extra[1].values(i, &common[1]);
-                let mut v: Vec<&dyn ToSql> = vec![&ida, &idb];
-                v.extend(extra.iter().map(|x| x as &dyn ToSql));
-                ref_insert.execute(&*v)?;
-            }
-            let (c, m) = cols("drv, id, path", &common[2]);
-            let mut out_insert = tx.prepare(&format!("INSERT OR REPLACE INTO DerivationOutputs ({c}) VALUES ({m})"))?;
-            for (i, (drv, id, out)) in src.outputs.iter().enumerate() {
-                if let Some(drv_id) = ids.get(drv.as_str()) {
-                    let extra = src.extra[2].values(i, &common[2]);
-                    let mut v: Vec<&dyn ToSql> = vec![drv_id, id, out];
-                    v.extend(extra.iter().map(|x| x as &dyn ToSql));
-                    out_insert.execute(&*v)?;
-                }
-            }
-        }
-        if abort() {
-            bail!("stopped before registering: nothing was registered");
-        }
-        tx.commit()
-            .with_context(|| format!("cannot commit to the target's database {}", path.display()))?;
-        Ok(Registered {
-            count: ids.len(),
-            skipped,
-        })
     }
 }
 
