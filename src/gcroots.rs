@@ -44,17 +44,13 @@ pub fn tops<'a>(src: &'a SourceDb, valid: &dyn Fn(&str) -> bool) -> Vec<&'a Vali
     let referenced: HashSet<&str> = src
         .refs
         .iter()
-        .filter(|(a, b)| a != b && valid(name_of(a)))
+        .filter(|(a, b)| a != b && valid(crate::plan::store_name(a)))
         .map(|(_, b)| b.as_str())
         .collect();
     src.paths
         .iter()
         .filter(|p| valid(p.name()) && !referenced.contains(p.path.as_str()))
         .collect()
-}
-
-fn name_of(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Make the roots of one image complete: its directory is created whole the first time

@@ -31,6 +31,11 @@ pub fn is_store_path_name(name: &[u8]) -> bool {
     !name.is_empty() && name[0] != b'.'
 }
 
+/// The name of a store path (`/nix/store/<name>` → `<name>`).
+pub fn store_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 pub struct Plan {
     /// Store paths of the source, sorted.
     pub source: Vec<OsString>,

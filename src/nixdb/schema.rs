@@ -26,7 +26,7 @@ pub struct ValidPath {
 impl ValidPath {
     /// The store path's name (`/nix/store/<name>`).
     pub fn name(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or(&self.path)
+        crate::plan::store_name(&self.path)
     }
 }
 
