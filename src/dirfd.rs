@@ -141,6 +141,41 @@ pub fn open_dir_if_exists<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -
     }
 }
 
+/// Which step of [`mkdir_open`] failed: each caller says it in its own words.
+#[derive(Debug)]
+pub enum MkdirOpen {
+    /// Creating the directory failed (other than because the name exists).
+    Create(Errno),
+    /// The name exists but cannot be opened as a directory (a symlink, a file, permissions).
+    Open(io::Error),
+}
+
+/// The error as it is, for callers that add no words of their own.
+impl From<MkdirOpen> for anyhow::Error {
+    fn from(e: MkdirOpen) -> anyhow::Error {
+        match e {
+            MkdirOpen::Create(e) => e.into(),
+            MkdirOpen::Open(e) => e.into(),
+        }
+    }
+}
+
+/// Create the directory `name` in `dir` with `mode` if it is missing, then open it without
+/// following a symlink ([`open_dir`]). Returns whether this call created it.
+pub fn mkdir_open<N: AsRef<OsStr> + ?Sized>(
+    dir: BorrowedFd,
+    name: &N,
+    mode: Mode,
+) -> Result<(OwnedFd, bool), MkdirOpen> {
+    let created = match nix::sys::stat::mkdirat(dir, name.as_ref(), mode) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(MkdirOpen::Create(e)),
+    };
+    let fd = open_dir(dir, name).map_err(MkdirOpen::Open)?;
+    Ok((fd, created))
+}
+
 /// `lstat` of `name` inside `dir`; `None` if it does not exist.
 pub fn lstat_at<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Result<Option<FileStat>> {
     match fstatat(dir, name.as_ref(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {

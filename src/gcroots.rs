@@ -24,17 +24,19 @@ use nix::unistd::symlinkat;
 
 use crate::copy::publish::{publish, Published};
 use crate::copy::{Engine, TopEntry};
-use crate::dirfd::{lstat_at, open_dir};
+use crate::dirfd::{lstat_at, open_dir, MkdirOpen};
 use crate::nixdb::{SourceDb, ValidPath};
 
 pub const DIR: &str = "nix-seed";
 
 fn mkdir_open(dir: BorrowedFd, name: &str, shown: &Path) -> Result<std::os::fd::OwnedFd> {
-    match mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", shown.display())),
+    match crate::dirfd::mkdir_open(dir, name, Mode::from_bits_truncate(0o755)) {
+        Ok((fd, _)) => Ok(fd),
+        Err(MkdirOpen::Create(e)) => Err(e).with_context(|| format!("cannot create {}", shown.display())),
+        Err(MkdirOpen::Open(e)) => {
+            Err(e).with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display()))
+        }
     }
-    open_dir(dir, name).with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display()))
 }
 
 /// The tops of the part of the image's closure that is valid in the target: paths for

@@ -35,11 +35,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nix::errno::Errno;
-use nix::sys::stat::{fstat, mkdirat, Mode};
+use nix::sys::stat::{fstat, Mode};
 use serde_json::json;
 
-use crate::dirfd::open_dir;
+use crate::dirfd::{mkdir_open, MkdirOpen};
 use crate::plan::STATE_DIR;
 use crate::progress::{Level, Log};
 
@@ -158,17 +157,17 @@ impl Drop for Held {
 
 /// `TARGET/.nix-seed`, created if needed, never followed if it is a symlink.
 pub fn state_dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
-    match mkdirat(target, STATE_DIR, Mode::from_bits_truncate(0o755)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display())),
-    }
-    open_dir(target, STATE_DIR).map_err(|e| {
-        crate::preflight::Invalid(format!(
+    match mkdir_open(target, STATE_DIR, Mode::from_bits_truncate(0o755)) {
+        Ok((fd, _)) => Ok(fd),
+        Err(MkdirOpen::Create(e)) => {
+            Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display()))
+        }
+        Err(MkdirOpen::Open(e)) => Err(crate::preflight::Invalid(format!(
             "cannot open {}/{STATE_DIR} ({e}): it must be a directory, not a symlink or file; remove it",
             target_path.display()
         ))
-        .into()
-    })
+        .into()),
+    }
 }
 
 /// Wait for and take the lock. `interrupted` is checked while waiting.
