@@ -23,7 +23,7 @@ use nix::sys::stat::{fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
 use crate::dirfd::{file_type, list, lstat_at, open_dir};
 use crate::preflight::Checked;
 
-pub use crate::state::{IMAGES_DIR, STATE_DIR};
+pub use crate::state::STATE_DIR;
 
 /// A store path name. Names starting with `.` are not (Nix forbids them): `.links` (Nix's
 /// optimiser index, rebuilt by Nix as needed) and nix-seed's temporary entries.
