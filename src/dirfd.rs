@@ -146,8 +146,9 @@ pub fn open_dir_if_exists<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -
 pub enum MkdirOpen {
     /// Creating the directory failed (other than because the name exists).
     Create(Errno),
-    /// The name exists but cannot be opened as a directory (a symlink, a file, permissions).
-    Open(io::Error),
+    /// Opening it failed: the name is a symlink or a file, or permissions; `created` says
+    /// whether this call had just created it.
+    Open { created: bool, err: io::Error },
 }
 
 /// The error as it is, for callers that add no words of their own.
@@ -155,7 +156,7 @@ impl From<MkdirOpen> for anyhow::Error {
     fn from(e: MkdirOpen) -> anyhow::Error {
         match e {
             MkdirOpen::Create(e) => e.into(),
-            MkdirOpen::Open(e) => e.into(),
+            MkdirOpen::Open { err, .. } => err.into(),
         }
     }
 }
@@ -172,7 +173,7 @@ pub fn mkdir_open<N: AsRef<OsStr> + ?Sized>(
         Err(Errno::EEXIST) => false,
         Err(e) => return Err(MkdirOpen::Create(e)),
     };
-    let fd = open_dir(dir, name).map_err(MkdirOpen::Open)?;
+    let fd = open_dir(dir, name).map_err(|err| MkdirOpen::Open { created, err })?;
     Ok((fd, created))
 }
 

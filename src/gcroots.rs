@@ -33,7 +33,7 @@ fn mkdir_open(dir: BorrowedFd, name: &str, shown: &Path) -> Result<std::os::fd::
     match crate::dirfd::mkdir_open(dir, name, Mode::from_bits_truncate(0o755)) {
         Ok((fd, _)) => Ok(fd),
         Err(MkdirOpen::Create(e)) => Err(e).with_context(|| format!("cannot create {}", shown.display())),
-        Err(MkdirOpen::Open(e)) => {
+        Err(MkdirOpen::Open { err: e, .. }) => {
             Err(e).with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display()))
         }
     }

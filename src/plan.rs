@@ -16,11 +16,10 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use nix::errno::Errno;
 use nix::fcntl::AtFlags;
-use nix::sys::stat::{fstat, fstatat, mkdirat, FileStat, Mode, SFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 
-use crate::dirfd::{file_type, list, lstat_at, open_dir};
+use crate::dirfd::{file_type, list, lstat_at, mkdir_open, open_dir, MkdirOpen};
 use crate::preflight::Checked;
 
 pub use crate::state::STATE_DIR;
@@ -275,9 +274,8 @@ pub fn ensure_target_store(c: &Checked) -> Result<OwnedFd> {
         return Ok(fd);
     }
     let st = fstat(c.source_store.as_fd())?;
-    match mkdirat(c.target.as_fd(), "store", Mode::from_bits_truncate(0o700)) {
-        Ok(()) => {
-            let fd = open_dir(c.target.as_fd(), "store")?;
+    match mkdir_open(c.target.as_fd(), "store", Mode::from_bits_truncate(0o700)) {
+        Ok((fd, true)) => {
             let _ = nix::unistd::fchown(
                 fd.as_fd(),
                 Some(nix::unistd::Uid::from_raw(st.st_uid)),
@@ -287,10 +285,13 @@ pub fn ensure_target_store(c: &Checked) -> Result<OwnedFd> {
                 .with_context(|| format!("cannot set the mode of {}/store", c.target_path.display()))?;
             Ok(fd)
         }
-        Err(Errno::EEXIST) => {
+        Ok((fd, false)) => Ok(fd),
+        Err(MkdirOpen::Open { created: true, err }) => Err(err.into()),
+        // Created meanwhile by another process: opened as the first attempt opens it.
+        Err(MkdirOpen::Open { created: false, .. }) => {
             open_target_store(c)?.ok_or_else(|| anyhow::anyhow!("{}/store vanished", c.target_path.display()))
         }
-        Err(e) => Err(e).with_context(|| format!("cannot create {}/store", c.target_path.display())),
+        Err(MkdirOpen::Create(e)) => Err(e).with_context(|| format!("cannot create {}/store", c.target_path.display())),
     }
 }
 

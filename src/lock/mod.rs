@@ -162,7 +162,7 @@ pub fn state_dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
         Err(MkdirOpen::Create(e)) => {
             Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display()))
         }
-        Err(MkdirOpen::Open(e)) => Err(crate::preflight::Invalid(format!(
+        Err(MkdirOpen::Open { err: e, .. }) => Err(crate::preflight::Invalid(format!(
             "cannot open {}/{STATE_DIR} ({e}): it must be a directory, not a symlink or file; remove it",
             target_path.display()
         ))

@@ -25,11 +25,13 @@
 //! `use-sqlite-wal = false`. A database nix-seed creates is in rollback mode, which both
 //! kinds of clients can open.
 //!
-//! One file per job: [`schema`] (Nix's tables, checked by name; the row types), [`source`]
-//! (reading the image's database, creating the target's first copy), [`vfs`] (how SQLite
-//! reaches files through a directory descriptor: the only `unsafe`), [`target`] (opening
-//! the target's database and registering in it), [`lock`] (the busy handler and the
-//! recovery of a dotfile lock a killed seeder left behind).
+//! One file per job: `schema` (Nix's tables, checked by name; the row types), `source`
+//! (reading the image's database, creating the target's first copy), `vfs` (how SQLite
+//! reaches files through a directory descriptor: the database code's only `unsafe` and
+//! FFI), `target` (opening the target's database and reading it), `register` (the
+//! registering transaction, in named steps), `open` (opening it during a seed, inside the
+//! `.nix-seed/db-lock` window), `lock` (the busy handler and the recovery of a dotfile lock
+//! a killed seeder left behind).
 
 use std::path::Path;
 
