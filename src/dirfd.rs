@@ -141,6 +141,42 @@ pub fn open_dir_if_exists<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -
     }
 }
 
+/// Which step of [`mkdir_open`] failed: each caller says it in its own words.
+#[derive(Debug)]
+pub enum MkdirOpen {
+    /// Creating the directory failed (other than because the name exists).
+    Create(Errno),
+    /// Opening it failed: the name is a symlink or a file, or permissions; `created` says
+    /// whether this call had just created it.
+    Open { created: bool, err: io::Error },
+}
+
+/// The error as it is, for callers that add no words of their own.
+impl From<MkdirOpen> for anyhow::Error {
+    fn from(e: MkdirOpen) -> anyhow::Error {
+        match e {
+            MkdirOpen::Create(e) => e.into(),
+            MkdirOpen::Open { err, .. } => err.into(),
+        }
+    }
+}
+
+/// Create the directory `name` in `dir` with `mode` if it is missing, then open it without
+/// following a symlink ([`open_dir`]). Returns whether this call created it.
+pub fn mkdir_open<N: AsRef<OsStr> + ?Sized>(
+    dir: BorrowedFd,
+    name: &N,
+    mode: Mode,
+) -> Result<(OwnedFd, bool), MkdirOpen> {
+    let created = match nix::sys::stat::mkdirat(dir, name.as_ref(), mode) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(MkdirOpen::Create(e)),
+    };
+    let fd = open_dir(dir, name).map_err(|err| MkdirOpen::Open { created, err })?;
+    Ok((fd, created))
+}
+
 /// `lstat` of `name` inside `dir`; `None` if it does not exist.
 pub fn lstat_at<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Result<Option<FileStat>> {
     match fstatat(dir, name.as_ref(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
@@ -246,6 +282,31 @@ pub fn remove_tree_at<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Filesystems on which SQLite's WAL mode cannot work between hosts (statfs f_type).
+pub fn is_network_fs(fd: BorrowedFd) -> bool {
+    const NETWORK: &[i64] = &[
+        0x6969,     // NFS
+        0x65735546, // FUSE (GlusterFS, CephFS-fuse, JuiceFS, sshfs, MooseFS...)
+        0x00c36400, // CephFS
+        0xff534d42, // CIFS
+        0xfe534d42, // SMB2
+        0x01021997, // 9P
+        0x5346414f, // AFS
+        0x01161970, // GFS2
+        0x7461636f, // OCFS2
+        0x0bd00bd0, // Lustre
+    ];
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|s| NETWORK.contains(&{ s.filesystem_type().0 }))
+}
+
+/// Whether `name` has a regular file in `dir`.
+pub fn has_file(dir: BorrowedFd, name: &OsStr) -> bool {
+    lstat_at(dir, name)
+        .ok()
+        .flatten()
+        .is_some_and(|st| file_type(&st) == SFlag::S_IFREG)
 }
 
 /// Display a name that may not be UTF-8.

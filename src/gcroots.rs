@@ -24,17 +24,19 @@ use nix::unistd::symlinkat;
 
 use crate::copy::publish::{publish, Published};
 use crate::copy::{Engine, TopEntry};
-use crate::dirfd::{lstat_at, open_dir};
+use crate::dirfd::{lstat_at, open_dir, MkdirOpen};
 use crate::nixdb::{SourceDb, ValidPath};
 
 pub const DIR: &str = "nix-seed";
 
 fn mkdir_open(dir: BorrowedFd, name: &str, shown: &Path) -> Result<std::os::fd::OwnedFd> {
-    match mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", shown.display())),
+    match crate::dirfd::mkdir_open(dir, name, Mode::from_bits_truncate(0o755)) {
+        Ok((fd, _)) => Ok(fd),
+        Err(MkdirOpen::Create(e)) => Err(e).with_context(|| format!("cannot create {}", shown.display())),
+        Err(MkdirOpen::Open { err: e, .. }) => {
+            Err(e).with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display()))
+        }
     }
-    open_dir(dir, name).with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display()))
 }
 
 /// The tops of the part of the image's closure that is valid in the target: paths for
@@ -44,17 +46,13 @@ pub fn tops<'a>(src: &'a SourceDb, valid: &dyn Fn(&str) -> bool) -> Vec<&'a Vali
     let referenced: HashSet<&str> = src
         .refs
         .iter()
-        .filter(|(a, b)| a != b && valid(name_of(a)))
+        .filter(|(a, b)| a != b && valid(crate::plan::store_name(a)))
         .map(|(_, b)| b.as_str())
         .collect();
     src.paths
         .iter()
         .filter(|p| valid(p.name()) && !referenced.contains(p.path.as_str()))
         .collect()
-}
-
-fn name_of(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
 }
 
 /// Make the roots of one image complete: its directory is created whole the first time

@@ -3,23 +3,25 @@
 //! The pipeline, one module each: [`cli`] → [`preflight`] → [`plan`] → [`lock`] →
 //! [`copy`] → [`var`]/[`nixdb`] (register) → [`report`], driven by [`seed`].
 
+#![warn(clippy::too_many_lines)]
+
 pub mod cli;
 pub mod copy;
 pub mod dirfd;
-pub mod failpoint;
-pub mod gcroots;
+pub(crate) mod failpoint;
+pub(crate) mod gcroots;
 pub mod install;
 pub mod lock;
 pub mod nar;
 pub mod nixdb;
-pub mod nixlocks;
-pub mod plan;
+pub(crate) mod nixlocks;
+pub(crate) mod plan;
 pub mod preflight;
 pub mod progress;
-pub mod repair;
+pub(crate) mod repair;
 pub mod report;
 pub mod seed;
-pub mod state;
+pub(crate) mod state;
 pub mod status;
-pub mod var;
+pub(crate) mod var;
 pub mod verify;

@@ -1,5 +1,7 @@
 //! Thin: parse, run, map errors to exit codes.
 
+#![warn(clippy::too_many_lines)]
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
-use nix::sys::stat::{mkdirat, Mode};
+use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
-use crate::dirfd::{open_dir, open_dir_if_exists};
+use crate::dirfd::{mkdir_open, open_dir_if_exists, MkdirOpen};
 use crate::preflight::Checked;
 use crate::progress::Log;
 
@@ -130,9 +130,8 @@ fn ensure_dir(parent: BorrowedFd, source_root: BorrowedFd, rel: &str, shown: &Pa
         .ok()
         .flatten()
         .filter(|st| crate::dirfd::file_type(st) == nix::sys::stat::SFlag::S_IFDIR);
-    match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
-        Ok(()) => {
-            let fd = open_dir(parent, name).with_context(|| format!("cannot open {}", shown.display()))?;
+    match mkdir_open(parent, name, Mode::from_bits_truncate(0o700)) {
+        Ok((fd, true)) => {
             let (mode, owner) = model.map_or((0o755, None), |st| (st.st_mode & 0o7777, Some((st.st_uid, st.st_gid))));
             if let Some((uid, gid)) = owner {
                 // Not root, or a filesystem that squashes root: the directory keeps ours.
@@ -142,8 +141,13 @@ fn ensure_dir(parent: BorrowedFd, source_root: BorrowedFd, rel: &str, shown: &Pa
                 .with_context(|| format!("cannot set the mode of {}", shown.display()))?;
             Ok(fd)
         }
-        Err(Errno::EEXIST) => open_dir(parent, name)
-            .with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display())),
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", shown.display())),
+        Ok((fd, false)) => Ok(fd),
+        Err(MkdirOpen::Open { created: true, err }) => {
+            Err(err).with_context(|| format!("cannot open {}", shown.display()))
+        }
+        Err(MkdirOpen::Open { created: false, err }) => {
+            Err(err).with_context(|| format!("cannot open {} (must be a directory, not a symlink)", shown.display()))
+        }
+        Err(MkdirOpen::Create(e)) => Err(e).with_context(|| format!("cannot create {}", shown.display())),
     }
 }

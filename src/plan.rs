@@ -17,17 +17,22 @@ use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
 use nix::fcntl::AtFlags;
-use nix::sys::stat::{fstatat, FileStat, SFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 
-use crate::dirfd::{file_type, list, lstat_at, open_dir};
+use crate::dirfd::{file_type, list, lstat_at, mkdir_open, open_dir, MkdirOpen};
 use crate::preflight::Checked;
 
-pub use crate::state::{IMAGES_DIR, STATE_DIR};
+pub use crate::state::STATE_DIR;
 
 /// A store path name. Names starting with `.` are not (Nix forbids them): `.links` (Nix's
 /// optimiser index, rebuilt by Nix as needed) and nix-seed's temporary entries.
 pub fn is_store_path_name(name: &[u8]) -> bool {
     !name.is_empty() && name[0] != b'.'
+}
+
+/// The name of a store path (`/nix/store/<name>` → `<name>`).
+pub fn store_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
 }
 
 pub struct Plan {
@@ -251,6 +256,42 @@ pub fn open_target_store(c: &Checked) -> Result<Option<OwnedFd>> {
             )
         }
         Err(e) => Err(e).with_context(|| format!("cannot open {}/store", c.target_path.display())),
+    }
+}
+
+/// The store path names in the target's store, as they are now.
+pub fn list_store(c: &Checked, store: BorrowedFd) -> Result<HashSet<OsString>> {
+    Ok(crate::dirfd::list(store)
+        .with_context(|| format!("cannot list {}/store", c.target_path.display()))?
+        .into_iter()
+        .map(|e| e.name)
+        .collect())
+}
+
+/// `target/store`, created with the source store directory's mode and owner if missing.
+pub fn ensure_target_store(c: &Checked) -> Result<OwnedFd> {
+    if let Some(fd) = open_target_store(c)? {
+        return Ok(fd);
+    }
+    let st = fstat(c.source_store.as_fd())?;
+    match mkdir_open(c.target.as_fd(), "store", Mode::from_bits_truncate(0o700)) {
+        Ok((fd, true)) => {
+            let _ = nix::unistd::fchown(
+                fd.as_fd(),
+                Some(nix::unistd::Uid::from_raw(st.st_uid)),
+                Some(nix::unistd::Gid::from_raw(st.st_gid)),
+            );
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))
+                .with_context(|| format!("cannot set the mode of {}/store", c.target_path.display()))?;
+            Ok(fd)
+        }
+        Ok((fd, false)) => Ok(fd),
+        Err(MkdirOpen::Open { created: true, err }) => Err(err.into()),
+        // Created meanwhile by another process: opened as the first attempt opens it.
+        Err(MkdirOpen::Open { created: false, .. }) => {
+            open_target_store(c)?.ok_or_else(|| anyhow::anyhow!("{}/store vanished", c.target_path.display()))
+        }
+        Err(MkdirOpen::Create(e)) => Err(e).with_context(|| format!("cannot create {}/store", c.target_path.display())),
     }
 }
 

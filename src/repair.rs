@@ -98,7 +98,7 @@ pub fn verify_copies(
         if mine.is_empty() {
             continue;
         }
-        let name = OsStr::new(p.path.rsplit('/').next().unwrap_or(&p.path));
+        let name = OsStr::new(crate::plan::store_name(&p.path));
         remove_ours(store, name, &c.target_path.join("store").join(name), log);
         for line in mine {
             out.problems.push(format!("--verify: {line} (copy removed)"));

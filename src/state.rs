@@ -9,10 +9,10 @@ use std::os::fd::{AsFd, BorrowedFd};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::sys::stat::{mkdirat, Mode};
+use nix::sys::stat::Mode;
 use serde_json::json;
 
-use crate::dirfd::{lstat_at, open_dir};
+use crate::dirfd::lstat_at;
 use crate::preflight::Checked;
 
 /// Our own directory at the top of the target: the lock and the per-image markers.
@@ -41,11 +41,7 @@ pub fn is_marked(target: BorrowedFd, id: &str) -> Result<bool> {
 
 fn images_dir(c: &Checked) -> Result<std::os::fd::OwnedFd> {
     let state = crate::lock::state_dir(c.target.as_fd(), &c.target_path)?;
-    match mkdirat(state.as_fd(), IMAGES_DIR, Mode::from_bits_truncate(0o755)) {
-        Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(open_dir(state.as_fd(), IMAGES_DIR)?)
+    Ok(crate::dirfd::mkdir_open(state.as_fd(), IMAGES_DIR, Mode::from_bits_truncate(0o755))?.0)
 }
 
 /// Remove the marker of image `id`, if any: this run is about to change what it vouches for.

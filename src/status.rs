@@ -13,46 +13,94 @@ use crate::cli::StatusArgs;
 use crate::dirfd::open_dir;
 use crate::nixdb;
 use crate::plan::{self, Plan};
-use crate::preflight;
+use crate::preflight::{self, Checked};
 use crate::progress::Log;
+
+/// What the target's database says about its store and the image; all `None` without a
+/// database.
+#[derive(Default)]
+struct Registration {
+    /// Target store paths present but not registered.
+    unregistered: Option<usize>,
+    /// Registered paths missing from the target's store.
+    missing_registered: Option<usize>,
+    /// Image paths not registered in the target.
+    image_unregistered: Option<usize>,
+    journal_mode: Option<&'static str>,
+}
+
+/// Read the target's database (read-only), if it has one.
+fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
+    let mut r = Registration::default();
+    let Ok(var) = open_dir(c.target.as_fd(), "var") else {
+        return Ok(r);
+    };
+    let var_path = c.target_path.join("var");
+    let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? else {
+        return Ok(r);
+    };
+    if !crate::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
+        return Ok(r);
+    }
+    let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
+    r.journal_mode = Some(if db.wal { "wal" } else { "rollback" });
+    if db.wal && crate::dirfd::is_network_fs(d.as_fd()) {
+        log.warn(&wal_on_network_fs(&db.path));
+    }
+    let registered = db.registered()?;
+    let present: HashSet<String> = match plan::open_target_store(c)? {
+        Some(fd) => crate::dirfd::list(fd.as_fd())?
+            .into_iter()
+            .filter_map(|e| e.name.into_string().ok())
+            .filter(|n| plan::is_store_path_name(n.as_bytes()))
+            .collect(),
+        None => HashSet::new(),
+    };
+    r.unregistered = Some(present.iter().filter(|n| !registered.contains(*n)).count());
+    r.missing_registered = Some(registered.iter().filter(|n| !present.contains(*n)).count());
+    r.image_unregistered = Some(
+        plan.source
+            .iter()
+            .filter(|n| n.to_str().is_some_and(|n| !registered.contains(n)))
+            .count(),
+    );
+    Ok(r)
+}
+
+/// "seeded", or what is not and the command that repairs it.
+fn verdict(plan: &Plan, not_registered: usize, seeded: bool) -> String {
+    if seeded {
+        return "seeded".to_string();
+    }
+    let mut why = Vec::new();
+    if !plan.missing.is_empty() {
+        why.push(format!("{} store paths missing", plan.missing.len()));
+    }
+    if not_registered > 0 {
+        why.push(format!("{not_registered} not registered"));
+    }
+    if !plan.image_marked {
+        why.push("no complete seed recorded".to_string());
+    }
+    // A marked image is skipped by a plain seed's fast path: drift needs --recheck.
+    let fix = if plan.image_marked {
+        "nix-seed seed --recheck"
+    } else {
+        "nix-seed seed"
+    };
+    format!("not seeded ({}): run `{fix}` to repair", why.join(", "))
+}
 
 pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
     let c = preflight::check(&args.paths.source, &args.paths.target, false, false)?;
     let plan = Plan::compute(&c)?;
     // Registration: what the target's database says about its store.
-    let mut unregistered = None;
-    let mut missing_registered = None;
-    let mut image_unregistered = None;
-    let mut journal_mode = None;
-    if let Ok(var) = open_dir(c.target.as_fd(), "var") {
-        let var_path = c.target_path.join("var");
-        if let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? {
-            if nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
-                let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
-                journal_mode = Some(if db.wal { "wal" } else { "rollback" });
-                if db.wal && nixdb::is_network_fs(d.as_fd()) {
-                    log.warn(&wal_on_network_fs(&db.path));
-                }
-                let registered = db.registered()?;
-                let present: HashSet<String> = match plan::open_target_store(&c)? {
-                    Some(fd) => crate::dirfd::list(fd.as_fd())?
-                        .into_iter()
-                        .filter_map(|e| e.name.into_string().ok())
-                        .filter(|n| plan::is_store_path_name(n.as_bytes()))
-                        .collect(),
-                    None => HashSet::new(),
-                };
-                unregistered = Some(present.iter().filter(|n| !registered.contains(*n)).count());
-                missing_registered = Some(registered.iter().filter(|n| !present.contains(*n)).count());
-                image_unregistered = Some(
-                    plan.source
-                        .iter()
-                        .filter(|n| n.to_str().is_some_and(|n| !registered.contains(n)))
-                        .count(),
-                );
-            }
-        }
-    }
+    let Registration {
+        unregistered,
+        missing_registered,
+        image_unregistered,
+        journal_mode,
+    } = registration(&c, &plan, log)?;
     // The verdict, and the exit code: every store path of the image present and registered,
     // and the image marked (so that the next `seed` is a no-op that tells the truth).
     let image_has_db = c
@@ -63,27 +111,7 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         .exists();
     let not_registered = image_unregistered.unwrap_or(if image_has_db { plan.source.len() } else { 0 });
     let seeded = plan.missing.is_empty() && not_registered == 0 && plan.image_marked;
-    let verdict = if seeded {
-        "seeded".to_string()
-    } else {
-        let mut why = Vec::new();
-        if !plan.missing.is_empty() {
-            why.push(format!("{} store paths missing", plan.missing.len()));
-        }
-        if not_registered > 0 {
-            why.push(format!("{not_registered} not registered"));
-        }
-        if !plan.image_marked {
-            why.push("no complete seed recorded".to_string());
-        }
-        // A marked image is skipped by a plain seed's fast path: drift needs --recheck.
-        let fix = if plan.image_marked {
-            "nix-seed seed --recheck"
-        } else {
-            "nix-seed seed"
-        };
-        format!("not seeded ({}): run `{fix}` to repair", why.join(", "))
-    };
+    let verdict = verdict(&plan, not_registered, seeded);
     let fields = json!({
         "source": c.source_path.to_string_lossy(),
         "source_store_paths": plan.source.len(),

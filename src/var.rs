@@ -140,7 +140,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) 
     let mut out = m.out;
     if let Some(holds) = with_db {
         let has_db = nixdb::open_db_dir(dst.as_fd(), &c.target_path.join("var"))?
-            .is_some_and(|d| nixdb::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
+            .is_some_and(|d| crate::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
         if !has_db {
             out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"), holds)?;
         }
@@ -155,11 +155,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) 
 fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path, holds: &dyn Fn(&str) -> bool) -> Result<bool> {
     let src_db_dir = c.source_path.join("var").join(nixdb::DB_DIR);
     let mk = |dir: BorrowedFd, name: &str| -> Result<std::os::fd::OwnedFd> {
-        match nix::sys::stat::mkdirat(dir, name, Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-        Ok(open_dir(dir, name)?)
+        Ok(crate::dirfd::mkdir_open(dir, name, Mode::from_bits_truncate(0o755))?.0)
     };
     let nix_dir = mk(var, "nix").with_context(|| format!("cannot open {}/nix", var_path.display()))?;
     let db_dir = mk(nix_dir.as_fd(), "db").with_context(|| format!("cannot open {}/nix/db", var_path.display()))?;

@@ -41,7 +41,7 @@ pub fn check(store: BorrowedFd, items: &[Expect], jobs: usize) -> Vec<String> {
 }
 
 fn check_one(store: BorrowedFd, e: &Expect) -> Vec<String> {
-    let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+    let name = crate::plan::store_name(&e.path);
     match lstat_at(store, name) {
         Ok(None) => return vec![format!("{}: registered but missing from the store", e.path)],
         Err(err) => return vec![format!("{}: cannot stat: {err}", e.path)],
@@ -108,7 +108,7 @@ pub fn verify_target(target: &Path, only: &[String], jobs: usize) -> Result<(usi
         open_dir(root.as_fd(), "var").map_err(|e| unusable(target, format_args!("has no var/ directory ({e})")))?;
     let var_path = target.join("var");
     let db_dir = nixdb::open_db_dir(var.as_fd(), &var_path)?
-        .filter(|d| nixdb::has_file(d.as_fd(), std::ffi::OsStr::new(nixdb::DB_FILE)))
+        .filter(|d| crate::dirfd::has_file(d.as_fd(), std::ffi::OsStr::new(nixdb::DB_FILE)))
         .ok_or_else(|| unusable(target, format_args!("has no Nix database (var/nix/db/db.sqlite)")))?;
     let db = nixdb::open_target(db_dir.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
     let all = db.all()?;
@@ -120,8 +120,8 @@ pub fn verify_target(target: &Path, only: &[String], jobs: usize) -> Result<(usi
     } else {
         let mut v = Vec::new();
         for want in only {
-            let name = want.trim_end_matches('/').rsplit('/').next().unwrap_or(want);
-            match all.iter().find(|(p, _, _)| p.rsplit('/').next() == Some(name)) {
+            let name = crate::plan::store_name(want.trim_end_matches('/'));
+            match all.iter().find(|(p, _, _)| crate::plan::store_name(p) == name) {
                 Some((path, hash, nar_size)) => v.push(Expect {
                     path: path.clone(),
                     hash: hash.clone(),

@@ -11,7 +11,7 @@ pub mod tree;
 pub use metadata::{hardlinks_visible, symlinks_read_back};
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -371,16 +371,4 @@ pub fn has_errno(e: &anyhow::Error, errnos: &[i32]) -> bool {
             .or_else(|| c.downcast_ref::<nix::errno::Errno>().map(|e| *e as i32));
         n.is_some_and(|n| errnos.contains(&n))
     })
-}
-
-/// Own the fd of a directory together with its path for messages.
-pub struct DirHandle {
-    pub path: PathBuf,
-    pub fd: OwnedFd,
-}
-
-impl DirHandle {
-    pub fn pair(&self) -> (&Path, BorrowedFd<'_>) {
-        (&self.path, self.fd.as_fd())
-    }
 }

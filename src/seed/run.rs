@@ -1,12 +1,5 @@
-//! `nix-seed seed`: the steps of adding an image to a shared store, in the order Nix's own
-//! `local-store.cc` adds a path: lock, decide (under the locks), write (atomically, with
-//! canonical metadata), check, register, root, and only then mark the image complete.
-//!
-//! The promise behind exit 0: every store path of the image is present, valid (registered
-//! with the image's references) and reachable from a GC root in the target. Each decision
-//! about what the target holds is made while Nix's `gc.lock` is held shared, so no garbage
-//! collection can change the answer before it is acted on; a crash between any two steps
-//! leaves no marker, so the next run takes the slow path and repairs.
+//! The slow path's steps, under the seed lock and Nix's locks, each a method of [`Run`]
+//! called in order by [`super::seed`].
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -16,120 +9,21 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use nix::errno::Errno;
-use nix::sys::stat::{fstat, mkdirat, Mode};
 use serde_json::json;
 
 use crate::cli::SeedArgs;
 use crate::copy::{self, Counters, Engine, Stopped};
 use crate::dirfd::open_dir;
-use crate::failpoint;
-use crate::lock::{self, Held};
-use crate::nixdb::{self, SourceDb};
-use crate::nixlocks::NixLocks;
-use crate::plan::{self, Plan};
+use crate::lock::Held;
+use crate::nixdb::{self, open_existing_db, refusal, with_db_dir, with_target_db, SourceDb};
+use crate::plan::{self, ensure_target_store, list_store, Plan};
 use crate::preflight::{self, Checked};
 use crate::progress::{self, Log, PathEvents};
 use crate::report::Report;
 use crate::{gcroots, repair, state, var};
 
-pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
-    let t0 = Instant::now();
-    let c = preflight::check(
-        &args.paths.source,
-        &args.paths.target,
-        !args.allow_non_mountpoint,
-        !args.dry_run,
-    )?;
-    if args.dry_run {
-        return dry_run(&c, args, log, t0);
-    }
-    // The fast path: no lock, nothing written.
-    let plan = Plan::compute(&c)?;
-    if plan.is_complete() && !args.recheck {
-        return Ok(Report::new(&c, &plan).finished(t0));
-    }
-
-    // Lock: one seeder at a time, then Nix's own locks: no collection from here on.
-    let held = lock::acquire(
-        c.target.as_fd(),
-        &c.target_path,
-        &lock::Config {
-            timeout: args.lock_timeout,
-            stale: args.lock_stale,
-        },
-        log,
-        interrupted,
-    )?;
-    failpoint::hit("locked");
-    let nix_locks = NixLocks::acquire(&c, log, interrupted, args.lock_timeout)?;
-    failpoint::hit("nix-locks");
-
-    // Decide, under the locks: what a collection deleted while we waited is missing now,
-    // and another seeder may have done the work meanwhile.
-    let plan = Plan::compute(&c)?;
-    if plan.is_complete() && !args.recheck {
-        let mut report = Report::new(&c, &plan);
-        report.locked = true;
-        return Ok(report.finished(t0));
-    }
-    failpoint::hit("planned");
-    let mut run = Run::start(c, args, log, &held, interrupted, plan)?;
-    failpoint::hit("unmarked");
-    run.check_space()?;
-    failpoint::hit("space-checked");
-    run.prepare_store()?;
-    run.copy()?;
-    failpoint::hit("copied");
-    run.check_contents()?;
-    failpoint::hit("verified");
-    run.seed_var()?;
-    failpoint::hit("var-seeded");
-    run.register()?;
-    failpoint::hit("registered");
-    run.root()?;
-    failpoint::hit("rooted");
-    let report = run.mark()?;
-    failpoint::hit("marked");
-    drop(nix_locks);
-    drop(held);
-    Ok(report.finished(t0))
-}
-
-fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Report> {
-    let plan = Plan::compute(c)?;
-    for n in &plan.missing {
-        log.event(
-            progress::Level::Info,
-            "would-copy",
-            &format!("would copy {}", n.to_string_lossy()),
-            json!({"path": n.to_string_lossy()}),
-        );
-    }
-    if !plan.target_has_var && plan.source_has_var {
-        log.info("would create var/ from the image's var/ (runtime files left out)");
-    } else if !plan.image_marked {
-        log.info("would add the image's missing var/ entries");
-    }
-    let block = nix::sys::statvfs::fstatvfs(c.target.as_fd()).map_or(4096, |v| v.fragment_size());
-    let size = plan::measure(c, &plan.missing, block, args.jobs as usize)?;
-    let mut report = Report::new(c, &plan);
-    report.dry_run = true;
-    report.files = size.files;
-    report.bytes = size.bytes;
-    report.fit = Some(match plan::room(c, plan.missing.len(), size)? {
-        None => format!(
-            "it fits ({}, {} inodes needed)",
-            indicatif::HumanBytes(size.needed),
-            size.inodes
-        ),
-        Some(why) => format!("it would NOT fit: {why}"),
-    });
-    Ok(report.finished(t0))
-}
-
 /// One slow-path run, under the seed lock and Nix's locks: each step a method.
-struct Run<'a> {
+pub(super) struct Run<'a> {
     c: Checked,
     args: &'a SeedArgs,
     log: &'a Arc<Log>,
@@ -153,7 +47,7 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     /// Read the image's database, then invalidate the image's marker: from here on the
     /// store and the database change, and a crash must leave the next run the slow path.
-    fn start(
+    pub(super) fn start(
         c: Checked,
         args: &'a SeedArgs,
         log: &'a Arc<Log>,
@@ -170,7 +64,7 @@ impl<'a> Run<'a> {
         }
         // The target's database, if any, must be one nix-seed can register in: refused
         // here, before anything is written.
-        with_target_db(&c, args, log, |_| Ok(())).map_err(refusal)?;
+        with_target_db(&c, args.lock_timeout, log, |_| Ok(())).map_err(refusal)?;
         state::unmark(&c, &plan.image_id)?;
         let counters = Arc::new(Counters::default());
         let engine = Engine::new(counters.clone(), vec![interrupted.clone(), held.lost.clone()]);
@@ -207,7 +101,7 @@ impl<'a> Run<'a> {
     /// Enough space and inodes? Measured on the source, refused before anything is copied;
     /// then one line saying what will be copied (a long first seed is otherwise silent
     /// until the first progress line).
-    fn check_space(&mut self) -> Result<()> {
+    pub(super) fn check_space(&mut self) -> Result<()> {
         let c = &self.c;
         let block = nix::sys::statvfs::fstatvfs(c.target.as_fd())
             .with_context(|| format!("cannot statfs {}", c.target_path.display()))?
@@ -236,7 +130,7 @@ impl<'a> Run<'a> {
     }
 
     /// `TARGET/store` exists, holds no leftovers of a killed run, and can hold a Nix store.
-    fn prepare_store(&mut self) -> Result<()> {
+    pub(super) fn prepare_store(&mut self) -> Result<()> {
         let store = ensure_target_store(&self.c)?;
         let (c, log) = (&self.c, self.log);
         let store_path = c.target_path.join("store");
@@ -284,7 +178,7 @@ impl<'a> Run<'a> {
     }
 
     /// Copy the missing store paths, each published atomically.
-    fn copy(&mut self) -> Result<()> {
+    pub(super) fn copy(&mut self) -> Result<()> {
         let store_path = self.c.target_path.join("store");
         let t0 = Instant::now();
         let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.output.progress);
@@ -328,7 +222,7 @@ impl<'a> Run<'a> {
     }
 
     /// Hash what needs hashing before anything is registered (see [`repair`]).
-    fn check_contents(&mut self) -> Result<()> {
+    pub(super) fn check_contents(&mut self) -> Result<()> {
         let Some(src) = &self.source_db else {
             if self.args.verify {
                 self.log
@@ -348,7 +242,7 @@ impl<'a> Run<'a> {
                 &mut self.checks,
             );
         }
-        let registered = with_target_db(&self.c, self.args, self.log, |db| match db {
+        let registered = with_target_db(&self.c, self.args.lock_timeout, self.log, |db| match db {
             Some(db) => db.registered(),
             None => Ok(HashSet::new()),
         })?;
@@ -380,7 +274,7 @@ impl<'a> Run<'a> {
 
     /// var/ after the store paths, so profiles and roots never point at missing paths; a
     /// database is created here (a copy of the image's) if the target has none.
-    fn seed_var(&mut self) -> Result<()> {
+    pub(super) fn seed_var(&mut self) -> Result<()> {
         let var_engine = Engine::new(
             Arc::new(Counters::default()),
             vec![self.interrupted.clone(), self.held.lost.clone()],
@@ -406,7 +300,7 @@ impl<'a> Run<'a> {
     /// Register last, in one transaction, what the target holds. The database is opened
     /// here, right before the transaction: a pod's Nix may have created it, or switched it
     /// to WAL, while the store paths were copied.
-    fn register(&mut self) -> Result<()> {
+    pub(super) fn register(&mut self) -> Result<()> {
         let Some(src) = &self.source_db else {
             return Ok(());
         };
@@ -415,12 +309,12 @@ impl<'a> Run<'a> {
         let names: HashSet<&str> = present.iter().filter_map(|n| n.to_str()).collect();
         let lost = || self.lost();
         let shown = c.target_path.join("var").join(nixdb::DB_DIR);
-        let (r, valid) = with_db_dir(c, self.args, self.log, |dir| {
+        let (r, valid) = with_db_dir(c, self.args.lock_timeout, self.log, |dir| {
             let dir = dir.with_context(|| format!("{} vanished", shown.display()))?;
             let r = nixdb::register_in_target(dir, &shown, src, &names, &lost)?;
             let valid = match open_existing_db(c, dir)? {
                 Some(db) => {
-                    if db.wal && nixdb::is_network_fs(dir) {
+                    if db.wal && crate::dirfd::is_network_fs(dir) {
                         self.log.warn(&crate::status::wal_on_network_fs(&db.path));
                     }
                     db.registered()?
@@ -457,7 +351,7 @@ impl<'a> Run<'a> {
     }
 
     /// GC roots for the tops of the image's closure that are valid here.
-    fn root(&mut self) -> Result<()> {
+    pub(super) fn root(&mut self) -> Result<()> {
         let Some(src) = &self.source_db else {
             return Ok(());
         };
@@ -479,7 +373,7 @@ impl<'a> Run<'a> {
     }
 
     /// The image is complete: say so in its marker, the last write.
-    fn mark(mut self) -> Result<Report> {
+    pub(super) fn mark(mut self) -> Result<Report> {
         if self.lost() {
             return Err(Stopped.into());
         }
@@ -502,116 +396,5 @@ impl<'a> Run<'a> {
         self.report.verified = self.checks.verified;
         self.report.ownership_preserved = self.engine.ownership.preserved();
         Ok(self.report)
-    }
-}
-
-/// A target database nix-seed cannot register in (another schema, not a Nix database,
-/// unreadable) is refused before anything is written: exit 2. A busy one stays a lock wait.
-fn refusal(e: anyhow::Error) -> anyhow::Error {
-    let busy = e.chain().any(|c| {
-        matches!(c.downcast_ref::<rusqlite::Error>(),
-                 Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy)
-    });
-    if busy || e.downcast_ref::<preflight::Invalid>().is_some() {
-        return e;
-    }
-    preflight::Invalid(format!("{e:#}; nothing was written")).into()
-}
-
-/// The store path names in the target's store, as they are now.
-fn list_store(c: &Checked, store: std::os::fd::BorrowedFd) -> Result<HashSet<OsString>> {
-    Ok(crate::dirfd::list(store)
-        .with_context(|| format!("cannot list {}/store", c.target_path.display()))?
-        .into_iter()
-        .map(|e| e.name)
-        .collect())
-}
-
-/// `TARGET/var`, if it exists. Absent is "no database yet"; anything else (a symlink
-/// swapped in) is an error, not a reason to skip registering.
-fn open_var(c: &Checked) -> Result<Option<OwnedFd>> {
-    crate::dirfd::open_dir_if_exists(c.target.as_fd(), "var").with_context(|| {
-        format!(
-            "cannot open {}/var (must be a directory, not a symlink)",
-            c.target_path.display()
-        )
-    })
-}
-
-/// Run `f` on the target's database directory `var/nix/db` (`None` if it has none yet),
-/// recorded in `.nix-seed/db-lock` meanwhile, so that a kill that leaves SQLite's dotfile
-/// lock behind is recovered by the next run. Whatever `f` opens is opened now: a pod's Nix
-/// may have created the database, or switched it to WAL, since it was last looked at.
-fn with_db_dir<T>(
-    c: &Checked,
-    args: &SeedArgs,
-    log: &Arc<Log>,
-    f: impl FnOnce(Option<std::os::fd::BorrowedFd>) -> Result<T>,
-) -> Result<T> {
-    let Some(var) = open_var(c)? else { return f(None) };
-    let Some(db_dir) = nixdb::open_db_dir(var.as_fd(), &c.target_path.join("var"))? else {
-        return f(None);
-    };
-    let db_path = c.target_path.join("var").join(nixdb::DB_DIR);
-    nixdb::set_busy_context(&db_path, args.lock_timeout, log.clone());
-    let window = nixdb::DbWindow::enter(
-        lock::state_dir(c.target.as_fd(), &c.target_path)?,
-        Some(db_dir.as_fd()),
-        &db_path,
-        log,
-    )?;
-    let r = f(Some(db_dir.as_fd()));
-    drop(window);
-    r
-}
-
-/// [`with_db_dir`] with the database opened (`None` if there is none).
-fn with_target_db<T>(
-    c: &Checked,
-    args: &SeedArgs,
-    log: &Arc<Log>,
-    f: impl FnOnce(Option<&mut nixdb::TargetDb>) -> Result<T>,
-) -> Result<T> {
-    with_db_dir(c, args, log, |dir| match dir {
-        Some(d) => {
-            let mut db = open_existing_db(c, d)?;
-            f(db.as_mut())
-        }
-        None => f(None),
-    })
-}
-
-/// The target's database in `db_dir` (its `var/nix/db`), opened the way its Nix clients
-/// open it, if it has one.
-fn open_existing_db(c: &Checked, db_dir: std::os::fd::BorrowedFd) -> Result<Option<nixdb::TargetDb>> {
-    if !nixdb::has_file(db_dir, OsStr::new(nixdb::DB_FILE)) {
-        return Ok(None);
-    }
-    let shown = c.target_path.join("var").join(nixdb::DB_DIR);
-    Ok(Some(nixdb::open_target(db_dir, &shown, false)?))
-}
-
-/// `target/store`, created with the source store directory's mode and owner if missing.
-fn ensure_target_store(c: &Checked) -> Result<OwnedFd> {
-    if let Some(fd) = plan::open_target_store(c)? {
-        return Ok(fd);
-    }
-    let st = fstat(c.source_store.as_fd())?;
-    match mkdirat(c.target.as_fd(), "store", Mode::from_bits_truncate(0o700)) {
-        Ok(()) => {
-            let fd = open_dir(c.target.as_fd(), "store")?;
-            let _ = nix::unistd::fchown(
-                fd.as_fd(),
-                Some(nix::unistd::Uid::from_raw(st.st_uid)),
-                Some(nix::unistd::Gid::from_raw(st.st_gid)),
-            );
-            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))
-                .with_context(|| format!("cannot set the mode of {}/store", c.target_path.display()))?;
-            Ok(fd)
-        }
-        Err(Errno::EEXIST) => {
-            plan::open_target_store(c)?.ok_or_else(|| anyhow::anyhow!("{}/store vanished", c.target_path.display()))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot create {}/store", c.target_path.display())),
     }
 }
