@@ -24,7 +24,7 @@
 //!
 //! Prints one summary line (counts, bytes, share of files <= 4 KiB, seconds).
 
-#[path = "../tests/support/fixture.rs"]
+#[path = "../tests/it/support/fixture.rs"]
 mod fixture;
 
 use std::ffi::OsString;

@@ -4,7 +4,7 @@
 //!
 //! Works as a non-root user (ownership changes are then skipped).
 
-#[path = "../tests/support/fixture.rs"]
+#[path = "../tests/it/support/fixture.rs"]
 mod fixture;
 
 use std::collections::HashSet;

@@ -1,8 +1,6 @@
 //! Many seeders at once, seeders killed at any moment, and the lock's lease: what the
 //! README promises about running nix-seed from every pod at the same time.
 
-mod support;
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -10,9 +8,10 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use support::cmd::{assert_code, assert_ok, copied_events, seed, spawn_seed, stderr, text};
-use support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
-use support::fixture::{self, Spec};
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, copied_events, seed, spawn_seed, stderr, text};
+use crate::support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
+use crate::support::fixture::{self, Spec};
 
 /// The smallest `--lock-stale` the binary accepts (the floor; see `lock::MIN_STALE`).
 const SMALLEST_STALE: &str = "3s";

@@ -1,11 +1,11 @@
 //! Shared support code for nix-seed integration tests.
 //!
-//! Include from an integration test file with `mod support;`.
+//! The `support` module of the integration-test binary (`tests/it/main.rs`); test modules
+//! use it as `crate::support`.
 //!
 //! * [`fixture`]: builds a fake `/nix` root (`<root>/store`, `<root>/var`) full of hard cases.
 //! * [`compare`]: exact store / var comparison, snapshots, temp-file checks.
 //! * [`mounts`]: loop-device filesystems (ext4, xfs, btrfs) and tmpfs, unmounted on drop.
-#![allow(dead_code)]
 
 pub mod cmd;
 pub mod compare;
@@ -52,7 +52,7 @@ fn skip_or_panic(test: &str, why: &str) -> bool {
 /// `SKIPPED <test>: needs root` to stderr and returns `false`.
 ///
 /// ```ignore
-/// if !support::require_root("my_test") { return; }
+/// if !crate::support::require_root("my_test") { return; }
 /// ```
 pub fn require_root(test: &str) -> bool {
     if is_root() {
@@ -100,6 +100,10 @@ impl Scratch {
     }
 
     /// Keep the directory on disk (for debugging) and return its path.
+    #[allow(
+        dead_code,
+        reason = "a debugging aid: put it in a failing test to keep its scratch directory"
+    )]
     pub fn keep(mut self) -> PathBuf {
         self.dir.take().expect("scratch dir").keep()
     }

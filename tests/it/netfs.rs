@@ -7,8 +7,6 @@
 //! volume, seen through both mounts, with `--allow-non-mountpoint`. The tests take a
 //! process-wide lock so that they never run at the same time (they measure takeover times).
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read};
@@ -20,9 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use support::cmd::{copied_events, seed_cmd, text};
-use support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, db_rows, snapshot, Links};
-use support::fixture::{self, Spec};
+use crate::support;
+use crate::support::cmd::{copied_events, seed_cmd, text};
+use crate::support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, db_rows, snapshot, Links};
+use crate::support::fixture::{self, Spec};
 
 // ---------------------------------------------------------------------------------------
 // The harness

@@ -2,8 +2,6 @@
 //! the comparators accept an exact copy and reject every single kind of difference, and the
 //! mount helpers mount and clean up.
 
-mod support;
-
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -13,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use support::compare::{self, assert_store_equal};
-use support::fixture::{self, Fixture, Spec};
-use support::mounts;
+use crate::support;
+use crate::support::compare::{self, assert_store_equal};
+use crate::support::fixture::{self, Fixture, Spec};
+use crate::support::mounts;
 
 fn sh(cmd: &mut Command) {
     let st = cmd.status().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
