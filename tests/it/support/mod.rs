@@ -6,12 +6,14 @@
 //! * [`fixture`]: builds a fake `/nix` root (`<root>/store`, `<root>/var`) full of hard cases.
 //! * [`compare`]: exact store / var comparison, snapshots, temp-file checks.
 //! * [`mounts`]: loop-device filesystems (ext4, xfs, btrfs) and tmpfs, unmounted on drop.
+//! * [`netfs`]: the network-filesystem harness (GlusterFS, sshfs) and seeders run on it.
 
 pub mod cmd;
 pub mod compare;
 pub mod fixture;
 pub mod modern;
 pub mod mounts;
+pub mod netfs;
 pub mod nix;
 pub mod storm;
 
@@ -207,4 +209,22 @@ pub fn wait_stopped(pid: u32) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Wait until `cond` holds (polled every 5 ms), or panic after `secs`.
+#[track_caller]
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(secs),
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// How many entries `<dst>/store` has (0 if it does not exist yet).
+pub fn store_entries(dst: &Path) -> usize {
+    std::fs::read_dir(dst.join("store")).map_or(0, |d| d.count())
 }
