@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The nix-seed benchmark (issue 5): nix-seed against cp -a, rsync -aH, tar | tar,
 # rsync -a --ignore-existing and nix copy, on a synthetic store shaped like a real one
-# (examples/bench_store.rs), a store built by real Nix (scripts/make-real-store.sh) and a
+# (tools/bench_store.rs), a store built by real Nix (scripts/make-real-store.sh) and a
 # million-file store (peak RSS), into fresh local ext4 filesystems and a private GlusterFS
 # (scripts/netfs.sh), cold and warm; then the no-op on a seeded target, and strace counts.
 #

@@ -5,6 +5,7 @@
 //! Works as a non-root user (ownership changes are then skipped).
 
 #[path = "../tests/it/support/fixture.rs"]
+#[allow(dead_code, reason = "this tool uses only the fixture's build")]
 mod fixture;
 
 use std::collections::HashSet;
