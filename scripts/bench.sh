@@ -15,6 +15,9 @@
 # smaller workload and fewer contenders, ext4 only, report in the work directory.
 # `scripts/bench.sh --help` lists every option.
 #
+# The benchmark itself is the Python package scripts/bench/ (run, fs, report; standard
+# library only), run as `python3 -m bench` with PYTHONPATH=scripts.
+#
 # Needs root (loop devices, mounts, drop_caches), python3 (standard library only) and
 # cargo; installs rsync, time, strace, sqlite3 and nix-bin with apt-get when missing. Scratch
 # space: DIR (default $TMPDIR or /tmp, then nix-seed-bench), which must not be a tmpfs:
@@ -29,7 +32,7 @@ args=()
 for a in "$@"; do
   case "$a" in
     --no-build) build=0 ;;
-    -h|--help) exec python3 scripts/bench.py --bin /dev/null --gen /dev/null --help ;;
+    -h|--help) PYTHONPATH=scripts exec python3 -m bench --bin /dev/null --gen /dev/null --help ;;
     *) args+=("$a") ;;
   esac
 done
@@ -63,5 +66,5 @@ orig=""
 # A private mount namespace: the benchmark's mounts are invisible to the rest of the
 # machine, so a mount namespace another program creates meanwhile (the test suite's
 # `unshare -m`) cannot copy them and keep their loop devices busy after we unmount.
-exec unshare --mount --propagation private python3 scripts/bench.py --bin "$tdir/nix-seed" --gen "$tdir/examples/bench_store" \
+PYTHONPATH=scripts exec unshare --mount --propagation private python3 -m bench --bin "$tdir/nix-seed" --gen "$tdir/examples/bench_store" \
   "--argv=$orig" ${args[@]+"${args[@]}"}
