@@ -5,11 +5,11 @@
 //!
 //! Every test of every module runs in this one process, on `--test-threads` threads
 //! (`scripts/test.sh`: two). The tests that must not run alongside each other, the
-//! network-filesystem tests (they time takeovers), take one process-wide lock (`support::netfs`);
-//! libtest starts tests in name order, so while one of them runs the other thread waits
-//! for that lock in the next one, and only the first and the last can overlap a test of
-//! a neighbouring module. Every other test uses only its own scratch directories, mounts,
-//! loop devices and child processes, as it did in a binary of its own.
+//! network-filesystem tests (they time takeovers), take one process-wide lock
+//! (`support::netfs`). libtest starts tests in name order, so while one of them runs the
+//! other thread waits for that lock in the next one, and only the first and the last can
+//! overlap a test of a neighbouring module. Every other test uses only its own scratch
+//! directories, mounts, loop devices and child processes, as it did in a binary of its own.
 
 mod support;
 
