@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The nix-seed benchmark (issue 5): nix-seed against cp -a, rsync -aH, tar | tar,
 # rsync -a --ignore-existing and nix copy, on a synthetic store shaped like a real one
-# (examples/bench_store.rs), a store built by real Nix (scripts/make-real-store.sh) and a
+# (tools/bench_store.rs), a store built by real Nix (scripts/make-real-store.sh) and a
 # million-file store (peak RSS), into fresh local ext4 filesystems and a private GlusterFS
 # (scripts/netfs.sh), cold and warm; then the no-op on a seeded target, and strace counts.
 #
@@ -14,6 +14,9 @@
 # (BENCHMARKS.md says how long the recorded run took). --quick: about 5 minutes, a
 # smaller workload and fewer contenders, ext4 only, report in the work directory.
 # `scripts/bench.sh --help` lists every option.
+#
+# The benchmark itself is the Python package scripts/bench/ (run, fs, report; standard
+# library only), run as `python3 -m bench` with PYTHONPATH=scripts.
 #
 # Needs root (loop devices, mounts, drop_caches), python3 (standard library only) and
 # cargo; installs rsync, time, strace, sqlite3 and nix-bin with apt-get when missing. Scratch
@@ -29,7 +32,7 @@ args=()
 for a in "$@"; do
   case "$a" in
     --no-build) build=0 ;;
-    -h|--help) exec python3 scripts/bench.py --bin /dev/null --gen /dev/null --help ;;
+    -h|--help) PYTHONPATH=scripts exec python3 -m bench --bin /dev/null --gen /dev/null --help ;;
     *) args+=("$a") ;;
   esac
 done
@@ -63,5 +66,5 @@ orig=""
 # A private mount namespace: the benchmark's mounts are invisible to the rest of the
 # machine, so a mount namespace another program creates meanwhile (the test suite's
 # `unshare -m`) cannot copy them and keep their loop devices busy after we unmount.
-exec unshare --mount --propagation private python3 scripts/bench.py --bin "$tdir/nix-seed" --gen "$tdir/examples/bench_store" \
+PYTHONPATH=scripts exec unshare --mount --propagation private python3 -m bench --bin "$tdir/nix-seed" --gen "$tdir/examples/bench_store" \
   "--argv=$orig" ${args[@]+"${args[@]}"}

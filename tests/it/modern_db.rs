@@ -2,15 +2,14 @@
 //! `provenance` column, no `IndexReferrer`), images whose database has a `-wal` file, and
 //! what `status` says about the target's journal mode (issue #10: E.12, E.13, E.14, E.16).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use support::cmd::{assert_code, assert_ok, nix_seed, seed, stderr, stdout, text};
-use support::compare::db_rows;
-use support::fixture::{self, Spec};
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, seed, stderr, stdout, text};
+use crate::support::compare::db_rows;
+use crate::support::fixture::{self, Spec};
 
 fn build(root: &Path, paths: usize, seed: u64) -> fixture::Fixture {
     fixture::build(

@@ -2,15 +2,14 @@
 //! ownership warning; seeding a root-owned store as non-root warns once and preserves
 //! everything but the owner.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
-use support::cmd::{assert_ok, seed_cmd, stderr};
-use support::compare::assert_store_equal;
-use support::fixture::{self, Spec};
+use crate::support;
+use crate::support::cmd::{assert_ok, seed_cmd, stderr};
+use crate::support::compare::assert_store_equal;
+use crate::support::fixture::{self, Spec};
 
 const NOBODY: u32 = 65534;
 

@@ -2,14 +2,13 @@
 //! devices and tmpfs, as real mount points (no --allow-non-mountpoint), with the source
 //! on a different filesystem than the target as it is in a pod.
 
-mod support;
-
 use std::path::Path;
 
-use support::cmd::{assert_code, assert_ok, nix_seed, status};
-use support::compare::{assert_no_temp, assert_store_equal, assert_var_seeded};
-use support::fixture::{self, Spec};
-use support::mounts;
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, status};
+use crate::support::compare::{assert_no_temp, assert_store_equal, assert_var_seeded};
+use crate::support::fixture::{self, Spec};
+use crate::support::mounts;
 
 fn seed_on(kind: &str) {
     if !support::require_root(&format!("filesystem {kind} (needs root for mounts)")) {

@@ -24,7 +24,8 @@
 //!
 //! Prints one summary line (counts, bytes, share of files <= 4 KiB, seconds).
 
-#[path = "../tests/support/fixture.rs"]
+#[path = "../tests/it/support/fixture.rs"]
+#[allow(dead_code, reason = "this tool uses a few of the fixture's helpers")]
 mod fixture;
 
 use std::ffi::OsString;

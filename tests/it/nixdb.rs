@@ -3,16 +3,15 @@
 //! then checked by Nix the way a pod sees them (the target bind-mounted at /nix in a
 //! private mount namespace).
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use support::cmd::{assert_code, assert_ok, nix_seed, seed_cmd, stderr, stdout, text};
-use support::compare::db_rows;
-use support::nix::{
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, seed_cmd, stderr, stdout, text};
+use crate::support::compare::db_rows;
+use crate::support::nix::{
     assert_nix_accepts, db_dir_listing, in_pod, nix_available, nix_seed_db_is_wal, real_store, seed, valid_paths,
 };
 

@@ -1,8 +1,6 @@
 //! Many seeders at once, seeders killed at any moment, and the lock's lease: what the
 //! README promises about running nix-seed from every pod at the same time.
 
-mod support;
-
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -10,9 +8,10 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use support::cmd::{assert_code, assert_ok, copied_events, seed, spawn_seed, stderr, text};
-use support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
-use support::fixture::{self, Spec};
+use crate::support::cmd::{assert_code, assert_ok, copied_events, seed, spawn_seed, stderr, text};
+use crate::support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
+use crate::support::fixture::{self, Spec};
+use crate::support::{self, store_entries, wait_for};
 
 /// The smallest `--lock-stale` the binary accepts (the floor; see `lock::MIN_STALE`).
 const SMALLEST_STALE: &str = "3s";
@@ -32,19 +31,6 @@ fn big_fixture(dir: &Path) -> fixture::Fixture {
 
 fn signal(child: &Child, sig: i32) {
     unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-/// Wait until `cond` holds, or panic after `secs`.
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn store_entries(dst: &Path) -> usize {
-    std::fs::read_dir(dst.join("store")).map_or(0, |d| d.count())
 }
 
 #[test]

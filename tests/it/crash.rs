@@ -4,14 +4,13 @@
 //! do" is telling the truth. Failpoints (`NIX_SEED_FAILPOINT`, debug builds) put the kill
 //! exactly at each boundary instead of hoping a sleep lands there.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use support::cmd::{assert_code, assert_ok, seed_cmd, status, stderr, stdout, text};
-use support::nix::{in_pod, nix_available, real_store, valid_paths};
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, seed_cmd, status, stderr, stdout, text};
+use crate::support::nix::{in_pod, nix_available, real_store, valid_paths};
 
 /// Every step boundary of `seed`, in order (see src/seed.rs).
 const POINTS: &[&str] = &[

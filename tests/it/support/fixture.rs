@@ -2,8 +2,7 @@
 //! case a store seeder must handle. Deterministic for a given seed.
 //!
 //! Self-contained (std + libc only, no `super::` imports) so that
-//! `examples/make_store.rs` can include it with `#[path = ...] mod fixture;`.
-#![allow(dead_code)]
+//! `tools/make_store.rs` and `tools/bench_store.rs` include it with `#[path = ...] mod fixture;`.
 
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr, OsString};

@@ -1,16 +1,15 @@
 //! The README's promises about one seed: an exact copy of every missing store path,
 //! var/ without runtime files, nothing else touched, and a second run that does nothing.
 
-mod support;
-
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use support::cmd::{assert_code, assert_ok, copied_events, seed, status, stderr, stdout};
-use support::compare::{assert_no_temp, assert_store_equal, assert_unchanged, assert_var_seeded, snapshot};
-use support::fixture::{self, Spec};
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, copied_events, seed, status, stderr, stdout};
+use crate::support::compare::{assert_no_temp, assert_store_equal, assert_unchanged, assert_var_seeded, snapshot};
+use crate::support::fixture::{self, Spec};
 
 fn build(dir: &Path, paths: usize) -> fixture::Fixture {
     fixture::build(

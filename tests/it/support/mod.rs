@@ -1,17 +1,19 @@
 //! Shared support code for nix-seed integration tests.
 //!
-//! Include from an integration test file with `mod support;`.
+//! The `support` module of the integration-test binary (`tests/it/main.rs`); test modules
+//! use it as `crate::support`.
 //!
 //! * [`fixture`]: builds a fake `/nix` root (`<root>/store`, `<root>/var`) full of hard cases.
 //! * [`compare`]: exact store / var comparison, snapshots, temp-file checks.
 //! * [`mounts`]: loop-device filesystems (ext4, xfs, btrfs) and tmpfs, unmounted on drop.
-#![allow(dead_code)]
+//! * [`netfs`]: the network-filesystem harness (GlusterFS, sshfs) and seeders run on it.
 
 pub mod cmd;
 pub mod compare;
 pub mod fixture;
 pub mod modern;
 pub mod mounts;
+pub mod netfs;
 pub mod nix;
 pub mod storm;
 
@@ -52,7 +54,7 @@ fn skip_or_panic(test: &str, why: &str) -> bool {
 /// `SKIPPED <test>: needs root` to stderr and returns `false`.
 ///
 /// ```ignore
-/// if !support::require_root("my_test") { return; }
+/// if !crate::support::require_root("my_test") { return; }
 /// ```
 pub fn require_root(test: &str) -> bool {
     if is_root() {
@@ -100,6 +102,10 @@ impl Scratch {
     }
 
     /// Keep the directory on disk (for debugging) and return its path.
+    #[allow(
+        dead_code,
+        reason = "a debugging aid: put it in a failing test to keep its scratch directory"
+    )]
     pub fn keep(mut self) -> PathBuf {
         self.dir.take().expect("scratch dir").keep()
     }
@@ -203,4 +209,22 @@ pub fn wait_stopped(pid: u32) {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Wait until `cond` holds (polled every 5 ms), or panic after `secs`.
+#[track_caller]
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(secs),
+            "timed out after {secs}s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// How many entries `<dst>/store` has (0 if it does not exist yet).
+pub fn store_entries(dst: &Path) -> usize {
+    std::fs::read_dir(dst.join("store")).map_or(0, |d| d.count())
 }

@@ -1,10 +1,9 @@
 //! `nix-seed install DEST`: the hand-off of the static binary through an emptyDir.
 
-mod support;
-
 use std::os::unix::fs::PermissionsExt;
 
-use support::cmd::{assert_code, assert_ok, run, stderr};
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, run, stderr};
 
 #[test]
 fn installs_a_runnable_copy_and_replaces_it_on_rerun() {

@@ -2,8 +2,6 @@
 //! the comparators accept an exact copy and reject every single kind of difference, and the
 //! mount helpers mount and clean up.
 
-mod support;
-
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -13,9 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use support::compare::{self, assert_store_equal};
-use support::fixture::{self, Fixture, Spec};
-use support::mounts;
+use crate::support;
+use crate::support::compare::{self, assert_store_equal};
+use crate::support::fixture::{self, Fixture, Spec};
+use crate::support::mounts;
 
 fn sh(cmd: &mut Command) {
     let st = cmd.status().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
@@ -537,12 +536,23 @@ fn mount_roundtrip(kind: &str) {
     assert!(!mounts::is_mount_point(&at), "{kind} unmounted on drop");
     if let Some(image) = image {
         assert!(!image.exists(), "image deleted");
-        let out = Command::new("losetup").arg("-a").output().unwrap();
-        let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            !listing.contains(image.to_str().unwrap()),
-            "loop device detached: {listing}"
-        );
+        // `losetup -d` of a device still busy only sets autoclear: a mount namespace made
+        // meanwhile (`unshare -m` by another test of this process, or by anything else on
+        // the machine) holds a copy of the mount until it exits. So the device must go
+        // away, but may take a moment.
+        let t0 = Instant::now();
+        loop {
+            let out = Command::new("losetup").arg("-a").output().unwrap();
+            let listing = String::from_utf8_lossy(&out.stdout);
+            if !listing.contains(image.to_str().unwrap()) {
+                break;
+            }
+            assert!(
+                t0.elapsed().as_secs() < 60,
+                "loop device not detached after 60 s: {listing}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 }
 

@@ -10,14 +10,13 @@
 //! run with `use-sqlite-wal = false`, as the README tells users on network disks; one test
 //! lets the 2.26 pod use Nix's default (WAL) instead.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use support::cmd::{assert_ok, stdout, text};
-use support::modern::{image_paths, modern_available, Nix, BOTH};
-use support::nix::{db_dir_listing, nix_seed_db_is_wal, seed};
+use crate::support;
+use crate::support::cmd::{assert_ok, stdout, text};
+use crate::support::modern::{image_paths, modern_available, Nix, BOTH};
+use crate::support::nix::{db_dir_listing, nix_seed_db_is_wal, seed};
 
 /// Paths one pod added to the shared target.
 struct Added {

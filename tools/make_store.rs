@@ -4,7 +4,8 @@
 //!
 //! Works as a non-root user (ownership changes are then skipped).
 
-#[path = "../tests/support/fixture.rs"]
+#[path = "../tests/it/support/fixture.rs"]
+#[allow(dead_code, reason = "this tool uses only the fixture's build")]
 mod fixture;
 
 use std::collections::HashSet;

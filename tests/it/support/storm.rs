@@ -312,12 +312,6 @@ impl GcStorm {
         }
         t.join().unwrap()
     }
-
-    /// Stop after the collection under way; what the storm did.
-    pub fn stop(mut self) -> StormStats {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().unwrap().join().unwrap()
-    }
 }
 
 impl Drop for GcStorm {

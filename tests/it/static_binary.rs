@@ -1,12 +1,11 @@
 //! The binary is static and needs nothing from the image it runs in: no libc, no /etc
 //! (owners are numeric), no /proc.
 
-mod support;
-
 use std::process::Command;
 
-use support::cmd::text;
-use support::fixture::{self, Spec};
+use crate::support;
+use crate::support::cmd::text;
+use crate::support::fixture::{self, Spec};
 
 #[test]
 fn file_and_ldd_say_static() {

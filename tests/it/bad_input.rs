@@ -1,12 +1,11 @@
 //! Bad input: one clear line naming the path and the fix, a documented exit code, and
 //! nothing written.
 
-mod support;
-
 use std::path::Path;
 
-use support::cmd::{assert_code, assert_ok, nix_seed, run, seed, stderr, stdout, text};
-use support::fixture::{self, Spec};
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, run, seed, stderr, stdout, text};
+use crate::support::fixture::{self, Spec};
 
 fn small(dir: &Path) -> fixture::Fixture {
     fixture::build(

@@ -4,13 +4,12 @@
 //! in it; then a second namespace mounts the disk at /nix, as the main container does, and
 //! real Nix uses it: every path valid, and a program from a seeded path runs.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use support::cmd::text;
-use support::nix::{nix_available, real_store, valid_paths};
+use crate::support;
+use crate::support::cmd::text;
+use crate::support::nix::{nix_available, real_store, valid_paths};
 
 /// Run `script` with sh in a new mount namespace (mounts vanish with it).
 fn in_namespace(script: &str, env: &[(&str, &str)]) -> std::process::Output {

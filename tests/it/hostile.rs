@@ -4,8 +4,6 @@
 //! fails with a clear error naming it. The same holds when they swap a symlink in for a
 //! directory while a seed runs (the last test).
 
-mod support;
-
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::io::Write as _;
@@ -18,12 +16,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::cmd::{seed, stderr, text};
+use crate::support::compare::{assert_unchanged, snapshot, Links, Snapshot};
+use crate::support::fixture::{self, Spec};
 use nix::fcntl::{renameat2, RenameFlags};
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
 use nix_seed::dirfd;
-use support::cmd::{seed, stderr, text};
-use support::compare::{assert_unchanged, snapshot, Links, Snapshot};
-use support::fixture::{self, Spec};
 
 struct Case {
     tmp: support::Scratch,

@@ -10,15 +10,14 @@
 //! `NIX_SEED_STORM_ROUNDS` (default [`ROUNDS`]) sets the rounds of the storm test,
 //! `NIX_SEED_STORM_SEED` replays its random choices.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use support::cmd::{assert_ok, seed_cmd, stderr, text};
-use support::nix::{in_pod, nix_available, nix_seed_db_is_wal, real_store, seed};
-use support::storm::{
+use crate::support;
+use crate::support::cmd::{assert_ok, seed_cmd, stderr, text};
+use crate::support::nix::{in_pod, nix_available, nix_seed_db_is_wal, real_store, seed};
+use crate::support::storm::{
     fetch_into, in_pod_wal, nix_verdict, store_path, wait_stopped, Gc, GcStorm, Rng, Slow, StormStats,
 };
 
