@@ -416,20 +416,24 @@ fn a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free() {
     drop(m);
 }
 
+fn forty_paths_and_a_big_file(dir: &Path) -> fixture::Fixture {
+    fixture::build(
+        dir,
+        &Spec {
+            paths: 40,
+            big_file_bytes: 1 << 20,
+            ..Spec::default()
+        },
+    )
+}
+
 #[test]
 fn a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so() {
     if !support::require_root("a_target_short_of_inodes (needs root for a small tmpfs)") {
         return;
     }
     let tmp = support::scratch();
-    let fx = fixture::build(
-        &tmp.path().join("src"),
-        &Spec {
-            paths: 40,
-            big_file_bytes: 1 << 20,
-            ..Spec::default()
-        },
-    );
+    let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     // Space enough by bytes, but few inodes.
     let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
@@ -440,14 +444,7 @@ fn a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so() {
         "{}",
         text(&dry)
     );
-    let o = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let o = seed(&fx.root, &dst, &[]);
     refused(
         &o,
         1,
@@ -462,14 +459,7 @@ fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible
         return;
     }
     let tmp = support::scratch();
-    let fx = fixture::build(
-        &tmp.path().join("src"),
-        &Spec {
-            paths: 40,
-            big_file_bytes: 1 << 20,
-            ..Spec::default()
-        },
-    );
+    let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
     // Stopped right after the space check passed; then another writer fills the disk.

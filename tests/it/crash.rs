@@ -148,24 +148,7 @@ fn a_reseed_killed_at_any_step_is_repaired_by_the_next_run() {
     std::fs::create_dir_all(&base).unwrap();
     assert_ok(&seed_at(&image, &base, None, &[]));
     collect_one_path(&base, &image);
-    let mut failures = Vec::new();
-    for point in POINTS {
-        let target = tmp.path().join(format!("t-{point}/nix"));
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        cp_a(&base, &target);
-        let o = seed_at(&image, &target, Some(point), &[]);
-        assert!(killed(&o), "failpoint {point} was not reached:\n{}", text(&o));
-        if let Err(e) = check_after_kill(&image, &target, point) {
-            failures.push(e);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} failpoints:\n{}",
-        failures.len(),
-        POINTS.len(),
-        failures.join("\n")
-    );
+    kill_at_every_point(&image, |target| cp_a(&base, target));
 }
 
 /// A first seed into an empty target killed at each step boundary.
@@ -176,13 +159,21 @@ fn a_first_seed_killed_at_any_step_is_repaired_by_the_next_run() {
     }
     let tmp = support::scratch();
     let image = real_store(&tmp.path().join("v1"), "v1", false);
+    kill_at_every_point(&image, |target| std::fs::create_dir_all(target).unwrap());
+}
+
+/// For each step boundary: a target made by `prepare`, a seed killed there, then
+/// [`check_after_kill`]; fails with every failpoint that went wrong.
+fn kill_at_every_point(image: &Path, prepare: impl Fn(&Path)) {
+    let scratch = support::scratch();
     let mut failures = Vec::new();
     for point in POINTS {
-        let target = tmp.path().join(format!("t-{point}/nix"));
-        std::fs::create_dir_all(&target).unwrap();
-        let o = seed_at(&image, &target, Some(point), &[]);
+        let target = scratch.path().join(format!("t-{point}/nix"));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        prepare(&target);
+        let o = seed_at(image, &target, Some(point), &[]);
         assert!(killed(&o), "failpoint {point} was not reached:\n{}", text(&o));
-        if let Err(e) = check_after_kill(&image, &target, point) {
+        if let Err(e) = check_after_kill(image, &target, point) {
             failures.push(e);
         }
     }

@@ -105,6 +105,25 @@ fn a_user_seeding_a_root_owned_store_warns_once_and_keeps_modes_times_and_conten
     }
 }
 
+/// A store of `paths` paths (no owners of its own) in `dir/src`, seeded by the user
+/// nobody into `dir/dst`, which nobody owns.
+fn seeded_by_nobody(dir: &Path, paths: usize) -> (fixture::Fixture, std::path::PathBuf) {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fx = fixture::build(
+        &dir.join("src"),
+        &Spec {
+            paths,
+            owners: false,
+            ..Spec::default()
+        },
+    );
+    let dst = dir.join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
+    assert_ok(&as_nobody(&fx.root, &dst));
+    (fx, dst)
+}
+
 /// A non-root seeder repairing a present-but-unregistered path owned by root: the fresh
 /// copy is swapped in and registered; only the old copy, which it may not delete, stays
 /// behind under a temporary name, with one warning, and the run succeeds.
@@ -114,19 +133,7 @@ fn a_user_replacing_a_root_owned_copy_warns_and_registers() {
         return;
     }
     let tmp = support::scratch();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let fx = fixture::build(
-        &tmp.path().join("src"),
-        &Spec {
-            paths: 20,
-            owners: false,
-            ..Spec::default()
-        },
-    );
-    let dst = tmp.path().join("dst");
-    std::fs::create_dir(&dst).unwrap();
-    std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
-    assert_ok(&as_nobody(&fx.root, &dst));
+    let (fx, dst) = seeded_by_nobody(tmp.path(), 20);
     std::fs::set_permissions(dst.join("store"), std::fs::Permissions::from_mode(0o755)).unwrap();
 
     // A top directory path loses its registration, and root puts a different copy there.
@@ -184,19 +191,7 @@ fn lock_files_a_user_may_not_open_are_named_as_a_permission_problem() {
         return;
     }
     let tmp = support::scratch();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let fx = fixture::build(
-        &tmp.path().join("src"),
-        &Spec {
-            paths: 5,
-            owners: false,
-            ..Spec::default()
-        },
-    );
-    let dst = tmp.path().join("dst");
-    std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed_cmd(&fx.root, &dst, &[]).output().unwrap());
-    chown_tree(&dst, NOBODY);
+    let (fx, dst) = seeded_by_nobody(tmp.path(), 5);
     for (file, what) in [
         (".nix-seed/lock", "the seed lock"),
         ("var/nix/gc.lock", "Nix's gc.lock"),
