@@ -16,6 +16,7 @@ pub mod nar;
 pub mod nixdb;
 pub(crate) mod nixlocks;
 pub(crate) mod plan;
+pub(crate) mod pool;
 pub mod preflight;
 pub mod progress;
 pub(crate) mod repair;

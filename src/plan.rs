@@ -10,7 +10,6 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -103,43 +102,31 @@ pub struct Size {
 pub fn measure(c: &Checked, names: &[OsString], block: u64, jobs: usize) -> Result<Size> {
     let block = block.max(512);
     let seen = Mutex::new(HashSet::new());
-    let next = AtomicUsize::new(0);
-    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let total = Mutex::new(Size::default());
     // Walked by `jobs` threads, one store path at a time: on a cold cache the walk waits
     // on one inode read after another, and parallel walks keep the disk busy.
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1).min(names.len().max(1)) {
-            s.spawn(|| {
-                let mut w = Measure {
-                    block,
-                    seen: &seen,
-                    size: Size::default(),
-                    path: PathBuf::new(),
-                };
-                loop {
-                    if first_error.lock().unwrap().is_some() {
-                        break;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(n) = names.get(i) else { break };
-                    w.path = c.source_store_path.join(n);
-                    if let Err(e) = w.top(c.source_store.as_fd(), n) {
-                        first_error.lock().unwrap().get_or_insert(e);
-                        break;
-                    }
-                }
-                let mut t = total.lock().unwrap();
-                t.files += w.size.files;
-                t.bytes += w.size.bytes;
-                t.needed += w.size.needed;
-                t.inodes += w.size.inodes;
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap() {
-        return Err(e);
-    }
+    crate::pool::run(
+        names,
+        jobs,
+        &|| false,
+        || Measure {
+            block,
+            seen: &seen,
+            size: Size::default(),
+            path: PathBuf::new(),
+        },
+        |w, n| {
+            w.path = c.source_store_path.join(n);
+            w.top(c.source_store.as_fd(), n)
+        },
+        |w| {
+            let mut t = total.lock().unwrap();
+            t.files += w.size.files;
+            t.bytes += w.size.bytes;
+            t.needed += w.size.needed;
+            t.inodes += w.size.inodes;
+        },
+    )?;
     Ok(total.into_inner().unwrap())
 }
 

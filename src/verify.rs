@@ -4,7 +4,6 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::Result;
@@ -23,18 +22,21 @@ pub struct Expect {
 /// Check `items` against the store at `store` with `jobs` threads; returns problem lines,
 /// sorted.
 pub fn check(store: BorrowedFd, items: &[Expect], jobs: usize) -> Vec<String> {
-    let next = AtomicUsize::new(0);
     let problems = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..jobs.clamp(1, items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(e) = items.get(i) else { break };
-                let found = check_one(store, e);
-                problems.lock().unwrap().extend(found);
-            });
-        }
-    });
+    // A problem is a finding, not an error: every item is checked.
+    let all = crate::pool::run(
+        items,
+        jobs,
+        &|| false,
+        || (),
+        |_, e| {
+            let found = check_one(store, e);
+            problems.lock().unwrap().extend(found);
+            Ok(())
+        },
+        |()| {},
+    );
+    debug_assert!(all.is_ok());
     let mut v = problems.into_inner().unwrap();
     v.sort();
     v

@@ -13,7 +13,7 @@ pub use metadata::{hardlinks_visible, symlinks_read_back};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -160,47 +160,41 @@ impl Engine {
         self.counters
             .paths_total
             .fetch_add(names.len() as u64, Ordering::Relaxed);
-        let next = AtomicUsize::new(0);
-        let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
         let published: Mutex<Vec<OsString>> = Mutex::new(Vec::new());
-        std::thread::scope(|s| {
-            for _ in 0..jobs.max(1).min(names.len().max(1)) {
-                s.spawn(|| {
-                    let mut buf = vec![0u8; self.buf_size];
-                    loop {
-                        if self.should_stop() {
-                            break;
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(name) = names.get(i) else { break };
-                        let r = self.copy_store_path(src_store, dst_store, name, &mut buf);
-                        self.warn_pending(events, dst_store.0);
-                        match r {
-                            Ok((Published::Yes, files, bytes)) => {
-                                crate::failpoint::hit("published");
-                                self.counters.paths_done.fetch_add(1, Ordering::Relaxed);
-                                published.lock().unwrap().push(name.clone());
-                                events.path_copied(name, files, bytes);
-                            }
-                            Ok((Published::AlreadyThere, _, _)) => {
-                                self.counters.paths_skipped.fetch_add(1, Ordering::Relaxed);
-                                events.path_skipped(name, "appeared in the target while it was being copied");
-                            }
-                            Err(e) => {
-                                if e.downcast_ref::<Stopped>().is_none() {
-                                    self.failed.store(true, Ordering::Relaxed);
-                                    first_error.lock().unwrap().get_or_insert(e);
-                                }
-                                break;
-                            }
-                        }
+        let stop = || self.should_stop();
+        let copied = crate::pool::run(
+            names,
+            jobs,
+            &stop,
+            || vec![0u8; self.buf_size],
+            |buf, name| {
+                let r = self.copy_store_path(src_store, dst_store, name, buf);
+                self.warn_pending(events, dst_store.0);
+                match r {
+                    Ok((Published::Yes, files, bytes)) => {
+                        crate::failpoint::hit("published");
+                        self.counters.paths_done.fetch_add(1, Ordering::Relaxed);
+                        published.lock().unwrap().push(name.clone());
+                        events.path_copied(name, files, bytes);
+                        Ok(())
                     }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().unwrap() {
-            return Err(e);
-        }
+                    Ok((Published::AlreadyThere, _, _)) => {
+                        self.counters.paths_skipped.fetch_add(1, Ordering::Relaxed);
+                        events.path_skipped(name, "appeared in the target while it was being copied");
+                        Ok(())
+                    }
+                    // Asked to stop: not an error of its own (see below).
+                    Err(e) if e.downcast_ref::<Stopped>().is_some() => Ok(()),
+                    Err(e) => {
+                        // The other workers abandon the store paths they are copying.
+                        self.failed.store(true, Ordering::Relaxed);
+                        Err(e)
+                    }
+                }
+            },
+            |_| {},
+        );
+        copied?;
         if self.should_stop() {
             return Err(Stopped.into());
         }
