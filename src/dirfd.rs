@@ -339,3 +339,36 @@ pub fn open_problem(e: Errno, path: &Path) -> String {
         e => format!("cannot open {}: {}", path.display(), io::Error::from(e)),
     }
 }
+
+/// A temporary entry nix-seed made in `dir` (a copy being built, a database being
+/// written): removed, with everything below it, when dropped, unless [`TempEntry::keep`]
+/// says it was published or is someone else's now. Every early return cleans up.
+pub struct TempEntry<'a> {
+    dir: BorrowedFd<'a>,
+    name: OsString,
+    armed: bool,
+}
+
+impl<'a> TempEntry<'a> {
+    pub fn new(dir: BorrowedFd<'a>, name: &OsStr) -> TempEntry<'a> {
+        TempEntry {
+            dir,
+            name: name.to_os_string(),
+            armed: true,
+        }
+    }
+
+    /// The entry is no longer ours to remove (it was renamed into place).
+    pub fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempEntry<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: a later run (under the lock) removes any leftover.
+            let _ = remove_tree_at(self.dir, &self.name);
+        }
+    }
+}

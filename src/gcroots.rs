@@ -79,22 +79,15 @@ pub fn add(eng: &Engine, var: BorrowedFd, var_path: &Path, image_id: &str, tops:
     let tmp = eng.temp_name(OsStr::new(image_id));
     mkdirat(ours.as_fd(), tmp.as_os_str(), Mode::from_bits_truncate(0o755))
         .with_context(|| format!("cannot create a directory in {}", ours_path.display()))?;
+    let guard = crate::dirfd::TempEntry::new(ours.as_fd(), &tmp);
     let top = TopEntry::new(tmp.clone());
-    let n = match open_dir(ours.as_fd(), &tmp)
-        .map_err(anyhow::Error::from)
-        .and_then(|d| fill(d.as_fd(), &ours_path.join(&tmp), tops))
-    {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = crate::dirfd::remove_tree_at(ours.as_fd(), &tmp);
-            return Err(e);
-        }
-    };
-    let published = publish(eng, ours.as_fd(), &top, &tmp, OsStr::new(image_id));
-    if published.is_err() {
-        let _ = crate::dirfd::remove_tree_at(ours.as_fd(), &tmp);
-    }
-    match published.with_context(|| format!("cannot publish {}", image_path.display()))? {
+    let d = open_dir(ours.as_fd(), &tmp).with_context(|| format!("cannot open {}", ours_path.join(&tmp).display()))?;
+    let n = fill(d.as_fd(), &ours_path.join(&tmp), tops)?;
+    drop(d);
+    let published = publish(eng, ours.as_fd(), &top, &tmp, OsStr::new(image_id))
+        .with_context(|| format!("cannot publish {}", image_path.display()))?;
+    guard.keep();
+    match published {
         Published::Yes => Ok(n),
         // Another run made it meanwhile: complete that one.
         Published::AlreadyThere => {

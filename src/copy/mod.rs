@@ -229,17 +229,15 @@ impl Engine {
         };
         let built = self.build_top(top, &mut buf)?;
         let shown = dst_root.join(name);
-        match publish::replace(self, dst, &built.tmp, name) {
-            Ok(problem) => Ok((
-                built.files,
-                built.bytes,
-                problem.map(|p| format!("{}: {p}", shown.display())),
-            )),
-            Err(e) => {
-                let _ = crate::dirfd::remove_tree_at(dst, &built.tmp);
-                Err(e).with_context(|| format!("cannot replace {}", shown.display()))
-            }
-        }
+        let guard = crate::dirfd::TempEntry::new(dst, &built.tmp);
+        let problem = publish::replace(self, dst, &built.tmp, name)
+            .with_context(|| format!("cannot replace {}", shown.display()))?;
+        guard.keep();
+        Ok((
+            built.files,
+            built.bytes,
+            problem.map(|p| format!("{}: {p}", shown.display())),
+        ))
     }
 
     fn copy_store_path(
@@ -321,13 +319,11 @@ impl Engine {
 
     /// The second half of [`Engine::copy_top`]: move the copy to its final name.
     pub fn publish_top(&self, dst: BorrowedFd, b: Built, final_name: &OsStr) -> Result<(Published, u64, u64)> {
-        match publish::publish(self, dst, &b.top, &b.tmp, final_name) {
-            Ok(p) => Ok((p, b.files, b.bytes)),
-            Err(e) => {
-                let _ = crate::dirfd::remove_tree_at(dst, &b.tmp);
-                Err(e).with_context(|| format!("cannot move the finished copy into place at {}", b.dst_path.display()))
-            }
-        }
+        let guard = crate::dirfd::TempEntry::new(dst, &b.tmp);
+        let p = publish::publish(self, dst, &b.top, &b.tmp, final_name)
+            .with_context(|| format!("cannot move the finished copy into place at {}", b.dst_path.display()))?;
+        guard.keep();
+        Ok((p, b.files, b.bytes))
     }
 }
 
