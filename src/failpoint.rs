@@ -3,7 +3,9 @@
 //! reached for the n-th time (default 1):
 //! - `kill` (default): SIGKILL to itself, exactly as a `kill -9` or a node loss would;
 //! - `stop`: SIGSTOP to itself, so a test can act on the target (run Nix, collect garbage)
-//!   at that precise moment, then let the seeder go on with SIGCONT.
+//!   at that precise moment, then let the seeder go on with SIGCONT;
+//! - `sleep<N>`: this thread sleeps N seconds while the rest of the process (the lock's
+//!   heartbeat) runs on: a seeder that is busy but healthy, however fast the machine.
 //!
 //! Release builds compile every call to nothing: the variable is never read there.
 
@@ -40,6 +42,11 @@ pub fn hit(name: &str) {
         return;
     }
     use nix::sys::signal::{raise, Signal};
+    if let Some(secs) = action.strip_prefix("sleep").and_then(|n| n.parse::<u64>().ok()) {
+        eprintln!("nix-seed: failpoint {name} reached: sleeping {secs}s");
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        return;
+    }
     if action == "stop" {
         eprintln!("nix-seed: failpoint {name} reached: SIGSTOP");
         let _ = raise(Signal::SIGSTOP);

@@ -371,9 +371,16 @@ fn the_smallest_lock_stale_never_takes_over_a_busy_healthy_holder() {
     for round in 0..HEALTHY_HOLDER_ROUNDS {
         let dst = tmp.path().join(format!("dst{round}"));
         std::fs::create_dir(&dst).unwrap();
-        // --jobs 1 --verify: busy (copying, then hashing everything it copied) for many
-        // seconds, longer than the waiters' --lock-stale and the holder's 5 s heartbeat.
-        let a = spawn_seed(&fx.root, &dst, &["--jobs", "1", "--verify"]);
+        // --jobs 1 --verify: busy (copying, then hashing everything it copied), and busy for
+        // 12 s more after copying (a failpoint that sleeps in the seeding thread while the
+        // heartbeat goes on), however fast the machine: longer than the waiters'
+        // --lock-stale and the holder's 5 s heartbeat.
+        let a = support::cmd::seed_cmd(&fx.root, &dst, &["--jobs", "1", "--verify"])
+            .env("NIX_SEED_FAILPOINT", "copied=sleep12")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let lock = dst.join(".nix-seed/lock");
         let pid = a.id().to_string();
         wait_for(30, "the first seeder to hold the lock", || {
