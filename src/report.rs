@@ -146,6 +146,7 @@ impl Report {
                 "bytes": self.bytes,
                 "hardlinks": self.hardlinks,
                 "seconds": self.seconds,
+                "copy_seconds": self.copy_seconds,
                 "dry_run": self.dry_run,
                 "ownership_preserved": self.ownership_preserved,
                 "var_created": self.var.as_ref().map(|v| v.created),

@@ -320,3 +320,81 @@ fn a_dotfile_lock_left_by_a_killed_seeder_is_removed_and_a_foreign_one_is_waited
         );
     }
 }
+
+/// The summary as JSON: the last line on stdout.
+fn summary_json(out: &std::process::Output) -> serde_json::Value {
+    let line = stdout(out).lines().last().unwrap_or_default().to_string();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// A dry run's JSON summary counts what would be copied (not "0 files, all present"),
+/// and its line says whether it would fit.
+#[test]
+fn a_dry_run_in_json_counts_what_would_be_copied() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = seed(&fx.root, &dst, &["--dry-run", "--log-format", "json"]);
+    assert_ok(&out);
+    let v = summary_json(&out);
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["store_paths"], 20);
+    assert_eq!(v["already_present"], 0, "{v}");
+    assert!(
+        v["files"].as_u64().unwrap() > 20 && v["bytes"].as_u64().unwrap() > 0,
+        "{v}"
+    );
+    assert!(
+        v["msg"].as_str().unwrap().contains("would copy 20 of 20 store paths"),
+        "{v}"
+    );
+    assert!(v["msg"].as_str().unwrap().contains("it fits"), "{v}");
+}
+
+/// One of a thing is singular: "1 store path", never "1 store paths" or "1 files".
+#[test]
+fn one_store_path_is_counted_in_the_singular() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 1);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = seed(&fx.root, &dst, &[]);
+    assert_ok(&out);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        all.contains("1 store path copied") || all.contains("1 store path ("),
+        "{all}"
+    );
+    for wrong in ["1 store paths", "1 files", "1 problems", "1 unregistered paths"] {
+        assert!(!all.contains(&format!(" {wrong}")), "{wrong:?} in:\n{all}");
+    }
+}
+
+/// The summary's rate counts the time spent copying, not the time spent waiting for a
+/// lock (here a garbage collection's gc.lock, held for 2 s).
+#[test]
+fn the_rate_counts_copying_time_not_lock_waits() {
+    use std::os::fd::AsRawFd;
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir_all(dst.join("var/nix")).unwrap();
+    let gc = std::fs::File::create(dst.join("var/nix/gc.lock")).unwrap();
+    assert_eq!(unsafe { libc::flock(gc.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(gc);
+    });
+    let out = seed(&fx.root, &dst, &["--log-format", "json"]);
+    release.join().unwrap();
+    assert_ok(&out);
+    let v = summary_json(&out);
+    let (total, copying) = (v["seconds"].as_f64().unwrap(), v["copy_seconds"].as_f64().unwrap());
+    assert!(total >= 1.9, "the seed waited for gc.lock: {v}");
+    assert!(
+        copying > 0.0 && copying < total - 1.5,
+        "copy_seconds {copying} of {total}: {v}"
+    );
+    assert!(v["msg"].as_str().unwrap().contains("/s while copying"), "{v}");
+}
