@@ -7,8 +7,9 @@
 mod hardlinks;
 mod metadata;
 pub mod publish;
+pub mod target_fs;
 pub mod tree;
-pub use metadata::{hardlinks_visible, symlinks_read_back};
+pub use target_fs::TargetFs;
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
@@ -70,54 +71,22 @@ pub struct Engine {
     /// Set by SIGINT/SIGTERM, by a lost lock lease, or by the first failed worker.
     stop_flags: Vec<Arc<AtomicBool>>,
     failed: AtomicBool,
-    /// renameat2(RENAME_NOREPLACE) works here (FUSE filesystems answer EINVAL).
-    pub noreplace: AtomicBool,
+    /// What the target's filesystem can do (shared by every engine of a run).
+    pub fs: Arc<TargetFs>,
     buf_size: usize,
-    /// Owner and times of symlinks are set (false where the filesystem would apply them to
-    /// the link's target).
-    symlink_meta: AtomicBool,
-    symlink_notice: AtomicBool,
 }
 
 impl Engine {
-    pub fn new(counters: Arc<Counters>, stop_flags: Vec<Arc<AtomicBool>>) -> Self {
+    pub fn new(counters: Arc<Counters>, stop_flags: Vec<Arc<AtomicBool>>, fs: Arc<TargetFs>) -> Self {
         Engine {
             counters,
             ownership: Ownership::new(),
             links: Default::default(),
             stop_flags,
             failed: AtomicBool::new(false),
-            noreplace: AtomicBool::new(true),
+            fs,
             buf_size: 256 * 1024,
-            symlink_meta: AtomicBool::new(true),
-            symlink_notice: AtomicBool::new(false),
         }
-    }
-
-    pub fn symlink_metadata(&self) -> bool {
-        self.symlink_meta.load(Ordering::Relaxed)
-    }
-
-    /// Symlink metadata turned out to reach link targets here: keep it off for the run;
-    /// the first time, [`Engine::take_symlink_notice`] says so.
-    pub fn symlink_metadata_follows(&self) {
-        if self.symlink_meta.swap(false, Ordering::Relaxed) {
-            self.symlink_notice.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub fn take_symlink_notice(&self) -> bool {
-        self.symlink_notice.swap(false, Ordering::Relaxed)
-    }
-
-    /// Probe `dir`'s filesystem once: if symlink metadata calls follow the link there,
-    /// symlinks keep the owner and times the target gives them (the caller warns).
-    /// Returns whether symlink metadata is kept.
-    pub fn probe_symlink_metadata(&self, dir: BorrowedFd) -> Result<bool> {
-        let follows = metadata::symlink_metadata_follows(dir)
-            .context("cannot probe how the target filesystem treats symlinks")?;
-        self.symlink_meta.store(!follows, Ordering::Relaxed);
-        Ok(!follows)
     }
 
     pub fn should_stop(&self) -> bool {
@@ -130,12 +99,8 @@ impl Engine {
     }
 
     fn warn_pending(&self, events: &dyn Events, target: &Path) {
-        if self.take_symlink_notice() {
-            events.warning(&format!(
-                "{} applies a symlink's owner and times to the link's target (sshfs does): symlinks \
-                 keep the owner and times the target gives them; everything else is preserved",
-                target.display()
-            ));
+        if self.fs.take_symlink_notice() {
+            events.warning(&target_fs::symlink_warning(target));
         }
         if self.ownership.take_denied_notice() {
             events.warning(&format!(

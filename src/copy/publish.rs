@@ -15,7 +15,6 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::sync::atomic::Ordering;
 
 use nix::errno::Errno;
 use nix::fcntl::{renameat, renameat2, AtFlags, RenameFlags};
@@ -41,7 +40,7 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
         Ok(Published::AlreadyThere)
     };
 
-    if eng.noreplace.load(Ordering::Relaxed) {
+    if eng.fs.noreplace() {
         match renameat2(dir, tmp, dir, fin, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {
                 *name = Some(fin.to_owned());
@@ -49,7 +48,7 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
             }
             Err(Errno::EEXIST) => return discard(&mut name),
             Err(Errno::EINVAL) | Err(Errno::ENOSYS) | Err(Errno::ENOTSUP) => {
-                eng.noreplace.store(false, Ordering::Relaxed);
+                eng.fs.without_noreplace();
             }
             Err(e) => return Err(e.into()),
         }

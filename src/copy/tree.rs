@@ -136,12 +136,18 @@ impl Walk<'_> {
         let target =
             readlinkat(src_dir, src_name).with_context(|| format!("{}: cannot read link", self.src_path.display()))?;
         symlinkat(target.as_os_str(), dst_dir, dst_name).with_context(|| self.at("create symlink"))?;
-        match metadata::apply_symlink(dst_dir, dst_name, st, &self.eng.ownership, self.eng.symlink_metadata()) {
+        match metadata::apply_symlink(
+            dst_dir,
+            dst_name,
+            st,
+            &self.eng.ownership,
+            self.eng.fs.symlink_metadata(),
+        ) {
             // The link was just created: ENOENT means the call followed it to a missing
             // target (a filesystem that applies symlink metadata to targets). Stop trying.
             // (sshfs reports it as EPERM).
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EPERM)) => {
-                self.eng.symlink_metadata_follows()
+                self.eng.fs.symlink_metadata_follows()
             }
             r => r.with_context(|| self.at("set metadata of"))?,
         }

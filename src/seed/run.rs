@@ -17,7 +17,7 @@ use crate::dirfd::open_dir;
 use crate::lock::Held;
 use crate::nixdb::{self, open_existing_db, refusal, with_db_dir, with_target_db, SourceDb};
 use crate::plan::{self, ensure_target_store, list_store, Plan};
-use crate::preflight::{self, Checked};
+use crate::preflight::Checked;
 use crate::progress::{self, Log, PathEvents};
 use crate::report::Report;
 use crate::{gcroots, repair, state, var};
@@ -67,7 +67,13 @@ impl<'a> Run<'a> {
         with_target_db(&c, args.lock_timeout, log, |_| Ok(())).map_err(refusal)?;
         state::unmark(&c, &plan.image_id)?;
         let counters = Arc::new(Counters::default());
-        let engine = Engine::new(counters.clone(), vec![interrupted.clone(), held.lost.clone()]);
+        // The target filesystem's facts are probed in prepare_store, before anything is
+        // copied.
+        let engine = Engine::new(
+            counters.clone(),
+            vec![interrupted.clone(), held.lost.clone()],
+            copy::TargetFs::capable(),
+        );
         let mut report = Report::new(&c, &plan);
         report.locked = true;
         Ok(Run {
@@ -148,31 +154,11 @@ impl<'a> Run<'a> {
                 "removed {removed} temporary entries left by an interrupted earlier run"
             ));
         }
-        if let Some((link, why)) = copy::symlinks_read_back(store.as_fd())
-            .with_context(|| format!("cannot probe symlinks in {}", store_path.display()))?
-        {
-            return Err(preflight::Invalid(format!(
-                "{} cannot hold a Nix store: a symlink to {link} created there {why}; on sshfs mount with \
-                 -o no_contain_symlinks, elsewhere use a filesystem that keeps symlink targets as written",
-                store_path.display()
-            ))
-            .into());
+        let (fs, warnings) = copy::TargetFs::probe(store.as_fd(), &store_path, &c.target_path)?;
+        for w in warnings {
+            log.warn(&w);
         }
-        if !self.engine.probe_symlink_metadata(store.as_fd())? {
-            log.warn(&format!(
-                "{} applies a symlink's owner and times to the link's target (sshfs does): symlinks keep \
-                 the owner and times the target gives them; everything else is preserved",
-                c.target_path.display()
-            ));
-        }
-        // Only a warning hangs on this probe, so a probe that fails is not an error.
-        if let Ok(Some(false)) = copy::hardlinks_visible(store.as_fd()) {
-            log.warn(&format!(
-                "{} reports hardlinked files as separate files (link count 1, as sshfs does): hardlinks \
-                 are made, but clients of this filesystem cannot see them",
-                c.target_path.display()
-            ));
-        }
+        self.engine.fs = fs;
         self.store = Some(store);
         Ok(())
     }
@@ -278,10 +264,8 @@ impl<'a> Run<'a> {
         let var_engine = Engine::new(
             Arc::new(Counters::default()),
             vec![self.interrupted.clone(), self.held.lost.clone()],
+            self.engine.fs.clone(),
         );
-        if !self.engine.symlink_metadata() {
-            let _ = var_engine.probe_symlink_metadata(self.store());
-        }
         // A database created here holds what the store holds now.
         let present = list_store(&self.c, self.store())?;
         let holds = |name: &str| present.contains(OsStr::new(name));
@@ -361,7 +345,7 @@ impl<'a> Run<'a> {
         let image: HashSet<&OsStr> = self.plan.source.iter().map(OsString::as_os_str).collect();
         let valid = |name: &str| self.valid.contains(name) && image.contains(OsStr::new(name));
         let tops = gcroots::tops(src, &valid);
-        let var_engine = Engine::new(Arc::new(Counters::default()), vec![]);
+        let var_engine = Engine::new(Arc::new(Counters::default()), vec![], self.engine.fs.clone());
         self.report.roots = gcroots::add(
             &var_engine,
             var.as_fd(),
