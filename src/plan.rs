@@ -21,8 +21,6 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use crate::dirfd::{file_type, list, lstat_at, mkdir_open, open_dir, MkdirOpen};
 use crate::preflight::Checked;
 
-pub use crate::state::STATE_DIR;
-
 /// A store path name. Names starting with `.` are not (Nix forbids them): `.links` (Nix's
 /// optimiser index, rebuilt by Nix as needed) and nix-seed's temporary entries.
 pub fn is_store_path_name(name: &[u8]) -> bool {

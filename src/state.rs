@@ -1,11 +1,18 @@
-//! `TARGET/.nix-seed/images/<image id>`: the marker of a complete seed of one image.
+//! `TARGET/.nix-seed/`, nix-seed's own directory on the disk, and everything in it:
 //!
-//! The fast path trusts it (with a listing of the store), so it must never claim more than
+//! - `lock`: the seed lock and its lease (see [`crate::lock`]); `takeover` serialises
+//!   takeovers of a stale one;
+//! - `db-lock`: present while a seeder may hold the Nix database's dotfile lock, so the
+//!   next one can recover a lock a killed seeder left (see [`crate::nixdb::DbWindow`]);
+//! - `images/<image id>`: the marker of a complete seed of one image.
+//!
+//! The fast path trusts the marker (with a listing of the store), so it must never claim more than
 //! is true: a run that has work removes it *before* it changes the store or the database,
 //! and writes it only after the image's paths are registered and rooted. A crash anywhere
 //! in between leaves no marker, and the next run takes the slow path and repairs.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -18,6 +25,24 @@ use crate::preflight::Checked;
 /// Our own directory at the top of the target: the lock and the per-image markers.
 pub const STATE_DIR: &str = ".nix-seed";
 pub const IMAGES_DIR: &str = "images";
+pub const LOCK_NAME: &str = "lock";
+pub const TAKEOVER_NAME: &str = "takeover";
+pub const DB_LOCK_RECORD: &str = "db-lock";
+
+/// `TARGET/.nix-seed`, created if needed, never followed if it is a symlink.
+pub fn dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
+    use crate::dirfd::MkdirOpen;
+    match crate::dirfd::mkdir_open(target, STATE_DIR, Mode::from_bits_truncate(0o755)) {
+        Ok((fd, _)) => Ok(fd),
+        Err(MkdirOpen::Create(e)) => {
+            Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display()))
+        }
+        Err(MkdirOpen::Open { err: e, .. }) => Err(anyhow::anyhow!(
+            "cannot open {}/{STATE_DIR} ({e}): it must be a directory, not a symlink or file; remove it",
+            target_path.display()
+        )),
+    }
+}
 
 /// Whether image `id` is marked complete. Anything unexpected on the way (a symlink
 /// planted at `.nix-seed`) counts as no marker: the slow path then reports it.
@@ -40,7 +65,7 @@ pub fn is_marked(target: BorrowedFd, id: &str) -> Result<bool> {
 }
 
 fn images_dir(c: &Checked) -> Result<std::os::fd::OwnedFd> {
-    let state = crate::lock::state_dir(c.target.as_fd(), &c.target_path)?;
+    let state = dir(c.target.as_fd(), &c.target_path)?;
     Ok(crate::dirfd::mkdir_open(state.as_fd(), IMAGES_DIR, Mode::from_bits_truncate(0o755))?.0)
 }
 

@@ -16,7 +16,7 @@ use super::lease::{read_lease, write_lease, Me};
 use super::LOCK_NAME;
 use crate::dirfd::{file_type, lstat_at};
 
-const TAKEOVER_NAME: &str = "takeover";
+use crate::state::TAKEOVER_NAME;
 
 pub(super) fn open_lock_file(dir: BorrowedFd, name: &str, path: &Path, excl: bool) -> Result<File> {
     // O_NONBLOCK: a FIFO planted at the name must not hang the open.

@@ -34,13 +34,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
-use nix::sys::stat::{fstat, Mode};
+use anyhow::Result;
+use nix::sys::stat::fstat;
 use serde_json::json;
 
-use crate::dirfd::{mkdir_open, MkdirOpen};
-use crate::plan::STATE_DIR;
 use crate::progress::{Level, Log};
+use crate::state::{dir as state_dir, STATE_DIR};
 
 mod file;
 mod heartbeat;
@@ -51,7 +50,7 @@ use heartbeat::Intruders;
 pub use lease::Lease;
 use lease::{read_lease, Me};
 
-pub const LOCK_NAME: &str = "lock";
+pub use crate::state::LOCK_NAME;
 const POLL: Duration = Duration::from_millis(100);
 const SAY_EVERY: Duration = Duration::from_secs(5);
 
@@ -152,20 +151,6 @@ impl Drop for Held {
             let _ = self.file.set_len(0);
         }
         // Closing the last fd (when `file` drops) releases the flock.
-    }
-}
-
-/// `TARGET/.nix-seed`, created if needed, never followed if it is a symlink.
-pub fn state_dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
-    match mkdir_open(target, STATE_DIR, Mode::from_bits_truncate(0o755)) {
-        Ok((fd, _)) => Ok(fd),
-        Err(MkdirOpen::Create(e)) => {
-            Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display()))
-        }
-        Err(MkdirOpen::Open { err: e, .. }) => Err(anyhow::anyhow!(
-            "cannot open {}/{STATE_DIR} ({e}): it must be a directory, not a symlink or file; remove it",
-            target_path.display()
-        )),
     }
 }
 

@@ -78,7 +78,7 @@ pub struct DbWindow {
     state: std::os::fd::OwnedFd,
 }
 
-pub const DB_WINDOW_RECORD: &str = "db-lock";
+pub use crate::state::DB_LOCK_RECORD as DB_WINDOW_RECORD;
 
 impl DbWindow {
     pub fn enter(

@@ -54,7 +54,7 @@ pub fn with_db_dir<T>(
     let db_path = c.target_path.join("var").join(DB_DIR);
     set_busy_context(&db_path, lock_timeout, log.clone());
     let window = DbWindow::enter(
-        crate::lock::state_dir(c.target.as_fd(), &c.target_path)?,
+        crate::state::dir(c.target.as_fd(), &c.target_path)?,
         Some(db_dir.as_fd()),
         &db_path,
         log,
