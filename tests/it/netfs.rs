@@ -236,7 +236,9 @@ fn holder_and_waiters(
     let waiters: Vec<Seeder> = (0..n)
         .map(|i| Seeder::spawn(&format!("waiter-b{i}"), src, waiter_dst, &waiter_args))
         .collect();
-    wait_for(30, "every waiter to wait for the holder", || {
+    // Generous: on 2 busy cores, FUSE listings of a store being written can take a while
+    // before a waiter gets to the lock (CI once needed more than 30 s).
+    wait_for(90, "every waiter to wait for the holder", || {
         waiters.iter().all(|w| w.saw("waiting for lock"))
     });
     wait_for(60, "the holder to publish some store paths", || {
