@@ -37,6 +37,10 @@ pub(super) struct Run<'a> {
     size: plan::Size,
     store: Option<OwnedFd>,
     copied: HashSet<OsString>,
+    /// The target store's names once the content checks passed: under Nix's locks, what
+    /// var/'s new database and the registration are made from (listed once: on a network
+    /// filesystem a listing is many round trips).
+    present: HashSet<OsString>,
     checks: repair::Outcome,
     /// Names of the store paths valid in the target after registering.
     valid: HashSet<String>,
@@ -90,6 +94,7 @@ impl<'a> Run<'a> {
             size: plan::Size::default(),
             store: None,
             copied: HashSet::new(),
+            present: HashSet::new(),
             checks: repair::Outcome::default(),
             valid: HashSet::new(),
             unregistrable: Vec::new(),
@@ -255,6 +260,8 @@ impl<'a> Run<'a> {
                 self.c.target_path.display()
             );
         }
+        // A replacement keeps its name: the listing still holds.
+        self.present = present;
         Ok(())
     }
 
@@ -266,9 +273,8 @@ impl<'a> Run<'a> {
             vec![self.interrupted.clone(), self.held.lost.clone()],
             self.engine.fs.clone(),
         );
-        // A database created here holds what the store holds now.
-        let present = list_store(&self.c, self.store())?;
-        let holds = |name: &str| present.contains(OsStr::new(name));
+        // A database created here holds what the store holds.
+        let holds = |name: &str| self.present.contains(OsStr::new(name));
         let with_db = self.source_db.as_ref().map(|_| &holds as &dyn Fn(&str) -> bool);
         let v = var::seed(&self.c, &var_engine, self.log, with_db)?;
         if var_engine.ownership.take_denied_notice() && self.engine.ownership.preserved() {
@@ -289,8 +295,7 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         let c = &self.c;
-        let present = list_store(c, self.store())?;
-        let names: HashSet<&str> = present.iter().filter_map(|n| n.to_str()).collect();
+        let names: HashSet<&str> = self.present.iter().filter_map(|n| n.to_str()).collect();
         let lost = || self.lost();
         let shown = c.target_path.join("var").join(nixdb::DB_DIR);
         let (r, valid) = with_db_dir(c, self.args.lock_timeout, self.log, |dir| {
@@ -322,7 +327,7 @@ impl<'a> Run<'a> {
         for n in &self.plan.source {
             let Some(name) = n.to_str() else { continue };
             if by_name.contains_key(name) && !self.valid.contains(name) {
-                let why = if present.contains(n) {
+                let why = if self.present.contains(n) {
                     "present but could not be registered"
                 } else {
                     "missing from the target's store"
