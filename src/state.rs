@@ -4,7 +4,11 @@
 //!   takeovers of a stale one;
 //! - `db-lock`: present while a seeder may hold the Nix database's dotfile lock, so the
 //!   next one can recover a lock a killed seeder left (see [`crate::nixdb::DbWindow`]);
-//! - `images/<image id>`: the marker of a complete seed of one image.
+//! - `images/<image id>`: the marker of a complete seed of one image; its mtime is when a
+//!   pod start last found the image complete ("last seen");
+//! - `records/<image id>`: what nix-seed knows of one image across runs ([`Record`]): when
+//!   it was first and last seeded, and the profile generations nix-seed wrote for it.
+//!   Unlike the marker it survives a slow-path run; `prune` removes it with the image.
 //!
 //! The fast path trusts the marker (with a listing of the store), so it must never claim more than
 //! is true: a run that has work removes it *before* it changes the store or the database,
@@ -28,6 +32,7 @@ pub const IMAGES_DIR: &str = "images";
 pub const LOCK_NAME: &str = "lock";
 pub const TAKEOVER_NAME: &str = "takeover";
 pub const DB_LOCK_RECORD: &str = "db-lock";
+pub const RECORDS_DIR: &str = "records";
 
 /// `TARGET/.nix-seed`, created if needed, never followed if it is a symlink.
 pub fn dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
@@ -119,4 +124,109 @@ pub fn mark(c: &Checked, id: &str, store_paths: usize) -> Result<()> {
         Err(Errno::EEXIST) => Ok(()),
         Err(e) => Err(e).with_context(ctx),
     }
+}
+
+/// What nix-seed knows of one image across runs, in `.nix-seed/records/<image id>` (JSON).
+/// Written only under the seed lock, whole (temporary name, then rename), so a reader sees
+/// the old record or the new one.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub image_id: String,
+    /// RFC 3339, UTC, seconds.
+    pub first_seeded: String,
+    pub last_seeded: String,
+    /// Profile generations nix-seed created for this image, oldest first.
+    #[serde(default)]
+    pub generations: Vec<Generation>,
+}
+
+/// One profile generation nix-seed wrote: `var/<profile>-<number>-link` → `store_path`.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    /// The profile relative to the target's `var/`: `nix/profiles/default`,
+    /// `nix/profiles/per-user/root/profile`.
+    pub profile: String,
+    pub number: u64,
+    /// The store path the generation link points to (`/nix/store/...-user-environment`).
+    pub store_path: String,
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The record of image `id`, if any. A record that cannot be parsed is an error naming it.
+pub fn read_record(target: BorrowedFd, target_path: &Path, id: &str) -> Result<Option<Record>> {
+    let shown = || format!("{}/{STATE_DIR}/{RECORDS_DIR}/{id}", target_path.display());
+    let Some(state) = crate::dirfd::open_dir_if_exists(target, STATE_DIR).with_context(shown)? else {
+        return Ok(None);
+    };
+    let Some(records) = crate::dirfd::open_dir_if_exists(state.as_fd(), RECORDS_DIR).with_context(shown)? else {
+        return Ok(None);
+    };
+    let fd = match nix::fcntl::openat(
+        records.as_fd(),
+        id,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e).with_context(shown),
+    };
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut body).with_context(shown)?;
+    let r: Record = serde_json::from_str(&body)
+        .with_context(|| format!("{} is not a nix-seed image record; remove it", shown()))?;
+    Ok(Some(r))
+}
+
+/// Write `r` as the record of its image: to a temporary name, then renamed over the old
+/// record (nix-seed's own file, written by an earlier run under the same lock).
+pub fn write_record(c: &Checked, r: &Record) -> Result<()> {
+    use std::io::Write;
+    let shown = || {
+        format!(
+            "cannot write {}/{STATE_DIR}/{RECORDS_DIR}/{}",
+            c.target_path.display(),
+            r.image_id
+        )
+    };
+    let state = dir(c.target.as_fd(), &c.target_path).with_context(shown)?;
+    let records = crate::dirfd::mkdir_open(state.as_fd(), RECORDS_DIR, Mode::from_bits_truncate(0o755))
+        .map_err(anyhow::Error::from)
+        .with_context(shown)?
+        .0;
+    let tmp = crate::dirfd::temp_name(std::ffi::OsStr::new(&r.image_id));
+    let fd = nix::fcntl::openat(
+        records.as_fd(),
+        tmp.as_os_str(),
+        nix::fcntl::OFlag::O_WRONLY
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_EXCL
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o644),
+    )
+    .with_context(shown)?;
+    let guard = crate::dirfd::TempEntry::new(records.as_fd(), &tmp);
+    let mut f = std::fs::File::from(fd);
+    writeln!(f, "{}", serde_json::to_string(r).expect("a record serialises")).with_context(shown)?;
+    drop(f);
+    nix::fcntl::renameat(records.as_fd(), tmp.as_os_str(), records.as_fd(), r.image_id.as_str()).with_context(shown)?;
+    guard.keep();
+    Ok(())
+}
+
+/// Update the record of image `id` at the end of a complete seed: first seeded (kept if
+/// known), last seeded now; generations as they are.
+pub fn record_seeded(c: &Checked, id: &str) -> Result<()> {
+    let now = now_rfc3339();
+    let mut r = read_record(c.target.as_fd(), &c.target_path, id)?.unwrap_or_else(|| Record {
+        image_id: id.to_string(),
+        first_seeded: now.clone(),
+        ..Default::default()
+    });
+    r.last_seeded = now;
+    write_record(c, &r)
 }

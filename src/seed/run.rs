@@ -377,6 +377,7 @@ impl<'a> Run<'a> {
                 self.c.target_path.display()
             );
         }
+        state::record_seeded(&self.c, &self.plan.image_id)?;
         state::mark(&self.c, &self.plan.image_id, self.plan.source.len())?;
         self.report.checked = self.checks.checked;
         self.report.replaced = self.checks.replaced;
