@@ -2,7 +2,7 @@
 # Build a small but realistic Nix store with real Nix (Debian's nix-bin, 2.8)
 # under ROOT/nix, for use as a test oracle / fixture by nix-seed.
 #
-#   scripts/make-real-store.sh [--force|--reuse] [--no-wal] ROOT [v1|v2]
+#   scripts/make-real-store.sh [--force|--reuse] [--no-wal] ROOT [v1|v2|v3]
 #
 #   ROOT      directory that receives ROOT/nix/{store,var} (made absolute).
 #   v1|v2     variant (default v1). v2 shares some store paths with v1 (same
@@ -10,6 +10,7 @@
 #             seed-uses-tofile, the toFile text, the --add'ed file) and adds
 #             new ones (seed-app-2.0, seed-single-file-v2.txt, seed-extra-2.0,
 #             seed-top-2, a second toFile, a second --add'ed file, ...).
+#             v3 is v2 with seed-app-3.0 and seed-top-3 (a new user environment).
 #   --force   ROOT/nix already exists: delete it and rebuild from scratch.
 #   --reuse   ROOT/nix already exists: build this variant on top of it (Nix
 #             reuses valid paths; the profile gets a new generation).
@@ -33,7 +34,7 @@
 # See docs/notes/real-nix.md.
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&"$(( ${1:-2} == 0 ? 1 : 2 ))"; exit "${1:-2}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&"$(( ${1:-2} == 0 ? 1 : 2 ))"; exit "${1:-2}"; }
 
 force=${NIX_SEED_FORCE:-0}
 reuse=${NIX_SEED_REUSE:-0}
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
 done
 [ ${#args[@]} -ge 1 ] && [ ${#args[@]} -le 2 ] || usage 2
 variant=${args[1]:-v1}
-case "$variant" in v1|v2) ;; *) echo "make-real-store: VARIANT must be v1 or v2" >&2; exit 2 ;; esac
+case "$variant" in v1|v2|v3) ;; *) echo "make-real-store: VARIANT must be v1, v2 or v3" >&2; exit 2 ;; esac
 [ "$force" = 1 ] && [ "$reuse" = 1 ] && { echo "make-real-store: --force and --reuse exclude each other" >&2; exit 2; }
 
 start=$(date +%s.%N)
@@ -113,7 +114,9 @@ S=(--store "$ROOT")
 cat > "$work/store.nix" <<'NIX'
 { variant ? "v1" }:
 let
-  v2 = variant == "v2";
+  # v3 is v2 with a new app (and so a new profile user environment).
+  v2 = variant != "v1";
+  v3 = variant == "v3";
   base = {
     system = builtins.currentSystem;
     builder = "/bin/sh";
@@ -149,7 +152,7 @@ let
     : > $out/share/doc/app/empty
     printf '%s' "$license" > $out/share/doc/LICENSE
   '' { inherit libb license version; };
-  version = if v2 then "2.0" else "1.0";
+  version = if v3 then "3.0" else if v2 then "2.0" else "1.0";
 
   # Two outputs; dev refers to out.
   multi = drv "seed-multi-1.0" ''
@@ -189,7 +192,7 @@ let
   '' { inherit license; };
 
   # What the profile installs: refers to everything above.
-  top = drv "seed-top-${if v2 then "2" else "1"}" ''
+  top = drv "seed-top-${if v3 then "3" else if v2 then "2" else "1"}" ''
     mkdir -p $out/bin
     ln -s $app/bin/app $out/bin/app
     for p in $app $libb $libc $single $link $usesToFile $multiOut $multiDev $extra; do

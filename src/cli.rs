@@ -121,8 +121,25 @@ pub struct SeedArgs {
     #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT", value_parser = clap::builder::FalseyValueParser::new())]
     pub allow_non_mountpoint: bool,
 
+    /// What an image upgrade does to the profiles it ships (`var/nix/profiles/NAME`,
+    /// per-user ones too). `follow`: the image's current generation is added as a new
+    /// generation of the target's profile, which is switched to it unless someone changed
+    /// the profile since nix-seed last set it (then a warning says how to switch);
+    /// `image`: always switched; `keep`: profiles the target has are left as they are.
+    #[arg(long, env = "NIX_SEED_PROFILES", value_enum, default_value_t = ProfilesMode::Follow,
+          value_name = "MODE")]
+    pub profiles: ProfilesMode,
+
     #[command(flatten)]
     pub output: Output,
+}
+
+/// `--profiles`: see [`SeedArgs::profiles`] and [`crate::profiles`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfilesMode {
+    Follow,
+    Keep,
+    Image,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ pub(crate) mod nixlocks;
 pub(crate) mod plan;
 pub(crate) mod pool;
 pub mod preflight;
+pub(crate) mod profiles;
 pub mod progress;
 pub(crate) mod repair;
 pub mod report;

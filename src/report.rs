@@ -28,6 +28,8 @@ pub struct Report {
     pub locked: bool,
     pub ownership_preserved: bool,
     pub var: Option<var::Outcome>,
+    /// What `--profiles` did to the image's profiles.
+    pub profiles: crate::profiles::Outcome,
     /// Store paths registered in the target's database.
     pub registered: usize,
     /// GC root links added for this image.
@@ -129,6 +131,17 @@ impl Report {
                 ));
             }
         }
+        let p = &self.profiles;
+        if p.switched > 0 || p.generations_added > 0 {
+            s.push_str(&format!(
+                "; profiles: {} switched, {} added",
+                p.switched,
+                count(p.generations_added, "generation", "generations")
+            ));
+            if p.not_switched > 0 {
+                s.push_str(&format!(" ({} left on a user's generation)", p.not_switched));
+            }
+        }
         s
     }
 
@@ -157,6 +170,9 @@ impl Report {
                 "checked_unregistered": self.checked,
                 "replaced": self.replaced,
                 "verified": self.verified,
+                "profiles_switched": self.profiles.switched,
+                "generations_added": self.profiles.generations_added,
+                "profiles_not_switched": self.profiles.not_switched,
             }),
         );
         termination_log(&format!("nix-seed: {line}"));

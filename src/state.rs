@@ -134,6 +134,8 @@ pub struct Record {
     pub image_id: String,
     /// RFC 3339, UTC, seconds.
     pub first_seeded: String,
+    /// Empty until a seed of the image completes (a generation is recorded before its
+    /// link is made, in the middle of a seed).
     pub last_seeded: String,
     /// Profile generations nix-seed created for this image, oldest first.
     #[serde(default)]
@@ -179,6 +181,29 @@ pub fn read_record(target: BorrowedFd, target_path: &Path, id: &str) -> Result<O
     let r: Record = serde_json::from_str(&body)
         .with_context(|| format!("{} is not a nix-seed image record; remove it", shown()))?;
     Ok(Some(r))
+}
+
+/// Every image's record (nix-seed's profile generations are recognised by any of them),
+/// in no particular order. Temporary names of an interrupted write are left out.
+pub fn read_records(target: BorrowedFd, target_path: &Path) -> Result<Vec<Record>> {
+    let shown = || format!("{}/{STATE_DIR}/{RECORDS_DIR}", target_path.display());
+    let Some(state) = crate::dirfd::open_dir_if_exists(target, STATE_DIR).with_context(shown)? else {
+        return Ok(Vec::new());
+    };
+    let Some(records) = crate::dirfd::open_dir_if_exists(state.as_fd(), RECORDS_DIR).with_context(shown)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for e in crate::dirfd::list(records.as_fd()).with_context(shown)? {
+        let Some(id) = e.name.to_str() else { continue };
+        if crate::dirfd::is_temp_name(id.as_bytes()) {
+            continue;
+        }
+        if let Some(r) = read_record(target, target_path, id)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// Write `r` as the record of its image: to a temporary name, then renamed over the old

@@ -75,8 +75,15 @@ pub struct Outcome {
 
 /// Seed var/. With `with_db` (which store path names the target holds), the image's
 /// database is copied (backup API) into a target that has none, with the registrations of
-/// the paths the target holds, before anything makes it visible.
-pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) -> bool>) -> Result<Outcome> {
+/// the paths the target holds, before anything makes it visible. Entries `skip` names
+/// (relative to var/: the profiles [`crate::profiles`] sets) are left out of a merge.
+pub fn seed(
+    c: &Checked,
+    eng: &Engine,
+    log: &Log,
+    with_db: Option<&dyn Fn(&str) -> bool>,
+    skip: &(dyn Fn(&Path) -> bool + Sync),
+) -> Result<Outcome> {
     let src_var = c.source_path.join("var");
     let Some(st) = lstat_at(c.source.as_fd(), "var")? else {
         return Ok(Outcome::default());
@@ -135,6 +142,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) 
         dst_root: c.target_path.join("var"),
         buf,
         out,
+        skip,
     };
     m.dir(src.as_fd(), dst.as_fd(), PathBuf::new())?;
     let mut out = m.out;
@@ -239,6 +247,7 @@ struct Merge<'a> {
     dst_root: PathBuf,
     buf: Vec<u8>,
     out: Outcome,
+    skip: &'a (dyn Fn(&Path) -> bool + Sync),
 }
 
 impl Merge<'_> {
@@ -254,13 +263,14 @@ impl Merge<'_> {
             let crel = rel.join(&e.name);
             let st = fstatat(src, e.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .with_context(|| format!("cannot stat {}", self.src_root.join(&crel).display()))?;
-            if !keep(&crel, &st) {
+            if !keep(&crel, &st) || (self.skip)(&crel) {
                 continue;
             }
             let shown = Path::new("var").join(&crel);
             match lstat_at(dst, &e.name)? {
                 None => {
-                    let filter = |r: &Path, st: &FileStat| keep(&crel.join(r), st);
+                    let skip = self.skip;
+                    let filter = |r: &Path, st: &FileStat| keep(&crel.join(r), st) && !skip(&crel.join(r));
                     let top = Top {
                         src,
                         name: &e.name,

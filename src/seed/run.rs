@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::cli::SeedArgs;
+use crate::cli::{ProfilesMode, SeedArgs};
 use crate::copy::{self, Counters, Engine, Stopped};
 use crate::dirfd::open_dir;
 use crate::lock::Held;
@@ -20,7 +20,7 @@ use crate::plan::{self, ensure_target_store, list_store, Plan};
 use crate::preflight::Checked;
 use crate::progress::{self, Log, PathEvents};
 use crate::report::Report;
-use crate::{gcroots, repair, state, var};
+use crate::{gcroots, profiles, repair, state, var};
 
 /// One slow-path run, under the seed lock and Nix's locks: each step a method.
 pub(super) struct Run<'a> {
@@ -276,7 +276,29 @@ impl<'a> Run<'a> {
         // A database created here holds what the store holds.
         let holds = |name: &str| self.present.contains(OsStr::new(name));
         let with_db = self.source_db.as_ref().map(|_| &holds as &dyn Fn(&str) -> bool);
-        let v = var::seed(&self.c, &var_engine, self.log, with_db)?;
+        let c = &self.c;
+        let profiles = match crate::dirfd::open_dir_if_exists(c.source.as_fd(), "var")? {
+            Some(v) => profiles::image_profiles(v.as_fd())
+                .with_context(|| format!("cannot read the profiles of {}/var", c.source_path.display()))?,
+            None => Vec::new(),
+        };
+        if crate::dirfd::lstat_at(c.target.as_fd(), "var")?.is_none() {
+            // var/ is created whole, its profiles with it: nix-seed's, recorded first.
+            profiles::record_whole(c, &self.plan.image_id, &profiles)?;
+        }
+        let mode = self.args.profiles;
+        let skip = |rel: &std::path::Path| mode != ProfilesMode::Keep && profiles::is_profile_entry(&profiles, rel);
+        let v = var::seed(c, &var_engine, self.log, with_db, &skip)?;
+        let cx = profiles::Ctx {
+            c,
+            image_id: &self.plan.image_id,
+            mode: if v.created { ProfilesMode::Keep } else { mode },
+            log: self.log,
+            stop: self.interrupted,
+            lock_timeout: self.args.lock_timeout,
+            holds: &holds,
+        };
+        self.report.profiles = profiles::apply(&cx, &profiles)?;
         if var_engine.ownership.take_denied_notice() && self.engine.ownership.preserved() {
             self.log.warn(&format!(
                 "cannot set file ownership in {}/var (chown refused)",

@@ -27,6 +27,7 @@ mod netfs;
 mod nixdb;
 mod nonroot;
 mod pod;
+mod profiles;
 mod seed;
 mod static_binary;
 mod support_selftest;

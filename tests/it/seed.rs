@@ -176,7 +176,9 @@ fn var_is_merged_without_overwriting_and_conflicts_are_reported() {
     std::os::unix::fs::symlink("default-7-link", dst.join("var/nix/profiles/default")).unwrap();
     std::fs::write(dst.join("var/nix/mine"), b"keep me").unwrap();
 
-    let out = seed(&fx.root, &dst, &[]);
+    // The merge as it is with `--profiles keep` (profiles follow the image by default:
+    // tests/it/profiles.rs).
+    let out = seed(&fx.root, &dst, &["--profiles", "keep"]);
     assert_ok(&out);
     assert_eq!(
         std::fs::read_link(dst.join("var/nix/profiles/default")).unwrap(),

@@ -1,0 +1,122 @@
+//! Nix's profile lock, as `nix-env` takes it (`lockProfile`: a `PathLocks` on the profile
+//! path): `flock(LOCK_EX)` on `NAME.lock` next to the profile, retried when the file was
+//! deleted under us (its holder writes a byte into it before unlinking, so a non-empty
+//! lock file is stale). Held while a generation is added and the profile switched, so a
+//! `nix-env` in a pod never interleaves with nix-seed on the same profile.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstat, Mode, SFlag};
+
+use crate::progress::Log;
+
+/// The held lock; released (and the file removed, if nix-seed created it) when dropped.
+pub struct ProfileLock {
+    file: File,
+    dir: OwnedFd,
+    name: String,
+    created: bool,
+}
+
+impl Drop for ProfileLock {
+    fn drop(&mut self) {
+        // As Nix's `PathLocks::setDeletion(true)`: unlink, then mark the open file stale
+        // for a waiter that opened it before the unlink. Only a lock file nix-seed made:
+        // a pod's is not ours to remove.
+        if self.created {
+            let _ = nix::unistd::unlinkat(
+                self.dir.as_fd(),
+                self.name.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+            let _ = std::io::Write::write_all(&mut self.file, b"d");
+        }
+    }
+}
+
+/// Open `name` (created 0600 if missing, never through a symlink); whether this call
+/// created it.
+fn open_lock_file(dir: BorrowedFd, name: &str, shown: &Path) -> Result<(File, bool)> {
+    let base = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let mode = Mode::from_bits_truncate(0o600);
+    let (fd, created) = match openat(dir, name, base | OFlag::O_CREAT | OFlag::O_EXCL, mode) {
+        Err(Errno::EEXIST) => (openat(dir, name, base, mode), false),
+        r => (r, true),
+    };
+    let fd = fd.map_err(|e| crate::preflight::Invalid(crate::dirfd::open_problem(e, shown)))?;
+    let st = fstat(&fd).with_context(|| format!("cannot stat {}", shown.display()))?;
+    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        anyhow::bail!("{} is not a regular file: remove it", shown.display());
+    }
+    Ok((File::from(fd), created))
+}
+
+/// Take the lock of the profile `profile` in `dir` (shown as `shown`, the profile's path),
+/// waiting at most `timeout`; then [`crate::lock::Timeout`] (exit 3).
+pub fn lock_profile(
+    dir: BorrowedFd,
+    profile: &str,
+    shown: &Path,
+    log: &Log,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> Result<ProfileLock> {
+    let name = format!("{profile}.lock");
+    let lock_path = shown.with_file_name(&name);
+    let t0 = Instant::now();
+    let mut said = None::<Instant>;
+    loop {
+        let (file, created) = open_lock_file(dir, &name, &lock_path)?;
+        loop {
+            match Errno::result(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
+                Ok(_) => break,
+                Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
+                Err(e) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err(crate::copy::Stopped.into());
+            }
+            let waited = t0.elapsed();
+            if waited >= timeout {
+                return Err(crate::lock::Timeout(format!(
+                    "gave up after {} waiting for the lock on profile {} ({} is held, by a nix-env in a pod?); \
+                     the profile was left as it was; run the seed again, or raise --lock-timeout",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                    shown.display(),
+                    lock_path.display()
+                ))
+                .into());
+            }
+            if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                said = Some(Instant::now());
+                log.info(&format!(
+                    "waiting for the lock on profile {} ({} is held); waited {}s",
+                    shown.display(),
+                    lock_path.display(),
+                    waited.as_secs()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100).min(timeout.saturating_sub(waited)));
+        }
+        let st = fstat(file.as_fd()).with_context(|| format!("cannot stat {}", lock_path.display()))?;
+        if st.st_size == 0 {
+            let dir = dir
+                .try_clone_to_owned()
+                .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+            return Ok(ProfileLock {
+                file,
+                dir,
+                name,
+                created,
+            });
+        }
+        // Its holder deleted it: another process may hold a new one by that name.
+    }
+}

@@ -1,0 +1,458 @@
+//! Profiles follow the image (`seed --profiles follow|keep|image`).
+//!
+//! A Nix profile is a symlink `NAME` → `NAME-N-link` (generation N, in the same
+//! directory), and `NAME-N-link` → `/nix/store/...` (a user environment). For each profile
+//! the image ships (`var/nix/profiles/NAME`, `var/nix/profiles/per-user/USER/NAME`), the
+//! store path Y of the image's *current* generation is what pods should get:
+//!
+//! - the target's profile already resolves to Y: nothing;
+//! - else Y becomes a generation of the target's profile: one nix-seed already wrote (any
+//!   image's record says so and its link still points to Y), or a new one numbered as Nix
+//!   does (the highest existing number + 1), so older generations stay and
+//!   `nix-env --rollback` works;
+//! - the profile is switched to it (a symlink under a temporary name renamed over `NAME`,
+//!   as Nix's `switchLink`) when it does not exist yet, when `--profiles image`, or when
+//!   its current generation is one nix-seed wrote (`follow`). A current generation nix-seed
+//!   did not write is a user's change: it stays current, and a warning says how to switch.
+//!
+//! Write-ahead: a generation is recorded in the image's record ([`crate::state::Record`])
+//! *before* its link is made. A recorded generation whose link is missing or points
+//! elsewhere is simply not nix-seed's; a link of nix-seed's that was never recorded would
+//! look like a user's change, and the profile would stop following the image.
+//!
+//! Every change is made under the profile's lock, as `nix-env` takes it ([`lock`]).
+//! `--profiles keep` leaves all this out: `var/`'s merge adds missing profiles by name and
+//! warns about the ones that differ.
+
+mod lock;
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::fcntl::{readlinkat, AtFlags};
+use nix::sys::stat::SFlag;
+use serde_json::json;
+
+use crate::cli::ProfilesMode;
+use crate::dirfd::{file_type, lstat_at, open_dir_if_exists};
+use crate::preflight::Checked;
+use crate::progress::{Level, Log};
+use crate::state::{self, Generation, Record};
+
+/// Where profiles are, relative to `var/`; per-user profiles are one level below `PER_USER`.
+const PROFILES_DIR: &str = "nix/profiles";
+const PER_USER: &str = "per-user";
+
+/// One profile the image ships: `var/<dir>/<name>` → `<name>-<number>-link` → `store_path`.
+#[derive(Debug, Clone)]
+pub struct ImageProfile {
+    /// Relative to `var/`: `nix/profiles`, `nix/profiles/per-user/root`.
+    pub dir: PathBuf,
+    pub name: String,
+    pub number: u64,
+    pub store_path: PathBuf,
+    /// Owner of the image's profile link and of its generation link.
+    owner: (u32, u32),
+    gen_owner: (u32, u32),
+}
+
+impl ImageProfile {
+    /// `nix/profiles/default`: the profile as records name it.
+    pub fn rel(&self) -> String {
+        self.dir.join(&self.name).to_string_lossy().into_owned()
+    }
+
+    /// `profiles/default`: as log lines name it.
+    fn shown(&self) -> String {
+        self.rel().trim_start_matches("nix/").to_string()
+    }
+
+    fn generation(&self, number: u64) -> Generation {
+        Generation {
+            profile: self.rel(),
+            number,
+            store_path: self.store_path.to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// Nix's `parseName`: the generation number of `name` if it is `<profile>-<N>-link`.
+pub fn parse_generation(profile: &[u8], name: &[u8]) -> Option<u64> {
+    let rest = name.strip_prefix(profile)?.strip_prefix(b"-")?;
+    let n = rest.strip_suffix(b"-link")?;
+    if n.is_empty() || !n.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(n).ok()?.parse().ok()
+}
+
+/// The generation a profile link's target names: `NAME-N-link`, or an absolute path to it
+/// in the same directory as a pod sees it (`/nix/var/<dir>/NAME-N-link`, older Nix).
+fn link_generation(dir: &Path, profile: &str, target: &OsStr) -> Option<u64> {
+    let t = Path::new(target);
+    let parent = t.parent().unwrap_or(Path::new(""));
+    if parent != Path::new("") && parent != Path::new("/nix/var").join(dir) {
+        return None;
+    }
+    parse_generation(profile.as_bytes(), t.file_name()?.as_bytes())
+}
+
+/// The profiles in the image's `var/` (an open directory), each with its current
+/// generation; a profile whose current generation does not point into the store is left
+/// to `var/`'s merge.
+pub fn image_profiles(var: BorrowedFd) -> Result<Vec<ImageProfile>> {
+    let mut dirs = vec![PathBuf::from(PROFILES_DIR)];
+    if let Some(per_user) = open_rel(var, &Path::new(PROFILES_DIR).join(PER_USER))? {
+        for e in crate::dirfd::list(per_user.as_fd())? {
+            dirs.push(Path::new(PROFILES_DIR).join(PER_USER).join(&e.name));
+        }
+    }
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Some(d) = open_rel(var, &dir)? else { continue };
+        for e in crate::dirfd::list(d.as_fd())? {
+            let Some(name) = e.name.to_str() else { continue };
+            let Some(st) = lstat_at(d.as_fd(), name)? else { continue };
+            if file_type(&st) != SFlag::S_IFLNK {
+                continue;
+            }
+            let target = readlinkat(d.as_fd(), name)?;
+            let Some(number) = link_generation(&dir, name, &target) else {
+                continue;
+            };
+            let gen_name = format!("{name}-{number}-link");
+            let Some(gst) = lstat_at(d.as_fd(), gen_name.as_str())? else {
+                continue;
+            };
+            if file_type(&gst) != SFlag::S_IFLNK {
+                continue;
+            }
+            let store_path = PathBuf::from(readlinkat(d.as_fd(), gen_name.as_str())?);
+            if !store_path.starts_with("/nix/store/") || store_path.components().count() != 4 {
+                continue;
+            }
+            out.push(ImageProfile {
+                dir: dir.clone(),
+                name: name.to_string(),
+                number,
+                store_path,
+                owner: (st.st_uid, st.st_gid),
+                gen_owner: (gst.st_uid, gst.st_gid),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Open `rel` (relative components) below `root`, never through a symlink; `None` if a
+/// component is missing.
+fn open_rel(root: BorrowedFd, rel: &Path) -> Result<Option<OwnedFd>> {
+    let mut cur: Option<OwnedFd> = None;
+    for c in rel.components() {
+        let parent = cur.as_ref().map_or(root, |f| f.as_fd());
+        match open_dir_if_exists(parent, c.as_os_str())? {
+            Some(fd) => cur = Some(fd),
+            None => return Ok(None),
+        }
+    }
+    Ok(cur)
+}
+
+/// Whether `rel` (relative to `var/`) is one of `profiles` or one of its generation links:
+/// in `follow` and `image` mode these are left out of `var/`'s merge (the image's older
+/// generations would collide with the target's own numbering) and set by [`apply`].
+pub fn is_profile_entry(profiles: &[ImageProfile], rel: &Path) -> bool {
+    let (Some(dir), Some(base)) = (rel.parent(), rel.file_name()) else {
+        return false;
+    };
+    profiles.iter().any(|p| {
+        p.dir == dir && (base == OsStr::new(&p.name) || parse_generation(p.name.as_bytes(), base.as_bytes()).is_some())
+    })
+}
+
+/// What [`apply`] did, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    pub switched: u64,
+    pub generations_added: u64,
+    /// Profiles left on a user's generation (follow), with the image's added.
+    pub not_switched: u64,
+}
+
+/// `var/` is about to be created whole from the image's: its profiles' current generations
+/// are nix-seed's, recorded (before they exist) for image `id`.
+pub fn record_whole(c: &Checked, id: &str, profiles: &[ImageProfile]) -> Result<()> {
+    if profiles.is_empty() {
+        return Ok(());
+    }
+    let mut r = own_record(c, id)?;
+    for p in profiles {
+        let g = p.generation(p.number);
+        if !r.generations.contains(&g) {
+            r.generations.push(g);
+        }
+    }
+    state::write_record(c, &r)
+}
+
+fn own_record(c: &Checked, id: &str) -> Result<Record> {
+    Ok(
+        state::read_record(c.target.as_fd(), &c.target_path, id)?.unwrap_or_else(|| Record {
+            image_id: id.to_string(),
+            first_seeded: state::now_rfc3339(),
+            ..Default::default()
+        }),
+    )
+}
+
+/// What a profile step needs: the run's settings and what the target's store holds.
+pub struct Ctx<'a> {
+    pub c: &'a Checked,
+    pub image_id: &'a str,
+    pub mode: ProfilesMode,
+    pub log: &'a Log,
+    pub stop: &'a AtomicBool,
+    pub lock_timeout: Duration,
+    /// Whether the target's store holds this store path name.
+    pub holds: &'a dyn Fn(&str) -> bool,
+}
+
+/// Make each of the image's profiles follow the image (see the module's documentation).
+/// Runs after `var/`'s merge, so every profile directory the image has exists.
+pub fn apply(cx: &Ctx, profiles: &[ImageProfile]) -> Result<Outcome> {
+    let mut out = Outcome::default();
+    if cx.mode == ProfilesMode::Keep || profiles.is_empty() {
+        return Ok(out);
+    }
+    let c = cx.c;
+    let records = state::read_records(c.target.as_fd(), &c.target_path)?;
+    let mut own = own_record(c, cx.image_id)?;
+    let var = crate::dirfd::open_dir(c.target.as_fd(), "var")
+        .with_context(|| format!("cannot open {}/var", c.target_path.display()))?;
+    for p in profiles {
+        let name = p.store_path.file_name().and_then(OsStr::to_str).unwrap_or_default();
+        if !(cx.holds)(name) {
+            cx.log.warn(&format!(
+                "{}: the image's points to {}, which is not in the target's store; left as it is",
+                p.shown(),
+                p.store_path.display()
+            ));
+            continue;
+        }
+        let Some(dir) = open_rel(var.as_fd(), &p.dir).ok().flatten() else {
+            cx.log.warn(&format!(
+                "{}: cannot open {}/var/{} (it must be a directory, not a symlink); left as it is",
+                p.shown(),
+                c.target_path.display(),
+                p.dir.display()
+            ));
+            continue;
+        };
+        let ours = |n: u64, path: &OsStr| {
+            records.iter().any(|r| {
+                r.generations
+                    .iter()
+                    .any(|g| g.profile == p.rel() && g.number == n && OsStr::new(&g.store_path) == path)
+            })
+        };
+        follow(cx, p, dir.as_fd(), &ours, &mut own, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The target's generations of profile `name` in `dir`: number → where the link points.
+fn generations(dir: BorrowedFd, name: &str) -> Result<BTreeMap<u64, OsString>> {
+    let mut gens = BTreeMap::new();
+    for e in crate::dirfd::list(dir)? {
+        if let Some(n) = parse_generation(name.as_bytes(), e.name.as_bytes()) {
+            if let Ok(t) = readlinkat(dir, e.name.as_os_str()) {
+                gens.insert(n, t);
+            }
+        }
+    }
+    Ok(gens)
+}
+
+/// The target's profile as it is: missing, current generation N, or something nix-seed
+/// cannot read as a profile.
+enum Current {
+    Missing,
+    Generation(u64),
+    /// A symlink that names no generation of the profile: why.
+    Unknown(String),
+    /// Not a symlink: not a profile; never replaced.
+    NotALink(&'static str),
+}
+
+fn current(dir: BorrowedFd, p: &ImageProfile) -> Result<Current> {
+    let Some(st) = lstat_at(dir, p.name.as_str())? else {
+        return Ok(Current::Missing);
+    };
+    if file_type(&st) != SFlag::S_IFLNK {
+        return Ok(Current::NotALink(crate::dirfd::kind_name(&st)));
+    }
+    let t = readlinkat(dir, p.name.as_str())?;
+    Ok(match link_generation(&p.dir, &p.name, &t) {
+        Some(n) => Current::Generation(n),
+        None => Current::Unknown(format!("the target's points to {}", t.to_string_lossy())),
+    })
+}
+
+fn follow(
+    cx: &Ctx,
+    p: &ImageProfile,
+    dir: BorrowedFd,
+    ours: &dyn Fn(u64, &OsStr) -> bool,
+    own: &mut Record,
+    out: &mut Outcome,
+) -> Result<()> {
+    let shown_path = cx.c.target_path.join("var").join(p.rel());
+    let _lock = lock::lock_profile(dir, &p.name, &shown_path, cx.log, cx.stop, cx.lock_timeout)?;
+    let gens = generations(dir, &p.name).with_context(|| format!("cannot list {}", shown_path.display()))?;
+    let y = p.store_path.as_os_str();
+    let cur = current(dir, p).with_context(|| format!("cannot read {}", shown_path.display()))?;
+    if let Current::NotALink(kind) = cur {
+        cx.log.warn(&format!(
+            "{}: the target has a {kind} there, not a profile; kept the target's",
+            shown_path.display()
+        ));
+        return Ok(());
+    }
+    let cur_path = match &cur {
+        Current::Generation(n) => gens.get(n),
+        _ => None,
+    };
+    if cur_path.is_some_and(|t| t == y) {
+        return Ok(());
+    }
+    let reuse = gens
+        .iter()
+        .rev()
+        .find(|(n, t)| *t == y && ours(**n, y))
+        .map(|(n, _)| *n);
+    let number = match reuse {
+        Some(n) => n,
+        None => {
+            let n = gens.keys().next_back().map_or(1, |m| m + 1);
+            add_generation(cx, p, dir, n, own)?;
+            out.generations_added += 1;
+            n
+        }
+    };
+    let users = match &cur {
+        Current::Missing => None,
+        Current::Generation(n) if cur_path.is_some_and(|t| ours(*n, t)) => None,
+        Current::Generation(n) => Some(format!("its current generation {n} is not one nix-seed set")),
+        Current::Unknown(why) => Some(why.clone()),
+        Current::NotALink(_) => unreachable!("returned above"),
+    };
+    match (&users, cx.mode) {
+        (Some(why), ProfilesMode::Follow) => {
+            out.not_switched += 1;
+            cx.log.event(
+                Level::Warn,
+                "profile-not-switched",
+                &format!(
+                    "{}: {} generation {number} (image's); not switched: you changed the profile since nix-seed \
+                     set it ({why}); to switch: nix-env --switch-generation {number} -p /nix/var/{}",
+                    p.shown(),
+                    if reuse.is_some() { "has" } else { "added" },
+                    p.rel()
+                ),
+                json!({"profile": p.rel(), "generation": number, "store_path": p.store_path}),
+            );
+        }
+        _ => {
+            switch(cx, p, dir, number)?;
+            out.switched += 1;
+            let was = match cur {
+                Current::Generation(n) => format!(", was {n}"),
+                Current::Missing => "; a new profile".to_string(),
+                Current::Unknown(_) | Current::NotALink(_) => String::new(),
+            };
+            cx.log.event(
+                Level::Info,
+                "profile-switched",
+                &format!("{}: switched to generation {number} (image's){was}", p.shown()),
+                json!({"profile": p.rel(), "generation": number, "store_path": p.store_path}),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Record generation `n` of `p` for this image, then create its link (exclusively: a
+/// link by that name that appeared meanwhile is someone else's).
+fn add_generation(cx: &Ctx, p: &ImageProfile, dir: BorrowedFd, n: u64, own: &mut Record) -> Result<()> {
+    let g = p.generation(n);
+    if !own.generations.contains(&g) {
+        own.generations.push(g);
+        state::write_record(cx.c, own)?;
+    }
+    let link = format!("{}-{n}-link", p.name);
+    let shown = cx.c.target_path.join("var").join(&p.dir).join(&link);
+    nix::unistd::symlinkat(p.store_path.as_os_str(), dir, link.as_str())
+        .with_context(|| format!("cannot create {}", shown.display()))?;
+    chown_link(dir, &link, p.gen_owner);
+    crate::failpoint::hit("generation-added");
+    Ok(())
+}
+
+/// Point the profile at generation `n`: a symlink under a temporary name, renamed over
+/// the profile (Nix's `switchLink`), so a pod sees the old profile or the new one.
+fn switch(cx: &Ctx, p: &ImageProfile, dir: BorrowedFd, n: u64) -> Result<()> {
+    let shown = cx.c.target_path.join("var").join(p.rel());
+    let tmp = crate::dirfd::temp_name(OsStr::new(&p.name));
+    nix::unistd::symlinkat(format!("{}-{n}-link", p.name).as_str(), dir, tmp.as_os_str())
+        .with_context(|| format!("cannot switch {}", shown.display()))?;
+    let guard = crate::dirfd::TempEntry::new(dir, &tmp);
+    chown_link(dir, tmp.to_str().unwrap_or_default(), p.owner);
+    nix::fcntl::renameat(dir, tmp.as_os_str(), dir, p.name.as_str())
+        .with_context(|| format!("cannot switch {}", shown.display()))?;
+    guard.keep();
+    Ok(())
+}
+
+/// The image's owner on a link nix-seed made; not root, or a filesystem that squashes
+/// root: the link keeps ours.
+fn chown_link(dir: BorrowedFd, name: &str, (uid, gid): (u32, u32)) {
+    let _ = nix::unistd::fchownat(
+        dir,
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_names_as_nix_parses_them() {
+        assert_eq!(parse_generation(b"default", b"default-3-link"), Some(3));
+        assert_eq!(parse_generation(b"default", b"default-12-link"), Some(12));
+        assert_eq!(parse_generation(b"default", b"default"), None);
+        assert_eq!(parse_generation(b"default", b"default-x-link"), None);
+        assert_eq!(parse_generation(b"default", b"default--link"), None);
+        assert_eq!(parse_generation(b"a", b"a-b-1-link"), None);
+        assert_eq!(parse_generation(b"default", b"default-1-link.lock"), None);
+        let d = Path::new("nix/profiles");
+        assert_eq!(link_generation(d, "default", OsStr::new("default-2-link")), Some(2));
+        assert_eq!(
+            link_generation(d, "default", OsStr::new("/nix/var/nix/profiles/default-2-link")),
+            Some(2)
+        );
+        assert_eq!(
+            link_generation(d, "default", OsStr::new("/elsewhere/default-2-link")),
+            None
+        );
+    }
+}

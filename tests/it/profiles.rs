@@ -1,0 +1,329 @@
+//! Profiles follow the image (issue #12, `seed --profiles follow|keep|image`), checked with
+//! real Nix in a pod: after each image upgrade the target's profile is the image's user
+//! environment, older generations stay (`nix-env --rollback` works), a user's change to a
+//! profile is kept (with a warning naming the switch command) unless `--profiles image`,
+//! reruns add nothing, and a seeder killed between adding a generation and switching to it
+//! is completed by the next run.
+//!
+//! Images: v1, then v2 built on top of v1 (its profile has generations 1 and 2), then v3 on
+//! top of v2; each also gets a per-user profile `per-user/alice/profile` of one generation
+//! pointing to its own user environment.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::support;
+use crate::support::cmd::{assert_code, assert_ok, seed_cmd, stderr, text};
+use crate::support::nix::{assert_contents_verify, in_pod, nix_available, real_store};
+
+const PROFILE: &str = "var/nix/profiles/default";
+const ALICE: &str = "var/nix/profiles/per-user/alice/profile";
+
+struct Images {
+    tmp: support::Scratch,
+    /// `nix` directories of v1, v2, v3.
+    v: [PathBuf; 3],
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let o = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "cp -a: {}", text(&o));
+}
+
+impl Images {
+    fn build() -> Images {
+        let tmp = support::scratch();
+        let root = |v: &str| tmp.path().join(v);
+        real_store(&root("v1"), "v1", false);
+        cp_a(&root("v1").join("nix"), &root("v2").join("nix"));
+        real_store(&root("v2"), "v2", false);
+        cp_a(&root("v2").join("nix"), &root("v3").join("nix"));
+        real_store(&root("v3"), "v3", false);
+        let v = ["v1", "v2", "v3"].map(|n| root(n).join("nix"));
+        for nix in &v {
+            // A per-user profile of one generation: the image's own user environment.
+            let dir = nix.join("var/nix/profiles/per-user/alice");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(env(nix), dir.join("profile-1-link")).unwrap();
+            std::os::unix::fs::symlink("profile-1-link", dir.join("profile")).unwrap();
+        }
+        Images { tmp, v }
+    }
+
+    fn target(&self, name: &str) -> PathBuf {
+        let t = self.tmp.path().join(name).join("nix");
+        std::fs::create_dir_all(&t).unwrap();
+        t
+    }
+
+    /// A target seeded with v1 then v2 (follow): generations 1 and 2, current 2.
+    fn v2_target(&self, name: &str) -> PathBuf {
+        let t = self.target(name);
+        assert_ok(&seed_image(&self.v[0], &t, &[]));
+        assert_ok(&seed_image(&self.v[1], &t, &[]));
+        assert_eq!(current(&t), env(&self.v[1]));
+        t
+    }
+}
+
+fn seed_image(image: &Path, target: &Path, args: &[&str]) -> Output {
+    seed_cmd(image, target, args).output().unwrap()
+}
+
+/// Where the image's (or target's) default profile resolves: its current user environment.
+fn env(nix: &Path) -> String {
+    resolve(nix, PROFILE)
+}
+
+fn resolve(nix: &Path, profile: &str) -> String {
+    let p = nix.join(profile);
+    let gen = std::fs::read_link(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    std::fs::read_link(p.parent().unwrap().join(gen))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What a pod sees: `readlink -f` of the profile.
+fn current(target: &Path) -> String {
+    let o = in_pod(target, "readlink -f /nix/var/nix/profiles/default");
+    assert!(o.status.success(), "{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// The generation links of the default profile in `target`: (number, store path).
+fn generations(target: &Path, profile: &str) -> Vec<(u64, String)> {
+    let p = target.join(profile);
+    let name = p.file_name().unwrap().to_string_lossy().into_owned();
+    let mut v: Vec<(u64, String)> = std::fs::read_dir(p.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.unwrap();
+            let n = e.file_name().to_string_lossy().into_owned();
+            let num = n
+                .strip_prefix(&format!("{name}-"))?
+                .strip_suffix("-link")?
+                .parse()
+                .ok()?;
+            Some((
+                num,
+                std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned(),
+            ))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn pod_ok(target: &Path, script: &str) -> String {
+    let o = in_pod(target, script);
+    assert!(o.status.success(), "{script}:\n{}", text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn verify(target: &Path) {
+    assert_contents_verify(target, &target.parent().unwrap().join("verify-copy"));
+}
+
+/// `follow`: each upgrade adds the image's generation and switches to it; rollback works;
+/// per-user profiles too; reruns (also the slow path, `--recheck`) add nothing.
+#[test]
+fn follow_switches_each_upgrade_and_rollback_works() {
+    if !nix_available("follow_switches_each_upgrade_and_rollback_works") {
+        return;
+    }
+    let im = Images::build();
+    let [v1, v2, v3] = &im.v;
+    let t = im.target("t");
+    assert_ok(&seed_image(v1, &t, &[]));
+    assert_eq!(current(&t), env(v1));
+    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1))]);
+
+    let o = seed_image(v2, &t, &[]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(current(&t), env(v2));
+    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+    assert_eq!(resolve(&t, ALICE), env(v2), "per-user profiles follow too");
+    assert_eq!(generations(&t, ALICE), vec![(1, env(v1)), (2, env(v2))]);
+    verify(&t);
+
+    // The older generation is a real one: Nix rolls back to it, and forward again.
+    pod_ok(&t, "nix-env --rollback -p /nix/var/nix/profiles/default");
+    assert_eq!(current(&t), env(v1));
+    pod_ok(&t, "nix-env --switch-generation 2 -p /nix/var/nix/profiles/default");
+    assert_eq!(current(&t), env(v2));
+
+    // Reruns: nothing to do, and the slow path adds nothing either.
+    for args in [&[][..], &["--recheck"][..]] {
+        let o = seed_image(v2, &t, args);
+        assert_ok(&o);
+        assert!(!stderr(&o).contains("generation"), "{args:?}: {}", text(&o));
+        assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))], "{args:?}");
+    }
+
+    let o = seed_image(v3, &t, &["--log-format", "json"]);
+    assert_ok(&o);
+    let summary = crate::support::cmd::stdout(&o)
+        .lines()
+        .find(|l| l.contains("\"summary\""))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no summary: {}", text(&o)));
+    assert!(summary.contains("\"profiles_switched\":2"), "{summary}");
+    assert!(summary.contains("\"generations_added\":2"), "{summary}");
+    assert_eq!(current(&t), env(v3));
+    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2)), (3, env(v3))]);
+    pod_ok(&t, "nix-env --rollback -p /nix/var/nix/profiles/default");
+    assert_eq!(current(&t), env(v2), "rollback from v3 gives v2's");
+    verify(&t);
+}
+
+/// A user changed the profile (`nix-env --set` in a pod): follow adds the image's
+/// generation, leaves the user's current and names the command to switch; a rerun adds no
+/// second generation; `--profiles image` then switches.
+#[test]
+fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
+    if !nix_available("follow_keeps_a_users_change_and_image_mode_overrides_it") {
+        return;
+    }
+    let im = Images::build();
+    let [v1, _, v3] = &im.v;
+    let t = im.v2_target("t");
+    pod_ok(
+        &t,
+        &format!("nix-env -p /nix/var/nix/profiles/default --set {}", env(v1)),
+    );
+    assert_eq!(generations(&t, PROFILE).last().unwrap(), &(3, env(v1)));
+
+    let o = seed_image(v3, &t, &[]);
+    assert_ok(&o);
+    let warning = "profiles/default: added generation 4 (image's); not switched: you changed the profile since \
+                   nix-seed set it";
+    assert!(stderr(&o).contains(warning), "{}", text(&o));
+    let cmd = "to switch: nix-env --switch-generation 4 -p /nix/var/nix/profiles/default";
+    assert!(stderr(&o).contains(cmd), "{}", text(&o));
+    assert_eq!(current(&t), env(v1), "the user's generation stays current");
+    assert_eq!(generations(&t, PROFILE).last().unwrap(), &(4, env(v3)));
+
+    let o = seed_image(v3, &t, &["--recheck"]);
+    assert_ok(&o);
+    assert!(stderr(&o).contains(cmd), "{}", text(&o));
+    assert_eq!(generations(&t, PROFILE).len(), 4, "no duplicate generation on a rerun");
+
+    // The command the warning names works.
+    let u = im.target("u");
+    assert!(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&t)
+        .arg(u.parent().unwrap())
+        .status()
+        .unwrap()
+        .success());
+    pod_ok(&u, "nix-env --switch-generation 4 -p /nix/var/nix/profiles/default");
+    assert_eq!(current(&u), env(v3));
+
+    let o = seed_image(v3, &t, &["--recheck", "--profiles", "image"]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("profiles/default: switched to generation 4 (image's), was 3"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(current(&t), env(v3));
+    assert_eq!(generations(&t, PROFILE).len(), 4);
+    verify(&t);
+}
+
+/// `--profiles keep` (NIX_SEED_PROFILES=keep): today's merge: the target's profile kept
+/// with a warning, the image's generation links added by name.
+#[test]
+fn keep_mode_keeps_the_targets_profile() {
+    if !nix_available("keep_mode_keeps_the_targets_profile") {
+        return;
+    }
+    let im = Images::build();
+    let [v1, v2, _] = &im.v;
+    let t = im.target("t");
+    assert_ok(&seed_image(v1, &t, &[]));
+    let o = seed_cmd(v2, &t, &[]).env("NIX_SEED_PROFILES", "keep").output().unwrap();
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains(&format!(
+            "{}: the target's symlink points to default-1-link, the image's to default-2-link; kept the target's",
+            t.join(PROFILE).display()
+        )),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(current(&t), env(v1));
+    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+}
+
+/// Killed right after a generation was added, before the switch: the next run switches to
+/// that generation (recorded before it was made) and adds no other.
+#[test]
+fn a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun() {
+    if !nix_available("a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun") {
+        return;
+    }
+    let im = Images::build();
+    let [v1, v2, _] = &im.v;
+    let t = im.target("t");
+    assert_ok(&seed_image(v1, &t, &[]));
+    let o = seed_cmd(v2, &t, &[])
+        .env("NIX_SEED_FAILPOINT", "generation-added")
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&o.status),
+        Some(libc::SIGKILL),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(current(&t), env(v1));
+    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+
+    let o = seed_image(v2, &t, &[]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(current(&t), env(v2));
+    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+    verify(&t);
+}
+
+/// The profile's lock (`default.lock`, as nix-env takes it) held: the seed waits, gives up
+/// after --lock-timeout (exit 3) without touching the profile, and succeeds once it is free.
+#[test]
+fn a_held_profile_lock_is_waited_for() {
+    if !nix_available("a_held_profile_lock_is_waited_for") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let im = Images::build();
+    let [v1, v2, _] = &im.v;
+    let t = im.target("t");
+    assert_ok(&seed_image(v1, &t, &[]));
+    let lock = std::fs::File::create(t.join("var/nix/profiles/default.lock")).unwrap();
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let o = seed_image(v2, &t, &["--lock-timeout", "1s"]);
+    assert_code(&o, 3);
+    assert!(stderr(&o).contains("default.lock is held"), "{}", text(&o));
+    assert_eq!(current(&t), env(v1));
+    drop(lock);
+    assert_ok(&seed_image(v2, &t, &[]));
+    assert_eq!(current(&t), env(v2));
+}
