@@ -5,6 +5,8 @@
 //! - Target has a `var/`: missing entries are added, each atomically; nothing that exists
 //!   is overwritten. An entry that exists but differs (a profile link pointing elsewhere,
 //!   a file of different content, a different type) is reported as one warning line.
+//!   The image's profiles and their generation links are left out (`skip`) unless
+//!   `--profiles keep`: [`crate::profiles`] sets them.
 //!
 //! Never copied: sockets and FIFOs, `nix/daemon-socket/`, `nix/gc-socket/`,
 //! `nix/temproots/`, `nix/userpool*/`, `nix/builds/`, `big-lock`, `gc.lock` and every

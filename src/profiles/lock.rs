@@ -50,7 +50,19 @@ fn open_lock_file(dir: BorrowedFd, name: &str, shown: &Path) -> Result<(File, bo
         Err(Errno::EEXIST) => (openat(dir, name, base, mode), false),
         r => (r, true),
     };
-    let fd = fd.map_err(|e| crate::preflight::Invalid(crate::dirfd::open_problem(e, shown)))?;
+    // Store paths were copied already: a failure here is exit 1, not a refusal (exit 2).
+    let fd = fd.map_err(|e| anyhow::anyhow!(crate::dirfd::open_problem(e, shown)))?;
+    if created {
+        // The directory's owner (a per-user profile's user) must be able to open it too:
+        // a lock file a killed seeder left would otherwise lock them out of their profile.
+        if let Ok(d) = fstat(dir) {
+            let _ = nix::unistd::fchown(
+                &fd,
+                Some(nix::unistd::Uid::from_raw(d.st_uid)),
+                Some(nix::unistd::Gid::from_raw(d.st_gid)),
+            );
+        }
+    }
     let st = fstat(&fd).with_context(|| format!("cannot stat {}", shown.display()))?;
     if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
         anyhow::bail!("{} is not a regular file: remove it", shown.display());

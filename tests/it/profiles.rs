@@ -327,3 +327,35 @@ fn a_held_profile_lock_is_waited_for() {
     assert_ok(&seed_image(v2, &t, &[]));
     assert_eq!(current(&t), env(v2));
 }
+
+/// A symlink planted at the profile's lock file (a hostile pod): never followed; the seed
+/// fails (exit 1) naming it, and the file it points to is unchanged.
+#[test]
+fn a_symlink_at_the_profile_lock_is_never_followed() {
+    use crate::support::fixture::{self, Spec};
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 10,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir_all(dst.join("var/nix/profiles")).unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::write(&outside, b"mine").unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("var/nix/profiles/default.lock")).unwrap();
+    let o = crate::support::cmd::seed(&fx.root, &dst, &[]);
+    assert_code(&o, 1);
+    assert!(
+        stderr(&o).contains("default.lock is a symlink: nix-seed never follows symlinks in the target"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read(&outside).unwrap(), b"mine");
+    assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_err());
+    std::fs::remove_file(dst.join("var/nix/profiles/default.lock")).unwrap();
+    assert_ok(&crate::support::cmd::seed(&fx.root, &dst, &[]));
+    assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_ok());
+}
