@@ -359,3 +359,44 @@ fn a_symlink_at_the_profile_lock_is_never_followed() {
     assert_ok(&crate::support::cmd::seed(&fx.root, &dst, &[]));
     assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_ok());
 }
+
+/// nix-seed takes the same lock as Nix: a pod's `nix-env --switch-generation` (which locks
+/// the profile, as `-i`, `-e` and `--rollback` do; `--set` takes no lock) waits while
+/// nix-seed, stopped right after adding its generation, holds it, and goes on after.
+#[test]
+fn nix_env_waits_for_the_profile_lock_nix_seed_holds() {
+    if !nix_available("nix_env_waits_for_the_profile_lock_nix_seed_holds") {
+        return;
+    }
+    let im = Images::build();
+    let [v1, v2, _] = &im.v;
+    let t = im.target("t");
+    assert_ok(&seed_image(v1, &t, &[]));
+    let child = seed_cmd(v2, &t, &[])
+        .env("NIX_SEED_FAILPOINT", "generation-added=stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_stopped(child.id());
+    let switch = "nix-env --switch-generation 1 -p /nix/var/nix/profiles/default";
+    let o = in_pod(&t, &format!("timeout 5 {switch}"));
+    assert!(!o.status.success(), "nix-env did not wait: {}", text(&o));
+    assert!(
+        text(&o).contains("waiting for lock on profile '/nix/var/nix/profiles/default'"),
+        "{}",
+        text(&o)
+    );
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let o = child.wait_with_output().unwrap();
+    assert_ok(&o);
+    assert_eq!(current(&t), env(v2));
+    assert!(
+        !t.join("var/nix/profiles/default.lock").exists(),
+        "the lock file nix-seed created is removed"
+    );
+    pod_ok(&t, switch);
+    assert_eq!(current(&t), env(v1));
+    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+}
