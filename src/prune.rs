@@ -238,6 +238,63 @@ fn db_window(disk: &Disk, log: &Arc<Log>) -> Result<Option<crate::nixdb::DbWindo
     )?))
 }
 
+/// Take the seed lock (refusing a read-only disk first), then read the disk again: what a
+/// seeder did meanwhile is seen. The database is read inside the `.nix-seed/db-lock`
+/// window, as a seeder reads it, so that a dotfile lock left by a prune killed mid-read is
+/// recovered by the next seeder. Leftovers of a killed prune's root removal go too.
+fn lock(
+    disk: Disk,
+    args: &PruneArgs,
+    log: &Arc<Log>,
+    interrupted: &Arc<AtomicBool>,
+) -> Result<(Disk, crate::lock::Held)> {
+    let vfs = nix::sys::statvfs::fstatvfs(disk.root.as_fd())?;
+    if vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
+        return Err(invalid(format!(
+            "{} is on a read-only filesystem: mount the volume read-write",
+            disk.path.display()
+        )));
+    }
+    let cfg = crate::lock::Config {
+        timeout: args.lock_timeout,
+        stale: args.lock_stale,
+    };
+    let held = crate::lock::acquire(disk.root.as_fd(), &disk.path, &cfg, log, interrupted)?;
+    let window = db_window(&disk, log)?;
+    let disk = images::read(&args.target, log)?;
+    drop(window);
+    if let Some(ours) = images::seed_roots_dir(disk.root.as_fd())? {
+        let shown = disk.path.join("var/nix/gcroots").join(crate::gcroots::DIR);
+        let (_, problems) = crate::dirfd::remove_leftovers(ours.as_fd(), &shown)?;
+        for p in problems {
+            log.warn(&p);
+        }
+    }
+    Ok((disk, held))
+}
+
+/// What a collection would free once the `chosen` images and their generations `gens`
+/// are retired: their paths that no remaining root reaches.
+fn freeable(disk: &Disk, chosen: &[usize], gens: &[Vec<Generation>]) -> Result<Vec<usize>> {
+    let skipped: Vec<String> = chosen
+        .iter()
+        .map(|&k| format!("/nix/var/nix/gcroots/{}/{}", crate::gcroots::DIR, disk.images[k].id))
+        .chain(gens.iter().flatten().map(|g| {
+            let dir = g.profile.rsplit_once('/').map_or("", |(d, _)| d);
+            format!("/nix/var/{dir}/{}", link_name(g))
+        }))
+        .collect();
+    let roots = disk.visible_roots(&|p| skipped.iter().any(|s| s == p))?;
+    let live = images::reach(&disk.graph, roots);
+    let mut freed = vec![false; live.len()];
+    for &k in chosen {
+        for &i in &disk.images[k].closure {
+            freed[i] = !live[i];
+        }
+    }
+    Ok((0..freed.len()).filter(|&i| freed[i]).collect())
+}
+
 /// `nix-seed prune`.
 pub fn run(args: &PruneArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<()> {
     check_args(args)?;
@@ -255,31 +312,7 @@ pub fn run(args: &PruneArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     let (disk, _held) = if args.dry_run {
         (disk, None)
     } else {
-        let vfs = nix::sys::statvfs::fstatvfs(disk.root.as_fd())?;
-        if vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
-            return Err(invalid(format!(
-                "{} is on a read-only filesystem: mount the volume read-write",
-                disk.path.display()
-            )));
-        }
-        let cfg = crate::lock::Config {
-            timeout: args.lock_timeout,
-            stale: args.lock_stale,
-        };
-        let held = crate::lock::acquire(disk.root.as_fd(), &disk.path, &cfg, log, interrupted)?;
-        // Under the lock, what a seeder did meanwhile is seen. The database is read inside
-        // the `.nix-seed/db-lock` window, as a seeder reads it, so that a dotfile lock
-        // left by a prune killed mid-read is recovered by the next seeder.
-        let window = db_window(&disk, log)?;
-        let disk = images::read(&args.target, log)?;
-        drop(window);
-        if let Some(ours) = images::seed_roots_dir(disk.root.as_fd())? {
-            let shown = disk.path.join("var/nix/gcroots").join(crate::gcroots::DIR);
-            let (_, problems) = crate::dirfd::remove_leftovers(ours.as_fd(), &shown)?;
-            for p in problems {
-                log.warn(&p);
-            }
-        }
+        let (disk, held) = lock(disk, args, log, interrupted)?;
         (disk, Some(held))
     };
     let (chosen, spared) = choose(&disk, args, SystemTime::now())?;
@@ -291,24 +324,7 @@ pub fn run(args: &PruneArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         .map(|&k| removable_generations(&disk, &chosen, k))
         .collect();
 
-    // What a collection would free: the retired images' paths no remaining root reaches.
-    let skipped: Vec<String> = chosen
-        .iter()
-        .map(|&k| format!("/nix/var/nix/gcroots/{}/{}", crate::gcroots::DIR, disk.images[k].id))
-        .chain(gens.iter().flatten().map(|g| {
-            let dir = g.profile.rsplit_once('/').map_or("", |(d, _)| d);
-            format!("/nix/var/{dir}/{}", link_name(g))
-        }))
-        .collect();
-    let roots = disk.visible_roots(&|p| skipped.iter().any(|s| s == p))?;
-    let live = images::reach(&disk.graph, roots);
-    let mut freed = vec![false; live.len()];
-    for &k in &chosen {
-        for &i in &disk.images[k].closure {
-            freed[i] = !live[i];
-        }
-    }
-    let freed: Vec<usize> = (0..freed.len()).filter(|&i| freed[i]).collect();
+    let freed = freeable(&disk, &chosen, &gens)?;
 
     let verb = if args.dry_run { "would retire" } else { "retired" };
     for (&k, g) in chosen.iter().zip(&gens) {
