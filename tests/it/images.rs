@@ -516,3 +516,32 @@ fn prune_spares_the_current_generation_and_removes_only_its_own_links() {
         Path::new("default-1-link")
     );
 }
+
+/// A database a pod's Nix converted to WAL is read as well, and left in WAL mode.
+#[test]
+fn images_reads_a_wal_database_and_leaves_its_mode() {
+    if !nix_available("images_reads_a_wal_database") {
+        return;
+    }
+    let tmp = support::scratch();
+    let target = tmp.path().join("t/nix");
+    let a = real_store(&tmp.path().join("a"), "v1", false);
+    std::fs::create_dir_all(&target).unwrap();
+    assert_ok(&seed(&a, &target, &[]));
+    let (rollback, _) = images(&target);
+    let db = target.join("var/nix/db/db.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let mode: String = c.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+    drop(c);
+    assert!(crate::support::nix::nix_seed_db_is_wal(&target));
+    let (wal, _) = images(&target);
+    assert_eq!(rollback.len(), 1);
+    for (id, img) in &rollback {
+        for k in ["store_paths", "closure_bytes", "roots_complete"] {
+            assert_eq!(img[k], wal[id][k], "{k}");
+        }
+        assert!(img["store_paths"].as_u64().unwrap() > 0);
+    }
+    assert!(crate::support::nix::nix_seed_db_is_wal(&target));
+}
