@@ -175,7 +175,9 @@ fn retire(disk: &Disk, img: &Image, gens: &[Generation], log: &Log) -> Result<()
         }
     };
     remove(IMAGES_DIR)?;
+    crate::failpoint::hit("prune-unmarked");
     retire_roots(disk, img)?;
+    crate::failpoint::hit("prune-unrooted");
     for g in gens {
         let Some((d, _)) = parent_in_var(disk.root.as_fd(), &g.profile) else {
             continue;
@@ -210,6 +212,7 @@ fn retire_roots(disk: &Disk, img: &Image) -> Result<()> {
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("cannot remove {}", shown.display())),
     }
+    crate::failpoint::hit("prune-roots-renamed");
     remove_tree_at(ours.as_fd(), &tmp).with_context(|| {
         format!(
             "cannot remove {} (renamed to {}; the next prune removes it)",

@@ -545,3 +545,55 @@ fn images_reads_a_wal_database_and_leaves_its_mode() {
     }
     assert!(crate::support::nix::nix_seed_db_is_wal(&target));
 }
+
+/// A prune killed in the middle of retiring an image (failpoints between its steps)
+/// leaves an image without a marker: a pod that starts it seeds it again, and the next
+/// prune finishes the retirement, leftovers included.
+#[test]
+fn a_prune_killed_mid_retirement_is_finished_by_the_next_or_undone_by_a_seed() {
+    if !nix_available("a_prune_killed_mid_retirement") {
+        return;
+    }
+    let tmp = support::scratch();
+    let a = real_store(&tmp.path().join("a"), "v1", false);
+    let b = real_store(&tmp.path().join("b"), "v2", false);
+    for point in ["prune-unmarked", "prune-roots-renamed", "prune-unrooted"] {
+        let target = tmp.path().join(point).join("nix");
+        std::fs::create_dir_all(&target).unwrap();
+        assert_ok(&seed(&a, &target, &[]));
+        let id_a = newest_id(&target);
+        assert_ok(&seed(&b, &target, &[]));
+        let o = nix_seed()
+            .args(["prune", "--image", &id_a, "--target"])
+            .arg(&target)
+            .env("NIX_SEED_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), None, "{point}: not killed:\n{}", text(&o));
+        assert!(!marker(&target, &id_a).exists(), "{point}");
+        let (listed, _) = images(&target);
+        assert_eq!(listed[&id_a]["roots_complete"], false, "{point}");
+
+        // A pod starting it again seeds it again: complete, nothing copied.
+        let o = seed(&a, &target, &["--log-format", "json"]);
+        assert_ok(&o);
+        let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
+        assert_eq!(report["copied"], 0, "{point}: {}", text(&o));
+        let (listed, _) = images(&target);
+        assert_eq!(listed[&id_a]["roots_complete"], true, "{point}");
+
+        // Killed again, then finished by the next prune.
+        let o = nix_seed()
+            .args(["prune", "--image", &id_a, "--target"])
+            .arg(&target)
+            .env("NIX_SEED_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), None, "{point}: not killed:\n{}", text(&o));
+        let (_, retired) = prune(&target, &["--image", &id_a]);
+        assert_eq!(retired, [id_a.clone()].into(), "{point}");
+        let (listed, _) = images(&target);
+        assert_eq!(listed.keys().count(), 1, "{point}: {listed:?}");
+        assert_no_temp_roots(&target);
+    }
+}
