@@ -64,8 +64,8 @@ pub struct PruneArgs {
     #[arg(long, env = "NIX_SEED_KEEP_LAST", value_name = "N")]
     pub keep_last: Option<u64>,
 
-    /// Retire the images no pod start has seen for longer than DUR (e.g. 30d); "last seen"
-    /// is kept to within an hour, so an image is retired after DUR plus an hour.
+    /// Retire the images no pod start has seen (nor seeded) for longer than DUR (e.g. 30d);
+    /// "last seen" is kept to within an hour, so an image is retired after DUR plus an hour.
     #[arg(long, env = "NIX_SEED_UNUSED_FOR", value_parser = parse_duration, value_name = "DUR")]
     pub unused_for: Option<Duration>,
 

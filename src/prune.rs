@@ -59,12 +59,13 @@ fn check_args(args: &PruneArgs) -> Result<()> {
     }
 }
 
-/// `var/<rel>`'s parent directory, opened without following symlinks, and its last name.
+/// `var/<rel>`'s parent directory, opened without following symlinks, and its last name;
+/// `None` for a path that is not plain names (a record is a file on a shared disk).
 fn parent_in_var(root: BorrowedFd, rel: &str) -> Option<(OwnedFd, String)> {
-    let mut parts: Vec<&str> = rel
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
-        .collect();
+    let mut parts: Vec<&str> = rel.split('/').collect();
+    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+        return None;
+    }
     let last = parts.pop()?.to_string();
     let mut d = open_dir(root, "var").ok()?;
     for p in parts {
@@ -122,7 +123,7 @@ fn choose(disk: &Disk, args: &PruneArgs, now: SystemTime) -> Result<(Vec<usize>,
             k as u64 >= n
         } else if let Some(d) = args.unused_for {
             // "Last seen" may lag the last pod start by up to its resolution.
-            let last = img.last_seen.map(|t| t + SEEN_RESOLUTION).or(img.last_seeded());
+            let last = (img.last_seen.map(|t| t + SEEN_RESOLUTION)).max(img.last_seeded());
             last.is_none_or(|t| now.duration_since(t).is_ok_and(|age| age > d))
         } else {
             args.images.contains(&img.id)
@@ -179,6 +180,10 @@ fn retire(disk: &Disk, img: &Image, gens: &[Generation], log: &Log) -> Result<()
     retire_roots(disk, img)?;
     crate::failpoint::hit("prune-unrooted");
     for g in gens {
+        // Asked again right before: a pod may have switched its profile meanwhile.
+        if is_current(disk.root.as_fd(), g) || !is_ours(disk.root.as_fd(), g) {
+            continue;
+        }
         let Some((d, _)) = parent_in_var(disk.root.as_fd(), &g.profile) else {
             continue;
         };

@@ -152,7 +152,12 @@ fn store_path_of(target: &str) -> Option<String> {
 
 /// Read the disk at `target`: its images and its database (read-only, no lock taken).
 pub fn read(target: &Path, log: &Log) -> Result<Disk> {
-    let root = open_root(target).map_err(|e| never_seeded(target, &format!("cannot be opened ({e})")))?;
+    let root = open_root(target).map_err(|e| {
+        Invalid(format!(
+            "target {} cannot be opened ({e}): pass the directory nix-seed seeds as --target (the one pods              mount at /nix)",
+            target.display()
+        ))
+    })?;
     let path = target.canonicalize().unwrap_or_else(|_| target.to_path_buf());
     let state = match open_dir_if_exists(root.as_fd(), STATE_DIR) {
         Ok(Some(d)) => d,

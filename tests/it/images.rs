@@ -438,7 +438,16 @@ fn last_seen_is_bumped_hourly_by_the_no_op_and_drives_unused_for() {
     );
 
     // --unused-for 1h: a seen 90 min ago is kept (last seen lags by up to an hour), b
-    // seen 3 h ago is retired.
+    // seen and seeded 3 h ago is retired. (A seed is a sighting too: the records say
+    // both were seeded just now, so first make them say 3 h ago.)
+    let three_hours_ago =
+        humantime::format_rfc3339_seconds(SystemTime::now() - std::time::Duration::from_secs(3 * 3600));
+    for id in [&id_a, &id_b] {
+        let p = target.join(".nix-seed/records").join(id);
+        let mut r: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        r["last_seeded"] = Value::String(three_hours_ago.to_string());
+        std::fs::write(&p, r.to_string()).unwrap();
+    }
     set_times_nofollow(&m, now() - 5400);
     set_times_nofollow(&marker(&target, &id_b), now() - 3 * 3600);
     let (_, retired) = prune(&target, &["--unused-for", "1h"]);
