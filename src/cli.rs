@@ -35,6 +35,60 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Copy this binary to DEST (e.g. an emptyDir), for images that do not contain it.
     Install(InstallArgs),
+    /// List the images seeded into the target: when seen, their store paths and sizes.
+    Images(ImagesArgs),
+    /// Retire old images (their GC roots, markers, records), so Nix's GC may collect them.
+    ///
+    /// Takes the seed lock. Never retires an image seen within --unused-for, nor one whose
+    /// profile generation is current; deletes no store path: run nix-collect-garbage after.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// The directory nix-seed seeds (the one pods mount at /nix).
+    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
+    pub target: PathBuf,
+
+    #[command(flatten)]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The directory nix-seed seeds (the one pods mount at /nix).
+    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
+    pub target: PathBuf,
+
+    /// Keep the N most recently seen images (last seen, then last seeded); retire the others.
+    #[arg(long, env = "NIX_SEED_KEEP_LAST", value_name = "N")]
+    pub keep_last: Option<u64>,
+
+    /// Retire the images no pod start has seen (nor seeded) for longer than DUR (e.g. 30d);
+    /// "last seen" is kept to within an hour, so an image is retired after DUR plus an hour.
+    #[arg(long, env = "NIX_SEED_UNUSED_FOR", value_parser = parse_duration, value_name = "DUR")]
+    pub unused_for: Option<Duration>,
+
+    /// Retire this image (an id `nix-seed images` shows); may be repeated.
+    #[arg(long = "image", value_name = "ID")]
+    pub images: Vec<String>,
+
+    /// Print what would be retired and freed; change nothing and take no lock.
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
+    pub dry_run: bool,
+
+    /// How long to wait for the seed lock (a seeder at work) before giving up (exit 3).
+    #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
+          value_name = "DUR")]
+    pub lock_timeout: Duration,
+
+    /// Take over a seed lock whose lease has not changed for this long (see `seed --help`).
+    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_stale,
+          value_name = "DUR")]
+    pub lock_stale: Duration,
+
+    #[command(flatten)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]

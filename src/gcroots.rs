@@ -5,9 +5,9 @@
 //! cannot delete what another image needs.
 //!
 //! The directory appears whole (built under a temporary name, then renamed), and every
-//! later slow-path run adds the links it lacks. To retire an
-//! image: `rm -r /nix/var/nix/gcroots/nix-seed/<image id>` (and its marker
-//! `/nix/.nix-seed/images/<image id>`), then collect garbage from one place.
+//! later slow-path run adds the links it lacks. `nix-seed prune` retires an image by
+//! renaming its directory away, then removing it ([`crate::prune`]); then a garbage
+//! collection from one place frees what nothing else roots.
 //!
 //! The image's own `gcroots/auto` links point at paths inside the image's pods and are
 //! never carried over (see `var::keep`).

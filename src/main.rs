@@ -87,6 +87,20 @@ fn main() -> ExitCode {
                 Err(e) => fail(&log, e, &signal),
             }
         }
+        Command::Images(args) => {
+            let log = Log::new(&args.output);
+            match nix_seed::images::run(&args, &log) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&log, e, &signal),
+            }
+        }
+        Command::Prune(args) => {
+            let log = Arc::new(Log::new(&args.output));
+            match nix_seed::prune::run(&args, &log, &interrupted) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&log, e, &signal),
+            }
+        }
         Command::Status(args) => {
             let log = Log::new(&args.output);
             match nix_seed::status::status(&args, &log) {

@@ -46,6 +46,8 @@ pub struct Plan {
     pub source_has_var: bool,
     /// The marker a complete seed of this image leaves (store paths, then var/).
     pub image_marked: bool,
+    /// The marker's mtime: when a pod start last found the image complete ("last seen").
+    pub marked_at: Option<std::time::SystemTime>,
 }
 
 impl Plan {
@@ -69,7 +71,8 @@ impl Plan {
         let have: HashSet<OsString> = target.into_iter().collect();
         let missing: Vec<OsString> = source.iter().filter(|n| !have.contains(*n)).cloned().collect();
         let image_id = image_id(&source);
-        let image_marked = crate::state::is_marked(c.target.as_fd(), &image_id)?;
+        let marked_at = crate::state::marked_at(c.target.as_fd(), &image_id)?;
+        let image_marked = marked_at.is_some();
         Ok(Plan {
             target_count,
             missing,
@@ -78,6 +81,7 @@ impl Plan {
             target_has_var: lstat_at(c.target.as_fd(), "var")?.is_some(),
             source_has_var: lstat_at(c.source.as_fd(), "var")?.is_some(),
             image_marked,
+            marked_at,
             source,
         })
     }

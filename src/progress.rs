@@ -107,6 +107,16 @@ impl Log {
         };
     }
 
+    /// One line of a listing on stdout (`images`, `prune`), shown even with -q: the line as
+    /// it is, or one JSON object with the fields (the line is its `msg`).
+    pub fn out(&self, event: &str, text: &str, fields: Value) {
+        let mut out = std::io::stdout().lock();
+        let _ = match self.format {
+            LogFormat::Text => writeln!(out, "{text}"),
+            LogFormat::Json => writeln!(out, "{}", self.render(Level::Info, event, text, fields)),
+        };
+    }
+
     fn render(&self, level: Level, event: &str, msg: &str, fields: Value) -> String {
         match self.format {
             LogFormat::Text => match level {

@@ -17,6 +17,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
@@ -51,21 +52,76 @@ pub fn dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
 
 /// Whether image `id` is marked complete. Anything unexpected on the way (a symlink
 /// planted at `.nix-seed`) counts as no marker: the slow path then reports it.
+#[allow(dead_code)] // for callers that need only the yes or no
 pub fn is_marked(target: BorrowedFd, id: &str) -> Result<bool> {
-    let found = || -> std::io::Result<bool> {
+    Ok(marked_at(target, id)?.is_some())
+}
+
+/// When image `id`'s marker was last touched (its mtime: "last seen"), if the image is
+/// marked complete; [`is_marked`] with the time the same `lstat` gives.
+pub fn marked_at(target: BorrowedFd, id: &str) -> Result<Option<SystemTime>> {
+    let found = || -> std::io::Result<Option<SystemTime>> {
         let Some(state) = crate::dirfd::open_dir_if_exists(target, STATE_DIR)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let Some(images) = crate::dirfd::open_dir_if_exists(state.as_fd(), IMAGES_DIR)? else {
-            return Ok(false);
+            return Ok(None);
         };
         Ok(lstat_at(images.as_fd(), id)?
-            .is_some_and(|st| crate::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFREG))
+            .filter(|st| crate::dirfd::file_type(st) == nix::sys::stat::SFlag::S_IFREG)
+            .map(|st| mtime(&st)))
     };
     match found() {
         Ok(b) => Ok(b),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => Ok(false),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A stat's mtime as a time (before the epoch counts as the epoch).
+pub fn mtime(st: &nix::sys::stat::FileStat) -> SystemTime {
+    let secs = u64::try_from(st.st_mtime).unwrap_or(0);
+    let nanos = u32::try_from(st.st_mtime_nsec).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::new(secs, nanos.min(999_999_999))
+}
+
+/// How stale "last seen" may get: the fast path bumps a marker's mtime only when it is at
+/// least this old, so a pod start writes at most once an hour per image, and "last seen"
+/// is at most this much older than the last pod start that found the image complete.
+pub const SEEN_RESOLUTION: Duration = Duration::from_secs(3600);
+
+/// Record that a pod start found image `id` complete ("last seen"): set its marker's mtime
+/// to now, when the marker (last touched at `marked_at`) is [`SEEN_RESOLUTION`] old or
+/// more. One `utimensat` through the images directory's descriptor, never following a
+/// symlink. Best effort: the fast path must stay a no-op success on a read-only mount, so
+/// a failure is only a line shown with -v.
+pub fn touch_seen(target: BorrowedFd, id: &str, marked_at: SystemTime, log: &crate::progress::Log) {
+    if SystemTime::now()
+        .duration_since(marked_at)
+        .is_ok_and(|age| age < SEEN_RESOLUTION)
+        || marked_at > SystemTime::now()
+    {
+        return;
+    }
+    let touched = || -> std::io::Result<()> {
+        let state = crate::dirfd::open_dir(target, STATE_DIR)?;
+        let images = crate::dirfd::open_dir(state.as_fd(), IMAGES_DIR)?;
+        let now = nix::sys::time::TimeSpec::UTIME_NOW;
+        nix::sys::stat::utimensat(
+            images.as_fd(),
+            id,
+            &nix::sys::time::TimeSpec::UTIME_OMIT,
+            &now,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )?;
+        Ok(())
+    };
+    if let Err(e) = touched() {
+        log.detail(
+            "last-seen",
+            &format!("cannot update the last-seen time of image {id} ({STATE_DIR}/{IMAGES_DIR}/{id}): {e}"),
+            json!({"image_id": id, "error": e.to_string()}),
+        );
     }
 }
 

@@ -49,7 +49,7 @@ pub use lock::{set_busy_context, DbWindow, DB_WINDOW_RECORD};
 pub use open::{open_existing_db, refusal, with_db_dir, with_target_db};
 pub use schema::{is_wal, Extra, SourceDb, ValidPath};
 pub use source::{create, read_source};
-pub use target::{open_db_dir, open_target, register_in_target, Registered, TargetDb};
+pub use target::{open_db_dir, open_target, register_in_target, Graph, Registered, TargetDb};
 
 /// The database directory, relative to var/.
 pub const DB_DIR: &str = "nix/db";

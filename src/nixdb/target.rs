@@ -186,6 +186,50 @@ impl TargetDb {
         Ok(v)
     }
 
+    /// Every registered path with its NAR size, and the references between them, read in
+    /// one read transaction (a consistent view). If the read fails because the journal
+    /// mode changed since the database was opened, read through a new connection.
+    pub fn graph(&self) -> Result<Graph> {
+        match self.graph_here() {
+            Err(_) if self.mode_changed() => open_target(self.dir.as_fd(), &self.shown, self.read_only)?.graph_here(),
+            r => r,
+        }
+    }
+
+    fn graph_here(&self) -> Result<Graph> {
+        let ctx = || format!("cannot read the target's database {}", self.path.display());
+        let tx = self.conn.unchecked_transaction().with_context(ctx)?;
+        let mut index = std::collections::HashMap::new();
+        let mut g = Graph::default();
+        {
+            let mut st = tx
+                .prepare("SELECT id, path, narSize FROM ValidPaths")
+                .with_context(ctx)?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<i64>>(2)?))
+            });
+            for row in rows.with_context(ctx)? {
+                let (id, path, size) = row.with_context(ctx)?;
+                index.insert(id, g.paths.len());
+                g.paths.push(path);
+                g.nar_size.push(size.and_then(|n| u64::try_from(n).ok()).unwrap_or(0));
+            }
+        }
+        g.references = vec![Vec::new(); g.paths.len()];
+        {
+            let mut st = tx.prepare("SELECT referrer, reference FROM Refs").with_context(ctx)?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)));
+            for row in rows.with_context(ctx)? {
+                let (a, b) = row.with_context(ctx)?;
+                if let (Some(&a), Some(&b)) = (index.get(&a), index.get(&b)) {
+                    g.references[a].push(b);
+                }
+            }
+        }
+        tx.finish().with_context(ctx)?;
+        Ok(g)
+    }
+
     /// Registered hash and narSize of a store path.
     pub fn hash_of(&self, path: &str) -> Result<Option<(String, Option<i64>)>> {
         Ok(self
@@ -206,6 +250,15 @@ impl TargetDb {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(v)
     }
+}
+
+/// The registered paths and their references ([`TargetDb::graph`]): path `i` is
+/// `paths[i]`, its NAR size `nar_size[i]`, the paths it refers to `references[i]`.
+#[derive(Debug, Default)]
+pub struct Graph {
+    pub paths: Vec<String>,
+    pub nar_size: Vec<u64>,
+    pub references: Vec<Vec<usize>>,
 }
 
 /// Open `var/nix/db` of the target without following symlinks; `None` if absent.

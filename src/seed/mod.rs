@@ -47,6 +47,9 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
     // The fast path: no lock, nothing written.
     let plan = Plan::compute(&c)?;
     if plan.is_complete() && !args.recheck {
+        if let Some(at) = plan.marked_at {
+            crate::state::touch_seen(c.target.as_fd(), &plan.image_id, at, log);
+        }
         return Ok(Report::new(&c, &plan).finished(t0));
     }
 

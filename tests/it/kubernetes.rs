@@ -28,6 +28,7 @@ const KUBERNETES_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
 
 /// The files a user is told about in the README; none may go missing.
 const EXPECTED_YAML: &[&str] = &[
+    "cronjob-prune.yaml",
     "deployment-pvc.yaml",
     "job-oneshot.yaml",
     "nix-conf-configmap.yaml",

@@ -18,6 +18,7 @@ mod concurrency;
 mod crash;
 mod filesystems;
 mod hostile;
+mod images;
 mod install;
 mod kubernetes;
 mod live_store;
