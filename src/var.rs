@@ -84,7 +84,6 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) 
     if file_type(&st) != SFlag::S_IFDIR {
         return Ok(Outcome::default());
     }
-    let mut buf = vec![0u8; 256 * 1024];
     let mut out = Outcome::default();
     if lstat_at(c.target.as_fd(), "var")
         .with_context(|| format!("cannot stat {}/var", c.target_path.display()))?
@@ -102,7 +101,7 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) 
             src_path: src_var.clone(),
             dst_path: c.target_path.join("var"),
         };
-        let built = eng.build_top(top, &mut buf)?;
+        let built = eng.build_top(top)?;
         if let Some(holds) = with_db {
             // Inside the temporary var/, so var/ never appears without its database.
             let tmp_var = c.target_path.join(&built.tmp);
@@ -133,7 +132,6 @@ pub fn seed(c: &Checked, eng: &Engine, log: &Log, with_db: Option<&dyn Fn(&str) 
         log,
         src_root: src_var,
         dst_root: c.target_path.join("var"),
-        buf,
         out,
     };
     m.dir(src.as_fd(), dst.as_fd(), PathBuf::new())?;
@@ -237,7 +235,6 @@ struct Merge<'a> {
     log: &'a Log,
     src_root: PathBuf,
     dst_root: PathBuf,
-    buf: Vec<u8>,
     out: Outcome,
 }
 
@@ -272,7 +269,7 @@ impl Merge<'_> {
                         src_path: self.src_root.join(&crel),
                         dst_path: self.dst_root.join(&crel),
                     };
-                    let (p, _, _) = self.eng.copy_top(top, &mut self.buf)?;
+                    let (p, _, _) = self.eng.copy_top(top)?;
                     if p == Published::Yes {
                         self.out.added += 1;
                         self.log.detail(
