@@ -224,6 +224,12 @@ pub struct Listed {
     pub entries: Vec<Entry>,
 }
 
+// SAFETY: the readdir stream of `dir` is only used in `Listed::open` (iterating needs
+// `&mut`); through `&Listed` only its descriptor number is lent out (`fd`), and `*at`
+// calls on one descriptor from several threads are fine. The copy engine shares a listed
+// source directory between the tasks that copy its entries.
+unsafe impl Sync for Listed {}
+
 impl Listed {
     pub fn open<N: AsRef<OsStr> + ?Sized>(parent: BorrowedFd, name: &N) -> io::Result<Listed> {
         let mut dir = Dir::openat(parent, name.as_ref(), DIR_FLAGS, Mode::empty())?;

@@ -84,7 +84,7 @@ pub fn add(eng: &Engine, var: BorrowedFd, var_path: &Path, image_id: &str, tops:
     let d = open_dir(ours.as_fd(), &tmp).with_context(|| format!("cannot open {}", ours_path.join(&tmp).display()))?;
     let n = fill(d.as_fd(), &ours_path.join(&tmp), tops)?;
     drop(d);
-    let published = publish(eng, ours.as_fd(), &top, &tmp, OsStr::new(image_id))
+    let published = publish(eng, ours.as_fd(), &top, &tmp, true, OsStr::new(image_id))
         .with_context(|| format!("cannot publish {}", image_path.display()))?;
     guard.keep();
     match published {

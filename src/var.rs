@@ -93,7 +93,6 @@ pub fn seed(
     if file_type(&st) != SFlag::S_IFDIR {
         return Ok(Outcome::default());
     }
-    let mut buf = vec![0u8; 256 * 1024];
     let mut out = Outcome::default();
     if lstat_at(c.target.as_fd(), "var")
         .with_context(|| format!("cannot stat {}/var", c.target_path.display()))?
@@ -111,7 +110,7 @@ pub fn seed(
             src_path: src_var.clone(),
             dst_path: c.target_path.join("var"),
         };
-        let built = eng.build_top(top, &mut buf)?;
+        let built = eng.build_top(top)?;
         if let Some(holds) = with_db {
             // Inside the temporary var/, so var/ never appears without its database.
             let tmp_var = c.target_path.join(&built.tmp);
@@ -142,7 +141,6 @@ pub fn seed(
         log,
         src_root: src_var,
         dst_root: c.target_path.join("var"),
-        buf,
         out,
         skip,
     };
@@ -247,7 +245,6 @@ struct Merge<'a> {
     log: &'a Log,
     src_root: PathBuf,
     dst_root: PathBuf,
-    buf: Vec<u8>,
     out: Outcome,
     skip: &'a (dyn Fn(&Path) -> bool + Sync),
 }
@@ -284,7 +281,7 @@ impl Merge<'_> {
                         src_path: self.src_root.join(&crel),
                         dst_path: self.dst_root.join(&crel),
                     };
-                    let (p, _, _) = self.eng.copy_top(top, &mut self.buf)?;
+                    let (p, _, _) = self.eng.copy_top(top)?;
                     if p == Published::Yes {
                         self.out.added += 1;
                         self.log.detail(

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use filetime::FileTime;
 use nix::errno::Errno;
@@ -90,15 +91,111 @@ fn times(st: &FileStat) -> (FileTime, FileTime) {
     )
 }
 
-/// Owner, mode and times of a regular file or directory, on its open descriptor.
-pub fn apply_fd(file: &File, st: &FileStat, own: &Ownership) -> io::Result<()> {
-    own.set_fd(file.as_fd(), st)?;
-    fchmod(file.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+/// What an entry created in a directory gets before nix-seed sets anything: its owner,
+/// and whether the permission bits asked for at creation survive (umask, default ACLs).
+/// The owner depends on what cannot be seen cheaply (the directory's setgid bit, `grpid`
+/// mounts, a network filesystem server's own rules), so it is learned from the first entry
+/// of each kind created (one `fstat`, which FUSE usually answers from the attribute cache
+/// its create reply filled) and trusted for the others created in the same place (see
+/// `Engine::build_top_in`). An owner or mode already right is then not set again: one or
+/// two round trips less per file.
+#[derive(Default)]
+pub struct Created {
+    kinds: [Mutex<Learned>; 3],
+}
+
+#[derive(Default, Clone, Copy)]
+struct Learned {
+    owner: Option<(u32, u32)>,
+    /// Permission bits seen kept when asked for at creation.
+    kept: u32,
+    /// A creation mode was seen changed: always set the mode here.
+    unreliable: bool,
+}
+
+/// The kinds of entries [`Created`] learns separately.
+#[derive(Clone, Copy)]
+pub enum NewKind {
+    File = 0,
+    Dir = 1,
+    Symlink = 2,
+}
+
+impl Created {
+    /// Whether the entry just created (of `kind`, asked for with permission bits
+    /// `requested`) still needs its owner and its mode set to match `st`. `stat` reads the
+    /// new entry back, only when what this directory gives is not known yet.
+    pub fn needs(
+        &self,
+        kind: NewKind,
+        st: &FileStat,
+        requested: Option<u32>,
+        owner_matters: bool,
+        stat: impl FnOnce() -> nix::Result<FileStat>,
+    ) -> io::Result<(bool, bool)> {
+        let slot = &self.kinds[kind as usize];
+        let l = *slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mode_known = requested.is_none_or(|r| l.unreliable || r & !l.kept == 0);
+        if mode_known && (!owner_matters || l.owner.is_some()) {
+            let wrong_owner = owner_matters && l.owner != Some((st.st_uid, st.st_gid));
+            return Ok((wrong_owner, requested.is_some() && l.unreliable));
+        }
+        let now = stat()?;
+        let mode_ok = requested.is_none_or(|r| now.st_mode & 0o7777 == r);
+        let mut l = slot.lock().unwrap_or_else(|p| p.into_inner());
+        l.owner = Some((now.st_uid, now.st_gid));
+        match requested {
+            Some(r) if mode_ok => l.kept |= r,
+            Some(_) => l.unreliable = true,
+            None => {}
+        }
+        Ok((
+            owner_matters && (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid),
+            !mode_ok,
+        ))
+    }
+}
+
+/// The permission bits a regular file is created with: the source's, except set-id and
+/// sticky bits, which are set by `fchmod` after `fchown` (which clears them).
+pub fn creation_mode(st: &FileStat) -> u32 {
+    st.st_mode & 0o777
+}
+
+/// Owner, mode and times of a regular file nix-seed just created with
+/// [`creation_mode`] and wrote, on its open descriptor, skipping what `seen` says the
+/// creation already got right. Times last: the data write moved them.
+pub fn finish_file(file: &File, st: &FileStat, own: &Ownership, seen: &Created) -> io::Result<()> {
+    let want = st.st_mode & 0o7777;
+    let (owner, mode) = seen.needs(NewKind::File, st, Some(creation_mode(st)), own.preserved(), || {
+        nix::sys::stat::fstat(file.as_fd())
+    })?;
+    if owner {
+        own.set_fd(file.as_fd(), st)?;
+    }
+    if mode || want != creation_mode(st) {
+        fchmod(file.as_fd(), Mode::from_bits_truncate(want))?;
+    }
+    set_times(file, st)
+}
+
+/// Owner (unless `owner` says it is already right), mode and times of a directory, after
+/// its children are written.
+pub fn finish_dir(dir: &File, st: &FileStat, own: &Ownership, owner: bool) -> io::Result<()> {
+    if owner {
+        own.set_fd(dir.as_fd(), st)?;
+    }
+    fchmod(dir.as_fd(), Mode::from_bits_truncate(st.st_mode & 0o7777))?;
+    set_times(dir, st)
+}
+
+fn set_times(file: &File, st: &FileStat) -> io::Result<()> {
     let (atime, mtime) = times(st);
     filetime::set_file_handle_times(file, Some(atime), Some(mtime))
 }
 
-/// Owner and times of a symlink (its mode is always 0777 on Linux). filetime has no
+/// Owner (unless `seen` says the creation got it right) and times of a symlink (its mode
+/// is always 0777 on Linux). filetime has no
 /// directory-fd-relative call, so this uses utimensat(AT_SYMLINK_NOFOLLOW) directly.
 /// Skipped where the filesystem would apply them to the link's target (see
 /// [`symlink_metadata_follows`]).
@@ -107,12 +204,18 @@ pub fn apply_symlink(
     name: &std::ffi::OsStr,
     st: &FileStat,
     own: &Ownership,
+    seen: &Created,
     enabled: bool,
 ) -> io::Result<()> {
     if !enabled {
         return Ok(());
     }
-    own.set_symlink(dir, name, st)?;
+    let (owner, _) = seen.needs(NewKind::Symlink, st, None, own.preserved(), || {
+        nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+    })?;
+    if owner {
+        own.set_symlink(dir, name, st)?;
+    }
     let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
     let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
     utimensat(dir, name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)?;

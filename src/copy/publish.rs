@@ -22,7 +22,7 @@ use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
 use std::os::fd::BorrowedFd;
 
 use super::{Engine, TopEntry};
-use crate::dirfd::{file_type, lstat_at, remove_tree_at};
+use crate::dirfd::{lstat_at, remove_tree_at};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
@@ -31,7 +31,15 @@ pub enum Published {
     AlreadyThere,
 }
 
-pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: &OsStr) -> io::Result<Published> {
+/// `is_dir`: whether the copy at `tmp` is a directory (the caller copied it, so knows).
+pub fn publish(
+    eng: &Engine,
+    dir: BorrowedFd,
+    top: &TopEntry,
+    tmp: &OsStr,
+    is_dir: bool,
+    fin: &OsStr,
+) -> io::Result<Published> {
     // Held across the move so no hardlink is made through a name that is changing.
     let mut name = top.name.lock().unwrap();
     let discard = |name: &mut Option<std::ffi::OsString>| -> io::Result<Published> {
@@ -54,10 +62,7 @@ pub fn publish(eng: &Engine, dir: BorrowedFd, top: &TopEntry, tmp: &OsStr, fin: 
         }
     }
 
-    let Some(st) = lstat_at(dir, tmp)? else {
-        return Err(vanished(tmp));
-    };
-    if file_type(&st) != nix::sys::stat::SFlag::S_IFDIR {
+    if !is_dir {
         match linkat(dir, tmp, dir, fin, AtFlags::empty()) {
             Ok(()) => {
                 *name = Some(fin.to_owned());

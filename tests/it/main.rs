@@ -14,6 +14,7 @@
 mod support;
 
 mod bad_input;
+mod big_paths;
 mod concurrency;
 mod crash;
 mod filesystems;
