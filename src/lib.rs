@@ -11,6 +11,7 @@ pub mod dirfd;
 pub(crate) mod failpoint;
 pub(crate) mod gcroots;
 pub mod install;
+pub mod jobs;
 pub mod lock;
 pub mod nar;
 pub mod nixdb;

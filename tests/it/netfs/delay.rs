@@ -25,6 +25,10 @@ fn count_files(dir: &std::path::Path) -> usize {
     n
 }
 
+fn cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
 #[test]
 fn a_seed_on_a_volume_with_1ms_per_operation_is_exact_and_nix_accepts_it() {
     let test = "delayed_volume";
@@ -55,6 +59,14 @@ fn a_seed_on_a_volume_with_1ms_per_operation_is_exact_and_nix_accepts_it() {
     let o = seed_cmd(&src.root, t.a(), &[]).output().unwrap();
     let secs = t0.elapsed().as_secs_f64();
     assert!(o.status.success(), "{}", text(&o));
+    // No --jobs: the default for a network filesystem (GlusterFS is FUSE), said on the
+    // start line.
+    let err = String::from_utf8_lossy(&o.stderr);
+    let want = format!(
+        " with {} jobs (network filesystem)",
+        nix_seed::jobs::network_default(cpus())
+    );
+    assert!(err.contains(&want), "the start line should say{want}:\n{err}");
     eprintln!(
         "{test}: {} store paths, {files} entries seeded at 1 ms/op in {secs:.1}s",
         src.names.len()
