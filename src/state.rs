@@ -52,11 +52,13 @@ pub fn dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
 /// Whether image `id` is marked complete. Anything unexpected on the way (a symlink
 /// planted at `.nix-seed`) counts as no marker: the slow path then reports it.
 pub fn is_marked(target: BorrowedFd, id: &str) -> Result<bool> {
+    // O_PATH handles: this runs at every pod start, and on a network filesystem each
+    // ordinary open of a directory is one more round trip.
     let found = || -> std::io::Result<bool> {
-        let Some(state) = crate::dirfd::open_dir_if_exists(target, STATE_DIR)? else {
+        let Some(state) = crate::dirfd::open_path_if_exists(target, STATE_DIR)? else {
             return Ok(false);
         };
-        let Some(images) = crate::dirfd::open_dir_if_exists(state.as_fd(), IMAGES_DIR)? else {
+        let Some(images) = crate::dirfd::open_path_if_exists(state.as_fd(), IMAGES_DIR)? else {
             return Ok(false);
         };
         Ok(lstat_at(images.as_fd(), id)?
