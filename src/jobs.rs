@@ -9,6 +9,7 @@
 //! An explicit `--jobs` (or `NIX_SEED_JOBS`) always wins.
 
 use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// The jobs a run uses, and why, in words for the start line ("16 jobs (network
@@ -40,7 +41,13 @@ pub fn resolve(explicit: Option<u32>, dir: &Path) -> Jobs {
     if let Some(n) = explicit {
         return Jobs { n, why: "--jobs" };
     }
-    let network = std::fs::File::open(dir).is_ok_and(|f| crate::dirfd::is_network_fs(f.as_fd()));
+    // An O_PATH handle: statfs works on it, and on FUSE it costs no OPENDIR round trip
+    // (this runs at every pod start, also for the no-op).
+    let network = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+        .is_ok_and(|f| crate::dirfd::is_network_fs(f.as_fd()));
     if network {
         Jobs {
             n: network_default(cpus()),

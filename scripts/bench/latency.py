@@ -149,6 +149,36 @@ class Bench:
             gluster(self.env, "volume", "profile", VOL, "stop")
         return res
 
+    # -- 5. the no-op with every cache dropped ------------------------------------------
+
+    def cold_noop(self, delay, runs):
+        """The no-op through a freshly mounted client (mount B unmounted, then remounted
+        by `netfs.sh up`) after `drop_caches`: nothing of the target is cached anywhere,
+        neither in the kernel nor in GlusterFS's client (nor in the brick's page cache).
+        Returns (seconds per run, round trips of the last run at the brick)."""
+        set_delay(delay)
+        dst = self.fresh()
+        self.timed(self.argv("seed", dst), f"cold-{delay}-first")
+        mnt_b = Path(self.env["GLUSTER_DELAY_B"])
+        through_b = mnt_b / dst.name
+        times, ops = [], {}
+        gluster(self.env, "volume", "profile", VOL, "start")
+        try:
+            for r in range(runs):
+                run(["umount", mnt_b])
+                netfs("up")
+                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                gluster(self.env, "volume", "profile", VOL, "info", "clear")
+                argv = [self.bin, "seed", "--source", self.src, "--target", through_b, "--allow-non-mountpoint"]
+                times.append(self.timed(argv, f"cold-{delay}-{r}"))
+                ops = profile_ops(gluster(self.env, "volume", "profile", VOL, "info", "cumulative"))
+                log(f"cold no-op at {delay} us, run {r + 1}/{runs}: {times[-1] * 1000:.0f} ms, "
+                    f"{round_trips(ops)} round trips")
+        finally:
+            gluster(self.env, "volume", "profile", VOL, "stop")
+        self.empty_trash()
+        return times, ops
+
     # -- 2.-4. times --------------------------------------------------------------------
 
     def rounds(self, delay, contenders, runs, tag):
@@ -262,7 +292,9 @@ def parse_args(argv=None):
                     help="--jobs values measured at --sweep-delay ('' to skip; default 8,16,32,64)")
     ap.add_argument("--sweep-delay", type=int, default=1000, help="delay of the --jobs sweep (default 1000)")
     ap.add_argument("--count-delay", type=int, default=1000, help="delay while counting operations (default 1000)")
-    ap.add_argument("--skip", default="", help="comma-separated: counts,times,sweep,noop")
+    ap.add_argument("--cold-delays", default="0,1000",
+                    help="delays at which the no-op is measured with every cache dropped (default 0,1000)")
+    ap.add_argument("--skip", default="", help="comma-separated: counts,times,sweep,noop,cold")
     ap.add_argument("--into", help="write the tables into this file between the latency markers")
     ap.add_argument("--workdir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "nix-seed-bench-latency"))
     ap.add_argument("--bin", required=True, help=argparse.SUPPRESS)
@@ -309,6 +341,18 @@ def main():
             cs = [f"seed-j{j}" for j in a.jobs_sweep.split(",")]
             jsweep = (a.sweep_delay, b.rounds(a.sweep_delay, cs, a.runs, "sweep")[0])
         md += time_tables(b, times, jobs_note, jsweep, noop)
+        if "cold" not in skip and a.cold_delays:
+            md += ["The no-op with every cache dropped (the target's client unmounted and mounted again, "
+                   "then `echo 3 > /proc/sys/vm/drop_caches`), through that fresh mount; milliseconds, "
+                   f"median of {a.runs} runs, and the round trips at the brick:", "",
+                   "| delay per op | no-op, cold | round trips |", "|---:|---:|---|"]
+            for d in [int(x) for x in a.cold_delays.split(",")]:
+                t, ops = b.cold_noop(d, a.runs)
+                detail = ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda kv: -kv[1])
+                                   if op not in NOT_ROUND_TRIPS)
+                md.append(f"| {d / 1000:g} ms{' (plain GlusterFS)' if d == 0 else ''} | **{med(t) * 1000:.0f}** "
+                          f"| {round_trips(ops)}: {detail} |")
+            md.append("")
     finally:
         b.empty_trash()
         set_delay(1000)
