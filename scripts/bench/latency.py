@@ -86,6 +86,8 @@ class Bench:
         log(o.strip())
         self.store_line = o.strip().split(": ", 1)[1].split("; created")[0]
         self.entries = entries(self.src / "store")
+        # The biggest store path's entries (with its top): one worker copies a store path.
+        self.biggest = max(entries(p) + 1 if p.is_dir() else 1 for p in (self.src / "store").iterdir())
 
     def fresh(self):
         self.n += 1
@@ -249,21 +251,30 @@ def count_tables(b, res, delay):
     return lines
 
 
-def time_tables(b, times, jobs_note, jsweep, noop):
+def time_table(b, times, jobs_note):
     e = b.entries
     lines = [f"Seconds (median of {b.a.runs} rounds); the ratios are medians of the per-round ratios. "
              f"*ideal* = entries x round trips per entry (nix-seed's, from the table above) x delay / "
-             f"jobs: what the round trips cost if nothing else did.", "",
+             f"jobs: what the round trips cost if nothing else did; *ideal, one worker per store path*: "
+             f"the same with the biggest store path ({b.biggest:,} entries) copied by one worker, "
+             f"max(entries / jobs, biggest) x round trips per entry x delay.", "",
              "| delay per op | `cp -a` | nix-seed (default jobs) | nix-seed --jobs 1 | ideal, default jobs "
-             "| ideal, --jobs 1 | `cp -a` / nix-seed | `cp -a` / nix-seed -j1 |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| ideal, one worker per store path | ideal, --jobs 1 | `cp -a` / nix-seed | `cp -a` / nix-seed -j1 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for delay, (t, rt, jobs) in times.items():
         per = rt / e
-        ideal = lambda j: e * per * delay / 1e6 / j  # noqa: E731
+
+        def ideal(n):
+            return n * per * delay / 1e6
+
         lines.append(f"| {delay / 1000:g} ms | {med(t['cp']):.1f} | {med(t['seed']):.1f} | {med(t['seed-j1']):.1f} "
-                     f"| {ideal(jobs):.1f} | {ideal(1):.1f} | **{ratio(t['cp'], t['seed']):.1f}x** "
-                     f"| {ratio(t['cp'], t['seed-j1']):.2f}x |")
-    lines += ["", f"Default jobs: {jobs_note}.", ""]
+                     f"| {ideal(e / jobs):.1f} | {ideal(max(e / jobs, b.biggest)):.1f} | {ideal(e):.1f} "
+                     f"| **{ratio(t['cp'], t['seed']):.1f}x** | {ratio(t['cp'], t['seed-j1']):.2f}x |")
+    return lines + ["", f"Default jobs: {jobs_note}.", ""]
+
+
+def time_tables(b, times, jobs_note, jsweep, noop):
+    lines = time_table(b, times, jobs_note) if times else []
     if jsweep:
         delay, t = jsweep
         base = "seed-j8" if "seed-j8" in t else next(iter(t))
@@ -357,7 +368,8 @@ def main():
         b.empty_trash()
         set_delay(1000)
     dur = time.time() - t_start
-    cmd = " ".join(["scripts/bench.sh --latency", a.argv.strip()]).strip()
+    # (bash's printf %q escapes commas, which need none)
+    cmd = " ".join(["scripts/bench.sh --latency", a.argv.strip().replace("\\,", ",")]).strip()
     md += [f"Command: `{cmd}`; took {int(dur // 60)} min {int(dur % 60)} s."]
     text = "\n".join(md) + "\n"
     print(text)
