@@ -15,6 +15,15 @@
 # smaller workload and fewer contenders, ext4 only, report in the work directory.
 # `scripts/bench.sh --help` lists every option.
 #
+#   scripts/bench.sh --latency [--delays 500,1000,2000] [--runs N] [--jobs-sweep 8,16,32,64]
+#                    [--paths N] [--files N] [--big-path N] [--into BENCHMARKS.md] ...
+#
+# --latency: nix-seed on a slow network disk instead (scripts/bench/latency.py): the
+# delayed GlusterFS volume of scripts/netfs.sh; operations at the brick per file for
+# `cp -a`, nix-seed and the no-op, then times at each delay; prints markdown tables
+# (--into FILE: between FILE's latency markers). About 15 minutes with the defaults.
+# `scripts/bench.sh --latency --help` lists its options.
+#
 # The benchmark itself is the Python package scripts/bench/ (run, fs, report; standard
 # library only), run as `python3 -m bench` with PYTHONPATH=scripts.
 #
@@ -29,10 +38,12 @@ cd "$(dirname "$0")/.."
 
 build=1
 args=()
+mod=bench
 for a in "$@"; do
   case "$a" in
     --no-build) build=0 ;;
-    -h|--help) PYTHONPATH=scripts exec python3 -m bench --bin /dev/null --gen /dev/null --help ;;
+    --latency) mod=bench.latency ;;
+    -h|--help) PYTHONPATH=scripts exec python3 -m "$mod" --bin /dev/null --gen /dev/null --help ;;
     *) args+=("$a") ;;
   esac
 done
@@ -62,7 +73,12 @@ for f in "$tdir/nix-seed" "$tdir/examples/bench_store"; do
 done
 
 orig=""
-[ $# -eq 0 ] || orig=$(printf '%q ' "$@")
+[ ${#args[@]} -eq 0 ] || orig=$(printf '%q ' "${args[@]}")
+if [ "$mod" = bench.latency ]; then
+  # The delayed volume is a FUSE mount of this namespace: no private namespace here.
+  PYTHONPATH=scripts exec python3 -m bench.latency --bin "$tdir/nix-seed" --gen "$tdir/examples/bench_store" \
+    "--argv=$orig" ${args[@]+"${args[@]}"}
+fi
 # A private mount namespace: the benchmark's mounts are invisible to the rest of the
 # machine, so a mount namespace another program creates meanwhile (the test suite's
 # `unshare -m`) cannot copy them and keep their loop devices busy after we unmount.

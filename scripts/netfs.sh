@@ -11,6 +11,10 @@
 #                                          daemons' PIDs; exit 0 only if all are healthy
 #   scripts/netfs.sh down   [--base DIR]   unmount everything, stop every daemon this
 #                                          script started (by PID), remove all state
+#   scripts/netfs.sh delay  US [--base DIR]
+#                                          set the per-operation delay of volume nsdelay
+#                                          to US microseconds (0 = none; up first if
+#                                          needed); prints what `status` prints
 #
 # DIR defaults to $NIX_SEED_NETFS_BASE, else /tmp/nix-seed-netfs. Needs root. Installs
 # glusterfs-server, glusterfs-client, sshfs and openssh-server with apt-get if missing.
@@ -21,6 +25,14 @@
 #                                         flush-behind, stat-prefetch off; mounted with
 #                                         attribute/entry/negative timeouts 0 and
 #                                         --fopen-keep-cache=false
+#   GLUSTER_DELAY_A,   GLUSTER_DELAY_B    volume nsdelay: default caching, plus GlusterFS's
+#                                         debug/delay-gen translator just above the
+#                                         brick's storage/posix, delaying every file
+#                                         operation (LOOKUP, CREATE, WRITE, SETATTR, ...)
+#                                         by the delay (default 1000 us; see `delay`).
+#                                         io-threads sit above it, so concurrent
+#                                         operations overlap as on a real network disk.
+#                                         GLUSTER_DELAY_US prints the current delay.
 #   SSHFS_A, SSHFS_B                      BASE/sshfs-export through sshd on 127.0.0.3
 #                                         (with -o no_contain_symlinks where sshfs has it)
 #
@@ -32,9 +44,14 @@ set -euo pipefail
 # (Pipelines into grep use `grep PATTERN >/dev/null`, not `grep -q`: under pipefail a
 # `grep -q` that exits early kills the writer with SIGPIPE and the match counts as a miss.)
 
-usage() { echo "usage: $0 up|down|status [--base DIR]" >&2; exit 2; }
+usage() { echo "usage: $0 up|down|status [--base DIR] | $0 delay MICROSECONDS [--base DIR]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 cmd=$1; shift
+DELAY_US=
+if [ "$cmd" = delay ]; then
+  [ $# -ge 1 ] && [[ "$1" =~ ^[0-9]+$ ]] || usage
+  DELAY_US=$1; shift
+fi
 BASE=${NIX_SEED_NETFS_BASE:-/tmp/nix-seed-netfs}
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,7 +60,7 @@ while [ $# -gt 0 ]; do
     *) usage ;;
   esac
 done
-case "$cmd" in up|down|status) ;; *) usage ;; esac
+case "$cmd" in up|down|status|delay) ;; *) usage ;; esac
 case "$BASE" in /*) ;; *) BASE="$PWD/$BASE" ;; esac
 BASE=${BASE%/}
 [ -n "$BASE" ] && [ "$BASE" != / ] || { echo "netfs: refusing base directory '/'" >&2; exit 2; }
@@ -51,7 +68,12 @@ BASE=${BASE%/}
 GHOST=${NIX_SEED_NETFS_GLUSTER_HOST:-127.0.0.2}   # glusterd refuses 127.0.0.1 as a brick host
 SHOST=${NIX_SEED_NETFS_SSH_HOST:-127.0.0.3}
 SPORT=${NIX_SEED_NETFS_SSH_PORT:-2722}
-VOLS=(default strict)
+VOLS=(default strict delay)
+# The delay of nsdelay set by `up` when it creates the volume (microseconds per op).
+DEFAULT_DELAY_US=1000
+# Every file operation delay-gen knows, but not the ones FUSE issues in the background
+# for nothing the test does (IPC, GETSPEC...); see delay-gen's xlator options.
+DELAY_OPS=LOOKUP,CREATE,MKDIR,MKNOD,SETATTR,FSETATTR,WRITE,READ,SYMLINK,READLINK,LINK,RENAME,OPEN,STAT,FSTAT,OPENDIR,READDIR,READDIRP,FLUSH,FSYNC,FSYNCDIR,UNLINK,RMDIR,TRUNCATE,FTRUNCATE,SETXATTR,GETXATTR,FSETXATTR,FGETXATTR,REMOVEXATTR,FREMOVEXATTR,ACCESS,STATFS,LK,INODELK,FINODELK,ENTRYLK,FENTRYLK,XATTROP,FXATTROP,FALLOCATE,DISCARD,ZEROFILL,SEEK,LEASE
 GL=$BASE/gluster            # glusterd.vol, working dir, run dir
 RUN=$BASE/run               # our pid files
 LOG=$BASE/log
@@ -223,6 +245,13 @@ ensure_volume() {
         performance.flush-behind off performance.stat-prefetch off >/dev/null \
         || die "gluster volume set $name failed"
     fi
+    if [ "$v" = delay ]; then
+      gcli volume set "$name" debug.delay-gen posix >/dev/null || die "gluster volume set $name debug.delay-gen posix failed"
+      gcli volume set "$name" delay-gen.delay-percentage 100 >/dev/null \
+        && gcli volume set "$name" delay-gen.enable "$DELAY_OPS" >/dev/null \
+        && gcli volume set "$name" delay-gen.delay-duration "$DEFAULT_DELAY_US" >/dev/null \
+        || die "gluster volume set $name delay-gen.* failed"
+    fi
   fi
   if ! gcli volume info "$name" | grep '^Status: Started' >/dev/null; then
     gcli volume start "$name" >/dev/null || die "gluster volume start $name failed"
@@ -232,6 +261,28 @@ ensure_volume() {
   fi
   for _ in $(seq 100); do brick_online "$v" && { say "volume $name up ($(elapsed))"; return 0; }; sleep 0.1; done
   die "the brick of $name is not online (see /var/log/glusterfs/bricks/)"
+}
+
+# The delay of nsdelay now, in microseconds (empty if glusterd does not answer).
+delay_us() {
+  gcli volume get "$(volname delay)" delay-gen.delay-duration 2>/dev/null \
+    | awk '$1 == "delay-gen.delay-duration" { print $2 }' || true
+}
+
+# Set the delay of nsdelay. delay-gen reads its options only when the brick starts (a
+# `volume set` on a running volume changes the volfile, but the running translator keeps
+# its old delay: measured with glusterfs 10.3), so the volume is restarted and the mounts
+# wait for their client to reconnect (a few seconds).
+set_delay() {
+  local name mp; name=$(volname delay)
+  [ "$(delay_us)" = "$1" ] && return 0
+  gcli volume set "$name" delay-gen.delay-duration "$1" >/dev/null \
+    || die "gluster volume set $name delay-gen.delay-duration $1 failed"
+  gcli volume stop "$name" >/dev/null || die "gluster volume stop $name failed"
+  ensure_volume delay
+  for mp in "$MNT/gluster-delay-a" "$MNT/gluster-delay-b"; do
+    wait_healthy "$mp" fuse.glusterfs 30 || die "$mp does not answer after the restart of $name"
+  done
 }
 
 # KEY MOUNTPOINT VOLUME-KIND
@@ -260,7 +311,7 @@ ensure_gluster_mount() {
   if [ -n "$(mountinfo_type "$mp")" ]; then say "$mp is mounted but dead (ENOTCONN or hung): remounting"; fi
   drop_mount "$mp"
   mkdir -p "$mp"
-  [ "$v" = strict ] && opts=(--attribute-timeout=0 --entry-timeout=0 --negative-timeout=0 --fopen-keep-cache=false)
+  if [ "$v" = strict ]; then opts=(--attribute-timeout=0 --entry-timeout=0 --negative-timeout=0 --fopen-keep-cache=false); fi
   glusterfs --volfile-server="$GHOST" --volfile-id="$(volname "$v")" "${opts[@]}" \
     -l "$LOG/$(basename "$mp").log" -p "$(client_pidfile "$mp")" "$mp" \
     </dev/null >>"$LOG/$(basename "$mp").out" 2>&1 || die "glusterfs mount of $(volname "$v") at $mp failed (see $LOG/$(basename "$mp").log)"
@@ -361,6 +412,7 @@ print_status() {
     done
   done
   echo "GLUSTERFSD_PIDS=${pids# }"
+  echo "GLUSTER_DELAY_US=$(delay_us)"
   pids=""
   while read -r key mp v; do
     p=$(pidof_file "$(client_pidfile "$mp")")
@@ -444,4 +496,5 @@ case "$cmd" in
   up) do_up ;;
   status) [ -d "$BASE" ] || { say "not up ($BASE does not exist)"; exit 1; }; print_status ;;
   down) do_down ;;
+  delay) do_up >/dev/null; set_delay "$DELAY_US"; say "delay of $(volname delay): $DELAY_US us per operation"; print_status ;;
 esac

@@ -97,9 +97,15 @@ pub struct VerifyArgs {
     #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
     pub target: PathBuf,
 
-    /// Parallel hashing threads.
-    #[arg(long, short = 'j', env = "NIX_SEED_JOBS", default_value_t = 8,
+    /// Parallel hashing threads [default: 4 per CPU; 8 to 16 on a local filesystem, 32 to
+    /// 64 on a network filesystem (NFS, FUSE, CephFS, SMB, Lustre, 9p...), where each read
+    /// waits for a round trip]
+    #[arg(long = "jobs", short = 'j', env = "NIX_SEED_JOBS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs_flag: Option<u32>,
+
+    /// `--jobs`, or the default for the target's filesystem ([`crate::jobs::resolve`]).
+    #[arg(skip)]
     pub jobs: u32,
 
     /// Only these store paths (`/nix/store/<name>` or `<name>`); default: every registered path.
@@ -133,10 +139,21 @@ pub struct SeedArgs {
     #[command(flatten)]
     pub paths: Paths,
 
-    /// Parallel copy workers (store paths are taken from a queue).
-    #[arg(long, short = 'j', env = "NIX_SEED_JOBS", default_value_t = 8,
+    /// Parallel copy workers [default: 4 per CPU; 8 to 16 on a local filesystem, 32 to 64
+    /// on a network filesystem (NFS, FUSE, CephFS, SMB, Lustre, 9p...), where every file
+    /// operation waits for a round trip; the start line says which]
+    #[arg(long = "jobs", short = 'j', env = "NIX_SEED_JOBS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs_flag: Option<u32>,
+
+    /// `--jobs`, or the default for the target's filesystem ([`crate::jobs::resolve`]);
+    /// set by [`SeedArgs::resolve_jobs`].
+    #[arg(skip)]
     pub jobs: u32,
+
+    /// Why `jobs` is what it is, for the start line.
+    #[arg(skip)]
+    pub jobs_why: &'static str,
 
     /// How long each lock wait may last before giving up (exit 3): another seeder's lock,
     /// Nix's gc.lock (a garbage collection) and db/big-lock (a migration), the Nix

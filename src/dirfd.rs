@@ -132,6 +132,23 @@ pub fn open_dir<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Resu
     Ok(openat(dir, name.as_ref(), DIR_FLAGS, Mode::empty())?)
 }
 
+/// The directory `name` inside `dir` as an `O_PATH` handle, for `*at` calls only (no
+/// listing, no reading): on FUSE an ordinary open of a directory is an OPENDIR round trip
+/// to the server, an `O_PATH` one is not. Fails with ENOTDIR if `name` is a symlink or a
+/// file, and `None` if it does not exist.
+pub fn open_path_if_exists<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Result<Option<OwnedFd>> {
+    match openat(
+        dir,
+        name.as_ref(),
+        DIR_FLAGS.difference(OFlag::O_RDONLY).union(OFlag::O_PATH),
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// [`open_dir`], or `None` if `name` does not exist.
 pub fn open_dir_if_exists<N: AsRef<OsStr> + ?Sized>(dir: BorrowedFd, name: &N) -> io::Result<Option<OwnedFd>> {
     match open_dir(dir, name) {

@@ -12,6 +12,7 @@ pub(crate) mod failpoint;
 pub(crate) mod gcroots;
 pub mod images;
 pub mod install;
+pub mod jobs;
 pub mod lock;
 pub mod nar;
 pub mod nixdb;

@@ -40,7 +40,8 @@ fn main() -> ExitCode {
     }
 
     match cli.command {
-        Command::Seed(args) => {
+        Command::Seed(mut args) => {
+            args.resolve_jobs();
             let log = Arc::new(Log::new(&args.output));
             match seed::seed(&args, &log, &interrupted) {
                 Ok(r) => {
@@ -79,7 +80,8 @@ fn main() -> ExitCode {
                 Err(e) => fail(&log, e, &signal),
             }
         }
-        Command::Verify(args) => {
+        Command::Verify(mut args) => {
+            args.resolve_jobs();
             let log = Log::new(&args.output);
             match nix_seed::verify::run(&args, &log) {
                 Ok(true) => ExitCode::SUCCESS,

@@ -59,13 +59,20 @@ impl Plan {
         let mut source = store_names(c.source_store.as_fd())
             .with_context(|| format!("cannot list {}", c.source_store_path.display()))?;
         source.sort();
-        let target_store = open_target_store(c)?;
-        let (target, target_has_store) = match &target_store {
-            Some(fd) => (
-                store_names(fd.as_fd()).with_context(|| format!("cannot list {}/store", c.target_path.display()))?,
+        // Opened and listed through one open file (the store's own handle is not needed
+        // here): every open of a directory on a network filesystem is a round trip, and
+        // this runs at every pod start.
+        let (target, target_has_store) = match crate::dirfd::Listed::open(c.target.as_fd(), "store") {
+            Ok(l) => (
+                l.entries
+                    .into_iter()
+                    .map(|e| e.name)
+                    .filter(|n| is_store_path_name(n.as_bytes()))
+                    .collect(),
                 true,
             ),
-            None => (Vec::new(), false),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => (Vec::new(), false),
+            Err(e) => return Err(store_open_error(c, e)),
         };
         let target_count = target.len();
         let have: HashSet<OsString> = target.into_iter().collect();
@@ -237,14 +244,20 @@ pub fn open_target_store(c: &Checked) -> Result<Option<OwnedFd>> {
     match open_dir(c.target.as_fd(), "store") {
         Ok(fd) => Ok(Some(fd)),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
-            anyhow::bail!(
-                "{}/store is not a directory (a symlink or a file): refusing to follow it; \
+        Err(e) => Err(store_open_error(c, e)),
+    }
+}
+
+/// Why `TARGET/store` cannot be opened, in words (not ENOENT: the callers handle that).
+fn store_open_error(c: &Checked, e: io::Error) -> anyhow::Error {
+    if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
+        anyhow::anyhow!(
+            "{}/store is not a directory (a symlink or a file): refusing to follow it; \
              remove it, or seed another target",
-                c.target_path.display()
-            )
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot open {}/store", c.target_path.display())),
+            c.target_path.display()
+        )
+    } else {
+        anyhow::Error::new(e).context(format!("cannot open {}/store", c.target_path.display()))
     }
 }
 

@@ -60,11 +60,13 @@ pub fn is_marked(target: BorrowedFd, id: &str) -> Result<bool> {
 /// When image `id`'s marker was last touched (its mtime: "last seen"), if the image is
 /// marked complete; [`is_marked`] with the time the same `lstat` gives.
 pub fn marked_at(target: BorrowedFd, id: &str) -> Result<Option<SystemTime>> {
+    // O_PATH handles: this runs at every pod start, and on a network filesystem each
+    // ordinary open of a directory is one more round trip.
     let found = || -> std::io::Result<Option<SystemTime>> {
-        let Some(state) = crate::dirfd::open_dir_if_exists(target, STATE_DIR)? else {
+        let Some(state) = crate::dirfd::open_path_if_exists(target, STATE_DIR)? else {
             return Ok(None);
         };
-        let Some(images) = crate::dirfd::open_dir_if_exists(state.as_fd(), IMAGES_DIR)? else {
+        let Some(images) = crate::dirfd::open_path_if_exists(state.as_fd(), IMAGES_DIR)? else {
             return Ok(None);
         };
         Ok(lstat_at(images.as_fd(), id)?

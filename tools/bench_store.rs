@@ -3,7 +3,7 @@
 //! profile link and a GC root).
 //!
 //! cargo run --release --example bench_store -- DIR [--paths N] [--files N] [--bytes N]
-//!                                                  [--small-files] [--seed S]
+//!                                                  [--small-files] [--big-path N] [--seed S]
 //!
 //! Defaults: 1,500 store paths, 100,000 files (regular files and symlinks, hardlink names
 //! included), 2 GiB of distinct file data. The mix, from the same seed always the same:
@@ -21,6 +21,10 @@
 //!   4 KiB (`--bytes` ignored), for the million-file scale run;
 //! - metadata as Nix leaves it: directories 0555, files 0444 (0555 in bin/ and ~15%
 //!   elsewhere), atime = mtime = 1 s on everything including symlinks, owner = the caller.
+//!
+//! `--big-path N`: the first store path holds N of the files (a big package: a Python
+//! with its library, a JDK), the others share the rest by the same law, as in the store
+//! of issue 13 (one path of 3,000 files among ~100).
 //!
 //! Prints one summary line (counts, bytes, share of files <= 4 KiB, seconds).
 
@@ -51,6 +55,8 @@ struct Spec {
     files: usize,
     bytes: u64,
     small_only: bool,
+    /// Files of the first store path (0: it follows the law like the others).
+    big_path: usize,
     seed: u64,
 }
 
@@ -442,6 +448,7 @@ fn main() {
         files: 100_000,
         bytes: 2 << 30,
         small_only: false,
+        big_path: 0,
         seed: 1,
     };
     while let Some(a) = args.next() {
@@ -459,6 +466,7 @@ fn main() {
             Some("--bytes") => spec.bytes = num("--bytes"),
             Some("--seed") => spec.seed = num("--seed"),
             Some("--small-files") => spec.small_only = true,
+            Some("--big-path") => spec.big_path = num("--big-path") as usize,
             Some("-h" | "--help") => usage(),
             Some(s) if s.starts_with('-') => usage(),
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
@@ -494,7 +502,12 @@ fn main() {
         weights.push(if k == 0 { (1.3 * normal(&mut rng)).exp() } else { 0.0 });
     }
     let singles = kinds.iter().filter(|&&k| k != 0).count();
-    let dir_entries = spec.files.saturating_sub(singles);
+    // The big path (index 0 is always a directory) is taken out of the law.
+    let big = spec.big_path.min(spec.files.saturating_sub(singles));
+    if big > 0 {
+        weights[0] = 0.0;
+    }
+    let dir_entries = spec.files.saturating_sub(singles + big);
     let wsum: f64 = weights.iter().sum();
     let mut counts: Vec<usize> = weights
         .iter()
@@ -508,12 +521,15 @@ fn main() {
         .collect();
     // Fix rounding so the total is exact (adjust the biggest path).
     let total: usize = counts.iter().sum();
-    if let Some(big) = (0..counts.len()).max_by_key(|&i| counts[i]) {
+    if let Some(top) = (0..counts.len()).max_by_key(|&i| counts[i]) {
         if total > dir_entries {
-            counts[big] = counts[big].saturating_sub(total - dir_entries).max(1);
+            counts[top] = counts[top].saturating_sub(total - dir_entries).max(1);
         } else {
-            counts[big] += dir_entries - total;
+            counts[top] += dir_entries - total;
         }
+    }
+    if big > 0 {
+        counts[0] = big;
     }
     // ~88% of entries are regular files (10% symlinks, 2% extra hardlinks).
     let est_regular = spec.files * 88 / 100 + singles;

@@ -127,14 +127,16 @@ impl<'a> Run<'a> {
                 progress::Level::Info,
                 "start",
                 &format!(
-                    "copying {} ({}, {}) of {} to {}",
+                    "copying {} ({}, {}) of {} to {} with {}",
                     progress::count(self.plan.missing.len() as u64, "store path", "store paths"),
                     progress::count(self.size.files, "file", "files"),
                     indicatif::HumanBytes(self.size.bytes),
                     self.plan.source.len(),
-                    c.target_path.display()
+                    c.target_path.display(),
+                    self.args.jobs_text()
                 ),
-                json!({"paths": self.plan.missing.len(), "files": self.size.files, "bytes": self.size.bytes}),
+                json!({"paths": self.plan.missing.len(), "files": self.size.files, "bytes": self.size.bytes,
+                       "jobs": self.args.jobs, "jobs_why": self.args.jobs_why}),
             );
         }
         Ok(())

@@ -22,6 +22,8 @@ use crate::support::fixture::{self, Spec};
 use crate::support::netfs::{netfs, run_netfs, wait_all, Finished, Seeder, VolDir};
 use crate::support::{self, store_entries, wait_for};
 
+mod delay;
+
 fn lease_pid(dst: &Path) -> Option<String> {
     let l = std::fs::read_to_string(dst.join(".nix-seed/lock")).ok()?;
     l.lines().find_map(|l| l.strip_prefix("pid=")).map(str::to_string)

@@ -274,6 +274,10 @@ fn a_bar_without_a_terminal_falls_back_to_progress_lines() {
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("copying 40 store paths"), "the start line:\n{err}");
+    assert!(
+        err.contains(" with 1 job (--jobs)"),
+        "the start line names the jobs:\n{err}"
+    );
     assert!(err.contains("progress: "), "no progress line:\n{err}");
 }
 

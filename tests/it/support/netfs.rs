@@ -56,10 +56,16 @@ impl Netfs {
 }
 
 pub fn run_netfs(verb: &str) -> Result<Netfs, String> {
+    run_netfs_args(&[verb])
+}
+
+/// `scripts/netfs.sh ARGS...`, e.g. `["delay", "1000"]`.
+pub fn run_netfs_args(args: &[&str]) -> Result<Netfs, String> {
+    let verb = args.join(" ");
     let t0 = Instant::now();
     let o = Command::new("bash")
         .arg(script())
-        .arg(verb)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run {}: {e}", script().display()))?;
