@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -15,56 +14,8 @@ use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, nix_seed, stderr, stdout, text};
 use crate::support::compare::{assert_unchanged, snapshot, Snapshot};
 use crate::support::fixture::set_times_nofollow;
-use crate::support::nix::{assert_contents_verify, in_pod, nix_available, nix_config, real_store, seed};
-
-fn run(args: &[&str], target: &Path) -> Output {
-    nix_seed().args(args).arg("--target").arg(target).output().unwrap()
-}
-
-/// Stdout's JSON lines.
-fn json_lines(o: &Output) -> Vec<Value> {
-    stdout(o)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// `nix-seed images --log-format json`: each image's object by id, and the totals.
-fn images(target: &Path) -> (BTreeMap<String, Value>, Value) {
-    let o = run(&["images", "--log-format", "json"], target);
-    assert_ok(&o);
-    let mut v = json_lines(&o);
-    let total = v.pop().unwrap();
-    assert_eq!(total["event"], "images-total", "{}", text(&o));
-    let by_id = v
-        .into_iter()
-        .map(|i| (i["image_id"].as_str().unwrap().to_string(), i))
-        .collect();
-    (by_id, total)
-}
-
-/// The id of the image just seeded: the one whose marker is newest.
-fn newest_id(target: &Path) -> String {
-    std::fs::read_dir(target.join(".nix-seed/images"))
-        .unwrap()
-        .map(|e| e.unwrap())
-        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
-        .unwrap()
-        .file_name()
-        .into_string()
-        .unwrap()
-}
-
-fn marker(target: &Path, id: &str) -> PathBuf {
-    target.join(".nix-seed/images").join(id)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use crate::support::images::{collect_garbage, images, marker, newest_id, now, prune, run};
+use crate::support::nix::{assert_contents_verify, in_pod, nix_available, real_store, seed};
 
 fn mtime(p: &Path) -> i64 {
     std::fs::symlink_metadata(p)
@@ -104,64 +55,6 @@ fn nix_closure(target: &Path, id: &str) -> BTreeMap<String, u64> {
             (p.to_string(), n.parse().unwrap())
         })
         .collect()
-}
-
-/// A real garbage collection in a pod (its own pid namespace, so no process of this
-/// machine is a runtime root), with `keep-derivations = false`: Nix then keeps exactly what
-/// roots reach. Returns the store entries it deleted.
-fn collect_garbage(target: &Path) -> BTreeSet<String> {
-    let before = store_names(target);
-    let o = Command::new("unshare")
-        .args(["-m", "-p", "-f", "--mount-proc", "sh", "-c"])
-        .arg(format!(
-            "mkdir -p /nix && mount --bind '{}' /nix && nix-store --gc",
-            target.display()
-        ))
-        .env("NIX_CONFIG", format!("{}keep-derivations = false\n", nix_config(false)))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "nix-store --gc:\n{}", text(&o));
-    before
-        .difference(&store_names(target))
-        .map(|n| format!("/nix/store/{n}"))
-        .collect()
-}
-
-fn store_names(target: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(target.join("store"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.'))
-        .collect()
-}
-
-/// The paths `prune -v --log-format json` says a collection would delete, and the ids it
-/// retired.
-fn prune(target: &Path, args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut all = vec!["prune", "-v", "--log-format", "json"];
-    all.extend(args);
-    let o = run(&all, target);
-    assert_ok(&o);
-    let freeable = stderr(&o)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "freeable")
-        .map(|v| v["path"].as_str().unwrap().to_string())
-        .collect();
-    let summary = json_lines(&o).pop().unwrap();
-    assert_eq!(summary["event"], "prune", "{}", text(&o));
-    assert_eq!(summary["freeable_store_paths"].as_u64().unwrap() as usize, {
-        let f: &BTreeSet<String> = &freeable;
-        f.len()
-    });
-    let retired = summary["retired"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    (freeable, retired)
 }
 
 /// Nothing changed: the same entries with the same metadata. The database directory's own

@@ -21,6 +21,7 @@ mod hostile;
 mod images;
 mod install;
 mod kubernetes;
+mod lifecycle;
 mod live_store;
 mod modern_db;
 mod modern_nix;
