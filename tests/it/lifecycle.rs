@@ -102,6 +102,10 @@ pub fn flow(images_: &[PathBuf; 3], disk: &Disk, scratch: &Path, user_change: bo
         let before = marked(disk.manage_at);
         let o = seed_cmd(v, disk.seed_at, &[]).output().unwrap();
         assert_ok(&o);
+        // Another mount may show the new marker a moment later.
+        support::wait_for(10, "the new marker through the managing mount", || {
+            marked(disk.manage_at).len() > before.len()
+        });
         let new: Vec<String> = marked(disk.manage_at).difference(&before).cloned().collect();
         assert_eq!(new.len(), 1, "v{}: {new:?}", i + 1);
         ids.push(new[0].clone());
@@ -169,6 +173,10 @@ pub fn flow(images_: &[PathBuf; 3], disk: &Disk, scratch: &Path, user_change: bo
     assert_eq!((&dry_freeable, &dry_retired), (&freeable, &retired));
     let (listed, _) = images(disk.manage_at);
     assert_eq!(listed.keys().collect::<Vec<_>>(), vec![&ids[2]]);
+    for id in &ids[..2] {
+        let roots = disk.nix_at.join("var/nix/gcroots/nix-seed").join(id);
+        support::wait_for(10, "the retired roots gone through the pods' mount", || !roots.exists());
+    }
     // Their generations go, the current one and a user's stay.
     let want_default = if user_change {
         vec![(3, e[0].clone()), (4, e[2].clone())]
