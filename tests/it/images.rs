@@ -499,3 +499,51 @@ fn a_prune_killed_mid_retirement_is_finished_by_the_next_or_undone_by_a_seed() {
         assert_no_temp_roots(&target);
     }
 }
+
+/// The Nix database's lock held (as Nix with `use-sqlite-wal = false` holds it: the
+/// directory `db.sqlite.lock`): `images` and `prune` give up after `--lock-timeout` with
+/// exit 3 naming it, as `seed` does, and prune changes nothing.
+#[test]
+fn a_held_database_lock_is_a_lock_timeout_for_images_and_prune() {
+    use crate::support::fixture::{self, Spec};
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 10,
+            ..Spec::default()
+        },
+    );
+    let target = tmp.path().join("t");
+    std::fs::create_dir(&target).unwrap();
+    assert_ok(&crate::support::cmd::seed(&fx.root, &target, &[]));
+    let dot = target.join("var/nix/db/db.sqlite.lock");
+    std::fs::create_dir(&dot).unwrap();
+    let before = snapshot(&target);
+    for (cmd, outcome) in [
+        (&["images"][..], "nothing was listed"),
+        (&["prune", "--keep-last", "1"], "nothing was changed"),
+    ] {
+        let t0 = std::time::Instant::now();
+        let mut all = cmd.to_vec();
+        all.extend(["--lock-timeout", "1s"]);
+        let o = run(&all, &target);
+        assert_code(&o, 3);
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "{cmd:?} took {:?}",
+            t0.elapsed()
+        );
+        let last = stderr(&o).lines().last().unwrap_or("").to_string();
+        assert!(
+            last.contains(&dot.canonicalize().unwrap().display().to_string())
+                && last.contains("--lock-timeout")
+                && last.contains(outcome),
+            "{cmd:?}:\n{}",
+            text(&o)
+        );
+    }
+    assert_unchanged(&before, &snapshot(&target), |p| p != b"var/nix/db" && p != b".nix-seed");
+    std::fs::remove_dir(&dot).unwrap();
+    assert_ok(&run(&["images"], &target));
+}
