@@ -128,6 +128,18 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
     );
     assert_eq!(generations(&t, PROFILE).last().unwrap(), &(3, env(v1)));
 
+    // A dry run says what follow would do, and does nothing.
+    let o = seed_image(v3, &t, &["--dry-run"]);
+    assert_ok(&o);
+    for line in [
+        "profiles/default: would add a new generation 4 (image's) without switching: you changed the profile",
+        "profiles/per-user/alice/profile: would switch to a new generation 3 (image's)",
+    ] {
+        assert!(stderr(&o).contains(line), "{line}:\n{}", text(&o));
+    }
+    assert_eq!(generations(&t, PROFILE).len(), 3);
+    assert_eq!(generations(&t, ALICE).len(), 2);
+
     let o = seed_image(v3, &t, &[]);
     assert_ok(&o);
     let warning = "profiles/default: added generation 4 (image's); not switched: you changed the profile since \
