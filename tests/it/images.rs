@@ -219,7 +219,8 @@ fn a_retired_image_started_again_is_rerooted_copying_only_what_was_collected() {
     assert_eq!(deleted, freeable);
     assert!(!deleted.is_empty());
 
-    let o = seed(&a, &target, &["--log-format", "json"]);
+    // (`keep`: the profile stays on b's generation, so a can be retired again below.)
+    let o = seed(&a, &target, &["--log-format", "json", "--profiles", "keep"]);
     assert_ok(&o);
     let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
     assert_eq!(
@@ -310,7 +311,8 @@ fn last_seen_is_bumped_hourly_by_the_no_op_and_drives_unused_for() {
     std::fs::create_dir_all(&target).unwrap();
     assert_ok(&seed(&a, &target, &[]));
     let id_a = newest_id(&target);
-    assert_ok(&seed(&b, &target, &[]));
+    // (`keep`: the profile stays a's: b, not in use, can be retired by age.)
+    assert_ok(&seed(&b, &target, &["--profiles", "keep"]));
     let id_b = newest_id(&target);
 
     let m = marker(&target, &id_a);
@@ -363,7 +365,8 @@ fn prune_spares_the_current_generation_and_removes_only_its_own_links() {
     std::fs::create_dir_all(&target).unwrap();
     assert_ok(&seed(&a, &target, &[]));
     let id_a = newest_id(&target);
-    assert_ok(&seed(&b, &target, &[]));
+    // (`keep`: the profile stays a's, as the records below say.)
+    assert_ok(&seed(&b, &target, &["--profiles", "keep"]));
     let id_b = newest_id(&target);
     set_times_nofollow(&marker(&target, &id_a), now() - 7200);
 
@@ -477,7 +480,8 @@ fn a_prune_killed_mid_retirement_is_finished_by_the_next_or_undone_by_a_seed() {
         assert_eq!(listed[&id_a]["roots_complete"], false, "{point}");
 
         // A pod starting it again seeds it again: complete, nothing copied.
-        let o = seed(&a, &target, &["--log-format", "json"]);
+        // (`keep`: the profile stays on b's generation, so a is not in use and can be retired.)
+        let o = seed(&a, &target, &["--log-format", "json", "--profiles", "keep"]);
         assert_ok(&o);
         let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
         assert_eq!(report["copied"], 0, "{point}: {}", text(&o));
