@@ -50,6 +50,12 @@ pub struct ImagesArgs {
     #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
     pub target: PathBuf,
 
+    /// How long to wait for the Nix database's lock (a Nix process writing) before giving
+    /// up (exit 3).
+    #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
+          value_name = "DUR")]
+    pub lock_timeout: Duration,
+
     #[command(flatten)]
     pub output: Output,
 }
@@ -77,7 +83,8 @@ pub struct PruneArgs {
     #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
     pub dry_run: bool,
 
-    /// How long to wait for the seed lock (a seeder at work) before giving up (exit 3).
+    /// How long to wait for the seed lock (a seeder at work), and for the Nix database's
+    /// lock, before giving up (exit 3).
     #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
           value_name = "DUR")]
     pub lock_timeout: Duration,

@@ -54,7 +54,12 @@ fn main() -> ExitCode {
                     // The database's busy wait ends in SQLITE_BUSY: a lock timeout too.
                     let target = std::fs::canonicalize(&args.paths.target).unwrap_or(args.paths.target.clone());
                     let db_dir = target.join("var").join(nix_seed::nixdb::DB_DIR);
-                    let e = nix_seed::lock::db_busy_as_timeout(e, &db_dir, args.lock_timeout);
+                    let e = nix_seed::lock::db_busy_as_timeout(
+                        e,
+                        &db_dir,
+                        args.lock_timeout,
+                        "nothing was registered, the next run registers what was copied",
+                    );
                     let named = format!("{e:#}").contains('/');
                     let e = if named {
                         e
@@ -90,17 +95,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Images(args) => {
-            let log = Log::new(&args.output);
+            let log = Arc::new(Log::new(&args.output));
             match nix_seed::images::run(&args, &log) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&log, e, &signal),
+                Err(e) => {
+                    let e = db_busy(e, &args.target, args.lock_timeout, "nothing was listed");
+                    fail(&log, e, &signal)
+                }
             }
         }
         Command::Prune(args) => {
             let log = Arc::new(Log::new(&args.output));
             match nix_seed::prune::run(&args, &log, &interrupted) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&log, e, &signal),
+                Err(e) => {
+                    let e = db_busy(e, &args.target, args.lock_timeout, "nothing was changed");
+                    fail(&log, e, &signal)
+                }
             }
         }
         Command::Status(args) => {
@@ -112,6 +123,13 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The database's busy wait (bounded by `--lock-timeout`) ends in SQLITE_BUSY: a lock
+/// timeout too (exit 3), naming the lock.
+fn db_busy(e: anyhow::Error, target: &std::path::Path, timeout: std::time::Duration, outcome: &str) -> anyhow::Error {
+    let target = std::fs::canonicalize(target).unwrap_or(target.to_path_buf());
+    nix_seed::lock::db_busy_as_timeout(e, &target.join("var").join(nix_seed::nixdb::DB_DIR), timeout, outcome)
 }
 
 fn fail(log: &Log, e: anyhow::Error, signal: &AtomicUsize) -> ExitCode {

@@ -306,6 +306,7 @@ fn freeable(disk: &Disk, chosen: &[usize], gens: &[Vec<Generation>]) -> Result<V
 /// `nix-seed prune`.
 pub fn run(args: &PruneArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<()> {
     check_args(args)?;
+    images::wait_for_db(&args.target, args.lock_timeout, log);
     let disk = images::read(&args.target, log)?;
     if let Some(id) = args.images.iter().find(|id| !disk.images.iter().any(|i| &i.id == *id)) {
         return Err(invalid(format!(

@@ -305,8 +305,16 @@ impl Disk {
     }
 }
 
+/// Make the database's busy wait last `timeout` and say what it waits for; it then ends
+/// in SQLITE_BUSY, which `main` reports as a lock timeout (exit 3).
+pub fn wait_for_db(target: &Path, timeout: std::time::Duration, log: &std::sync::Arc<Log>) {
+    let path = target.canonicalize().unwrap_or_else(|_| target.to_path_buf());
+    nixdb::set_busy_context(&path.join("var").join(nixdb::DB_DIR), timeout, log.clone());
+}
+
 /// `nix-seed images`: one line per image, then the totals and the free space.
-pub fn run(args: &crate::cli::ImagesArgs, log: &Log) -> Result<()> {
+pub fn run(args: &crate::cli::ImagesArgs, log: &std::sync::Arc<Log>) -> Result<()> {
+    wait_for_db(&args.target, args.lock_timeout, log);
     let disk = read(&args.target, log)?;
     let mut all = vec![false; disk.graph.paths.len()];
     for (k, img) in disk.images.iter().enumerate() {

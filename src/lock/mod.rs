@@ -254,7 +254,9 @@ pub fn acquire(
 /// SQLite's "database is locked" (SQLITE_BUSY: the busy handler gave up after
 /// `--lock-timeout`) among `e`'s causes, as a [`Timeout`] naming the lock of the Nix
 /// database in `db_dir` (the target's `var/nix/db`); any other error as it is.
-pub fn db_busy_as_timeout(e: anyhow::Error, db_dir: &Path, timeout: Duration) -> anyhow::Error {
+///
+/// `outcome` says what the giving up left (e.g. "nothing was changed").
+pub fn db_busy_as_timeout(e: anyhow::Error, db_dir: &Path, timeout: Duration, outcome: &str) -> anyhow::Error {
     let busy = e.chain().any(|c| {
         matches!(c.downcast_ref::<rusqlite::Error>(),
                  Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy)
@@ -266,8 +268,7 @@ pub fn db_busy_as_timeout(e: anyhow::Error, db_dir: &Path, timeout: Duration) ->
     Timeout(format!(
         "gave up after {} waiting for the lock of the Nix database {} (with use-sqlite-wal = false, the \
          directory {}.lock): a Nix process holds it, or one killed while holding it left it behind \
-         (rmdir it if no Nix process uses this store); nothing was registered, the next run registers \
-         what was copied; run again, or raise --lock-timeout",
+         (rmdir it if no Nix process uses this store); {outcome}; run again, or raise --lock-timeout",
         humantime::format_duration(timeout),
         db.display(),
         db.display()

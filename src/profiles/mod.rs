@@ -175,6 +175,62 @@ fn current(dir: BorrowedFd, p: &ImageProfile) -> Result<Current> {
     })
 }
 
+/// What following the image means for one profile as it is now.
+struct Decision {
+    cur: Current,
+    /// The generation to switch to: an existing one of nix-seed's, or a new one.
+    number: u64,
+    reuse: bool,
+    /// Why the profile is a user's (follow then does not switch).
+    users: Option<String>,
+}
+
+/// Decide for profile `p` in `dir` (under its lock, or for a dry run without); `None`:
+/// nothing to do (it resolves to the image's already), or not a profile (warned).
+fn decide(
+    p: &ImageProfile,
+    dir: BorrowedFd,
+    ours: &dyn Fn(u64, &OsStr) -> bool,
+    shown_path: &std::path::Path,
+    log: &Log,
+) -> Result<Option<Decision>> {
+    let gens = generations(dir, &p.name).with_context(|| format!("cannot list {}", shown_path.display()))?;
+    let y = p.store_path.as_os_str();
+    let cur = current(dir, p).with_context(|| format!("cannot read {}", shown_path.display()))?;
+    if let Current::NotALink(kind) = cur {
+        log.warn(&format!(
+            "{}: the target has a {kind} there, not a profile; kept the target's",
+            shown_path.display()
+        ));
+        return Ok(None);
+    }
+    let cur_path = match &cur {
+        Current::Generation(n) => gens.get(n).and_then(Option::as_ref),
+        _ => None,
+    };
+    if cur_path.is_some_and(|t| t == y) {
+        return Ok(None);
+    }
+    let reuse = gens
+        .iter()
+        .rev()
+        .find(|(n, t)| t.as_deref() == Some(y) && ours(**n, y))
+        .map(|(n, _)| *n);
+    let users = match &cur {
+        Current::Missing => None,
+        Current::Generation(n) if cur_path.is_some_and(|t| ours(*n, t)) => None,
+        Current::Generation(n) => Some(format!("its current generation {n} is not one nix-seed set")),
+        Current::Unknown(why) => Some(why.clone()),
+        Current::NotALink(_) => unreachable!("returned above"),
+    };
+    Ok(Some(Decision {
+        number: reuse.unwrap_or_else(|| gens.keys().next_back().map_or(1, |m| m + 1)),
+        reuse: reuse.is_some(),
+        users,
+        cur,
+    }))
+}
+
 fn follow(
     cx: &Ctx,
     p: &ImageProfile,
@@ -185,44 +241,19 @@ fn follow(
 ) -> Result<()> {
     let shown_path = cx.c.target_path.join("var").join(p.rel());
     let _lock = lock::lock_profile(dir, &p.name, &shown_path, cx.log, cx.stop, cx.lock_timeout)?;
-    let gens = generations(dir, &p.name).with_context(|| format!("cannot list {}", shown_path.display()))?;
-    let y = p.store_path.as_os_str();
-    let cur = current(dir, p).with_context(|| format!("cannot read {}", shown_path.display()))?;
-    if let Current::NotALink(kind) = cur {
-        cx.log.warn(&format!(
-            "{}: the target has a {kind} there, not a profile; kept the target's",
-            shown_path.display()
-        ));
+    let Some(Decision {
+        cur,
+        number,
+        reuse,
+        users,
+    }) = decide(p, dir, ours, &shown_path, cx.log)?
+    else {
         return Ok(());
+    };
+    if !reuse {
+        add_generation(cx, p, dir, number, own)?;
+        out.generations_added += 1;
     }
-    let cur_path = match &cur {
-        Current::Generation(n) => gens.get(n).and_then(Option::as_ref),
-        _ => None,
-    };
-    if cur_path.is_some_and(|t| t == y) {
-        return Ok(());
-    }
-    let reuse = gens
-        .iter()
-        .rev()
-        .find(|(n, t)| t.as_deref() == Some(y) && ours(**n, y))
-        .map(|(n, _)| *n);
-    let number = match reuse {
-        Some(n) => n,
-        None => {
-            let n = gens.keys().next_back().map_or(1, |m| m + 1);
-            add_generation(cx, p, dir, n, own)?;
-            out.generations_added += 1;
-            n
-        }
-    };
-    let users = match &cur {
-        Current::Missing => None,
-        Current::Generation(n) if cur_path.is_some_and(|t| ours(*n, t)) => None,
-        Current::Generation(n) => Some(format!("its current generation {n} is not one nix-seed set")),
-        Current::Unknown(why) => Some(why.clone()),
-        Current::NotALink(_) => unreachable!("returned above"),
-    };
     match (&users, cx.mode) {
         (Some(why), ProfilesMode::Follow) => {
             out.not_switched += 1;
@@ -233,7 +264,7 @@ fn follow(
                     "{}: {} generation {number} (image's); not switched: you changed the profile since nix-seed \
                      set it ({why}); to switch: nix-env --switch-generation {number} -p /nix/var/{}",
                     p.shown(),
-                    if reuse.is_some() { "has" } else { "added" },
+                    if reuse { "has" } else { "added" },
                     p.rel()
                 ),
                 json!({"profile": p.rel(), "generation": number, "store_path": p.store_path}),
@@ -254,6 +285,56 @@ fn follow(
                 json!({"profile": p.rel(), "generation": number, "store_path": p.store_path}),
             );
         }
+    }
+    Ok(())
+}
+
+/// `seed --dry-run`: what [`apply`] would do to each of the image's profiles, one line
+/// each, changing nothing and taking no lock (so a seeder at work may change them first).
+pub fn preview(c: &Checked, mode: ProfilesMode, profiles: &[ImageProfile], log: &Log) -> Result<()> {
+    if mode == ProfilesMode::Keep || profiles.is_empty() {
+        return Ok(());
+    }
+    let records = state::read_records(c.target.as_fd(), &c.target_path)?;
+    let Some(var) = crate::dirfd::open_dir_if_exists(c.target.as_fd(), "var")? else {
+        return Ok(());
+    };
+    for p in profiles {
+        let shown_path = c.target_path.join("var").join(p.rel());
+        let Some(dir) = open_rel(var.as_fd(), &p.dir).ok().flatten() else {
+            log.info(&format!("{}: would create it at the image's generation", p.shown()));
+            continue;
+        };
+        let ours = |n: u64, path: &OsStr| {
+            records.iter().any(|r| {
+                r.generations
+                    .iter()
+                    .any(|g| g.profile == p.rel() && g.number == n && OsStr::new(&g.store_path) == path)
+            })
+        };
+        let Some(d) = decide(p, dir.as_fd(), &ours, &shown_path, log)? else {
+            continue;
+        };
+        let what = if d.reuse { "its" } else { "a new" };
+        let line = match (&d.users, mode) {
+            (Some(why), ProfilesMode::Follow) => format!(
+                "{}: would add {what} generation {} (image's) without switching: you changed the profile since \
+                 nix-seed set it ({why})",
+                p.shown(),
+                d.number
+            ),
+            _ => format!(
+                "{}: would switch to {what} generation {} (image's)",
+                p.shown(),
+                d.number
+            ),
+        };
+        log.event(
+            Level::Info,
+            "would-switch-profile",
+            &line,
+            json!({"profile": p.rel(), "generation": d.number, "switch": d.users.is_none() || mode == ProfilesMode::Image}),
+        );
     }
     Ok(())
 }

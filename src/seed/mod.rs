@@ -114,6 +114,13 @@ fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Repor
     } else if !plan.image_marked {
         log.info("would add the image's missing var/ entries");
     }
+    if plan.target_has_var {
+        if let Some(v) = crate::dirfd::open_dir_if_exists(c.source.as_fd(), "var")? {
+            let profiles = crate::profiles::image_profiles(v.as_fd())
+                .map_err(|e| e.context(format!("cannot read the profiles of {}/var", c.source_path.display())))?;
+            crate::profiles::preview(c, args.profiles, &profiles, log)?;
+        }
+    }
     let block = nix::sys::statvfs::fstatvfs(c.target.as_fd()).map_or(4096, |v| v.fragment_size());
     let size = plan::measure(c, &plan.missing, block, args.jobs as usize)?;
     let mut report = Report::new(c, &plan);

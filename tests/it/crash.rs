@@ -12,7 +12,8 @@ use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, seed_cmd, status, stderr, stdout, text};
 use crate::support::nix::{in_pod, nix_available, real_store, valid_paths};
 
-/// Every step boundary of `seed`, in order (see src/seed.rs).
+/// Every step boundary of `seed`, in order (see src/seed.rs). `generation-added` (a
+/// profile's new generation made, not yet switched to) is reached only by an upgrade.
 const POINTS: &[&str] = &[
     "locked",
     "nix-locks",
@@ -22,6 +23,7 @@ const POINTS: &[&str] = &[
     "published",
     "copied",
     "verified",
+    "generation-added",
     "var-seeded",
     "registered",
     "rooted",
@@ -148,7 +150,46 @@ fn a_reseed_killed_at_any_step_is_repaired_by_the_next_run() {
     std::fs::create_dir_all(&base).unwrap();
     assert_ok(&seed_at(&image, &base, None, &[]));
     collect_one_path(&base, &image);
-    kill_at_every_point(&image, |target| cp_a(&base, target));
+    kill_at_every_point(&image, points(false), |target| cp_a(&base, target), |_| Ok(()));
+}
+
+/// The step boundaries a seed of an image reaches: `generation-added` only in an upgrade.
+fn points(upgrade: bool) -> Vec<&'static str> {
+    POINTS
+        .iter()
+        .copied()
+        .filter(|p| upgrade || *p != "generation-added")
+        .collect()
+}
+
+/// An upgrade (v2 onto a disk holding v1) killed at each step boundary, the new profile
+/// generation's included: the rerun repairs, and the profile follows v2 with one
+/// generation each.
+#[test]
+fn an_upgrade_killed_at_any_step_is_repaired_by_the_next_run() {
+    if !nix_available("an_upgrade_killed_at_any_step") {
+        return;
+    }
+    use crate::support::profiles::{current, env, generations, PROFILE};
+    let tmp = support::scratch();
+    let v1 = real_store(&tmp.path().join("v1"), "v1", false);
+    let image = real_store(&tmp.path().join("v2"), "v2", false);
+    let base = tmp.path().join("base/nix");
+    std::fs::create_dir_all(&base).unwrap();
+    assert_ok(&seed_at(&v1, &base, None, &[]));
+    let want = vec![(1, env(&v1.join("nix"))), (2, env(&image.join("nix")))];
+    kill_at_every_point(
+        &image,
+        points(true),
+        |target| cp_a(&base, target),
+        |target| {
+            let (cur, gens) = (current(target), generations(target, PROFILE));
+            if cur != want[1].1 || gens != want {
+                return Err(format!("the profile after the rerun: {cur}, generations {gens:?}"));
+            }
+            Ok(())
+        },
+    );
 }
 
 /// A first seed into an empty target killed at each step boundary.
@@ -159,29 +200,39 @@ fn a_first_seed_killed_at_any_step_is_repaired_by_the_next_run() {
     }
     let tmp = support::scratch();
     let image = real_store(&tmp.path().join("v1"), "v1", false);
-    kill_at_every_point(&image, |target| std::fs::create_dir_all(target).unwrap());
+    kill_at_every_point(
+        &image,
+        points(false),
+        |target| std::fs::create_dir_all(target).unwrap(),
+        |_| Ok(()),
+    );
 }
 
-/// For each step boundary: a target made by `prepare`, a seed killed there, then
-/// [`check_after_kill`]; fails with every failpoint that went wrong.
-fn kill_at_every_point(image: &Path, prepare: impl Fn(&Path)) {
+/// For each step boundary of `points`: a target made by `prepare`, a seed killed there,
+/// then [`check_after_kill`] and `after`; fails with every failpoint that went wrong.
+fn kill_at_every_point(
+    image: &Path,
+    points: Vec<&str>,
+    prepare: impl Fn(&Path),
+    after: impl Fn(&Path) -> Result<(), String>,
+) {
     let scratch = support::scratch();
     let mut failures = Vec::new();
-    for point in POINTS {
+    for point in &points {
         let target = scratch.path().join(format!("t-{point}/nix"));
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         prepare(&target);
         let o = seed_at(image, &target, Some(point), &[]);
         assert!(killed(&o), "failpoint {point} was not reached:\n{}", text(&o));
-        if let Err(e) = check_after_kill(image, &target, point) {
-            failures.push(e);
+        if let Err(e) = check_after_kill(image, &target, point).and_then(|()| after(&target)) {
+            failures.push(format!("{point}: {e}"));
         }
     }
     assert!(
         failures.is_empty(),
         "{} of {} failpoints:\n{}",
         failures.len(),
-        POINTS.len(),
+        points.len(),
         failures.join("\n")
     );
 }

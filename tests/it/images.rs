@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use serde_json::Value;
@@ -15,56 +14,8 @@ use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, nix_seed, stderr, stdout, text};
 use crate::support::compare::{assert_unchanged, snapshot, Snapshot};
 use crate::support::fixture::set_times_nofollow;
-use crate::support::nix::{assert_contents_verify, in_pod, nix_available, nix_config, real_store, seed};
-
-fn run(args: &[&str], target: &Path) -> Output {
-    nix_seed().args(args).arg("--target").arg(target).output().unwrap()
-}
-
-/// Stdout's JSON lines.
-fn json_lines(o: &Output) -> Vec<Value> {
-    stdout(o)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
-}
-
-/// `nix-seed images --log-format json`: each image's object by id, and the totals.
-fn images(target: &Path) -> (BTreeMap<String, Value>, Value) {
-    let o = run(&["images", "--log-format", "json"], target);
-    assert_ok(&o);
-    let mut v = json_lines(&o);
-    let total = v.pop().unwrap();
-    assert_eq!(total["event"], "images-total", "{}", text(&o));
-    let by_id = v
-        .into_iter()
-        .map(|i| (i["image_id"].as_str().unwrap().to_string(), i))
-        .collect();
-    (by_id, total)
-}
-
-/// The id of the image just seeded: the one whose marker is newest.
-fn newest_id(target: &Path) -> String {
-    std::fs::read_dir(target.join(".nix-seed/images"))
-        .unwrap()
-        .map(|e| e.unwrap())
-        .max_by_key(|e| e.metadata().unwrap().modified().unwrap())
-        .unwrap()
-        .file_name()
-        .into_string()
-        .unwrap()
-}
-
-fn marker(target: &Path, id: &str) -> PathBuf {
-    target.join(".nix-seed/images").join(id)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
+use crate::support::images::{collect_garbage, images, marker, newest_id, now, prune, run};
+use crate::support::nix::{assert_contents_verify, in_pod, nix_available, real_store, seed};
 
 fn mtime(p: &Path) -> i64 {
     std::fs::symlink_metadata(p)
@@ -104,64 +55,6 @@ fn nix_closure(target: &Path, id: &str) -> BTreeMap<String, u64> {
             (p.to_string(), n.parse().unwrap())
         })
         .collect()
-}
-
-/// A real garbage collection in a pod (its own pid namespace, so no process of this
-/// machine is a runtime root), with `keep-derivations = false`: Nix then keeps exactly what
-/// roots reach. Returns the store entries it deleted.
-fn collect_garbage(target: &Path) -> BTreeSet<String> {
-    let before = store_names(target);
-    let o = Command::new("unshare")
-        .args(["-m", "-p", "-f", "--mount-proc", "sh", "-c"])
-        .arg(format!(
-            "mkdir -p /nix && mount --bind '{}' /nix && nix-store --gc",
-            target.display()
-        ))
-        .env("NIX_CONFIG", format!("{}keep-derivations = false\n", nix_config(false)))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "nix-store --gc:\n{}", text(&o));
-    before
-        .difference(&store_names(target))
-        .map(|n| format!("/nix/store/{n}"))
-        .collect()
-}
-
-fn store_names(target: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(target.join("store"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.'))
-        .collect()
-}
-
-/// The paths `prune -v --log-format json` says a collection would delete, and the ids it
-/// retired.
-fn prune(target: &Path, args: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
-    let mut all = vec!["prune", "-v", "--log-format", "json"];
-    all.extend(args);
-    let o = run(&all, target);
-    assert_ok(&o);
-    let freeable = stderr(&o)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "freeable")
-        .map(|v| v["path"].as_str().unwrap().to_string())
-        .collect();
-    let summary = json_lines(&o).pop().unwrap();
-    assert_eq!(summary["event"], "prune", "{}", text(&o));
-    assert_eq!(summary["freeable_store_paths"].as_u64().unwrap() as usize, {
-        let f: &BTreeSet<String> = &freeable;
-        f.len()
-    });
-    let retired = summary["retired"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
-    (freeable, retired)
 }
 
 /// Nothing changed: the same entries with the same metadata. The database directory's own
@@ -326,7 +219,8 @@ fn a_retired_image_started_again_is_rerooted_copying_only_what_was_collected() {
     assert_eq!(deleted, freeable);
     assert!(!deleted.is_empty());
 
-    let o = seed(&a, &target, &["--log-format", "json"]);
+    // (`keep`: the profile stays on b's generation, so a can be retired again below.)
+    let o = seed(&a, &target, &["--log-format", "json", "--profiles", "keep"]);
     assert_ok(&o);
     let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
     assert_eq!(
@@ -417,7 +311,8 @@ fn last_seen_is_bumped_hourly_by_the_no_op_and_drives_unused_for() {
     std::fs::create_dir_all(&target).unwrap();
     assert_ok(&seed(&a, &target, &[]));
     let id_a = newest_id(&target);
-    assert_ok(&seed(&b, &target, &[]));
+    // (`keep`: the profile stays a's: b, not in use, can be retired by age.)
+    assert_ok(&seed(&b, &target, &["--profiles", "keep"]));
     let id_b = newest_id(&target);
 
     let m = marker(&target, &id_a);
@@ -470,7 +365,8 @@ fn prune_spares_the_current_generation_and_removes_only_its_own_links() {
     std::fs::create_dir_all(&target).unwrap();
     assert_ok(&seed(&a, &target, &[]));
     let id_a = newest_id(&target);
-    assert_ok(&seed(&b, &target, &[]));
+    // (`keep`: the profile stays a's, as the records below say.)
+    assert_ok(&seed(&b, &target, &["--profiles", "keep"]));
     let id_b = newest_id(&target);
     set_times_nofollow(&marker(&target, &id_a), now() - 7200);
 
@@ -584,7 +480,8 @@ fn a_prune_killed_mid_retirement_is_finished_by_the_next_or_undone_by_a_seed() {
         assert_eq!(listed[&id_a]["roots_complete"], false, "{point}");
 
         // A pod starting it again seeds it again: complete, nothing copied.
-        let o = seed(&a, &target, &["--log-format", "json"]);
+        // (`keep`: the profile stays on b's generation, so a is not in use and can be retired.)
+        let o = seed(&a, &target, &["--log-format", "json", "--profiles", "keep"]);
         assert_ok(&o);
         let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
         assert_eq!(report["copied"], 0, "{point}: {}", text(&o));
@@ -605,4 +502,52 @@ fn a_prune_killed_mid_retirement_is_finished_by_the_next_or_undone_by_a_seed() {
         assert_eq!(listed.keys().count(), 1, "{point}: {listed:?}");
         assert_no_temp_roots(&target);
     }
+}
+
+/// The Nix database's lock held (as Nix with `use-sqlite-wal = false` holds it: the
+/// directory `db.sqlite.lock`): `images` and `prune` give up after `--lock-timeout` with
+/// exit 3 naming it, as `seed` does, and prune changes nothing.
+#[test]
+fn a_held_database_lock_is_a_lock_timeout_for_images_and_prune() {
+    use crate::support::fixture::{self, Spec};
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 10,
+            ..Spec::default()
+        },
+    );
+    let target = tmp.path().join("t");
+    std::fs::create_dir(&target).unwrap();
+    assert_ok(&crate::support::cmd::seed(&fx.root, &target, &[]));
+    let dot = target.join("var/nix/db/db.sqlite.lock");
+    std::fs::create_dir(&dot).unwrap();
+    let before = snapshot(&target);
+    for (cmd, outcome) in [
+        (&["images"][..], "nothing was listed"),
+        (&["prune", "--keep-last", "1"], "nothing was changed"),
+    ] {
+        let t0 = std::time::Instant::now();
+        let mut all = cmd.to_vec();
+        all.extend(["--lock-timeout", "1s"]);
+        let o = run(&all, &target);
+        assert_code(&o, 3);
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "{cmd:?} took {:?}",
+            t0.elapsed()
+        );
+        let last = stderr(&o).lines().last().unwrap_or("").to_string();
+        assert!(
+            last.contains(&dot.canonicalize().unwrap().display().to_string())
+                && last.contains("--lock-timeout")
+                && last.contains(outcome),
+            "{cmd:?}:\n{}",
+            text(&o)
+        );
+    }
+    assert_unchanged(&before, &snapshot(&target), |p| p != b"var/nix/db" && p != b".nix-seed");
+    std::fs::remove_dir(&dot).unwrap();
+    assert_ok(&run(&["images"], &target));
 }

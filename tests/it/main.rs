@@ -22,6 +22,7 @@ mod hostile;
 mod images;
 mod install;
 mod kubernetes;
+mod lifecycle;
 mod live_store;
 mod modern_db;
 mod modern_nix;

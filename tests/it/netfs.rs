@@ -1010,3 +1010,31 @@ fn weak_filesystem_sshfs_concurrent_seeders_never_corrupt_the_store() {
 fn copied_events_text(stderr: &str) -> usize {
     stderr.lines().filter(|l| l.starts_with("nix-seed: copied ")).count()
 }
+
+/// Issue #12 on GlusterFS, two nodes: images v1, v2, v3 seeded in turn through mount A,
+/// `nix-seed images` and `prune --keep-last 1` run through mount B, the pods' Nix (profile
+/// checks, `nix path-info`, the real `nix-store --gc`, `--verify --check-contents`) on
+/// mount A: the same flow and checks as `lifecycle.rs` on a local disk.
+#[test]
+fn lifecycle_on_glusterfs_seed_on_a_images_and_prune_on_b() {
+    if !support::nix::nix_available("lifecycle_on_glusterfs") {
+        return;
+    }
+    let Some((_serial, n)) = netfs("lifecycle_on_glusterfs") else {
+        return;
+    };
+    let t0 = Instant::now();
+    let tmp = support::scratch();
+    let images = support::profiles::image_chain(&tmp.path().join("images"), true);
+    let t = VolDir::new(
+        "lifecycle",
+        &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")],
+    );
+    let disk = crate::lifecycle::Disk {
+        seed_at: t.a(),
+        manage_at: t.b(),
+        nix_at: t.a(),
+    };
+    crate::lifecycle::flow(&images, &disk, tmp.path(), false);
+    eprintln!("lifecycle_on_glusterfs: {:.1}s", t0.elapsed().as_secs_f64());
+}

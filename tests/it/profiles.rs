@@ -14,10 +14,8 @@ use std::process::Output;
 
 use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, seed_cmd, stderr, text};
-use crate::support::nix::{assert_contents_verify, in_pod, nix_available, real_store};
-
-const PROFILE: &str = "var/nix/profiles/default";
-const ALICE: &str = "var/nix/profiles/per-user/alice/profile";
+use crate::support::nix::{assert_contents_verify, in_pod, nix_available};
+use crate::support::profiles::{current, env, generations, image_chain, pod_ok, resolve, ALICE, PROFILE};
 
 struct Images {
     tmp: support::Scratch,
@@ -25,34 +23,10 @@ struct Images {
     v: [PathBuf; 3],
 }
 
-fn cp_a(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    let o = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "cp -a: {}", text(&o));
-}
-
 impl Images {
     fn build() -> Images {
         let tmp = support::scratch();
-        let root = |v: &str| tmp.path().join(v);
-        real_store(&root("v1"), "v1", false);
-        cp_a(&root("v1").join("nix"), &root("v2").join("nix"));
-        real_store(&root("v2"), "v2", false);
-        cp_a(&root("v2").join("nix"), &root("v3").join("nix"));
-        real_store(&root("v3"), "v3", false);
-        let v = ["v1", "v2", "v3"].map(|n| root(n).join("nix"));
-        for nix in &v {
-            // A per-user profile of one generation: the image's own user environment.
-            let dir = nix.join("var/nix/profiles/per-user/alice");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::os::unix::fs::symlink(env(nix), dir.join("profile-1-link")).unwrap();
-            std::os::unix::fs::symlink("profile-1-link", dir.join("profile")).unwrap();
-        }
+        let v = image_chain(tmp.path(), false);
         Images { tmp, v }
     }
 
@@ -74,57 +48,6 @@ impl Images {
 
 fn seed_image(image: &Path, target: &Path, args: &[&str]) -> Output {
     seed_cmd(image, target, args).output().unwrap()
-}
-
-/// Where the image's (or target's) default profile resolves: its current user environment.
-fn env(nix: &Path) -> String {
-    resolve(nix, PROFILE)
-}
-
-fn resolve(nix: &Path, profile: &str) -> String {
-    let p = nix.join(profile);
-    let gen = std::fs::read_link(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    std::fs::read_link(p.parent().unwrap().join(gen))
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// What a pod sees: `readlink -f` of the profile.
-fn current(target: &Path) -> String {
-    let o = in_pod(target, "readlink -f /nix/var/nix/profiles/default");
-    assert!(o.status.success(), "{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// The generation links of the default profile in `target`: (number, store path).
-fn generations(target: &Path, profile: &str) -> Vec<(u64, String)> {
-    let p = target.join(profile);
-    let name = p.file_name().unwrap().to_string_lossy().into_owned();
-    let mut v: Vec<(u64, String)> = std::fs::read_dir(p.parent().unwrap())
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.unwrap();
-            let n = e.file_name().to_string_lossy().into_owned();
-            let num = n
-                .strip_prefix(&format!("{name}-"))?
-                .strip_suffix("-link")?
-                .parse()
-                .ok()?;
-            Some((
-                num,
-                std::fs::read_link(e.path()).unwrap().to_string_lossy().into_owned(),
-            ))
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-fn pod_ok(target: &Path, script: &str) -> String {
-    let o = in_pod(target, script);
-    assert!(o.status.success(), "{script}:\n{}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn verify(target: &Path) {
@@ -204,6 +127,18 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
         &format!("nix-env -p /nix/var/nix/profiles/default --set {}", env(v1)),
     );
     assert_eq!(generations(&t, PROFILE).last().unwrap(), &(3, env(v1)));
+
+    // A dry run says what follow would do, and does nothing.
+    let o = seed_image(v3, &t, &["--dry-run"]);
+    assert_ok(&o);
+    for line in [
+        "profiles/default: would add a new generation 4 (image's) without switching: you changed the profile",
+        "profiles/per-user/alice/profile: would switch to a new generation 3 (image's)",
+    ] {
+        assert!(stderr(&o).contains(line), "{line}:\n{}", text(&o));
+    }
+    assert_eq!(generations(&t, PROFILE).len(), 3);
+    assert_eq!(generations(&t, ALICE).len(), 2);
 
     let o = seed_image(v3, &t, &[]);
     assert_ok(&o);

@@ -11,10 +11,12 @@
 pub mod cmd;
 pub mod compare;
 pub mod fixture;
+pub mod images;
 pub mod modern;
 pub mod mounts;
 pub mod netfs;
 pub mod nix;
+pub mod profiles;
 pub mod storm;
 
 use std::ffi::OsString;
