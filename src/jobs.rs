@@ -8,7 +8,7 @@
 //! (BENCHMARKS.md, "On a slow network disk": nix-seed by --jobs at 1 ms per operation).
 //! An explicit `--jobs` (or `NIX_SEED_JOBS`) always wins.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -38,17 +38,24 @@ fn cpus() -> u32 {
 /// `explicit` if given, else the default for the filesystem `dir` is on (a directory
 /// that cannot be opened counts as local: the checks that follow report it).
 pub fn resolve(explicit: Option<u32>, dir: &Path) -> Jobs {
-    if let Some(n) = explicit {
-        return Jobs { n, why: "--jobs" };
+    if explicit.is_some() {
+        return resolve_at(explicit, None);
     }
-    // An O_PATH handle: statfs works on it, and on FUSE it costs no OPENDIR round trip
-    // (this runs at every pod start, also for the no-op).
-    let network = std::fs::OpenOptions::new()
+    // An O_PATH handle: statfs works on it, and on FUSE it costs no OPENDIR round trip.
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
         .open(dir)
-        .is_ok_and(|f| crate::dirfd::is_network_fs(f.as_fd()));
-    if network {
+        .ok();
+    resolve_at(explicit, f.as_ref().map(|f| f.as_fd()))
+}
+
+/// [`resolve`] for a directory already open (`None`: could not be opened, counts as local).
+pub fn resolve_at(explicit: Option<u32>, dir: Option<BorrowedFd>) -> Jobs {
+    if let Some(n) = explicit {
+        return Jobs { n, why: "--jobs" };
+    }
+    if dir.is_some_and(crate::dirfd::is_network_fs) {
         Jobs {
             n: network_default(cpus()),
             why: "network filesystem",
@@ -74,9 +81,10 @@ impl std::fmt::Display for Jobs {
 }
 
 impl crate::cli::SeedArgs {
-    /// Fill `jobs` (and `jobs_why`) from `--jobs` or the target's filesystem.
-    pub fn resolve_jobs(&mut self) {
-        let j = resolve(self.jobs_flag, &self.paths.target);
+    /// Fill `jobs` (and `jobs_why`) from `--jobs` or the filesystem of the target, open at
+    /// `target`.
+    pub fn resolve_jobs(&mut self, target: BorrowedFd) {
+        let j = resolve_at(self.jobs_flag, Some(target));
         (self.jobs, self.jobs_why) = (j.n, j.why);
     }
 

@@ -41,9 +41,8 @@ fn main() -> ExitCode {
 
     match cli.command {
         Command::Seed(mut args) => {
-            args.resolve_jobs();
             let log = Arc::new(Log::new(&args.output));
-            match seed::seed(&args, &log, &interrupted) {
+            match seed::seed(&mut args, &log, &interrupted) {
                 Ok(r) => {
                     r.print(&log);
                     ExitCode::SUCCESS

@@ -33,7 +33,7 @@ mod run;
 
 use run::Run;
 
-pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
+pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
     let c = preflight::check(
         &args.paths.source,
@@ -42,9 +42,10 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         !args.dry_run,
     )?;
     if args.dry_run {
+        args.resolve_jobs(c.target.as_fd());
         return dry_run(&c, args, log, t0);
     }
-    // The fast path: no lock, nothing written.
+    // The fast path: no lock, nothing written (and no --jobs to choose).
     let plan = Plan::compute(&c)?;
     if plan.is_complete() && !args.recheck {
         if let Some(at) = plan.marked_at {
@@ -52,6 +53,10 @@ pub fn seed(args: &SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> R
         }
         return Ok(Report::new(&c, &plan).finished(t0));
     }
+    // Chosen here, from the target already open, not at every pod start: the no-op
+    // needs no workers, and on a network disk each statfs is a round trip.
+    args.resolve_jobs(c.target.as_fd());
+    let args = &*args;
 
     // Lock: one seeder at a time, then Nix's own locks: no collection from here on.
     let held = lock::acquire(
