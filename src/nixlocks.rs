@@ -49,11 +49,55 @@ fn shared_lock(
     .map_err(|e| crate::preflight::Invalid(crate::dirfd::open_problem(e, shown)))?;
     let f = File::from(fd);
     let t0 = Instant::now();
+    wait_flock(
+        &f,
+        libc::LOCK_SH,
+        shown,
+        t0,
+        timeout,
+        stop,
+        log,
+        &|waited| {
+            format!(
+                "waiting for {what} to finish ({} is held); waited {}s",
+                shown.display(),
+                waited.as_secs()
+            )
+        },
+        &|waited| {
+            format!(
+                "gave up after {} waiting for {what} to finish: {} is held exclusively; nothing was \
+             copied; run the seed when it has finished, or raise --lock-timeout",
+                humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                shown.display()
+            )
+        },
+    )?;
+    Ok(f)
+}
+
+/// Wait until `flock(op | LOCK_NB)` on `f` (shown as `shown`) succeeds, polling every
+/// 100 ms: saying `waiting(waited)` every 5 s, stopping on `stop`, and giving up when
+/// `timeout` has passed since `t0` with [`crate::lock::Timeout`] (exit 3) and
+/// `give_up(waited)`. Nix's locks and a profile's lock are all waited for this way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn wait_flock(
+    f: &File,
+    op: libc::c_int,
+    shown: &Path,
+    t0: Instant,
+    timeout: Duration,
+    stop: &AtomicBool,
+    log: &Log,
+    waiting: &dyn Fn(Duration) -> String,
+    give_up: &dyn Fn(Duration) -> String,
+) -> Result<()> {
     let mut said = None::<Instant>;
     loop {
-        match Errno::result(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) }) {
-            Ok(_) => return Ok(f),
-            Err(Errno::EWOULDBLOCK) => {}
+        // SAFETY: flock on an open descriptor.
+        match Errno::result(unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) }) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
             Err(e) => return Err(e).with_context(|| format!("cannot lock {}", shown.display())),
         }
         if stop.load(Ordering::Relaxed) {
@@ -61,21 +105,11 @@ fn shared_lock(
         }
         let waited = t0.elapsed();
         if waited >= timeout {
-            return Err(crate::lock::Timeout(format!(
-                "gave up after {} waiting for {what} to finish: {} is held exclusively; nothing was \
-                 copied; run the seed when it has finished, or raise --lock-timeout",
-                humantime::format_duration(Duration::from_secs(waited.as_secs())),
-                shown.display()
-            ))
-            .into());
+            return Err(crate::lock::Timeout(give_up(waited)).into());
         }
         if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             said = Some(Instant::now());
-            log.info(&format!(
-                "waiting for {what} to finish ({} is held); waited {}s",
-                shown.display(),
-                t0.elapsed().as_secs()
-            ));
+            log.info(&waiting(waited));
         }
         std::thread::sleep(Duration::from_millis(100).min(timeout.saturating_sub(waited)));
     }

@@ -5,9 +5,9 @@
 //! `nix-env` in a pod never interleaves with nix-seed on the same profile.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -83,40 +83,34 @@ pub fn lock_profile(
     let name = format!("{profile}.lock");
     let lock_path = shown.with_file_name(&name);
     let t0 = Instant::now();
-    let mut said = None::<Instant>;
     loop {
         let (file, created) = open_lock_file(dir, &name, &lock_path)?;
-        loop {
-            match Errno::result(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }) {
-                Ok(_) => break,
-                Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
-                Err(e) => return Err(e).with_context(|| format!("cannot lock {}", lock_path.display())),
-            }
-            if stop.load(Ordering::Relaxed) {
-                return Err(crate::copy::Stopped.into());
-            }
-            let waited = t0.elapsed();
-            if waited >= timeout {
-                return Err(crate::lock::Timeout(format!(
-                    "gave up after {} waiting for the lock on profile {} ({} is held, by a nix-env in a pod?); \
-                     the profile was left as it was; run the seed again, or raise --lock-timeout",
-                    humantime::format_duration(Duration::from_secs(waited.as_secs())),
-                    shown.display(),
-                    lock_path.display()
-                ))
-                .into());
-            }
-            if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                said = Some(Instant::now());
-                log.info(&format!(
+        crate::nixlocks::wait_flock(
+            &file,
+            libc::LOCK_EX,
+            &lock_path,
+            t0,
+            timeout,
+            stop,
+            log,
+            &|waited| {
+                format!(
                     "waiting for the lock on profile {} ({} is held); waited {}s",
                     shown.display(),
                     lock_path.display(),
                     waited.as_secs()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(100).min(timeout.saturating_sub(waited)));
-        }
+                )
+            },
+            &|waited| {
+                format!(
+                    "gave up after {} waiting for the lock on profile {} ({} is held, by a nix-env in a pod?); \
+                 the profile was left as it was; run the seed again, or raise --lock-timeout",
+                    humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                    shown.display(),
+                    lock_path.display()
+                )
+            },
+        )?;
         let st = fstat(file.as_fd()).with_context(|| format!("cannot stat {}", lock_path.display()))?;
         if st.st_size == 0 {
             let dir = dir
