@@ -23,6 +23,7 @@ pub mod preflight;
 pub(crate) mod profiles;
 pub mod progress;
 pub mod prune;
+pub mod registrations;
 pub(crate) mod repair;
 pub mod report;
 pub mod seed;

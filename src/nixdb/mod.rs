@@ -37,6 +37,7 @@ use std::path::Path;
 
 mod lock;
 mod open;
+pub mod reginfo;
 mod register;
 mod schema;
 mod source;
@@ -46,7 +47,7 @@ mod tests;
 mod vfs;
 
 pub use lock::{set_busy_context, DbWindow, DB_WINDOW_RECORD};
-pub use open::{open_existing_db, refusal, with_db_dir, with_target_db};
+pub use open::{open_existing_db, recover_db_lock, refusal, with_db_dir, with_target_db};
 pub use schema::{is_wal, Extra, SourceDb, ValidPath};
 pub use source::{create, read_source};
 pub use target::{open_db_dir, open_target, register_in_target, Graph, Registered, TargetDb};

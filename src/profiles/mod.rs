@@ -93,6 +93,9 @@ pub struct Ctx<'a> {
     pub lock_timeout: Duration,
     /// Whether the target's store holds this store path name.
     pub holds: &'a dyn Fn(&str) -> bool,
+    /// Whether this store path name and its whole closure are registered (and so rooted
+    /// by the generation link) in the target: the only paths a profile is switched to.
+    pub registered: &'a dyn Fn(&str) -> bool,
 }
 
 /// Make each of the image's profiles follow the image (see the module's documentation).
@@ -254,7 +257,25 @@ fn follow(
         add_generation(cx, p, dir, number, own)?;
         out.generations_added += 1;
     }
+    let name = p.store_path.file_name().and_then(OsStr::to_str).unwrap_or_default();
+    let registered = (cx.registered)(name);
     match (&users, cx.mode) {
+        _ if !registered => {
+            out.not_switched += 1;
+            cx.log.event(
+                Level::Warn,
+                "profile-not-switched",
+                &format!(
+                    "{}: {} generation {number} (image's); not switched: {} or part of its closure is not \
+                     registered in the target (see above), and a garbage collection would delete it",
+                    p.shown(),
+                    if reuse { "has" } else { "added" },
+                    p.store_path.display()
+                ),
+                json!({"profile": p.rel(), "generation": number, "store_path": p.store_path,
+                       "why": "closure not registered"}),
+            );
+        }
         (Some(why), ProfilesMode::Follow) => {
             out.not_switched += 1;
             cx.log.event(
