@@ -120,6 +120,22 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
 
 fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Report> {
     let plan = Plan::compute(c)?;
+    // Bad input is refused as the real seed refuses it (exit 2), before saying anything.
+    let described = registrations::describe(c, args.paths.registration.as_deref(), &plan.source)?;
+    let expected = registrations::expected(&described, &plan.source);
+    if expected.computed > 0 {
+        log.event(
+            progress::Level::Info,
+            "would-compute",
+            &format!(
+                "would compute the registrations of the image's store paths that neither its database nor a \
+                 registration file describes and that are not valid in the target (at most {}); registrations: {}",
+                expected.computed,
+                expected.text()
+            ),
+            json!({"registrations": expected}),
+        );
+    }
     for n in &plan.missing {
         log.event(
             progress::Level::Info,
