@@ -46,6 +46,7 @@ mod target;
 #[cfg(test)]
 mod tests;
 mod vfs;
+mod walcopy;
 
 pub use lock::{set_busy_context, DbWindow, DB_WINDOW_RECORD};
 pub use open::{open_existing_db, refusal, with_db_dir, with_target_db};
