@@ -36,6 +36,7 @@
 
 use std::path::Path;
 
+mod empty;
 mod lock;
 mod open;
 pub mod reginfo;
@@ -48,6 +49,7 @@ mod tests;
 mod vfs;
 mod walcopy;
 
+pub use empty::{create_empty, write_schema_file, NIX_SCHEMA_SQL};
 pub use lock::{set_busy_context, DbWindow, DB_WINDOW_RECORD};
 pub use open::{open_existing_db, refusal, with_db_dir, with_target_db};
 pub use reginfo::{nix_base32_decode, nix_base32_encode, Registration};
