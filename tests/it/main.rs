@@ -31,6 +31,7 @@ mod nixdb;
 mod nonroot;
 mod pod;
 mod profiles;
+mod refscan;
 mod seed;
 mod static_binary;
 mod support_selftest;
