@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod copy;
 pub mod dirfd;
+pub mod derivation;
 pub(crate) mod failpoint;
 pub(crate) mod gcroots;
 pub mod images;

@@ -17,7 +17,9 @@
 //! 4. computed from the path's bytes, the way Nix registers a build's output: the NAR
 //!    hash and size, and as references every candidate (the image's paths and the paths
 //!    valid in the target) whose hash part occurs in the NAR ([`crate::nar::scan_all`]),
-//!    with no deriver, signatures or content address, registered now.
+//!    with no deriver, signatures or content address, registered now. A store derivation
+//!    (`.drv`) is Nix's one exception: its references are its inputs, read from its text
+//!    ([`crate::derivation`]).
 //!
 //! The image's database and the file are read before any lock ([`describe`]): a garbage
 //! database or a malformed file is refused (exit 2) before anything is written. The rest
@@ -307,7 +309,10 @@ pub fn complete(
         .with_context(|| format!("cannot compute the registrations of {}", c.source_store_path.display()))?;
     for (name, s) in scanned {
         let path = format!("{STORE_DIR}{}", name.to_string_lossy());
-        let refs = s.references.iter().map(|r| format!("{STORE_DIR}{r}")).collect();
+        let refs = match derivation_inputs(c, &name) {
+            Some(inputs) => inputs,
+            None => s.references.iter().map(|r| format!("{STORE_DIR}{r}")).collect(),
+        };
         push(
             &mut out.db,
             ValidPath {
@@ -325,6 +330,31 @@ pub fn complete(
         out.counts.computed += 1;
     }
     Ok(out)
+}
+
+/// A store derivation's references, as Nix registers them: its inputs
+/// ([`crate::derivation`]). `None` for any other path, which is scanned. A `.drv` is a few
+/// KiB of text, read a second time here (its scan could not tell its inputs from its
+/// outputs).
+fn derivation_inputs(c: &Checked, name: &OsString) -> Option<Vec<String>> {
+    use nix::fcntl::{openat, OFlag};
+    if !name.as_encoded_bytes().ends_with(b".drv") {
+        return None;
+    }
+    let fd = openat(
+        c.source_store.as_fd(),
+        name.as_os_str(),
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let f = std::fs::File::from(fd);
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 20), &mut text).ok()?;
+    crate::derivation::inputs(&text)
 }
 
 /// Why registrations are computed, in one line's words.
