@@ -11,7 +11,7 @@ use crate::support::dbless::{
 };
 use crate::support::nix::{nix_available, seed};
 
-use super::{empty_target, status_json, stripped, Stripped};
+use super::{assert_pod_keeps, empty_target, status_json, stripped, Stripped};
 
 /// The image's registration file, generated from the original database (every second hash
 /// in Nix's base 32), at `file`.
@@ -68,6 +68,7 @@ fn a_registration_file_beside_the_image_is_found() {
     let target = empty_target(tmp.path());
     assert_ok(&seed(img.root(), &target, &[]));
     assert_as_file(&img, &target, "IMG/nix-path-registration");
+    assert_pod_keeps(&target, &img.paths(), tmp.path());
     let s = status_json(&img.image, &target);
     assert_eq!(s["registrations"]["file"], img.orig.len(), "{s}");
 }

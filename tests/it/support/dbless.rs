@@ -112,8 +112,15 @@ pub fn assert_registered_as(want: &Regs, got: &Regs, paths: &[String], source: S
         if g.refs != w.refs {
             let extra: Vec<_> = g.refs.difference(&w.refs).collect();
             let lacking: Vec<_> = w.refs.difference(&g.refs).collect();
+            // A scan finds a derivation's own outputs in it: Nix registers a .drv with its
+            // inputDrvs and inputSrcs as references (writeDerivation), not what a scan finds.
+            let hint = if p.ends_with(".drv") {
+                " (a .drv's references are its inputDrvs and inputSrcs, not a scan of it)"
+            } else {
+                ""
+            };
             diffs.push(format!(
-                "{p}: references differ from Nix's: extra {extra:?}, lacking {lacking:?}"
+                "{p}: references differ from Nix's: extra {extra:?}, lacking {lacking:?}{hint}"
             ));
         }
         let cols = [
