@@ -31,7 +31,8 @@ fn a_dbless_image_is_registered_as_nix_did_into_an_empty_target() {
 
 /// Into a target already serving v1 (seeded with its database): v2 without a database.
 /// v1's registrations stay as they were; the paths v2 shares with v1 keep theirs; v2's own
-/// are computed as Nix registered them; a pod keeps both images through a collection.
+/// are computed as Nix registered them; `status` says both are seeded; a pod keeps both
+/// images through a collection.
 #[test]
 fn a_dbless_image_is_registered_into_a_target_serving_another_image() {
     if !nix_available("dbless::a_dbless_image_is_registered_into_a_target_serving_another_image") {
@@ -61,6 +62,11 @@ fn a_dbless_image_is_registered_into_a_target_serving_another_image() {
         "v2 shares {shared:?}, adds {own:?}"
     );
     assert_registered_as(&v2.orig, &got, &own, Source::Computed, "v2's own paths, no database");
+    for (image, name) in [(v1.join("nix"), "v1"), (v2.image.clone(), "v2")] {
+        let o = status(&image, &target, false);
+        assert_ok(&o);
+        assert!(!stdout(&o).contains("not seeded"), "{name}: {}", text(&o));
+    }
     let mut all = v1_paths;
     all.extend(own);
     assert_pod_keeps(&target, &all, tmp.path());
