@@ -3,7 +3,7 @@
 
 use crate::support;
 use crate::support::cmd::{assert_ok, stdout, text};
-use crate::support::dbless::{assert_registered_as, target_registrations, Source};
+use crate::support::dbless::{assert_registered_as, images_original_registrations, target_registrations, Source};
 use crate::support::images::{images, newest_id};
 use crate::support::modern::{modern_available, Nix};
 use crate::support::nix::{nix_available, real_store, seed};
@@ -40,7 +40,7 @@ fn a_dbless_image_is_registered_into_a_target_serving_another_image() {
     }
     let tmp = support::scratch();
     let v1 = real_store(&tmp.path().join("v1"), "v1", false);
-    let v1_orig = crate::support::dbless::images_original_registrations(&v1);
+    let v1_orig = images_original_registrations(&v1);
     let v1_paths: Vec<String> = v1_orig.keys().cloned().collect();
     let v2 = stripped(&tmp.path().join("v2"), "v2");
     let target = empty_target(tmp.path());
@@ -122,4 +122,23 @@ fn status_and_images_say_how_the_registrations_were_obtained() {
     let id = newest_id(&target);
     let (listed, _) = images(&target);
     assert_eq!(listed[&id]["registrations"], registrations(0, 0, n), "{}", listed[&id]);
+}
+
+/// The oracle itself: the same store seeded with its database (what nix-seed did before
+/// issue #18) passes every check the tests above make of a dbless seed, so a failure there
+/// is the dbless registration's, not the checks'.
+#[test]
+fn the_checks_accept_the_image_seeded_with_its_database() {
+    if !nix_available("dbless::the_checks_accept_the_image_seeded_with_its_database") {
+        return;
+    }
+    let tmp = support::scratch();
+    let v1 = real_store(&tmp.path().join("v1"), "v1", false);
+    let orig = images_original_registrations(&v1);
+    let paths: Vec<String> = orig.keys().cloned().collect();
+    let target = empty_target(tmp.path());
+    assert_ok(&seed(&v1, &target, &[]));
+    let got = target_registrations(&target);
+    assert_registered_as(&orig, &got, &paths, Source::Copied, "v1 with its database");
+    assert_pod_keeps(&target, &paths, tmp.path());
 }

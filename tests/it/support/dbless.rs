@@ -241,7 +241,8 @@ pub fn registration_file(regs: &Regs, mixed: bool) -> String {
 
 /// Real Nix accepts `file` as a registration of the database-less image `image_root/nix`:
 /// `nix-store --load-db` into a copy (at `copy`, removed after), then every path of `regs`
-/// valid and `--verify --check-contents` clean.
+/// valid and `--verify --check-contents` clean; and what Nix registered from it is what
+/// [`Source::Computed`] expects (`regs`' hash, size and references; no deriver, sigs, ca).
 pub fn assert_nix_loads(image_root: &Path, file: &Path, regs: &Regs, copy: &Path) {
     super::profiles::cp_a(&image_root.join("nix"), &copy.join("nix"));
     let paths: Vec<&str> = regs.keys().map(String::as_str).collect();
@@ -256,6 +257,9 @@ pub fn assert_nix_loads(image_root: &Path, file: &Path, regs: &Regs, copy: &Path
         "real Nix rejects the registration file:\n{}",
         text(&o)
     );
+    let loaded = read_registrations(&copy.join("nix/var/nix/db/db.sqlite"));
+    let paths: Vec<String> = regs.keys().cloned().collect();
+    assert_registered_as(regs, &loaded, &paths, Source::Computed, "nix-store --load-db");
     super::make_writable(copy);
     std::fs::remove_dir_all(copy).unwrap();
 }
