@@ -17,6 +17,7 @@ mod bad_input;
 mod big_paths;
 mod concurrency;
 mod crash;
+mod dbless;
 mod filesystems;
 mod hostile;
 mod images;
