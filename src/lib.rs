@@ -7,8 +7,8 @@
 
 pub mod cli;
 pub mod copy;
-pub mod dirfd;
 pub mod derivation;
+pub mod dirfd;
 pub(crate) mod failpoint;
 pub(crate) mod gcroots;
 pub mod images;

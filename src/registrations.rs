@@ -123,7 +123,10 @@ pub fn describe(c: &Checked, explicit: Option<&Path>, source: &[OsString]) -> Re
         .map_err(|e| crate::preflight::Invalid(format!("{e:#}")))?;
     let text = String::from_utf8_lossy(&text);
     let rows = nixdb::reginfo::parse(&text, &file)?;
-    let present: HashSet<&[u8]> = source.iter().map(|n| std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str())).collect();
+    let present: HashSet<&[u8]> = source
+        .iter()
+        .map(|n| std::os::unix::ffi::OsStrExt::as_bytes(n.as_os_str()))
+        .collect();
     if let Some(r) = rows.iter().find(|r| !present.contains(store_name(&r.path).as_bytes())) {
         anyhow::bail!(
             "the registration file {} lists {}, which is not in {}: it does not describe this image; \
@@ -215,13 +218,12 @@ impl Complete {
 
 /// The image paths (`source`, names) the target does not hold valid and nothing describes.
 pub fn undescribed<'a>(d: &Described, source: &'a [OsString]) -> Vec<&'a OsString> {
-    let known: HashSet<&str> = d
-        .db
-        .paths
-        .iter()
-        .map(ValidPath::name)
-        .chain(d.file_rows.iter().map(|r| store_name(&r.path)))
-        .collect();
+    let known: HashSet<&str> =
+        d.db.paths
+            .iter()
+            .map(ValidPath::name)
+            .chain(d.file_rows.iter().map(|r| store_name(&r.path)))
+            .collect();
     source
         .iter()
         .filter(|n| n.to_str().is_none_or(|n| !known.contains(n)))
@@ -283,8 +285,11 @@ pub fn complete(
             r.references,
         );
     }
-    let valid_rows: HashMap<String, (ValidPath, Vec<String>)> =
-        target.rows.into_iter().map(|(p, r)| (p.name().to_string(), (p, r))).collect();
+    let valid_rows: HashMap<String, (ValidPath, Vec<String>)> = target
+        .rows
+        .into_iter()
+        .map(|(p, r)| (p.name().to_string(), (p, r)))
+        .collect();
     let mut to_compute = Vec::new();
     for n in undescribed {
         match n.to_str().and_then(|s| valid_rows.get(s)) {
@@ -387,9 +392,9 @@ fn push(db: &mut SourceDb, p: ValidPath, refs: Vec<String>) {
     db.paths.push(p);
 }
 
-/// Whether the whole closure of `name` (a store path name) is valid, by the references of
-/// `db`: what a profile may be switched to.
-pub fn closure_valid(db: &SourceDb, name: &str, valid: &dyn Fn(&str) -> bool) -> bool {
+/// The first path (a store path name) of the closure of `name` that is not valid, by the
+/// references of `db`; `None` if all of it is valid: what a profile may be switched to.
+pub fn first_invalid<'a>(db: &'a SourceDb, name: &'a str, valid: &dyn Fn(&str) -> bool) -> Option<&'a str> {
     let mut refs: HashMap<&str, Vec<&str>> = HashMap::new();
     for (a, b) in &db.refs {
         refs.entry(store_name(a)).or_default().push(store_name(b));
@@ -398,7 +403,7 @@ pub fn closure_valid(db: &SourceDb, name: &str, valid: &dyn Fn(&str) -> bool) ->
     let mut todo = vec![name];
     while let Some(n) = todo.pop() {
         if !valid(n) {
-            return false;
+            return Some(n);
         }
         for r in refs.get(n).into_iter().flatten() {
             if seen.insert(r) {
@@ -406,5 +411,5 @@ pub fn closure_valid(db: &SourceDb, name: &str, valid: &dyn Fn(&str) -> bool) ->
             }
         }
     }
-    true
+    None
 }

@@ -103,7 +103,8 @@ pub fn verify_copies(
         let name = OsStr::new(crate::plan::store_name(&p.path));
         remove_ours(store, name, &c.target_path.join("store").join(name), log);
         for line in mine {
-            out.problems.push(format!("--verify: {line} ({}; copy removed)", origin(&p.path)));
+            out.problems
+                .push(format!("--verify: {line} ({}; copy removed)", origin(&p.path)));
         }
     }
 }

@@ -242,16 +242,25 @@ fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path, holds: &dyn Fn(&str) ->
 fn add_empty_db(db_dir: BorrowedFd, db_path: &Path, tmp: &str) -> Result<bool> {
     let r = nixdb::create_empty(db_dir, db_path, tmp)
         .and_then(|()| {
-            let fd = openat(db_dir, tmp, OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+            let fd = openat(
+                db_dir,
+                tmp,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
             nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(0o644))?;
             Ok(())
         })
         .with_context(|| format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE));
-    let linked = r.and_then(|()| match nix::unistd::linkat(db_dir, tmp, db_dir, nixdb::DB_FILE, AtFlags::empty()) {
-        Ok(()) => Ok(true),
-        Err(nix::errno::Errno::EEXIST) => Ok(false),
-        Err(e) => Err(anyhow::Error::from(e).context(format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE))),
-    });
+    let linked = r.and_then(
+        |()| match nix::unistd::linkat(db_dir, tmp, db_dir, nixdb::DB_FILE, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EEXIST) => Ok(false),
+            Err(e) => {
+                Err(anyhow::Error::from(e).context(format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE)))
+            }
+        },
+    );
     let _ = remove_tree_at(db_dir, tmp);
     if linked.as_ref().is_ok_and(|l| *l) {
         nixdb::write_schema_file(db_dir, db_path)?;

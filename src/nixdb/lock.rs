@@ -137,7 +137,6 @@ fn recorded_identities(state: BorrowedFd) -> Vec<String> {
         .collect()
 }
 
-
 impl DbWindow {
     pub fn enter(
         state: std::os::fd::OwnedFd,

@@ -307,5 +307,4 @@ impl<'a> Run<'a> {
         self.present = present;
         Ok(())
     }
-
 }

@@ -32,9 +32,7 @@ impl Run<'_> {
         let regs = self.regs.as_ref().expect("complete_registrations ran");
         let holds = |name: &str| {
             self.present.contains(OsStr::new(name))
-                && regs
-                    .from_db
-                    .contains(&format!("{}{name}", registrations::STORE_DIR))
+                && regs.from_db.contains(&format!("{}{name}", registrations::STORE_DIR))
         };
         let c = &self.c;
         self.profiles = match crate::dirfd::open_dir_if_exists(c.source.as_fd(), "var")? {
@@ -141,7 +139,7 @@ impl Run<'_> {
         let src = &self.regs.as_ref().expect("complete_registrations ran").db;
         let holds = |name: &str| self.present.contains(OsStr::new(name));
         let valid = |name: &str| self.valid.contains(name);
-        let registered = |name: &str| registrations::closure_valid(src, name, &valid);
+        let unregistered = |name: &str| registrations::first_invalid(src, name, &valid).map(str::to_string);
         let cx = profiles::Ctx {
             c: &self.c,
             image_id: &self.plan.image_id,
@@ -154,7 +152,7 @@ impl Run<'_> {
             stop: self.interrupted,
             lock_timeout: self.args.lock_timeout,
             holds: &holds,
-            registered: &registered,
+            unregistered: &unregistered,
         };
         self.report.profiles = profiles::apply(&cx, &self.profiles)?;
         Ok(())

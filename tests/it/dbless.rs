@@ -134,7 +134,12 @@ pub fn status_json(image: &Path, target: &Path) -> Value {
 
 /// `{"database": d, "file": f, "computed": c}`, as `status` and `images` report it.
 pub fn registrations(database: usize, file: usize, computed: usize) -> Value {
-    serde_json::json!({"database": database, "file": file, "computed": computed})
+    registrations_with_valid(database, file, computed, 0)
+}
+
+/// [`registrations`], with `already_valid` paths the target had registered before.
+pub fn registrations_with_valid(database: usize, file: usize, computed: usize, already_valid: usize) -> Value {
+    serde_json::json!({"database": database, "file": file, "computed": computed, "already_valid": already_valid})
 }
 
 /// Stderr's lines that are warnings.

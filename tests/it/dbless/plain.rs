@@ -67,6 +67,13 @@ fn a_dbless_image_is_registered_into_a_target_serving_another_image() {
         assert_ok(&o);
         assert!(!stdout(&o).contains("not seeded"), "{name}: {}", text(&o));
     }
+    // The paths v1 brought were taken from the target, not computed again.
+    let s = super::status_json(&v2.image, &target);
+    assert_eq!(
+        s["registrations"],
+        super::registrations_with_valid(0, 0, own.len(), shared.len()),
+        "{s}"
+    );
     let mut all = v1_paths;
     all.extend(own);
     assert_pod_keeps(&target, &all, tmp.path());
