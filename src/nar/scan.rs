@@ -52,11 +52,33 @@ impl Hasher for Fold {
     }
 }
 
-/// The store paths a scan looks for: hash part → index into `names`.
-#[derive(Debug, Default)]
+/// Bits of the prefilter: 2^18 bits, 32 KiB, stays in cache.
+const FILTER_BITS: u32 = 18;
+
+/// The prefilter's bit for a window: its first 8 bytes, mixed.
+fn filter_bit(w: &[u8; REF_LEN]) -> usize {
+    let x = u64::from_le_bytes(w[..8].try_into().expect("8 bytes"));
+    (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FILTER_BITS)) as usize
+}
+
+/// The store paths a scan looks for: hash part → index into `names`. In a long base-32
+/// run every window is looked up: a bitmap of the candidates' first bytes turns most of
+/// those away before the hash table.
+#[derive(Debug)]
 pub struct Candidates {
     by_hash: HashMap<[u8; REF_LEN], u32, BuildHasherDefault<Fold>>,
+    filter: Vec<u64>,
     names: Vec<String>,
+}
+
+impl Default for Candidates {
+    fn default() -> Candidates {
+        Candidates {
+            by_hash: HashMap::default(),
+            filter: vec![0; 1 << (FILTER_BITS - 6)],
+            names: Vec::new(),
+        }
+    }
 }
 
 /// The hash part of a store path name `<32 nix-base32>-<name>`, if it is one.
@@ -79,6 +101,8 @@ impl Candidates {
             let next = u32::try_from(c.names.len()).expect("fewer than 2^32 store paths");
             if let std::collections::hash_map::Entry::Vacant(e) = c.by_hash.entry(h) {
                 e.insert(next);
+                let b = filter_bit(&h);
+                c.filter[b / 64] |= 1 << (b % 64);
                 c.names.push(name.to_string());
             }
         }
@@ -95,6 +119,14 @@ impl Candidates {
 
     pub(crate) fn name(&self, i: u32) -> &str {
         &self.names[i as usize]
+    }
+
+    fn get(&self, w: &[u8; REF_LEN]) -> Option<u32> {
+        let b = filter_bit(w);
+        if self.filter[b / 64] & (1 << (b % 64)) == 0 {
+            return None;
+        }
+        self.by_hash.get(w).copied()
     }
 }
 
@@ -159,7 +191,7 @@ impl<'c> RefScan<'c> {
             }
             good = i + REF_LEN;
             let w: &[u8; REF_LEN] = s[i..i + REF_LEN].try_into().expect("32 bytes");
-            if let Some(&k) = self.cands.by_hash.get(w) {
+            if let Some(k) = self.cands.get(w) {
                 self.found.insert(k);
             }
             i += 1;
