@@ -6,8 +6,8 @@
 #
 # On one synthetic store (tools/bench_store.rs; default 1,200 store paths, 30,000 files,
 # 600 MiB), two images of the same store paths: A carries its Nix database, B is the
-# store alone (as dockerTools ships it). Each round seeds, into fresh empty targets on the
-# work directory's filesystem, A with `--verify` (every copied path hashed against the
+# store alone (as dockerTools ships it). Each round seeds, into fresh empty targets on a
+# tmpfs (so that no writeback of an earlier round lands in a later one), A with `--verify` (every copied path hashed against the
 # database) and B (every path hashed and scanned for references), in alternating order,
 # the source's page cache warm; medians of --runs rounds (default 5), the ratio B / A
 # (target: at most 1.25), and the peak RSS of each (GNU time). Then the scanner alone
@@ -43,8 +43,11 @@ bin=target/x86_64-unknown-linux-gnu/release/nix-seed
 ex=target/x86_64-unknown-linux-gnu/release/examples
 [ -x "$ex/bench_store" ] || ex=target/release/examples
 
-rm -rf "$work"
-mkdir -p "$work"
+cleanup() { umount "$work/t" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+cleanup
+mkdir -p "$work/t"
+mount -t tmpfs -o size=8g nix-seed-bench "$work/t"
 "$ex/bench_store" "$work/a" --paths "$paths" --files "$files" --bytes "$bytes" >&2
 mkdir -p "$work/b"
 cp -a "$work/a/store" "$work/b/store"
@@ -65,14 +68,14 @@ find "$work/a/store" "$work/b/store" -type f -print0 | xargs -0 cat >/dev/null #
 : >"$work/a.txt"; : >"$work/b.txt"
 for r in $(seq "$runs"); do
   if [ $((r % 2)) = 1 ]; then
-    seed "$work/a" "$work/ta" --verify >>"$work/a.txt"; seed "$work/b" "$work/tb" >>"$work/b.txt"
+    seed "$work/a" "$work/t/a" --verify >>"$work/a.txt"; seed "$work/b" "$work/t/b" >>"$work/b.txt"
   else
-    seed "$work/b" "$work/tb" >>"$work/b.txt"; seed "$work/a" "$work/ta" --verify >>"$work/a.txt"
+    seed "$work/b" "$work/t/b" >>"$work/b.txt"; seed "$work/a" "$work/t/a" --verify >>"$work/a.txt"
   fi
   echo "round $r: A --verify $(tail -1 "$work/a.txt"), B computed $(tail -1 "$work/b.txt")" >&2
 done
 # What B registered equals what A's database says (the benchmark measures correct work).
-python3 - "$work/ta/var/nix/db/db.sqlite" "$work/tb/var/nix/db/db.sqlite" <<'EOF'
+python3 - "$work/t/a/var/nix/db/db.sqlite" "$work/t/b/var/nix/db/db.sqlite" <<'EOF'
 import sqlite3, sys
 def rows(db):
     c = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -96,8 +99,9 @@ section=$(cat <<EOF
 
 \`scripts/bench.sh --dbless --runs $runs --jobs $jobs\` ($(date -u +%Y-%m-%d), $(nproc) CPUs, load
 $(cut -d' ' -f1 /proc/loadavg)): one store of $n_paths store paths, $files files, $mib MiB, seeded
-into empty targets on the work directory's filesystem ($(stat -f -c %T "$work")), source warm,
-medians of $runs rounds in alternating order.
+into empty targets on a tmpfs, the source warm on $(stat -f -c %T "$work"),
+medians of $runs rounds in alternating order (seconds per round: A $(cut -d' ' -f1 "$work/a.txt" | paste -sd' '),
+B $(cut -d' ' -f1 "$work/b.txt" | paste -sd' ')).
 
 | image | what is hashed | seconds (median) | peak RSS |
 |---|---|---|---|
@@ -126,4 +130,3 @@ open(path, "w").write(s)
 EOF
 fi
 echo "$section"
-rm -rf "$work"
