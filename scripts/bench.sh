@@ -24,6 +24,11 @@
 # (--into FILE: between FILE's latency markers). About 15 minutes with the defaults.
 # `scripts/bench.sh --latency --help` lists its options.
 #
+#   scripts/bench.sh --dbless [--runs N] [--jobs N] [--paths N] [--files N] [--bytes N] [--into FILE]
+#
+# --dbless: an image without a Nix database against the same image with one seeded with
+# --verify, the scanner's throughput and peak RSS (scripts/bench/dbless.sh; ~5 minutes).
+#
 # The benchmark itself is the Python package scripts/bench/ (run, fs, report; standard
 # library only), run as `python3 -m bench` with PYTHONPATH=scripts.
 #
@@ -35,6 +40,15 @@
 # at the end, also on Ctrl-C or SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# --dbless: issue 18's benchmark, images without a Nix database (scripts/bench/dbless.sh).
+for a in "$@"; do
+  if [ "$a" = --dbless ]; then
+    rest=()
+    for b in "$@"; do [ "$b" = --dbless ] || rest+=("$b"); done
+    exec bash scripts/bench/dbless.sh "${rest[@]}"
+  fi
+done
 
 build=1
 args=()

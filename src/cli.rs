@@ -139,6 +139,13 @@ pub struct Paths {
     /// The directory pods will mount at /nix (it holds, or will hold, store/ and var/).
     #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
     pub target: PathBuf,
+
+    /// The image's registrations in closureInfo's format (what `nix-store --load-db`
+    /// reads), for the store paths its database does not describe. Default: `nix-path-registration`
+    /// or `.reginfo` beside the source's directory, if there is one. Paths described by
+    /// neither are computed from their contents.
+    #[arg(long, env = "NIX_SEED_REGISTRATION", value_name = "FILE")]
+    pub registration: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -117,3 +117,26 @@ fn fill(dir: BorrowedFd, shown: &Path, tops: &[&ValidPath]) -> Result<usize> {
     }
     Ok(n)
 }
+
+/// Which of `names` (root link names recorded for image `image_id`) are missing from
+/// `var/nix/gcroots/nix-seed/<image id>/` in the target (`target`): a root deleted by hand
+/// leaves its closure to the next garbage collection. Read without following symlinks.
+pub fn missing(target: BorrowedFd, image_id: &str, names: &[String]) -> Result<Vec<String>> {
+    let mut dir = crate::dirfd::open_dir_if_exists(target, "var")?;
+    for d in ["nix", "gcroots", DIR, image_id] {
+        dir = match dir {
+            Some(fd) => crate::dirfd::open_dir_if_exists(fd.as_fd(), d)?,
+            None => None,
+        };
+    }
+    let Some(dir) = dir else {
+        return Ok(names.to_vec());
+    };
+    let mut out = Vec::new();
+    for n in names {
+        if lstat_at(dir.as_fd(), n.as_str())?.is_none() {
+            out.push(n.clone());
+        }
+    }
+    Ok(out)
+}

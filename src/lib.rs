@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod copy;
+pub mod derivation;
 pub mod dirfd;
 pub(crate) mod failpoint;
 pub(crate) mod gcroots;
@@ -23,6 +24,7 @@ pub mod preflight;
 pub(crate) mod profiles;
 pub mod progress;
 pub mod prune;
+pub mod registrations;
 pub(crate) mod repair;
 pub mod report;
 pub mod seed;

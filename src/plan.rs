@@ -21,10 +21,23 @@ use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 use crate::dirfd::{file_type, list, lstat_at, mkdir_open, open_dir, MkdirOpen};
 use crate::preflight::Checked;
 
-/// A store path name. Names starting with `.` are not (Nix forbids them): `.links` (Nix's
-/// optimiser index, rebuilt by Nix as needed) and nix-seed's temporary entries.
+/// The nix-base32 alphabet (Nix's `base32Chars`: no `e`, `o`, `u`, `t`).
+pub const NIX_BASE32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+/// A store path name as Nix's `StorePath` accepts one: 32 nix-base32 characters (the hash
+/// part), `-`, then a name of at most 211 characters from `[A-Za-z0-9+-._?=]` that does
+/// not start with `.`. Everything else in a store directory is not a store path and is
+/// neither copied nor counted: `.links` (Nix's optimiser index), nix-seed's temporary
+/// entries, a filesystem's `lost+found`, stray files.
 pub fn is_store_path_name(name: &[u8]) -> bool {
-    !name.is_empty() && name[0] != b'.'
+    name.len() > 33
+        && name.len() <= 32 + 1 + 211
+        && name[..32].iter().all(|b| NIX_BASE32.contains(b))
+        && name[32] == b'-'
+        && name[33] != b'.'
+        && name[33..]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(b))
 }
 
 /// The name of a store path (`/nix/store/<name>` → `<name>`).
@@ -48,6 +61,10 @@ pub struct Plan {
     pub image_marked: bool,
     /// The marker's mtime: when a pod start last found the image complete ("last seen").
     pub marked_at: Option<std::time::SystemTime>,
+    /// A seeder was (or is) inside the Nix database's lock window: one killed there may
+    /// have left `db.sqlite.lock`, which blocks every pod's Nix until the slow path
+    /// recovers it.
+    pub db_lock_left: bool,
 }
 
 impl Plan {
@@ -78,7 +95,8 @@ impl Plan {
         let have: HashSet<OsString> = target.into_iter().collect();
         let missing: Vec<OsString> = source.iter().filter(|n| !have.contains(*n)).cloned().collect();
         let image_id = image_id(&source);
-        let marked_at = crate::state::marked_at(c.target.as_fd(), &image_id)?;
+        let look = crate::state::look(c.target.as_fd(), &image_id)?;
+        let (marked_at, db_lock_left) = (look.marked_at, look.db_lock_left);
         let image_marked = marked_at.is_some();
         Ok(Plan {
             target_count,
@@ -89,6 +107,7 @@ impl Plan {
             source_has_var: lstat_at(c.source.as_fd(), "var")?.is_some(),
             image_marked,
             marked_at,
+            db_lock_left,
             source,
         })
     }
@@ -323,9 +342,18 @@ mod tests {
     #[test]
     fn store_path_names() {
         assert!(is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxyz-hello-2.12"));
+        assert!(is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxyz-a+b_c?d=e.drv"));
         assert!(!is_store_path_name(b".links"));
         assert!(!is_store_path_name(b".nix-seed-tmp-1-2-foo"));
         assert!(!is_store_path_name(b""));
+        assert!(!is_store_path_name(b"lost+found"));
+        // e, o, u and t are not nix-base32; the hash part is exactly 32 characters.
+        assert!(!is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxye-hello"));
+        assert!(!is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxyz0-hello"));
+        assert!(!is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxyz-"));
+        assert!(!is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxyz-.hidden"));
+        assert!(!is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxyz-a b"));
+        assert!(!is_store_path_name(b"0123456789abcdfghijklmnpqrsvwxyz_hello"));
     }
 
     #[test]

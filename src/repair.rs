@@ -7,7 +7,7 @@
 //!   the second one.
 //! - A path of the image present in the target but not registered there, that this run
 //!   did not copy (an interrupted run, a plain `cp`, a pod's half-finished download): kept
-//!   if it hashes to the image's registration, otherwise swapped for a fresh copy, and the
+//!   if it hashes to its registration, otherwise swapped for a fresh copy, and the
 //!   fresh copy is hashed too before it may be registered.
 
 use std::collections::HashSet;
@@ -42,7 +42,7 @@ fn matches(store: BorrowedFd, name: &OsStr, p: &ValidPath) -> std::result::Resul
     match crate::nar::hash_path(store, name, None) {
         Ok(h) if h.hash == p.hash && p.nar_size.is_none_or(|n| n as u64 == h.size) => Ok(()),
         Ok(h) => Err(format!(
-            "NAR hash {} ({} bytes), the image registered {} ({} bytes)",
+            "NAR hash {} ({} bytes), registered as {} ({} bytes)",
             h.hash,
             h.size,
             p.hash,
@@ -66,10 +66,12 @@ fn remove_ours(store: BorrowedFd, name: &OsStr, shown: &Path, log: &Log) {
 
 /// `--verify`: hash every path in `copied` (all published by this run) with `jobs`
 /// threads; remove those that do not match the image's database.
+#[allow(clippy::too_many_arguments)]
 pub fn verify_copies(
     c: &Checked,
     store: BorrowedFd,
     src: &SourceDb,
+    origin: &dyn Fn(&str) -> String,
     copied: &HashSet<OsString>,
     jobs: usize,
     log: &Log,
@@ -101,7 +103,8 @@ pub fn verify_copies(
         let name = OsStr::new(crate::plan::store_name(&p.path));
         remove_ours(store, name, &c.target_path.join("store").join(name), log);
         for line in mine {
-            out.problems.push(format!("--verify: {line} (copy removed)"));
+            out.problems
+                .push(format!("--verify: {line} ({}; copy removed)", origin(&p.path)));
         }
     }
 }
@@ -114,6 +117,7 @@ pub fn check_unregistered(
     c: &Checked,
     store: BorrowedFd,
     src: &SourceDb,
+    origin: &dyn Fn(&str) -> String,
     present: &HashSet<OsString>,
     copied: &HashSet<OsString>,
     registered: &HashSet<String>,
@@ -131,8 +135,10 @@ pub fn check_unregistered(
             continue;
         };
         log.warn(&format!(
-            "{} is present but unregistered and differs from the image's ({why}): replacing it with a fresh copy",
-            shown.display()
+            "{} is present but unregistered and differs from the image's ({why}; {}): replacing it with a fresh \
+             copy",
+            shown.display(),
+            origin(&p.path)
         ));
         let (files, bytes, problem) = engine.replace_store_path(
             (&c.source_store_path, c.source_store.as_fd()),
@@ -148,9 +154,10 @@ pub fn check_unregistered(
         if let Err(why) = matches(store, name, p) {
             remove_ours(store, name, &shown, log);
             out.problems.push(format!(
-                "{}: the image's copy does not match the image's own database either ({why}): the image is \
+                "{}: the image's copy does not match its registration either ({why}; {}): the image is \
                  corrupt; removed, not registered; rebuild the image",
-                shown.display()
+                shown.display(),
+                origin(&p.path)
             ));
         }
     }

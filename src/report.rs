@@ -34,6 +34,8 @@ pub struct Report {
     pub registered: usize,
     /// GC root links added for this image.
     pub roots: usize,
+    /// Where the image's registrations came from (slow path only).
+    pub registrations: Option<crate::registrations::Counts>,
     /// Present-but-unregistered paths checked against the image's hashes, and replaced.
     pub checked: u64,
     pub replaced: u64,
@@ -110,6 +112,12 @@ impl Report {
         }
         if self.registered > 0 {
             s.push_str(&format!("; {} registered", self.registered));
+            if let Some(r) = self.registrations.filter(|r| r.computed + r.file > 0) {
+                s.push_str(&format!(
+                    " ({} computed, {} from a registration file)",
+                    r.computed, r.file
+                ));
+            }
         }
         if self.verified > 0 {
             s.push_str(&format!("; {} verified", self.verified));
@@ -167,6 +175,7 @@ impl Report {
                 "var_conflicts": self.var.as_ref().map(|v| v.conflicts),
                 "registered": self.registered,
                 "gc_roots": self.roots,
+                "registrations": self.registrations,
                 "checked_unregistered": self.checked,
                 "replaced": self.replaced,
                 "verified": self.verified,

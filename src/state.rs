@@ -60,22 +60,45 @@ pub fn is_marked(target: BorrowedFd, id: &str) -> Result<bool> {
 /// When image `id`'s marker was last touched (its mtime: "last seen"), if the image is
 /// marked complete; [`is_marked`] with the time the same `lstat` gives.
 pub fn marked_at(target: BorrowedFd, id: &str) -> Result<Option<SystemTime>> {
-    // O_PATH handles: this runs at every pod start, and on a network filesystem each
-    // ordinary open of a directory is one more round trip.
-    let found = || -> std::io::Result<Option<SystemTime>> {
+    Ok(look(target, id)?.marked_at)
+}
+
+/// What the fast path reads of `.nix-seed/`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Look {
+    /// [`marked_at`].
+    pub marked_at: Option<SystemTime>,
+    /// `db-lock` exists: a seeder is, or was when it was killed, inside the Nix
+    /// database's lock window ([`crate::nixdb::DbWindow`]).
+    pub db_lock_left: bool,
+}
+
+/// [`marked_at`], and whether a `db-lock` record is present: one lookup more, through the
+/// same handle. O_PATH handles: this runs at every pod start, and on a network filesystem
+/// each ordinary open of a directory is one more round trip.
+pub fn look(target: BorrowedFd, id: &str) -> Result<Look> {
+    let found = || -> std::io::Result<Look> {
         let Some(state) = crate::dirfd::open_path_if_exists(target, STATE_DIR)? else {
-            return Ok(None);
+            return Ok(Look::default());
         };
+        let db_lock_left = lstat_at(state.as_fd(), DB_LOCK_RECORD)?.is_some();
         let Some(images) = crate::dirfd::open_path_if_exists(state.as_fd(), IMAGES_DIR)? else {
-            return Ok(None);
+            return Ok(Look {
+                marked_at: None,
+                db_lock_left,
+            });
         };
-        Ok(lstat_at(images.as_fd(), id)?
+        let marked_at = lstat_at(images.as_fd(), id)?
             .filter(|st| crate::dirfd::file_type(st) == nix::sys::stat::SFlag::S_IFREG)
-            .map(|st| mtime(&st)))
+            .map(|st| mtime(&st));
+        Ok(Look {
+            marked_at,
+            db_lock_left,
+        })
     };
     match found() {
         Ok(b) => Ok(b),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => Ok(None),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => Ok(Look::default()),
         Err(e) => Err(e.into()),
     }
 }
@@ -198,6 +221,14 @@ pub struct Record {
     /// Profile generations nix-seed created for this image, oldest first.
     #[serde(default)]
     pub generations: Vec<Generation>,
+    /// Where the image's registrations came from at its last complete seed (absent in
+    /// records written before nix-seed computed registrations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registrations: Option<crate::registrations::Counts>,
+    /// The names of the image's GC roots (links in `var/nix/gcroots/nix-seed/<id>/`) at its
+    /// last complete seed: what `status` and `images` check are all still there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roots: Option<Vec<String>>,
 }
 
 /// One profile generation nix-seed wrote: `var/<profile>-<number>-link` → `store_path`.
@@ -303,7 +334,12 @@ pub fn write_record(c: &Checked, r: &Record) -> Result<()> {
 
 /// Update the record of image `id` at the end of a complete seed: first seeded (kept if
 /// known), last seeded now; generations as they are.
-pub fn record_seeded(c: &Checked, id: &str) -> Result<()> {
+pub fn record_seeded(
+    c: &Checked,
+    id: &str,
+    registrations: Option<crate::registrations::Counts>,
+    roots: &[String],
+) -> Result<()> {
     let now = now_rfc3339();
     let mut r = read_record(c.target.as_fd(), &c.target_path, id)?.unwrap_or_else(|| Record {
         image_id: id.to_string(),
@@ -311,5 +347,7 @@ pub fn record_seeded(c: &Checked, id: &str) -> Result<()> {
         ..Default::default()
     });
     r.last_seeded = now;
+    r.registrations = registrations;
+    r.roots = Some(roots.to_vec());
     write_record(c, &r)
 }

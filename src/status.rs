@@ -1,6 +1,7 @@
 //! `nix-seed status`: what an image still lacks in the target, read without any lock and
-//! without writing: store paths missing, and registrations (the target's database against
-//! its store and against the image). Its verdict and its exit code always agree.
+//! without writing: store paths missing, registrations (the target's database against its
+//! store and against the image; where the image's came from) and the GC roots its last
+//! seed made. Its verdict and its exit code always agree.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
@@ -15,6 +16,7 @@ use crate::nixdb;
 use crate::plan::{self, Plan};
 use crate::preflight::{self, Checked};
 use crate::progress::Log;
+use crate::registrations;
 
 /// What the target's database says about its store and the image; all `None` without a
 /// database.
@@ -68,7 +70,7 @@ fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
 }
 
 /// "seeded", or what is not and the command that repairs it.
-fn verdict(plan: &Plan, not_registered: usize, seeded: bool) -> String {
+fn verdict(plan: &Plan, not_registered: usize, roots_missing: usize, seeded: bool) -> String {
     if seeded {
         return "seeded".to_string();
     }
@@ -78,6 +80,9 @@ fn verdict(plan: &Plan, not_registered: usize, seeded: bool) -> String {
     }
     if not_registered > 0 {
         why.push(format!("{not_registered} not registered"));
+    }
+    if roots_missing > 0 {
+        why.push(format!("{roots_missing} GC roots missing"));
     }
     if !plan.image_marked {
         why.push("no complete seed recorded".to_string());
@@ -101,17 +106,26 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         image_unregistered,
         journal_mode,
     } = registration(&c, &plan, log)?;
-    // The verdict, and the exit code: every store path of the image present and registered,
-    // and the image marked (so that the next `seed` is a no-op that tells the truth).
-    let image_has_db = c
-        .source_path
-        .join("var")
-        .join(nixdb::DB_DIR)
-        .join(nixdb::DB_FILE)
-        .exists();
-    let not_registered = image_unregistered.unwrap_or(if image_has_db { plan.source.len() } else { 0 });
-    let seeded = plan.missing.is_empty() && not_registered == 0 && plan.image_marked;
-    let verdict = verdict(&plan, not_registered, seeded);
+    // Where the registrations came from (or would come from), and the roots the last
+    // complete seed made, each still there.
+    let record = crate::state::read_record(c.target.as_fd(), &c.target_path, &plan.image_id)?;
+    let registrations = match record.as_ref().and_then(|r| r.registrations) {
+        Some(r) if plan.image_marked => r,
+        _ => registrations::expected(
+            &registrations::describe(&c, args.paths.registration.as_deref(), &plan.source)?,
+            &plan.source,
+        ),
+    };
+    let roots_missing = match record.as_ref().and_then(|r| r.roots.as_ref()) {
+        Some(names) => crate::gcroots::missing(c.target.as_fd(), &plan.image_id, names)?,
+        None => Vec::new(),
+    };
+    // The verdict, and the exit code: every store path of the image present, registered
+    // and rooted, and the image marked (so that the next `seed` is a no-op that tells the
+    // truth).
+    let not_registered = image_unregistered.unwrap_or(plan.source.len());
+    let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
+    let verdict = verdict(&plan, not_registered, roots_missing.len(), seeded);
     let fields = json!({
         "source": c.source_path.to_string_lossy(),
         "source_store_paths": plan.source.len(),
@@ -122,6 +136,8 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         "present_unregistered": unregistered,
         "registered_missing": missing_registered,
         "journal_mode": journal_mode,
+        "registrations": registrations,
+        "gc_roots_missing": roots_missing,
         "image_id": plan.image_id,
         "image_marked": plan.image_marked,
         "image_seeded": seeded,
@@ -131,7 +147,8 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         "source: {} ({} store paths)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
          image paths not registered in the target: {}\n\
          target paths present but not registered: {}\n\
-         target paths registered but missing: {}\njournal mode: {}\nimage {}: {}",
+         target paths registered but missing: {}\njournal mode: {}\nregistrations: {}\n\
+         GC roots missing: {}\nimage {}: {}",
         c.source_path.display(),
         plan.source.len(),
         c.target_path.display(),
@@ -141,6 +158,8 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
         count(unregistered),
         count(missing_registered),
         journal_mode.unwrap_or("- (no database)"),
+        registrations.text(),
+        roots_missing.len(),
         plan.image_id,
         verdict
     );

@@ -75,24 +75,33 @@ pub struct Outcome {
     pub conflicts: u64,
 }
 
-/// Seed var/. With `with_db` (which store path names the target holds), the image's
-/// database is copied (backup API) into a target that has none, with the registrations of
-/// the paths the target holds, before anything makes it visible. Entries `skip` names
-/// (relative to var/: the profiles [`crate::profiles`] sets) are left out of a merge.
+/// Seed var/. A target without a database gets one before anything makes it visible: a
+/// copy (backup API) of the image's, with the registrations of the paths `holds` names
+/// (store path names the target holds whose registration the image's database has
+/// complete), or, when the image has none, an empty one made as Nix makes it. Entries
+/// `skip` names (relative to var/: the profiles [`crate::profiles`] sets) are left out of
+/// a merge.
 pub fn seed(
     c: &Checked,
     eng: &Engine,
     log: &Log,
-    with_db: Option<&dyn Fn(&str) -> bool>,
+    holds: &dyn Fn(&str) -> bool,
     skip: &(dyn Fn(&Path) -> bool + Sync),
 ) -> Result<Outcome> {
+    let with_db = Some(holds);
     let src_var = c.source_path.join("var");
-    let Some(st) = lstat_at(c.source.as_fd(), "var")? else {
-        return Ok(Outcome::default());
+    let image_var = lstat_at(c.source.as_fd(), "var")?.filter(|st| file_type(st) == SFlag::S_IFDIR);
+    let Some(st) = image_var else {
+        // An image without var/ (dockerTools and the like): only the database, in the
+        // var/ that taking Nix's locks created.
+        let mut out = Outcome::default();
+        let dst = open_dir(c.target.as_fd(), "var")
+            .with_context(|| format!("cannot open {}/var (must be a directory)", c.target_path.display()))?;
+        if !has_db(dst.as_fd(), &c.target_path.join("var"))? {
+            out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"), holds)?;
+        }
+        return Ok(out);
     };
-    if file_type(&st) != SFlag::S_IFDIR {
-        return Ok(Outcome::default());
-    }
     let mut out = Outcome::default();
     if lstat_at(c.target.as_fd(), "var")
         .with_context(|| format!("cannot stat {}/var", c.target_path.display()))?
@@ -147,13 +156,17 @@ pub fn seed(
     m.dir(src.as_fd(), dst.as_fd(), PathBuf::new())?;
     let mut out = m.out;
     if let Some(holds) = with_db {
-        let has_db = nixdb::open_db_dir(dst.as_fd(), &c.target_path.join("var"))?
-            .is_some_and(|d| crate::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)));
-        if !has_db {
+        if !has_db(dst.as_fd(), &c.target_path.join("var"))? {
             out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"), holds)?;
         }
     }
     Ok(out)
+}
+
+/// Whether the target's var/ (`var`) has a database.
+fn has_db(var: BorrowedFd, var_path: &Path) -> Result<bool> {
+    Ok(nixdb::open_db_dir(var, var_path)?
+        .is_some_and(|d| crate::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE))))
 }
 
 /// Create `var/nix/db/db.sqlite` in the target var/ at `var` (path `var_path`) as a copy
@@ -171,6 +184,10 @@ fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path, holds: &dyn Fn(&str) ->
     let tmp = crate::dirfd::temp_name(std::ffi::OsStr::new("db.sqlite"))
         .into_string()
         .expect("an ASCII name");
+    let image_db = src_db_dir.join(nixdb::DB_FILE);
+    if std::fs::symlink_metadata(&image_db).is_err() {
+        return add_empty_db(db_dir.as_fd(), &db_path, &tmp);
+    }
     let r = nixdb::create(&src_db_dir, db_dir.as_fd(), &db_path, &tmp, holds)
         .and_then(|()| {
             // On the open file: fchmodat(AT_SYMLINK_NOFOLLOW) needs /proc, which a bare
@@ -216,6 +233,37 @@ fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path, holds: &dyn Fn(&str) ->
         if let Ok(ca) = std::fs::read(src_db_dir.join(nixdb::CA_SCHEMA)) {
             add_file(db_dir.as_fd(), &db_path, nixdb::CA_SCHEMA, &ca)?;
         }
+    }
+    linked
+}
+
+/// An image without a database: the target's first one is created empty, as Nix creates
+/// one (its schema, `schema` = 10), then linked into place; never over an existing one.
+fn add_empty_db(db_dir: BorrowedFd, db_path: &Path, tmp: &str) -> Result<bool> {
+    let r = nixdb::create_empty(db_dir, db_path, tmp)
+        .and_then(|()| {
+            let fd = openat(
+                db_dir,
+                tmp,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(0o644))?;
+            Ok(())
+        })
+        .with_context(|| format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE));
+    let linked = r.and_then(
+        |()| match nix::unistd::linkat(db_dir, tmp, db_dir, nixdb::DB_FILE, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(nix::errno::Errno::EEXIST) => Ok(false),
+            Err(e) => {
+                Err(anyhow::Error::from(e).context(format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE)))
+            }
+        },
+    );
+    let _ = remove_tree_at(db_dir, tmp);
+    if linked.as_ref().is_ok_and(|l| *l) {
+        nixdb::write_schema_file(db_dir, db_path)?;
     }
     linked
 }

@@ -225,7 +225,16 @@ pub fn read(target: &Path, log: &Log) -> Result<Disk> {
                     && index.contains_key(t)
             })
         };
-        let roots_complete = last_seen.is_some() && roots.as_ref().is_some_and(|r| r.iter().all(|(_, t)| resolves(t)));
+        // Every root the last complete seed made is still there (one deleted by hand is
+        // seen), and every link resolves.
+        let recorded_present = record.as_ref().and_then(|r| r.roots.as_ref()).is_none_or(|names| {
+            names
+                .iter()
+                .all(|n| roots.iter().flatten().any(|(l, _)| l.as_os_str() == OsStr::new(n)))
+        });
+        let roots_complete = last_seen.is_some()
+            && recorded_present
+            && roots.as_ref().is_some_and(|r| r.iter().all(|(_, t)| resolves(t)));
         let reached = reach(&graph, starts);
         images.push(Image {
             closure: (0..graph.paths.len()).filter(|&i| reached[i]).collect(),
@@ -328,10 +337,17 @@ pub fn run(args: &crate::cli::ImagesArgs, log: &std::sync::Arc<Log>) -> Result<(
             (_, true, _) => "roots complete".to_string(),
             (None, _, _) => "roots incomplete (no root directory)".to_string(),
             (_, _, None) => "roots incomplete (no marker: the next seed of it repairs)".to_string(),
-            (Some(_), false, Some(_)) => "roots incomplete (a root link does not resolve to a valid path)".to_string(),
+            (Some(_), false, Some(_)) => {
+                "roots incomplete (a root link is missing or does not resolve to a valid path: `nix-seed seed \
+                 --recheck` of the image repairs)"
+                    .to_string()
+            }
         };
+        let regs = img.record.as_ref().and_then(|r| r.registrations);
+        let regs_text = regs.map_or(String::new(), |r| format!(", registrations: {}", r.text()));
         let text = format!(
-            "{}: first seeded {}, last seeded {}, last seen {}, {} ({}), {} ({}) held by this image alone, {roots}",
+            "{}: first seeded {}, last seeded {}, last seen {}, {} ({}), {} ({}) held by this image alone, \
+             {roots}{regs_text}",
             img.id,
             show_time(img.first_seeded()),
             show_time(img.last_seeded()),
@@ -357,6 +373,7 @@ pub fn run(args: &crate::cli::ImagesArgs, log: &std::sync::Arc<Log>) -> Result<(
                 "marked": img.last_seen.is_some(),
                 "root_links": links,
                 "roots_complete": img.roots_complete,
+                "registrations": regs,
             }),
         );
     }

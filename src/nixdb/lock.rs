@@ -70,15 +70,72 @@ pub(super) fn busy(count: i32) -> bool {
 /// `TARGET/.nix-seed/db-lock`: present while a seeder may hold the target database's
 /// lock. With the `unix-dotfile` VFS that lock is the directory `db.sqlite.lock`, which a
 /// process killed while holding it leaves behind, and every Nix process of every pod then
-/// blocks. A later seeder holds the nix-seed lock, so the one that wrote the record is dead
-/// (or was taken over): if `db.sqlite.lock` exists and stays the same for a grace period, it
-/// is that seeder's and is removed with a warning. Without a record nix-seed never removes
-/// it (a live, or killed, Nix process's lock is not ours to break).
+/// blocks. While it holds that lock to register, a seeder appends the lock's identity
+/// (inode, ctime) to the record. A later seeder holds the nix-seed lock, so the one that
+/// wrote the record is dead (or was taken over): a `db.sqlite.lock` with a recorded
+/// identity is that seeder's and is removed at once, with a warning. One without (the
+/// seeder died holding it for a read) is removed only if it stays the same for a grace
+/// period. Without a record nix-seed never removes it (a live, or killed, Nix process's
+/// lock is not ours to break). The fast path sees the record (one lookup) and takes the
+/// slow path, so a pod start of any image recovers the lock.
 pub struct DbWindow {
     state: std::os::fd::OwnedFd,
 }
 
 pub use crate::state::DB_LOCK_RECORD as DB_WINDOW_RECORD;
+
+/// The open window's `.nix-seed/` (one per process: nix-seed registers in one database).
+static WINDOW: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);
+
+/// The identity of `db.sqlite.lock` in `db_dir` as the record keeps it: inode and ctime.
+fn lock_identity(db_dir: BorrowedFd) -> Option<String> {
+    let st = lstat_at(db_dir, format!("{DB_FILE}.lock").as_str()).ok()??;
+    (crate::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFDIR)
+        .then(|| format!("{}.{}.{}", st.st_ino, st.st_ctime, st.st_ctime_nsec))
+}
+
+/// Called with the database's dotfile lock held by this process (inside a `BEGIN
+/// IMMEDIATE`): append the lock's identity to the open window's record. If this process
+/// is killed before it lets go, the next seeder removes that lock, and only that one: a
+/// lock some Nix process made since has another inode or ctime. Best effort: without the
+/// line, the next seeder falls back to waiting for the lock to stay unchanged.
+pub(super) fn note_held(db_dir: BorrowedFd) {
+    use nix::fcntl::{openat, OFlag};
+    let Some(id) = lock_identity(db_dir) else { return };
+    let guard = WINDOW.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(state) = guard.as_ref() else { return };
+    if let Ok(fd) = openat(
+        state.as_fd(),
+        DB_WINDOW_RECORD,
+        OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    ) {
+        use std::io::Write;
+        let mut f = std::fs::File::from(fd);
+        let _ = writeln!(f, "lock={id}");
+        let _ = f.sync_data();
+    }
+}
+
+/// The lock identities a record holds.
+fn recorded_identities(state: BorrowedFd) -> Vec<String> {
+    use nix::fcntl::{openat, OFlag};
+    let Ok(fd) = openat(
+        state,
+        DB_WINDOW_RECORD,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut s = String::new();
+    // A few lines: never more than a page is read.
+    let _ = std::io::Read::read_to_string(&mut std::io::Read::take(std::fs::File::from(fd), 4096), &mut s);
+    s.lines()
+        .filter_map(|l| l.strip_prefix("lock="))
+        .map(str::to_string)
+        .collect()
+}
 
 impl DbWindow {
     pub fn enter(
@@ -92,7 +149,21 @@ impl DbWindow {
         if let (Some(db), true) = (db_dir, lstat_at(state.as_fd(), DB_WINDOW_RECORD)?.is_some()) {
             let lock_name = format!("{DB_FILE}.lock");
             let first = lstat_at(db, lock_name.as_str())?;
-            if let Some(first) = first {
+            let ours = lock_identity(db).is_some_and(|id| recorded_identities(state.as_fd()).contains(&id));
+            if ours {
+                // The very lock the dead seeder recorded holding: remove it now.
+                match nix::unistd::unlinkat(db, lock_name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+                    Ok(()) | Err(nix::errno::Errno::ENOENT) => log.warn(&format!(
+                        "removed {}/{lock_name}: left by a seeder killed while it held the Nix database \
+                         (it recorded holding that lock in .nix-seed/{DB_WINDOW_RECORD})",
+                        db_path.display()
+                    )),
+                    Err(e) => log.warn(&format!(
+                        "cannot remove the stale {}/{lock_name}: {e}",
+                        db_path.display()
+                    )),
+                }
+            } else if let Some(first) = first {
                 // A live Nix process holds this lock for a transaction: milliseconds. Give
                 // it a grace period before deciding the lock is the dead seeder's.
                 let grace = Duration::from_secs(5);
@@ -144,12 +215,14 @@ impl DbWindow {
         .context("cannot write .nix-seed/db-lock")?;
         use std::io::Write;
         let _ = writeln!(std::fs::File::from(fd), "pid={}", std::process::id());
+        *WINDOW.lock().unwrap_or_else(|e| e.into_inner()) = state.try_clone().ok();
         Ok(DbWindow { state })
     }
 }
 
 impl Drop for DbWindow {
     fn drop(&mut self) {
+        *WINDOW.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let _ = nix::unistd::unlinkat(
             self.state.as_fd(),
             DB_WINDOW_RECORD,

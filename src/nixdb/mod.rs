@@ -31,12 +31,15 @@
 //! FFI), `target` (opening the target's database and reading it), `register` (the
 //! registering transaction, in named steps), `open` (opening it during a seed, inside the
 //! `.nix-seed/db-lock` window), `lock` (the busy handler and the recovery of a dotfile lock
-//! a killed seeder left behind).
+//! a killed seeder left behind), `reginfo` (closureInfo's registration files, for images
+//! with no database or one short of their store).
 
 use std::path::Path;
 
+mod empty;
 mod lock;
 mod open;
+pub mod reginfo;
 mod register;
 mod schema;
 mod source;
@@ -44,9 +47,12 @@ mod target;
 #[cfg(test)]
 mod tests;
 mod vfs;
+mod walcopy;
 
+pub use empty::{create_empty, write_schema_file, NIX_SCHEMA_SQL};
 pub use lock::{set_busy_context, DbWindow, DB_WINDOW_RECORD};
-pub use open::{open_existing_db, refusal, with_db_dir, with_target_db};
+pub use open::{open_existing_db, recover_db_lock, refusal, with_db_dir, with_target_db};
+pub use reginfo::{nix_base32_decode, nix_base32_encode, Registration};
 pub use schema::{is_wal, Extra, SourceDb, ValidPath};
 pub use source::{create, read_source};
 pub use target::{open_db_dir, open_target, register_in_target, Graph, Registered, TargetDb};

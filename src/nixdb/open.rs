@@ -89,3 +89,28 @@ pub fn open_existing_db(c: &Checked, db_dir: BorrowedFd) -> Result<Option<Target
     let shown = c.target_path.join("var").join(DB_DIR);
     Ok(Some(open_target(db_dir, &shown, false)?))
 }
+
+/// Recover the database lock a seeder killed inside its window may have left (see
+/// [`DbWindow`]), and clear the window's record. Called under the seed lock when the record
+/// was found: no other seeder's window is open.
+pub fn recover_db_lock(c: &Checked, lock_timeout: Duration, log: &Arc<Log>) -> Result<()> {
+    with_db_dir(c, lock_timeout, log, |_| Ok(()))?;
+    // Without a database directory no window was entered, and no lock can be left: the
+    // record must go all the same, or every pod start would take the slow path.
+    let state = crate::state::dir(c.target.as_fd(), &c.target_path)?;
+    match nix::unistd::unlinkat(
+        state.as_fd(),
+        super::DB_WINDOW_RECORD,
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot remove {}/{}/{}",
+                c.target_path.display(),
+                crate::state::STATE_DIR,
+                super::DB_WINDOW_RECORD
+            )
+        }),
+    }
+}

@@ -39,6 +39,9 @@ impl TargetDb {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .with_context(|| format!("cannot lock the target's database {}", path.display()))?;
+        // The dotfile lock is ours now: say so in the window's record, so that if this
+        // process dies holding it the next seeder knows it may remove it.
+        super::lock::note_held(dir.as_fd());
         // Checked again with the lock held: a rollback-mode connection (dotfile lock) on a
         // database a default-configured pod has just converted to WAL must not write.
         if is_wal(dir.as_fd(), DB_FILE, &path)? != wal {
@@ -51,6 +54,7 @@ impl TargetDb {
         let ids = insert_paths(&tx, &path, src, &chosen, &common[0])?;
         insert_refs(&tx, src, &chosen, &ids, &common[1])?;
         insert_outputs(&tx, src, &ids, &common[2])?;
+        crate::failpoint::hit("registering");
         if abort() {
             bail!("stopped before registering: nothing was registered");
         }

@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
 
+use crate::preflight::Invalid;
+
 /// One `ValidPaths` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidPath {
@@ -38,6 +40,9 @@ pub struct SourceDb {
     pub refs: Vec<(String, String)>,
     /// (drv, output id, output path).
     pub outputs: Vec<(String, String, String)>,
+    /// Valid paths with a `Refs` row naming a reference id missing from `ValidPaths`:
+    /// their references in `refs` are incomplete (store paths, sorted, each once).
+    pub dangling: Vec<String>,
     /// Columns beyond Nix's schema 10 (Determinate Nix's `provenance`...) of `ValidPaths`,
     /// `Refs` and `DerivationOutputs`, row by row with `paths`, `refs` and `outputs`.
     pub extra: [Extra; 3],
@@ -122,6 +127,10 @@ pub(super) const TABLES: [(&str, &[&str]); 3] = [
     ("DerivationOutputs", &["drv", "id", "path"]),
 ];
 
+/// What to do about an image whose database is not a Nix database.
+pub(super) const NOT_A_DB_FIX: &str =
+    "rebuild the image, or remove var/nix/db from it so nix-seed computes the registrations";
+
 /// Whose database is checked: the fix an error names differs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Side {
@@ -155,16 +164,27 @@ pub(super) fn check_schema(conn: &Connection, db: &Path, side: Side) -> Result<[
             })?
             .collect::<Result<_, _>>()
             .with_context(|| format!("cannot read {}", db.display()))?;
+        if have.is_empty() && side == Side::Image {
+            return Err(Invalid(format!(
+                "{} is not a Nix database (it has no table {table}): {NOT_A_DB_FIX}",
+                db.display()
+            ))
+            .into());
+        }
         if have.is_empty() {
             bail!("{} has no table {table}: not a Nix database; {fix}", db.display());
         }
         for c in cols.iter() {
             if !have.iter().any(|(n, _, _)| n == c) {
-                bail!(
+                let msg = format!(
                     "{}: table {table} has no column {c} (it has {}): not Nix's schema 10; {fix}",
                     db.display(),
                     have.iter().map(|(n, _, _)| n.as_str()).collect::<Vec<_>>().join(", ")
                 );
+                if side == Side::Image {
+                    return Err(Invalid(msg).into());
+                }
+                bail!(msg);
             }
         }
         for (n, notnull, default) in &have {

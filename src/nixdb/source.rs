@@ -3,15 +3,24 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OpenFlags};
 
-use super::schema::{check_schema, read_schema_file, select_extra, Extra, Side, SourceDb, ValidPath};
+use super::schema::{check_schema, read_schema_file, select_extra, Extra, Side, SourceDb, ValidPath, NOT_A_DB_FIX};
 use super::vfs::InDir;
+use super::walcopy::{copy_with_wal, needs_copy, side, PrivateDir};
 use super::{DB_FILE, SCHEMA_VERSION};
+use crate::preflight::Invalid;
+
+/// The image's database, open; with the private copy it was read from, if any (dropped
+/// after the connection: fields drop in order).
+struct Opened {
+    conn: Connection,
+    _copy: Option<PrivateDir>,
+}
 
 /// Open the image's database read-only, changing nothing in the image (which may be a
 /// read-only filesystem, and when it is not, must stay as it is):
@@ -19,44 +28,61 @@ use super::{DB_FILE, SCHEMA_VERSION};
 ///   `immutable=1` (no locks, no journal or WAL files looked for, created or removed). A
 ///   non-empty `-journal` (a crash in the middle of a write) is refused: its rollback would
 ///   need a write.
-/// - a non-empty `-wal` file: its committed transactions must be read. The `unix-none` VFS
-///   (no file locks: nothing writes the image's database while it is seeded, and a
-///   read-only descriptor cannot take the lock WAL's exclusive mode wants) in exclusive
-///   locking mode keeps the wal-index in heap memory instead of a `-shm` file, and
-///   `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE` keeps SQLite from even trying to checkpoint the
+/// - a non-empty `-wal` file without its `-shm` file, or in a directory nix-seed may not
+///   write: SQLite would read it as if the WAL's transactions did not exist (see
+///   [`super::walcopy`]); the two files are copied into a private directory and the copy
+///   is opened read-write, so SQLite recovers the WAL there.
+/// - a non-empty `-wal` file otherwise: its committed transactions must be read. The
+///   `unix-none` VFS (no file locks: nothing writes the image's database while it is
+///   seeded, and a read-only descriptor cannot take the lock WAL's exclusive mode wants) in
+///   exclusive locking mode keeps the wal-index in heap memory instead of a `-shm` file,
+///   and `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE` keeps SQLite from even trying to checkpoint the
 ///   WAL into the image's database and delete it when the connection closes (what removed
 ///   an empty `-wal` from writable images: the read-only flag alone does not stop it).
-fn open_source(db: &Path) -> Result<Connection> {
-    let side = |suffix: &str| {
-        let mut p = db.as_os_str().to_owned();
-        p.push(suffix);
-        PathBuf::from(p)
-    };
+///
+/// A file that is not an SQLite database at all is refused as bad input (exit 2).
+fn open_source(db: &Path) -> Result<Opened> {
     let ro = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let wal_len = std::fs::symlink_metadata(side("-wal")).map_or(0, |m| m.len());
-    let conn = if wal_len > 0 {
-        let c = Connection::open_with_flags_and_vfs(db, ro, c"unix-none")
-            .with_context(|| format!("cannot open the image's database {}", db.display()))?;
+    let wal_len = std::fs::symlink_metadata(side(db, "-wal")).map_or(0, |m| m.len());
+    let cannot_open = || format!("cannot open the image's database {}", db.display());
+    let mut copy = None;
+    let conn = if wal_len > 0 && needs_copy(db) {
+        let (dir, at) = copy_with_wal(db)?;
+        copy = Some(dir);
+        let rw = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Connection::open_with_flags(&at, rw).with_context(cannot_open)?
+    } else if wal_len > 0 {
+        let c = Connection::open_with_flags_and_vfs(db, ro, c"unix-none").with_context(cannot_open)?;
         c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .with_context(|| format!("cannot open the image's database {}", db.display()))?;
+            .with_context(cannot_open)?;
         c.pragma_update(None, "locking_mode", "EXCLUSIVE")
-            .with_context(|| format!("cannot read the image's database {}", db.display()))?;
+            .map_err(|e| not_a_database(e, db))?;
         c
     } else {
-        if std::fs::metadata(side("-journal")).is_ok_and(|m| m.len() > 0) {
+        if std::fs::metadata(side(db, "-journal")).is_ok_and(|m| m.len() > 0) {
             bail!(
                 "{}-journal is not empty (the image's Nix was killed while writing): run any \
                  nix-store command in the image once to roll it back, then rebuild the image",
                 db.display()
             );
         }
-        Connection::open_with_flags(uri_immutable(db), ro | OpenFlags::SQLITE_OPEN_URI)
-            .with_context(|| format!("cannot open the image's database {}", db.display()))?
+        Connection::open_with_flags(uri_immutable(db), ro | OpenFlags::SQLITE_OPEN_URI).with_context(cannot_open)?
     };
     // The first read maps the database (and its WAL): fail here with the path named.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))
-        .with_context(|| format!("cannot read the image's database {}", db.display()))?;
-    Ok(conn)
+        .map_err(|e| not_a_database(e, db))?;
+    Ok(Opened { conn, _copy: copy })
+}
+
+/// What SQLite says of a file that is not a database (or a damaged one): bad input, exit 2.
+fn not_a_database(e: rusqlite::Error, db: &Path) -> anyhow::Error {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match e.sqlite_error_code() {
+        Some(NotADatabase | DatabaseCorrupt) => {
+            Invalid(format!("{} is not a Nix database ({e}): {NOT_A_DB_FIX}", db.display())).into()
+        }
+        _ => anyhow::Error::new(e).context(format!("cannot read the image's database {}", db.display())),
+    }
 }
 
 /// `file:<path>?immutable=1`, the path percent-encoded where SQLite's URI syntax needs it.
@@ -90,8 +116,9 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
             );
         }
     }
-    let conn = open_source(&db)?;
-    let [xp, xr, xo] = check_schema(&conn, &db, Side::Image)?;
+    let opened = open_source(&db)?;
+    let conn = &opened.conn;
+    let [xp, xr, xo] = check_schema(conn, &db, Side::Image)?;
     let ctx = || format!("cannot read the image's database {}", db.display());
     let value = |r: &rusqlite::Row, from: usize, n: usize| -> rusqlite::Result<Vec<rusqlite::types::Value>> {
         (from..from + n).map(|i| r.get(i)).collect()
@@ -152,6 +179,7 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
         paths,
         refs,
         outputs,
+        dangling: dangling(conn).with_context(ctx)?,
         extra: [
             Extra {
                 cols: xp,
@@ -167,6 +195,19 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
             },
         ],
     }))
+}
+
+/// The valid paths with a `Refs` row naming a reference that is not in `ValidPaths` (Nix
+/// does not always enforce its foreign keys): the JOIN above drops that row, so their
+/// references as read are incomplete. Sorted, each once. A `Refs` row whose referrer is
+/// missing says nothing about a valid path's references: it is only dropped.
+fn dangling(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut st = conn.prepare(
+        "SELECT DISTINCT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.referrer \
+         WHERE NOT EXISTS (SELECT 1 FROM ValidPaths b WHERE b.id = r.reference) ORDER BY v.path",
+    )?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    rows.collect()
 }
 
 /// Write a copy of the image's database to `dst_name` in the target directory
@@ -185,6 +226,8 @@ pub fn create(
     let src = src_db_dir.join(DB_FILE);
     let dst = dst_dir.join(dst_name);
     let from = open_source(&src)?;
+    let from = &from.conn;
+    check_schema(from, &src, Side::Image)?;
     let at = InDir::new(dst_dir_fd, dst_dir, false)?;
     let mut to = Connection::open_with_flags_and_vfs(
         at.path(dst_name),
@@ -193,7 +236,7 @@ pub fn create(
     )
     .with_context(|| format!("cannot create {}", dst.display()))?;
     {
-        let b = rusqlite::backup::Backup::new(&from, &mut to)?;
+        let b = rusqlite::backup::Backup::new(from, &mut to)?;
         b.run_to_completion(1024, Duration::ZERO, None)
             .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
     }
@@ -210,7 +253,8 @@ pub fn create(
 }
 
 /// Delete from a database nix-seed just created the registrations of paths the target does
-/// not hold, and of every path referring to one of those (transitively); the rest of the
+/// not hold or whose references are not all in `ValidPaths`, and of every path referring
+/// to one of those (transitively); the rest of the
 /// image's records of them (derivation outputs, realisations) go by Nix's own cascades.
 fn drop_unheld(db: &mut Connection, holds: &dyn Fn(&str) -> bool) -> Result<()> {
     db.pragma_update(None, "foreign_keys", "ON")?;
@@ -228,6 +272,13 @@ fn drop_unheld(db: &mut Connection, holds: &dyn Fn(&str) -> bool) -> Result<()> 
             }
         }
     }
+    // A path with a reference missing from ValidPaths (see `dangling`) has an incomplete
+    // closure: it goes too; and a row whose referrer is missing is nobody's reference.
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO nix_seed_drop (id) SELECT referrer FROM Refs \
+         WHERE reference NOT IN (SELECT id FROM ValidPaths); \
+         DELETE FROM Refs WHERE referrer NOT IN (SELECT id FROM ValidPaths);",
+    )?;
     // Referrers of what goes, until nothing more is added.
     while tx.execute(
         "INSERT OR IGNORE INTO nix_seed_drop (id) SELECT referrer FROM Refs \
@@ -243,3 +294,7 @@ fn drop_unheld(db: &mut Connection, holds: &dyn Fn(&str) -> bool) -> Result<()> 
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "source_tests.rs"]
+mod tests;

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::lock::busy;
-use super::schema::{check_schema, is_wal, read_schema_file, Side, SourceDb};
+use super::schema::{check_schema, is_wal, read_schema_file, Side, SourceDb, ValidPath};
 use super::vfs::InDir;
 use super::{DB_FILE, SCHEMA_VERSION};
 use crate::dirfd::lstat_at;
@@ -238,6 +238,55 @@ impl TargetDb {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .optional()?)
+    }
+
+    /// The registrations (row, and references as store paths) of those of `paths` (store
+    /// paths) that are valid here: what an image that does not describe a path it shares
+    /// with the disk gets from the disk.
+    pub fn registrations_of(&self, paths: &[String]) -> Result<Vec<(ValidPath, Vec<String>)>> {
+        let ctx = || format!("cannot read the target's database {}", self.path.display());
+        let tx = self.conn.unchecked_transaction().with_context(ctx)?;
+        let mut out = Vec::new();
+        {
+            let mut row = tx
+                .prepare(
+                    "SELECT id, path, hash, registrationTime, deriver, narSize, ultimate, sigs, ca \
+                     FROM ValidPaths WHERE path = ?1",
+                )
+                .with_context(ctx)?;
+            let mut refs = tx
+                .prepare("SELECT v.path FROM Refs r JOIN ValidPaths v ON v.id = r.reference WHERE r.referrer = ?1")
+                .with_context(ctx)?;
+            for p in paths {
+                let found = row
+                    .query_row([p], |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            ValidPath {
+                                path: r.get(1)?,
+                                hash: r.get(2)?,
+                                registration_time: r.get(3)?,
+                                deriver: r.get(4)?,
+                                nar_size: r.get(5)?,
+                                ultimate: r.get(6)?,
+                                sigs: r.get(7)?,
+                                ca: r.get(8)?,
+                            },
+                        ))
+                    })
+                    .optional()
+                    .with_context(ctx)?;
+                let Some((id, v)) = found else { continue };
+                let r: Vec<String> = refs
+                    .query_map([id], |r| r.get(0))
+                    .with_context(ctx)?
+                    .collect::<Result<_, _>>()
+                    .with_context(ctx)?;
+                out.push((v, r));
+            }
+        }
+        tx.finish().with_context(ctx)?;
+        Ok(out)
     }
 
     /// All registrations (path, hash, narSize).

@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use super::*;
 
 /// Nix's schema 10, as `nix-store` 2.8 creates it.
-const SCHEMA: &str = "
+pub(super) const SCHEMA: &str = "
     CREATE TABLE ValidPaths (id integer primary key autoincrement not null, path text unique not null,
         hash text not null, registrationTime integer not null, deriver text, narSize integer,
         ultimate integer, sigs text, ca text);

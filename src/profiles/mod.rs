@@ -93,6 +93,10 @@ pub struct Ctx<'a> {
     pub lock_timeout: Duration,
     /// Whether the target's store holds this store path name.
     pub holds: &'a dyn Fn(&str) -> bool,
+    /// The first path (a name) of this store path's closure that is not registered in the
+    /// target, if any: a profile is switched only to a path whose whole closure is
+    /// registered (and so rooted by the generation link).
+    pub unregistered: &'a dyn Fn(&str) -> Option<String>,
 }
 
 /// Make each of the image's profiles follow the image (see the module's documentation).
@@ -254,7 +258,27 @@ fn follow(
         add_generation(cx, p, dir, number, own)?;
         out.generations_added += 1;
     }
+    let name = p.store_path.file_name().and_then(OsStr::to_str).unwrap_or_default();
+    let unregistered = (cx.unregistered)(name);
     match (&users, cx.mode) {
+        _ if unregistered.is_some() => {
+            out.not_switched += 1;
+            cx.log.event(
+                Level::Warn,
+                "profile-not-switched",
+                &format!(
+                    "{}: {} generation {number} (image's); not switched: the closure of {} is incomplete in \
+                     the target, /nix/store/{} is not registered (see above), and a garbage collection would \
+                     delete it",
+                    p.shown(),
+                    if reuse { "has" } else { "added" },
+                    p.store_path.display(),
+                    unregistered.as_deref().unwrap_or_default()
+                ),
+                json!({"profile": p.rel(), "generation": number, "store_path": p.store_path,
+                       "why": "closure not registered"}),
+            );
+        }
         (Some(why), ProfilesMode::Follow) => {
             out.not_switched += 1;
             cx.log.event(

@@ -1,6 +1,7 @@
 //! `nix-seed seed`: the steps of adding an image to a shared store, in the order Nix's own
 //! `local-store.cc` adds a path: lock, decide (under the locks), write (atomically, with
-//! canonical metadata), check, register, root, and only then mark the image complete.
+//! canonical metadata), complete the registrations (computed where the image has none),
+//! check, register, root, switch the profiles, and only then mark the image complete.
 //!
 //! The promise behind exit 0: every store path of the image is present, valid (registered
 //! with the image's references) and reachable from a GC root in the target. Each decision
@@ -27,9 +28,11 @@ use crate::nixlocks::NixLocks;
 use crate::plan::{self, Plan};
 use crate::preflight::{self, Checked};
 use crate::progress::{self, Log};
+use crate::registrations;
 use crate::report::Report;
 
 mod run;
+mod valid;
 
 use run::Run;
 
@@ -45,14 +48,18 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
         args.resolve_jobs(c.target.as_fd());
         return dry_run(&c, args, log, t0);
     }
-    // The fast path: no lock, nothing written (and no --jobs to choose).
+    // The fast path: no lock, nothing written (and no --jobs to choose). A database lock a
+    // killed seeder may have left sends it down the slow path, which recovers it.
     let plan = Plan::compute(&c)?;
-    if plan.is_complete() && !args.recheck {
+    if plan.is_complete() && !plan.db_lock_left && !args.recheck {
         if let Some(at) = plan.marked_at {
             crate::state::touch_seen(c.target.as_fd(), &plan.image_id, at, log);
         }
         return Ok(Report::new(&c, &plan).finished(t0));
     }
+    // What the image says of its store paths, read before any lock: a garbage database
+    // or a malformed registration file is refused before anything is written.
+    let described = registrations::describe(&c, args.paths.registration.as_deref(), &plan.source)?;
     // Chosen here, from the target already open, not at every pod start: the no-op
     // needs no workers, and on a network disk each statfs is a round trip.
     args.resolve_jobs(c.target.as_fd());
@@ -77,18 +84,23 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
     // and another seeder may have done the work meanwhile.
     let plan = Plan::compute(&c)?;
     if plan.is_complete() && !args.recheck {
+        if plan.db_lock_left {
+            crate::nixdb::recover_db_lock(&c, args.lock_timeout, log)?;
+        }
         let mut report = Report::new(&c, &plan);
         report.locked = true;
         return Ok(report.finished(t0));
     }
     failpoint::hit("planned");
-    let mut run = Run::start(c, args, log, &held, interrupted, plan)?;
+    let mut run = Run::start(c, args, log, &held, interrupted, plan, described)?;
     failpoint::hit("unmarked");
     run.check_space()?;
     failpoint::hit("space-checked");
     run.prepare_store()?;
     run.copy()?;
     failpoint::hit("copied");
+    run.complete_registrations()?;
+    failpoint::hit("computed");
     run.check_contents()?;
     failpoint::hit("verified");
     run.seed_var()?;
@@ -97,6 +109,8 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
     failpoint::hit("registered");
     run.root()?;
     failpoint::hit("rooted");
+    run.follow_profiles()?;
+    failpoint::hit("profiles-followed");
     let report = run.mark()?;
     failpoint::hit("marked");
     drop(nix_locks);
@@ -106,6 +120,22 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
 
 fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Report> {
     let plan = Plan::compute(c)?;
+    // Bad input is refused as the real seed refuses it (exit 2), before saying anything.
+    let described = registrations::describe(c, args.paths.registration.as_deref(), &plan.source)?;
+    let expected = registrations::expected(&described, &plan.source);
+    if expected.computed > 0 {
+        log.event(
+            progress::Level::Info,
+            "would-compute",
+            &format!(
+                "would compute the registrations of the image's store paths that neither its database nor a \
+                 registration file describes and that are not valid in the target (at most {}); registrations: {}",
+                expected.computed,
+                expected.text()
+            ),
+            json!({"registrations": expected}),
+        );
+    }
     for n in &plan.missing {
         log.event(
             progress::Level::Info,

@@ -2,7 +2,7 @@
 //! called in order by [`super::seed`].
 
 use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,46 +11,58 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::cli::{ProfilesMode, SeedArgs};
+use crate::cli::SeedArgs;
 use crate::copy::{self, Counters, Engine, Stopped};
-use crate::dirfd::open_dir;
 use crate::lock::Held;
-use crate::nixdb::{self, open_existing_db, refusal, with_db_dir, with_target_db, SourceDb};
+use crate::nixdb::{refusal, with_target_db};
 use crate::plan::{self, ensure_target_store, list_store, Plan};
 use crate::preflight::Checked;
 use crate::progress::{self, Log, PathEvents};
+use crate::registrations::{self, Complete, Described, InTarget};
 use crate::report::Report;
-use crate::{gcroots, profiles, repair, state, var};
+use crate::{profiles, repair, state};
 
-/// One slow-path run, under the seed lock and Nix's locks: each step a method.
+/// One slow-path run, under the seed lock and Nix's locks: each step a method (the steps
+/// that make the image valid, from registering on, are in `valid.rs`).
 pub(super) struct Run<'a> {
-    c: Checked,
-    args: &'a SeedArgs,
-    log: &'a Arc<Log>,
-    held: &'a Held,
-    interrupted: &'a Arc<AtomicBool>,
-    plan: Plan,
+    pub(super) c: Checked,
+    pub(super) args: &'a SeedArgs,
+    pub(super) log: &'a Arc<Log>,
+    pub(super) held: &'a Held,
+    pub(super) interrupted: &'a Arc<AtomicBool>,
+    pub(super) plan: Plan,
     counters: Arc<Counters>,
-    engine: Engine,
-    source_db: Option<SourceDb>,
-    report: Report,
+    pub(super) engine: Engine,
+    /// What the image says of its paths (read before the locks), until the registrations
+    /// are completed.
+    described: Option<Described>,
+    /// Every image path's registration, once completed.
+    pub(super) regs: Option<Complete>,
+    pub(super) report: Report,
     size: plan::Size,
     store: Option<OwnedFd>,
     copied: HashSet<OsString>,
     /// The target store's names once the content checks passed: under Nix's locks, what
     /// var/'s new database and the registration are made from (listed once: on a network
     /// filesystem a listing is many round trips).
-    present: HashSet<OsString>,
-    checks: repair::Outcome,
+    pub(super) present: HashSet<OsString>,
+    pub(super) checks: repair::Outcome,
     /// Names of the store paths valid in the target after registering.
-    valid: HashSet<String>,
+    pub(super) valid: HashSet<String>,
     /// Image paths that could not be registered, with why.
-    unregistrable: Vec<String>,
+    pub(super) unregistrable: Vec<String>,
+    /// The image's profiles, and whether var/ was created whole by this run (its profiles
+    /// with it).
+    pub(super) profiles: Vec<profiles::ImageProfile>,
+    pub(super) var_created: bool,
+    /// The names of the image's GC roots (the tops of its closure valid here).
+    pub(super) roots: Vec<String>,
 }
 
 impl<'a> Run<'a> {
-    /// Read the image's database, then invalidate the image's marker: from here on the
-    /// store and the database change, and a crash must leave the next run the slow path.
+    /// Invalidate the image's marker: from here on the store and the database change,
+    /// and a crash must leave the next run the slow path. `described` is what the image
+    /// says of its paths, read before the locks.
     pub(super) fn start(
         c: Checked,
         args: &'a SeedArgs,
@@ -58,14 +70,8 @@ impl<'a> Run<'a> {
         held: &'a Held,
         interrupted: &'a Arc<AtomicBool>,
         plan: Plan,
+        described: Described,
     ) -> Result<Run<'a>> {
-        let source_db = nixdb::read_source(&c.source_path.join("var").join(nixdb::DB_DIR))?;
-        if source_db.is_none() {
-            log.warn(&format!(
-                "the image has no Nix database ({}/var/nix/db/db.sqlite): store paths are copied but not registered",
-                c.source_path.display()
-            ));
-        }
         // The target's database, if any, must be one nix-seed can register in: refused
         // here, before anything is written.
         with_target_db(&c, args.lock_timeout, log, |_| Ok(())).map_err(refusal)?;
@@ -89,7 +95,8 @@ impl<'a> Run<'a> {
             plan,
             counters,
             engine,
-            source_db,
+            described: Some(described),
+            regs: None,
             report,
             size: plan::Size::default(),
             store: None,
@@ -98,14 +105,17 @@ impl<'a> Run<'a> {
             checks: repair::Outcome::default(),
             valid: HashSet::new(),
             unregistrable: Vec::new(),
+            profiles: Vec::new(),
+            var_created: false,
+            roots: Vec::new(),
         })
     }
 
-    fn lost(&self) -> bool {
+    pub(super) fn lost(&self) -> bool {
         self.held.lost.load(Ordering::Relaxed) || self.interrupted.load(Ordering::Relaxed)
     }
 
-    fn store(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(super) fn store(&self) -> std::os::fd::BorrowedFd<'_> {
         self.store.as_ref().expect("prepare_store ran").as_fd()
     }
 
@@ -214,21 +224,51 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// Complete the image's registrations (see [`crate::registrations`]): under the locks,
+    /// with the target's registrations as they are now.
+    pub(super) fn complete_registrations(&mut self) -> Result<()> {
+        let d = self.described.take().expect("start ran");
+        let undescribed: Vec<String> = registrations::undescribed(&d, &self.plan.source)
+            .iter()
+            .map(|n| format!("{}{}", registrations::STORE_DIR, n.to_string_lossy()))
+            .collect();
+        let target = with_target_db(&self.c, self.args.lock_timeout, self.log, |db| match db {
+            Some(db) => Ok(InTarget {
+                registered: db.registered()?,
+                rows: db.registrations_of(&undescribed)?,
+            }),
+            None => Ok(InTarget::default()),
+        })?;
+        let (lost, stop) = (self.held.lost.clone(), self.interrupted.clone());
+        let stopped = move || lost.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
+        let regs = registrations::complete(
+            d,
+            &self.c,
+            &self.plan.source,
+            target,
+            self.args.jobs as usize,
+            &stopped,
+            self.log,
+        )?;
+        if stopped() {
+            return Err(Stopped.into());
+        }
+        self.report.registrations = Some(regs.counts);
+        self.regs = Some(regs);
+        Ok(())
+    }
+
     /// Hash what needs hashing before anything is registered (see [`repair`]).
     pub(super) fn check_contents(&mut self) -> Result<()> {
-        let Some(src) = &self.source_db else {
-            if self.args.verify {
-                self.log
-                    .warn("--verify: the image has no Nix database to verify against");
-            }
-            return Ok(());
-        };
+        let regs = self.regs.as_ref().expect("complete_registrations ran");
+        let src = &regs.db;
         let store = self.store.as_ref().expect("prepare_store ran").as_fd();
         if self.args.verify {
             repair::verify_copies(
                 &self.c,
                 store,
                 src,
+                &|p| regs.origin_of(p),
                 &self.copied,
                 self.args.jobs as usize,
                 self.log,
@@ -245,6 +285,7 @@ impl<'a> Run<'a> {
             &self.c,
             store,
             src,
+            &|p| regs.origin_of(p),
             &present,
             &self.copied,
             &registered,
@@ -256,8 +297,8 @@ impl<'a> Run<'a> {
         }
         if !self.checks.problems.is_empty() {
             anyhow::bail!(
-                "{} store paths in {}/store do not match the image's database (see above); they were removed \
-                 and nothing was registered; the image is corrupt: rebuild it",
+                "{} store paths in {}/store do not match their registrations (see above); they were removed \
+                 and nothing was registered; the image (or its registration file) is corrupt: rebuild it",
                 self.checks.problems.len(),
                 self.c.target_path.display()
             );
@@ -265,150 +306,5 @@ impl<'a> Run<'a> {
         // A replacement keeps its name: the listing still holds.
         self.present = present;
         Ok(())
-    }
-
-    /// var/ after the store paths, so profiles and roots never point at missing paths; a
-    /// database is created here (a copy of the image's) if the target has none.
-    pub(super) fn seed_var(&mut self) -> Result<()> {
-        let var_engine = Engine::new(
-            Arc::new(Counters::default()),
-            vec![self.interrupted.clone(), self.held.lost.clone()],
-            self.engine.fs.clone(),
-        );
-        // A database created here holds what the store holds.
-        let holds = |name: &str| self.present.contains(OsStr::new(name));
-        let with_db = self.source_db.as_ref().map(|_| &holds as &dyn Fn(&str) -> bool);
-        let c = &self.c;
-        let profiles = match crate::dirfd::open_dir_if_exists(c.source.as_fd(), "var")? {
-            Some(v) => profiles::image_profiles(v.as_fd())
-                .with_context(|| format!("cannot read the profiles of {}/var", c.source_path.display()))?,
-            None => Vec::new(),
-        };
-        if crate::dirfd::lstat_at(c.target.as_fd(), "var")?.is_none() {
-            // var/ is created whole, its profiles with it: nix-seed's, recorded first.
-            profiles::record_whole(c, &self.plan.image_id, &profiles)?;
-        }
-        let mode = self.args.profiles;
-        let skip = |rel: &std::path::Path| mode != ProfilesMode::Keep && profiles::is_profile_entry(&profiles, rel);
-        let v = var::seed(c, &var_engine, self.log, with_db, &skip)?;
-        let cx = profiles::Ctx {
-            c,
-            image_id: &self.plan.image_id,
-            mode: if v.created { ProfilesMode::Keep } else { mode },
-            log: self.log,
-            stop: self.interrupted,
-            lock_timeout: self.args.lock_timeout,
-            holds: &holds,
-        };
-        self.report.profiles = profiles::apply(&cx, &profiles)?;
-        if var_engine.ownership.take_denied_notice() && self.engine.ownership.preserved() {
-            self.log.warn(&format!(
-                "cannot set file ownership in {}/var (chown refused)",
-                self.c.target_path.display()
-            ));
-        }
-        self.report.var = Some(v);
-        Ok(())
-    }
-
-    /// Register last, in one transaction, what the target holds. The database is opened
-    /// here, right before the transaction: a pod's Nix may have created it, or switched it
-    /// to WAL, while the store paths were copied.
-    pub(super) fn register(&mut self) -> Result<()> {
-        let Some(src) = &self.source_db else {
-            return Ok(());
-        };
-        let c = &self.c;
-        let names: HashSet<&str> = self.present.iter().filter_map(|n| n.to_str()).collect();
-        let lost = || self.lost();
-        let shown = c.target_path.join("var").join(nixdb::DB_DIR);
-        let (r, valid) = with_db_dir(c, self.args.lock_timeout, self.log, |dir| {
-            let dir = dir.with_context(|| format!("{} vanished", shown.display()))?;
-            let r = nixdb::register_in_target(dir, &shown, src, &names, &lost)?;
-            let valid = match open_existing_db(c, dir)? {
-                Some(db) => {
-                    if db.wal && crate::dirfd::is_network_fs(dir) {
-                        self.log.warn(&crate::status::wal_on_network_fs(&db.path));
-                    }
-                    db.registered()?
-                }
-                None => HashSet::new(),
-            };
-            Ok((r, valid))
-        })?;
-        for (p, missing) in &r.skipped {
-            self.log.warn(&format!(
-                "{p} not registered: its reference {missing} is neither registered in {} nor in the target's store",
-                shown.display()
-            ));
-        }
-        // A database created by this run: every row in it was registered by this run.
-        let created = self.report.var.as_ref().is_some_and(|v| v.db_created);
-        self.report.registered = if created { valid.len() } else { r.count };
-        self.valid = valid;
-        // Every image path the image's own database registers must now be valid here.
-        let by_name = src.by_name();
-        for n in &self.plan.source {
-            let Some(name) = n.to_str() else { continue };
-            if by_name.contains_key(name) && !self.valid.contains(name) {
-                let why = if self.present.contains(n) {
-                    "present but could not be registered"
-                } else {
-                    "missing from the target's store"
-                };
-                self.unregistrable
-                    .push(format!("{}/store/{name}: {why}", c.target_path.display()));
-            }
-        }
-        Ok(())
-    }
-
-    /// GC roots for the tops of the image's closure that are valid here.
-    pub(super) fn root(&mut self) -> Result<()> {
-        let Some(src) = &self.source_db else {
-            return Ok(());
-        };
-        let c = &self.c;
-        let var = open_dir(c.target.as_fd(), "var")
-            .with_context(|| format!("cannot open {}/var", c.target_path.display()))?;
-        let image: HashSet<&OsStr> = self.plan.source.iter().map(OsString::as_os_str).collect();
-        let valid = |name: &str| self.valid.contains(name) && image.contains(OsStr::new(name));
-        let tops = gcroots::tops(src, &valid);
-        let var_engine = Engine::new(Arc::new(Counters::default()), vec![], self.engine.fs.clone());
-        self.report.roots = gcroots::add(
-            &var_engine,
-            var.as_fd(),
-            &c.target_path.join("var"),
-            &self.plan.image_id,
-            &tops,
-        )?;
-        Ok(())
-    }
-
-    /// The image is complete: say so in its marker, the last write.
-    pub(super) fn mark(mut self) -> Result<Report> {
-        if self.lost() {
-            return Err(Stopped.into());
-        }
-        for p in &self.unregistrable {
-            self.log.error(p);
-        }
-        if !self.unregistrable.is_empty() {
-            anyhow::bail!(
-                "{} store paths of the image are not valid in {} (see above); the image was not marked seeded; \
-                 run again, and if it persists rebuild the image",
-                self.unregistrable.len(),
-                self.c.target_path.display()
-            );
-        }
-        state::record_seeded(&self.c, &self.plan.image_id)?;
-        state::mark(&self.c, &self.plan.image_id, self.plan.source.len())?;
-        self.report.checked = self.checks.checked;
-        self.report.replaced = self.checks.replaced;
-        self.report.files += self.checks.files;
-        self.report.bytes += self.checks.bytes;
-        self.report.verified = self.checks.verified;
-        self.report.ownership_preserved = self.engine.ownership.preserved();
-        Ok(self.report)
     }
 }

@@ -12,7 +12,7 @@ use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, seed_cmd, status, stderr, stdout, text};
 use crate::support::nix::{in_pod, nix_available, real_store, valid_paths};
 
-/// Every step boundary of `seed`, in order (see src/seed.rs). `generation-added` (a
+/// Every step boundary of `seed`, in order (see src/seed/mod.rs). `generation-added` (a
 /// profile's new generation made, not yet switched to) is reached only by an upgrade.
 const POINTS: &[&str] = &[
     "locked",
@@ -22,11 +22,13 @@ const POINTS: &[&str] = &[
     "space-checked",
     "published",
     "copied",
+    "computed",
     "verified",
-    "generation-added",
     "var-seeded",
     "registered",
     "rooted",
+    "generation-added",
+    "profiles-followed",
     "marked",
 ];
 

@@ -313,11 +313,17 @@ fn a_database_that_is_not_nix_s_says_what_is_wrong() {
     let t = tmp.path().join("t");
     std::fs::create_dir(&t).unwrap();
     let out = seed(&img.root, &t, &[]);
-    assert_code(&out, 1);
+    // Bad input, refused before anything is written (issue #18).
+    assert_code(&out, 2);
     assert!(
-        stderr(&out).contains("has no table ValidPaths: not a Nix database"),
+        stderr(&out).contains("is not a Nix database (it has no table ValidPaths)"),
         "{}",
         text(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(&t).unwrap().count(),
+        0,
+        "nothing written in the target"
     );
 }
 

@@ -510,3 +510,74 @@ fn a_slimmed_image_registers_only_what_the_target_holds() {
         assert!(o.status.success(), "{p}: {}", text(&o));
     }
 }
+
+/// `sqlite_master` and the page size of the database of the Nix root `nix`.
+fn db_layout(nix: &Path) -> Vec<String> {
+    let c = rusqlite::Connection::open_with_flags(
+        nix.join("var/nix/db/db.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut st = c
+        .prepare("SELECT type || ' ' || name || ' ' || tbl_name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY name")
+        .unwrap();
+    let mut v: Vec<String> = st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    v.push(format!(
+        "page_size {}",
+        c.query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0)).unwrap()
+    ));
+    v
+}
+
+/// An image with no database, a target with none: the empty database and `schema` file
+/// nix-seed makes are what Nix 2.8 makes for a new store (same tables, indexes, trigger,
+/// page size, `schema` bytes), and Nix with `use-sqlite-wal = false` uses it: --verify,
+/// --add, the references query, and the database stays in rollback mode at schema 10.
+#[test]
+fn an_empty_database_made_by_nix_seed_is_the_one_nix_makes() {
+    use std::os::fd::AsFd;
+    if !nix_available("an_empty_database") {
+        return;
+    }
+    let tmp = support::scratch();
+    // Nix's own new store.
+    let theirs = tmp.path().join("n/nix");
+    std::fs::create_dir_all(theirs.join("store")).unwrap();
+    let o = support::nix::in_pod_with(&theirs, "nix-store --verify", &support::nix::nix_config(false));
+    assert!(o.status.success(), "{}", text(&o));
+
+    let nix = tmp.path().join("t/nix");
+    let db_dir = nix.join("var/nix/db");
+    std::fs::create_dir_all(nix.join("store")).unwrap();
+    std::fs::create_dir_all(&db_dir).unwrap();
+    let fd = nix_seed::dirfd::open_root(&db_dir).unwrap();
+    nix_seed::nixdb::create_empty(fd.as_fd(), &db_dir, "db.sqlite").unwrap();
+    nix_seed::nixdb::write_schema_file(fd.as_fd(), &db_dir).unwrap();
+    assert_eq!(
+        std::fs::read(db_dir.join("schema")).unwrap(),
+        std::fs::read(theirs.join("var/nix/db/schema")).unwrap()
+    );
+    assert_eq!(std::fs::read(db_dir.join("schema")).unwrap(), b"10");
+    assert_eq!(db_layout(&nix), db_layout(&theirs));
+    assert!(!nix_seed_db_is_wal(&nix));
+
+    let file = tmp.path().join("hello.txt");
+    std::fs::write(&file, b"hello from nix-seed\n").unwrap();
+    let o = in_pod(
+        &nix,
+        &format!(
+            "set -e; nix-store --verify; p=$(nix-store --add '{}'); nix-store --check-validity $p; \
+             echo \"added $p\"; nix-store -q --references $p; nix-store --verify --check-contents",
+            file.display()
+        ),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let added = stdout(&o)
+        .lines()
+        .find_map(|l| l.strip_prefix("added ").map(str::to_string))
+        .unwrap();
+    assert!(added.ends_with("-hello.txt"), "{}", text(&o));
+    assert_eq!(valid_paths(&nix), [added]);
+    assert!(!nix_seed_db_is_wal(&nix), "still a rollback journal");
+    assert_eq!(std::fs::read(db_dir.join("schema")).unwrap(), b"10");
+}

@@ -10,6 +10,7 @@
 
 pub mod cmd;
 pub mod compare;
+pub mod dbless;
 pub mod fixture;
 pub mod images;
 pub mod modern;
