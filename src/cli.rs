@@ -111,7 +111,7 @@ pub struct VerifyArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs_flag: Option<u32>,
 
-    /// `--jobs`, or the default for the target's filesystem ([`crate::jobs::resolve`]).
+    /// `--jobs`, or the default for the target's filesystem ([`crate::base::jobs::resolve`]).
     #[arg(skip)]
     pub jobs: u32,
 
@@ -160,7 +160,7 @@ pub struct SeedArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs_flag: Option<u32>,
 
-    /// `--jobs`, or the default for the target's filesystem ([`crate::jobs::resolve`]);
+    /// `--jobs`, or the default for the target's filesystem ([`crate::base::jobs::resolve`]);
     /// set by [`SeedArgs::resolve_jobs`].
     #[arg(skip)]
     pub jobs: u32,
@@ -219,7 +219,7 @@ pub struct SeedArgs {
     pub output: Output,
 }
 
-/// `--profiles`: see [`SeedArgs::profiles`] and [`crate::profiles`].
+/// `--profiles`: see [`SeedArgs::profiles`] and [`crate::steps::profiles`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProfilesMode {
     Follow,
@@ -340,11 +340,11 @@ fn env_source(arg: &str) -> Option<String> {
     var.filter(|v| std::env::var_os(v).is_some())
 }
 
-/// [`parse_duration`], refusing less than [`crate::lock::MIN_STALE`]: a shorter stale
+/// [`parse_duration`], refusing less than [`crate::engines::lock::MIN_STALE`]: a shorter stale
 /// period would let waiters take the lock from a holder that is merely busy.
 pub fn parse_stale(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    let min = crate::lock::MIN_STALE;
+    let min = crate::engines::lock::MIN_STALE;
     if d < min {
         return Err(format!(
             "the minimum for --lock-stale (NIX_SEED_LOCK_STALE) is {}: a shorter one could take the \
@@ -370,7 +370,7 @@ mod tests {
         assert!(parse_duration("-5s").is_err());
         assert!(parse_stale("0").is_err());
         assert!(parse_stale("2999ms").is_err());
-        assert_eq!(parse_stale("3s").unwrap(), crate::lock::MIN_STALE);
+        assert_eq!(parse_stale("3s").unwrap(), crate::engines::lock::MIN_STALE);
     }
 
     #[test]

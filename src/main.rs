@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
+use nix_seed::base::preflight::Invalid;
+use nix_seed::base::progress::Log;
 use nix_seed::cli::{Cli, Command};
-use nix_seed::copy::Stopped;
-use nix_seed::lock::Timeout;
-use nix_seed::preflight::Invalid;
-use nix_seed::progress::Log;
-use nix_seed::{report, seed};
+use nix_seed::commands::seed;
+use nix_seed::engines::copy::Stopped;
+use nix_seed::engines::lock::Timeout;
+use nix_seed::steps::report;
 
 const FAILURE: u8 = 1;
 const USAGE: u8 = 2;
@@ -52,8 +53,8 @@ fn main() -> ExitCode {
                 Err(e) => {
                     // The database's busy wait ends in SQLITE_BUSY: a lock timeout too.
                     let target = std::fs::canonicalize(&args.paths.target).unwrap_or(args.paths.target.clone());
-                    let db_dir = target.join("var").join(nix_seed::nixdb::DB_DIR);
-                    let e = nix_seed::lock::db_busy_as_timeout(
+                    let db_dir = target.join("var").join(nix_seed::engines::nixdb::DB_DIR);
+                    let e = nix_seed::engines::lock::db_busy_as_timeout(
                         e,
                         &db_dir,
                         args.lock_timeout,
@@ -76,7 +77,7 @@ fn main() -> ExitCode {
                 quiet: false,
                 verbose: false,
             });
-            match nix_seed::install::install(&args.dest) {
+            match nix_seed::commands::install::install(&args.dest) {
                 Ok(p) => {
                     log.info(&format!("installed {}", p.display()));
                     ExitCode::SUCCESS
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
         Command::Verify(mut args) => {
             args.resolve_jobs();
             let log = Log::new(&args.output);
-            match nix_seed::verify::run(&args, &log) {
+            match nix_seed::commands::verify::run(&args, &log) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(FAILURE),
                 Err(e) => fail(&log, e, &signal),
@@ -95,7 +96,7 @@ fn main() -> ExitCode {
         }
         Command::Images(args) => {
             let log = Arc::new(Log::new(&args.output));
-            match nix_seed::images::run(&args, &log) {
+            match nix_seed::commands::images::run(&args, &log) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let e = db_busy(e, &args.target, args.lock_timeout, "nothing was listed");
@@ -105,7 +106,7 @@ fn main() -> ExitCode {
         }
         Command::Prune(args) => {
             let log = Arc::new(Log::new(&args.output));
-            match nix_seed::prune::run(&args, &log, &interrupted) {
+            match nix_seed::commands::prune::run(&args, &log, &interrupted) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let e = db_busy(e, &args.target, args.lock_timeout, "nothing was changed");
@@ -115,7 +116,7 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => {
             let log = Log::new(&args.output);
-            match nix_seed::status::status(&args, &log) {
+            match nix_seed::commands::status::status(&args, &log) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(FAILURE),
                 Err(e) => fail(&log, e, &signal),
@@ -128,7 +129,12 @@ fn main() -> ExitCode {
 /// timeout too (exit 3), naming the lock.
 fn db_busy(e: anyhow::Error, target: &std::path::Path, timeout: std::time::Duration, outcome: &str) -> anyhow::Error {
     let target = std::fs::canonicalize(target).unwrap_or(target.to_path_buf());
-    nix_seed::lock::db_busy_as_timeout(e, &target.join("var").join(nix_seed::nixdb::DB_DIR), timeout, outcome)
+    nix_seed::engines::lock::db_busy_as_timeout(
+        e,
+        &target.join("var").join(nix_seed::engines::nixdb::DB_DIR),
+        timeout,
+        outcome,
+    )
 }
 
 fn fail(log: &Log, e: anyhow::Error, signal: &AtomicUsize) -> ExitCode {

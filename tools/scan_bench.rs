@@ -18,7 +18,7 @@ use std::process::exit;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use nix_seed::nar::{self, Candidates};
+use nix_seed::engines::nar::{self, Candidates};
 
 fn usage() -> ! {
     eprintln!("usage: scan_bench DIR [--jobs N]   (DIR/store or DIR holds the store paths)");
@@ -78,11 +78,11 @@ fn main() {
     } else {
         dir
     };
-    let store = nix_seed::dirfd::open_root(Path::new(&store_dir)).unwrap_or_else(|e| {
+    let store = nix_seed::base::dirfd::open_root(Path::new(&store_dir)).unwrap_or_else(|e| {
         eprintln!("scan_bench: {}: {e}", store_dir.display());
         exit(1)
     });
-    let mut names: Vec<OsString> = nix_seed::dirfd::list(store.as_fd())
+    let mut names: Vec<OsString> = nix_seed::base::dirfd::list(store.as_fd())
         .unwrap()
         .into_iter()
         .map(|e| e.name)

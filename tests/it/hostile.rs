@@ -22,7 +22,7 @@ use crate::support::compare::{assert_unchanged, snapshot, Links, Snapshot};
 use crate::support::fixture::{self, Spec};
 use nix::fcntl::{renameat2, RenameFlags};
 use nix::unistd::{symlinkat, unlinkat, UnlinkatFlags};
-use nix_seed::dirfd;
+use nix_seed::base::dirfd;
 
 struct Case {
     tmp: support::Scratch,

@@ -550,9 +550,9 @@ fn an_empty_database_made_by_nix_seed_is_the_one_nix_makes() {
     let db_dir = nix.join("var/nix/db");
     std::fs::create_dir_all(nix.join("store")).unwrap();
     std::fs::create_dir_all(&db_dir).unwrap();
-    let fd = nix_seed::dirfd::open_root(&db_dir).unwrap();
-    nix_seed::nixdb::create_empty(fd.as_fd(), &db_dir, "db.sqlite").unwrap();
-    nix_seed::nixdb::write_schema_file(fd.as_fd(), &db_dir).unwrap();
+    let fd = nix_seed::base::dirfd::open_root(&db_dir).unwrap();
+    nix_seed::engines::nixdb::create_empty(fd.as_fd(), &db_dir, "db.sqlite").unwrap();
+    nix_seed::engines::nixdb::write_schema_file(fd.as_fd(), &db_dir).unwrap();
     assert_eq!(
         std::fs::read(db_dir.join("schema")).unwrap(),
         std::fs::read(theirs.join("var/nix/db/schema")).unwrap()

@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use nix_seed::nar::{self, Candidates, Scanned};
+use nix_seed::engines::nar::{self, Candidates, Scanned};
 
 use crate::support;
 use crate::support::nix::{nix_available, real_store};
@@ -150,7 +150,7 @@ fn every_path_of_a_real_store_scans_to_what_nix_registered() {
     let names = store_names(&nix.join("store"));
     let cands = Candidates::new(names.iter().map(|n| n.to_str().unwrap()));
     assert_eq!(cands.len(), names.len());
-    let store = nix_seed::dirfd::open_root(&nix.join("store")).unwrap();
+    let store = nix_seed::base::dirfd::open_root(&nix.join("store")).unwrap();
     let scanned: BTreeMap<String, Scanned> = reg
         .keys()
         .map(|n| {
@@ -202,7 +202,7 @@ fn a_dockertools_like_copy_scans_the_same_in_parallel() {
     assert_store_has_the_cases(&reg);
     let names = store_names(&copy);
     let cands = Candidates::new(names.iter().map(|n| n.to_str().unwrap()));
-    let store = nix_seed::dirfd::open_root(&copy).unwrap();
+    let store = nix_seed::base::dirfd::open_root(&copy).unwrap();
     let all = nar::scan_all(store.as_fd(), &names, &cands, 2, &|| false).unwrap();
     assert_eq!(
         all.iter().map(|(n, _)| n).collect::<Vec<_>>(),

@@ -64,7 +64,7 @@ fn a_seed_on_a_volume_with_1ms_per_operation_is_exact_and_nix_accepts_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     let want = format!(
         " with {} jobs (network filesystem)",
-        nix_seed::jobs::network_default(cpus())
+        nix_seed::base::jobs::network_default(cpus())
     );
     assert!(err.contains(&want), "the start line should say{want}:\n{err}");
     eprintln!(

@@ -697,7 +697,7 @@ pub fn register(root: &Path, names: &[OsString]) {
     let mut some_output: Option<String> = None;
     for (i, n) in names.iter().enumerate() {
         let name = n.to_str().expect("store path names are UTF-8");
-        let nar = nix_seed::nar::hash_path(store.as_fd(), n, None).expect("NAR of a fixture path");
+        let nar = nix_seed::engines::nar::hash_path(store.as_fd(), n, None).expect("NAR of a fixture path");
         let path = format!("/nix/store/{name}");
         tx.execute(
             "INSERT INTO ValidPaths (path, hash, registrationTime, narSize, ultimate) VALUES (?1, ?2, ?3, ?4, 1)",

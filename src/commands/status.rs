@@ -1,0 +1,187 @@
+//! `nix-seed status`: what an image still lacks in the target, read without any lock and
+//! without writing: store paths missing, registrations (the target's database against its
+//! store and against the image; where the image's came from) and the GC roots its last
+//! seed made. Its verdict and its exit code always agree.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::base::dirfd::open_dir;
+use crate::base::preflight::{self, Checked};
+use crate::base::progress::Log;
+use crate::cli::StatusArgs;
+use crate::engines::nixdb;
+use crate::steps::plan::{self, Plan};
+use crate::steps::registrations;
+
+/// What the target's database says about its store and the image; all `None` without a
+/// database.
+#[derive(Default)]
+struct Registration {
+    /// Target store paths present but not registered.
+    unregistered: Option<usize>,
+    /// Registered paths missing from the target's store.
+    missing_registered: Option<usize>,
+    /// Image paths not registered in the target.
+    image_unregistered: Option<usize>,
+    journal_mode: Option<&'static str>,
+}
+
+/// Read the target's database (read-only), if it has one.
+fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
+    let mut r = Registration::default();
+    let Ok(var) = open_dir(c.target.as_fd(), "var") else {
+        return Ok(r);
+    };
+    let var_path = c.target_path.join("var");
+    let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? else {
+        return Ok(r);
+    };
+    if !crate::base::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE)) {
+        return Ok(r);
+    }
+    let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
+    r.journal_mode = Some(if db.wal { "wal" } else { "rollback" });
+    if db.wal && crate::base::dirfd::is_network_fs(d.as_fd()) {
+        log.warn(&wal_on_network_fs(&db.path));
+    }
+    let registered = db.registered()?;
+    let present: HashSet<String> = match plan::open_target_store(c)? {
+        Some(fd) => crate::base::dirfd::list(fd.as_fd())?
+            .into_iter()
+            .filter_map(|e| e.name.into_string().ok())
+            .filter(|n| plan::is_store_path_name(n.as_bytes()))
+            .collect(),
+        None => HashSet::new(),
+    };
+    r.unregistered = Some(present.iter().filter(|n| !registered.contains(*n)).count());
+    r.missing_registered = Some(registered.iter().filter(|n| !present.contains(*n)).count());
+    r.image_unregistered = Some(
+        plan.source
+            .iter()
+            .filter(|n| n.to_str().is_some_and(|n| !registered.contains(n)))
+            .count(),
+    );
+    Ok(r)
+}
+
+/// "seeded", or what is not and the command that repairs it.
+fn verdict(plan: &Plan, not_registered: usize, roots_missing: usize, seeded: bool) -> String {
+    if seeded {
+        return "seeded".to_string();
+    }
+    let mut why = Vec::new();
+    if !plan.missing.is_empty() {
+        why.push(format!("{} store paths missing", plan.missing.len()));
+    }
+    if not_registered > 0 {
+        why.push(format!("{not_registered} not registered"));
+    }
+    if roots_missing > 0 {
+        why.push(format!("{roots_missing} GC roots missing"));
+    }
+    if !plan.image_marked {
+        why.push("no complete seed recorded".to_string());
+    }
+    // A marked image is skipped by a plain seed's fast path: drift needs --recheck.
+    let fix = if plan.image_marked {
+        "nix-seed seed --recheck"
+    } else {
+        "nix-seed seed"
+    };
+    format!("not seeded ({}): run `{fix}` to repair", why.join(", "))
+}
+
+pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
+    let c = preflight::check(&args.paths.source, &args.paths.target, false, false)?;
+    let plan = Plan::compute(&c)?;
+    // Registration: what the target's database says about its store.
+    let Registration {
+        unregistered,
+        missing_registered,
+        image_unregistered,
+        journal_mode,
+    } = registration(&c, &plan, log)?;
+    // Where the registrations came from (or would come from), and the roots the last
+    // complete seed made, each still there.
+    let record = crate::steps::state::read_record(c.target.as_fd(), &c.target_path, &plan.image_id)?;
+    let registrations = match record.as_ref().and_then(|r| r.registrations) {
+        Some(r) if plan.image_marked => r,
+        _ => registrations::expected(
+            &registrations::describe(&c, args.paths.registration.as_deref(), &plan.source)?,
+            &plan.source,
+        ),
+    };
+    let roots_missing = match record.as_ref().and_then(|r| r.roots.as_ref()) {
+        Some(names) => crate::steps::gcroots::missing(c.target.as_fd(), &plan.image_id, names)?,
+        None => Vec::new(),
+    };
+    // The verdict, and the exit code: every store path of the image present, registered
+    // and rooted, and the image marked (so that the next `seed` is a no-op that tells the
+    // truth).
+    let not_registered = image_unregistered.unwrap_or(plan.source.len());
+    let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
+    let verdict = verdict(&plan, not_registered, roots_missing.len(), seeded);
+    let fields = json!({
+        "source": c.source_path.to_string_lossy(),
+        "source_store_paths": plan.source.len(),
+        "target": c.target_path.to_string_lossy(),
+        "target_store_paths": plan.target_count,
+        "missing_store_paths": plan.missing.len(),
+        "image_unregistered": image_unregistered,
+        "present_unregistered": unregistered,
+        "registered_missing": missing_registered,
+        "journal_mode": journal_mode,
+        "registrations": registrations,
+        "gc_roots_missing": roots_missing,
+        "image_id": plan.image_id,
+        "image_marked": plan.image_marked,
+        "image_seeded": seeded,
+    });
+    let count = |o: Option<usize>| o.map_or("- (no database)".to_string(), |n| n.to_string());
+    let text = format!(
+        "source: {} ({} store paths)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
+         image paths not registered in the target: {}\n\
+         target paths present but not registered: {}\n\
+         target paths registered but missing: {}\njournal mode: {}\nregistrations: {}\n\
+         GC roots missing: {}\nimage {}: {}",
+        c.source_path.display(),
+        plan.source.len(),
+        c.target_path.display(),
+        plan.target_count,
+        plan.missing.len(),
+        count(image_unregistered),
+        count(unregistered),
+        count(missing_registered),
+        journal_mode.unwrap_or("- (no database)"),
+        registrations.text(),
+        roots_missing.len(),
+        plan.image_id,
+        verdict
+    );
+    log.report(&text, fields);
+    for n in &plan.missing {
+        log.detail(
+            "missing",
+            &format!("missing {}", n.to_string_lossy()),
+            json!({"path": n.to_string_lossy()}),
+        );
+    }
+    Ok(seeded)
+}
+
+/// The warning for a target database in WAL mode on a network filesystem.
+pub fn wal_on_network_fs(db: &std::path::Path) -> String {
+    format!(
+        "{} is in WAL mode on a network filesystem: every pod with use-sqlite-wal = false fails to open \
+         it (\"unable to open database file\"), and WAL does not work across hosts; set use-sqlite-wal = \
+         false in every pod's nix.conf, then, with no Nix process using the store, convert it back: \
+         sqlite3 {} 'PRAGMA journal_mode=DELETE'",
+        db.display(),
+        db.display()
+    )
+}

@@ -1,0 +1,312 @@
+//! The slow path's steps, under the seed lock and Nix's locks, each a method of [`Run`]
+//! called in order by [`super::seed`].
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use crate::base::preflight::Checked;
+use crate::base::progress::{self, Log, PathEvents};
+use crate::cli::SeedArgs;
+use crate::engines::copy::{self, Counters, Engine, Stopped};
+use crate::engines::lock::Held;
+use crate::engines::nixdb::{refusal, with_target_db};
+use crate::steps::plan::{self, ensure_target_store, list_store, Plan};
+use crate::steps::profiles;
+use crate::steps::registrations::{self, Complete, Described, InTarget};
+use crate::steps::repair;
+use crate::steps::report::Report;
+use crate::steps::state;
+
+/// One slow-path run, under the seed lock and Nix's locks: each step a method (the steps
+/// that make the image valid, from registering on, are in `valid.rs`).
+pub(crate) struct Run<'a> {
+    pub(crate) c: Checked,
+    pub(crate) args: &'a SeedArgs,
+    pub(crate) log: &'a Arc<Log>,
+    pub(crate) held: &'a Held,
+    pub(crate) interrupted: &'a Arc<AtomicBool>,
+    pub(crate) plan: Plan,
+    counters: Arc<Counters>,
+    pub(crate) engine: Engine,
+    /// What the image says of its paths (read before the locks), until the registrations
+    /// are completed.
+    described: Option<Described>,
+    /// Every image path's registration, once completed.
+    pub(crate) regs: Option<Complete>,
+    pub(crate) report: Report,
+    size: plan::Size,
+    store: Option<OwnedFd>,
+    copied: HashSet<OsString>,
+    /// The target store's names once the content checks passed: under Nix's locks, what
+    /// var/'s new database and the registration are made from (listed once: on a network
+    /// filesystem a listing is many round trips).
+    pub(crate) present: HashSet<OsString>,
+    pub(crate) checks: repair::Outcome,
+    /// Names of the store paths valid in the target after registering.
+    pub(crate) valid: HashSet<String>,
+    /// Image paths that could not be registered, with why.
+    pub(crate) unregistrable: Vec<String>,
+    /// The image's profiles, and whether var/ was created whole by this run (its profiles
+    /// with it).
+    pub(crate) profiles: Vec<profiles::ImageProfile>,
+    pub(crate) var_created: bool,
+    /// The names of the image's GC roots (the tops of its closure valid here).
+    pub(crate) roots: Vec<String>,
+}
+
+impl<'a> Run<'a> {
+    /// Invalidate the image's marker: from here on the store and the database change,
+    /// and a crash must leave the next run the slow path. `described` is what the image
+    /// says of its paths, read before the locks.
+    pub(crate) fn start(
+        c: Checked,
+        args: &'a SeedArgs,
+        log: &'a Arc<Log>,
+        held: &'a Held,
+        interrupted: &'a Arc<AtomicBool>,
+        plan: Plan,
+        described: Described,
+    ) -> Result<Run<'a>> {
+        // The target's database, if any, must be one nix-seed can register in: refused
+        // here, before anything is written.
+        with_target_db(&c, args.lock_timeout, log, |_| Ok(())).map_err(refusal)?;
+        state::unmark(&c, &plan.image_id)?;
+        let counters = Arc::new(Counters::default());
+        // The target filesystem's facts are probed in prepare_store, before anything is
+        // copied.
+        let engine = Engine::new(
+            counters.clone(),
+            vec![interrupted.clone(), held.lost.clone()],
+            copy::TargetFs::capable(),
+        );
+        let mut report = Report::new(&c, &plan);
+        report.locked = true;
+        Ok(Run {
+            c,
+            args,
+            log,
+            held,
+            interrupted,
+            plan,
+            counters,
+            engine,
+            described: Some(described),
+            regs: None,
+            report,
+            size: plan::Size::default(),
+            store: None,
+            copied: HashSet::new(),
+            present: HashSet::new(),
+            checks: repair::Outcome::default(),
+            valid: HashSet::new(),
+            unregistrable: Vec::new(),
+            profiles: Vec::new(),
+            var_created: false,
+            roots: Vec::new(),
+        })
+    }
+
+    pub(crate) fn lost(&self) -> bool {
+        self.held.lost.load(Ordering::Relaxed) || self.interrupted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn store(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.store.as_ref().expect("prepare_store ran").as_fd()
+    }
+
+    /// Enough space and inodes? Measured on the source, refused before anything is copied;
+    /// then one line saying what will be copied (a long first seed is otherwise silent
+    /// until the first progress line).
+    pub(crate) fn check_space(&mut self) -> Result<()> {
+        let c = &self.c;
+        let block = nix::sys::statvfs::fstatvfs(c.target.as_fd())
+            .with_context(|| format!("cannot statfs {}", c.target_path.display()))?
+            .fragment_size() as u64;
+        self.size = plan::measure(c, &self.plan.missing, block, self.args.jobs as usize)?;
+        self.counters.bytes_total.store(self.size.bytes, Ordering::Relaxed);
+        if let Some(why) = plan::room(c, self.plan.missing.len(), self.size)? {
+            anyhow::bail!(why);
+        }
+        if !self.plan.missing.is_empty() {
+            self.log.event(
+                progress::Level::Info,
+                "start",
+                &format!(
+                    "copying {} ({}, {}) of {} to {} with {}",
+                    progress::count(self.plan.missing.len() as u64, "store path", "store paths"),
+                    progress::count(self.size.files, "file", "files"),
+                    indicatif::HumanBytes(self.size.bytes),
+                    self.plan.source.len(),
+                    c.target_path.display(),
+                    self.args.jobs_text()
+                ),
+                json!({"paths": self.plan.missing.len(), "files": self.size.files, "bytes": self.size.bytes,
+                       "jobs": self.args.jobs, "jobs_why": self.args.jobs_why}),
+            );
+        }
+        Ok(())
+    }
+
+    /// `TARGET/store` exists, holds no leftovers of a killed run, and can hold a Nix store.
+    pub(crate) fn prepare_store(&mut self) -> Result<()> {
+        let store = ensure_target_store(&self.c)?;
+        let (c, log) = (&self.c, self.log);
+        let store_path = c.target_path.join("store");
+        let mut removed = 0;
+        for (fd, path) in [(store.as_fd(), &store_path), (c.target.as_fd(), &c.target_path)] {
+            let (n, problems) = crate::base::dirfd::remove_leftovers(fd, path)
+                .with_context(|| format!("cannot list {}", path.display()))?;
+            removed += n;
+            for p in problems {
+                log.warn(&p);
+            }
+        }
+        if removed > 0 {
+            log.info(&format!(
+                "removed {removed} temporary entries left by an interrupted earlier run"
+            ));
+        }
+        let (fs, warnings) = copy::TargetFs::probe(store.as_fd(), &store_path, &c.target_path)?;
+        for w in warnings {
+            log.warn(&w);
+        }
+        self.engine.fs = fs;
+        self.store = Some(store);
+        Ok(())
+    }
+
+    /// Copy the missing store paths, each published atomically.
+    pub(crate) fn copy(&mut self) -> Result<()> {
+        let store_path = self.c.target_path.join("store");
+        let t0 = Instant::now();
+        let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.output.progress);
+        let copied = self.engine.copy_store_paths(
+            (&self.c.source_store_path, self.c.source_store.as_fd()),
+            (&store_path, self.store()),
+            &self.plan.missing,
+            self.args.jobs as usize,
+            &PathEvents(self.log),
+        );
+        bar.finish();
+        self.report.copy_seconds = t0.elapsed().as_secs_f64();
+        self.report.take_counters(&self.counters);
+        match copied {
+            Ok(v) => {
+                self.copied = v.into_iter().collect();
+                Ok(())
+            }
+            Err(e) if copy::has_errno(&e, &[libc::ENOSPC]) => Err(anyhow::anyhow!(
+                "not enough space in {}: the disk filled up while copying ({e:#}); free space or grow the \
+                 volume, then run again (nothing half-copied is left)",
+                self.c.target_path.display()
+            )),
+            // A holder that was frozen past --lock-stale and taken over can hit errors
+            // (ESTALE, ENOENT: the new holder claimed its temporaries) before its heartbeat
+            // notices: say what happened, not only the symptom. An ESTALE/ENOENT is checked
+            // again for up to 2 s: a network filesystem's client that was frozen can show
+            // the old lock file from its caches for a moment.
+            Err(e)
+                if !self.held.still_ours()
+                    || (copy::has_errno(&e, &[libc::ESTALE, libc::ENOENT])
+                        && !self.held.still_ours_within(std::time::Duration::from_secs(2))) =>
+            {
+                Err(e.context(format!(
+                    "lost lock {}: another seeder took it over (this one was stalled past --lock-stale); stopped",
+                    self.held.path.display()
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Complete the image's registrations (see [`crate::steps::registrations`]): under the locks,
+    /// with the target's registrations as they are now.
+    pub(crate) fn complete_registrations(&mut self) -> Result<()> {
+        let d = self.described.take().expect("start ran");
+        let undescribed: Vec<String> = registrations::undescribed(&d, &self.plan.source)
+            .iter()
+            .map(|n| format!("{}{}", registrations::STORE_DIR, n.to_string_lossy()))
+            .collect();
+        let target = with_target_db(&self.c, self.args.lock_timeout, self.log, |db| match db {
+            Some(db) => Ok(InTarget {
+                registered: db.registered()?,
+                rows: db.registrations_of(&undescribed)?,
+            }),
+            None => Ok(InTarget::default()),
+        })?;
+        let (lost, stop) = (self.held.lost.clone(), self.interrupted.clone());
+        let stopped = move || lost.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed);
+        let regs = registrations::complete(
+            d,
+            &self.c,
+            &self.plan.source,
+            target,
+            self.args.jobs as usize,
+            &stopped,
+            self.log,
+        )?;
+        if stopped() {
+            return Err(Stopped.into());
+        }
+        self.report.registrations = Some(regs.counts);
+        self.regs = Some(regs);
+        Ok(())
+    }
+
+    /// Hash what needs hashing before anything is registered (see [`repair`]).
+    pub(crate) fn check_contents(&mut self) -> Result<()> {
+        let regs = self.regs.as_ref().expect("complete_registrations ran");
+        let src = &regs.db;
+        let store = self.store.as_ref().expect("prepare_store ran").as_fd();
+        if self.args.verify {
+            repair::verify_copies(
+                &self.c,
+                store,
+                src,
+                &|p| regs.origin_of(p),
+                &self.copied,
+                self.args.jobs as usize,
+                self.log,
+                &mut self.checks,
+            );
+        }
+        let registered = with_target_db(&self.c, self.args.lock_timeout, self.log, |db| match db {
+            Some(db) => db.registered(),
+            None => Ok(HashSet::new()),
+        })?;
+        let present = list_store(&self.c, store)?;
+        repair::check_unregistered(
+            &self.engine,
+            &self.c,
+            store,
+            src,
+            &|p| regs.origin_of(p),
+            &present,
+            &self.copied,
+            &registered,
+            self.log,
+            &mut self.checks,
+        )?;
+        for p in &self.checks.problems {
+            self.log.error(p);
+        }
+        if !self.checks.problems.is_empty() {
+            anyhow::bail!(
+                "{} store paths in {}/store do not match their registrations (see above); they were removed \
+                 and nothing was registered; the image (or its registration file) is corrupt: rebuild it",
+                self.checks.problems.len(),
+                self.c.target_path.display()
+            );
+        }
+        // A replacement keeps its name: the listing still holds.
+        self.present = present;
+        Ok(())
+    }
+}
