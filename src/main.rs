@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use clap::Parser;
-use nix_seed::base::preflight::Invalid;
+use nix_seed::base::error::Invalid;
+use nix_seed::base::error::Stopped;
+use nix_seed::base::error::Timeout;
 use nix_seed::base::progress::Log;
 use nix_seed::cli::{Cli, Command};
 use nix_seed::commands::seed;
-use nix_seed::engines::copy::Stopped;
-use nix_seed::engines::lock::Timeout;
 use nix_seed::steps::report;
 
 const FAILURE: u8 = 1;

@@ -1,8 +1,11 @@
 //! The base layer: what every layer above uses and that imports nothing of theirs.
 
 pub mod dirfd;
+pub mod error;
 pub mod failpoint;
 pub mod jobs;
+pub mod layout;
 pub(crate) mod pool;
 pub mod preflight;
 pub mod progress;
+pub mod store_path;

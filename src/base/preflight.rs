@@ -1,7 +1,7 @@
 //! Validate source and target before touching anything. Every refusal is one line that
 //! names the path and says what to do; it maps to exit code 2 and nothing is written.
 
-use std::fmt;
+use crate::base::error::Invalid;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -10,18 +10,6 @@ use nix::sys::statvfs::{fstatvfs, FsFlags};
 use nix::unistd::{access, AccessFlags};
 
 use crate::base::dirfd::{open_dir, open_root};
-
-/// The user asked for something that cannot work: exit code 2, nothing was written.
-#[derive(Debug)]
-pub struct Invalid(pub String);
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Invalid {}
 
 fn invalid<T>(msg: String) -> Result<T, Invalid> {
     Err(Invalid(msg))
@@ -35,6 +23,8 @@ pub struct Checked {
     pub source_store: OwnedFd,
     pub target_path: PathBuf,
     pub target: OwnedFd,
+    /// The target's entries, as messages show them.
+    pub layout: crate::base::layout::Layout,
 }
 
 pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write: bool) -> Result<Checked, Invalid> {
@@ -43,7 +33,7 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         "source",
         "pass --source with the image's Nix root (default /nix)",
     )?;
-    let src_store_path = src.join("store");
+    let src_store_path = src.join(crate::base::layout::STORE);
     if !src_store_path.is_dir() {
         return invalid(format!(
             "source {} has no store/ directory: --source must be a Nix root, the directory \
@@ -117,6 +107,7 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         source: source_fd,
         source_store_path: src_store_path,
         source_store: store_fd,
+        layout: crate::base::layout::Layout::new(&tgt),
         target_path: tgt,
         target: target_fd,
     })

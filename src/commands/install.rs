@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::base::preflight::Invalid;
+use crate::base::error::Invalid;
 
 pub fn install(dest: &Path) -> Result<PathBuf> {
     let dest = if dest.is_dir() {

@@ -24,7 +24,7 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde_json::json;
 
 use crate::base::dirfd::{file_type, lstat_at, open_dir, open_dir_if_exists, remove_tree_at};
-use crate::base::preflight::Invalid;
+use crate::base::error::Invalid;
 use crate::base::progress::{count, Log};
 use crate::cli::PruneArgs;
 use crate::commands::images::{self, Disk, Image};
@@ -229,7 +229,7 @@ fn retire_roots(disk: &Disk, img: &Image) -> Result<()> {
 
 /// Enter the `.nix-seed/db-lock` window for the disk's database, if it has one.
 fn db_window(disk: &Disk, log: &Arc<Log>) -> Result<Option<crate::engines::nixdb::DbWindow>> {
-    let var_path = disk.path.join("var");
+    let var_path = disk.path.join(crate::base::layout::VAR);
     let Some(var) = open_dir_if_exists(disk.root.as_fd(), "var")? else {
         return Ok(None);
     };

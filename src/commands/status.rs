@@ -37,7 +37,7 @@ fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
     let Ok(var) = open_dir(c.target.as_fd(), "var") else {
         return Ok(r);
     };
-    let var_path = c.target_path.join("var");
+    let var_path = c.layout.var.clone();
     let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? else {
         return Ok(r);
     };
@@ -54,7 +54,7 @@ fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
         Some(fd) => crate::base::dirfd::list(fd.as_fd())?
             .into_iter()
             .filter_map(|e| e.name.into_string().ok())
-            .filter(|n| plan::is_store_path_name(n.as_bytes()))
+            .filter(|n| crate::base::store_path::is_store_path_name(n.as_bytes()))
             .collect(),
         None => HashSet::new(),
     };

@@ -43,7 +43,7 @@ pub fn check(store: BorrowedFd, items: &[Expect], jobs: usize) -> Vec<String> {
 }
 
 fn check_one(store: BorrowedFd, e: &Expect) -> Vec<String> {
-    let name = crate::steps::plan::store_name(&e.path);
+    let name = crate::base::store_path::store_name(&e.path);
     match lstat_at(store, name) {
         Ok(None) => return vec![format!("{}: registered but missing from the store", e.path)],
         Err(err) => return vec![format!("{}: cannot stat: {err}", e.path)],
@@ -95,7 +95,7 @@ pub fn run(args: &crate::cli::VerifyArgs, log: &crate::base::progress::Log) -> R
 
 /// A target that cannot be verified at all is the caller's mistake: exit 2, like `status`.
 fn unusable(target: &Path, what: std::fmt::Arguments) -> anyhow::Error {
-    crate::base::preflight::Invalid(format!(
+    crate::base::error::Invalid(format!(
         "{} {what}: --target must be a Nix root that was seeded (it holds store/ and var/nix/db)",
         target.display()
     ))
@@ -108,7 +108,7 @@ pub fn verify_target(target: &Path, only: &[String], jobs: usize) -> Result<(usi
         open_dir(root.as_fd(), "store").map_err(|e| unusable(target, format_args!("has no store/ directory ({e})")))?;
     let var =
         open_dir(root.as_fd(), "var").map_err(|e| unusable(target, format_args!("has no var/ directory ({e})")))?;
-    let var_path = target.join("var");
+    let var_path = target.join(crate::base::layout::VAR);
     let db_dir = nixdb::open_db_dir(var.as_fd(), &var_path)?
         .filter(|d| crate::base::dirfd::has_file(d.as_fd(), std::ffi::OsStr::new(nixdb::DB_FILE)))
         .ok_or_else(|| unusable(target, format_args!("has no Nix database (var/nix/db/db.sqlite)")))?;
@@ -122,8 +122,11 @@ pub fn verify_target(target: &Path, only: &[String], jobs: usize) -> Result<(usi
     } else {
         let mut v = Vec::new();
         for want in only {
-            let name = crate::steps::plan::store_name(want.trim_end_matches('/'));
-            match all.iter().find(|(p, _, _)| crate::steps::plan::store_name(p) == name) {
+            let name = crate::base::store_path::store_name(want.trim_end_matches('/'));
+            match all
+                .iter()
+                .find(|(p, _, _)| crate::base::store_path::store_name(p) == name)
+            {
                 Some((path, hash, nar_size)) => v.push(Expect {
                     path: path.clone(),
                     hash: hash.clone(),

@@ -30,7 +30,7 @@ pub struct NixLocks {
 }
 
 /// `LOCK_SH` on `name`, waiting at most `timeout` for `what` (the exclusive holder) to
-/// finish; then [`crate::engines::lock::Timeout`] (exit 3) names the file and what to do.
+/// finish; then [`crate::base::error::Timeout`] (exit 3) names the file and what to do.
 fn shared_lock(
     dir: BorrowedFd,
     name: &str,
@@ -46,7 +46,7 @@ fn shared_lock(
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
         Mode::from_bits_truncate(0o600),
     )
-    .map_err(|e| crate::base::preflight::Invalid(crate::base::dirfd::open_problem(e, shown)))?;
+    .map_err(|e| crate::base::error::Invalid(crate::base::dirfd::open_problem(e, shown)))?;
     let f = File::from(fd);
     let t0 = Instant::now();
     wait_flock(
@@ -78,7 +78,7 @@ fn shared_lock(
 
 /// Wait until `flock(op | LOCK_NB)` on `f` (shown as `shown`) succeeds, polling every
 /// 100 ms: saying `waiting(waited)` every 5 s, stopping on `stop`, and giving up when
-/// `timeout` has passed since `t0` with [`crate::engines::lock::Timeout`] (exit 3) and
+/// `timeout` has passed since `t0` with [`crate::base::error::Timeout`] (exit 3) and
 /// `give_up(waited)`. Nix's locks and a profile's lock are all waited for this way.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn wait_flock(
@@ -101,11 +101,11 @@ pub(crate) fn wait_flock(
             Err(e) => return Err(e).with_context(|| format!("cannot lock {}", shown.display())),
         }
         if stop.load(Ordering::Relaxed) {
-            return Err(crate::engines::copy::Stopped.into());
+            return Err(crate::base::error::Stopped.into());
         }
         let waited = t0.elapsed();
         if waited >= timeout {
-            return Err(crate::engines::lock::Timeout(give_up(waited)).into());
+            return Err(crate::base::error::Timeout(give_up(waited)).into());
         }
         if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             said = Some(Instant::now());
@@ -123,7 +123,7 @@ impl NixLocks {
     /// up after `timeout` (`--lock-timeout`).
     pub fn acquire(c: &Checked, log: &Log, stop: &AtomicBool, timeout: Duration) -> Result<NixLocks> {
         let mut held = Vec::new();
-        let var = ensure_dir(c.target.as_fd(), c.source.as_fd(), "var", &c.target_path.join("var"))?;
+        let var = ensure_dir(c.target.as_fd(), c.source.as_fd(), "var", &c.layout.var)?;
         let nix_dir = ensure_dir(var.as_fd(), c.source.as_fd(), "var/nix", &c.target_path.join("var/nix"))?;
         let shown = c.target_path.join("var/nix/gc.lock");
         held.push(shared_lock(

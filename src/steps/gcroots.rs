@@ -46,7 +46,7 @@ pub fn tops<'a>(src: &'a SourceDb, valid: &dyn Fn(&str) -> bool) -> Vec<&'a Vali
     let referenced: HashSet<&str> = src
         .refs
         .iter()
-        .filter(|(a, b)| a != b && valid(crate::steps::plan::store_name(a)))
+        .filter(|(a, b)| a != b && valid(crate::base::store_path::store_name(a)))
         .map(|(_, b)| b.as_str())
         .collect();
     src.paths

@@ -38,8 +38,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::preflight::Checked;
 use crate::base::progress::Log;
+use crate::base::store_path::store_name;
 use crate::engines::nixdb::{self, SourceDb, ValidPath};
-use crate::steps::plan::store_name;
 
 /// The store directory every image and pod sees.
 pub const STORE_DIR: &str = "/nix/store/";
@@ -95,11 +95,11 @@ fn registration_file(c: &Checked, explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 /// Read the image's database and registration file. `source` is the image's store path
-/// names. A garbage database or a malformed file is an [`crate::base::preflight::Invalid`]
+/// names. A garbage database or a malformed file is an [`crate::base::error::Invalid`]
 /// (exit 2); a file listing a path the image's store lacks does not describe this image
 /// (exit 1). Nothing is written either way.
 pub fn describe(c: &Checked, explicit: Option<&Path>, source: &[OsString]) -> Result<Described> {
-    let db_dir = c.source_path.join("var").join(nixdb::DB_DIR);
+    let db_dir = crate::base::layout::Layout::new(&c.source_path).db_dir;
     let (mut db, has_db) = match nixdb::read_source(&db_dir)? {
         Some(db) => (db, true),
         None => (SourceDb::default(), false),
@@ -120,7 +120,7 @@ pub fn describe(c: &Checked, explicit: Option<&Path>, source: &[OsString]) -> Re
     };
     let text = std::fs::read(&file)
         .with_context(|| format!("cannot read the registration file {}", file.display()))
-        .map_err(|e| crate::base::preflight::Invalid(format!("{e:#}")))?;
+        .map_err(|e| crate::base::error::Invalid(format!("{e:#}")))?;
     let text = String::from_utf8_lossy(&text);
     let rows = nixdb::reginfo::parse(&text, &file)?;
     let present: HashSet<&[u8]> = source

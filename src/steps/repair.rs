@@ -100,8 +100,8 @@ pub fn verify_copies(
         if mine.is_empty() {
             continue;
         }
-        let name = OsStr::new(crate::steps::plan::store_name(&p.path));
-        remove_ours(store, name, &c.target_path.join("store").join(name), log);
+        let name = OsStr::new(crate::base::store_path::store_name(&p.path));
+        remove_ours(store, name, &c.layout.store.join(name), log);
         for line in mine {
             out.problems
                 .push(format!("--verify: {line} ({}; copy removed)", origin(&p.path)));
@@ -129,7 +129,7 @@ pub fn check_unregistered(
         if !present.contains(name) || copied.contains(name) || registered.contains(p.name()) {
             continue;
         }
-        let shown = c.target_path.join("store").join(name);
+        let shown = c.layout.store.join(name);
         out.checked += 1;
         let Err(why) = matches(store, name, p) else {
             continue;
@@ -142,7 +142,7 @@ pub fn check_unregistered(
         ));
         let (files, bytes, problem) = engine.replace_store_path(
             (&c.source_store_path, c.source_store.as_fd()),
-            (&c.target_path.join("store"), store),
+            (&c.layout.store, store),
             name,
         )?;
         if let Some(p) = problem {

@@ -11,10 +11,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::base::error::Stopped;
 use crate::base::preflight::Checked;
 use crate::base::progress::{self, Log, PathEvents};
 use crate::cli::SeedArgs;
-use crate::engines::copy::{self, Counters, Engine, Stopped};
+use crate::engines::copy::{self, Counters, Engine};
 use crate::engines::lock::Held;
 use crate::engines::nixdb::{refusal, with_target_db};
 use crate::steps::plan::{self, ensure_target_store, list_store, Plan};
@@ -158,7 +159,7 @@ impl<'a> Run<'a> {
     pub(crate) fn prepare_store(&mut self) -> Result<()> {
         let store = ensure_target_store(&self.c)?;
         let (c, log) = (&self.c, self.log);
-        let store_path = c.target_path.join("store");
+        let store_path = c.layout.store.clone();
         let mut removed = 0;
         for (fd, path) in [(store.as_fd(), &store_path), (c.target.as_fd(), &c.target_path)] {
             let (n, problems) = crate::base::dirfd::remove_leftovers(fd, path)
@@ -184,7 +185,7 @@ impl<'a> Run<'a> {
 
     /// Copy the missing store paths, each published atomically.
     pub(crate) fn copy(&mut self) -> Result<()> {
-        let store_path = self.c.target_path.join("store");
+        let store_path = self.c.layout.store.clone();
         let t0 = Instant::now();
         let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.output.progress);
         let copied = self.engine.copy_store_paths(

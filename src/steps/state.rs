@@ -15,7 +15,7 @@
 //! and writes it only after the image's paths are registered and rooted. A crash anywhere
 //! in between leaves no marker, and the next run takes the slow path and repairs.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -27,28 +27,7 @@ use serde_json::json;
 use crate::base::dirfd::lstat_at;
 use crate::base::preflight::Checked;
 
-/// Our own directory at the top of the target: the lock and the per-image markers.
-pub const STATE_DIR: &str = ".nix-seed";
-pub const IMAGES_DIR: &str = "images";
-pub const LOCK_NAME: &str = "lock";
-pub const TAKEOVER_NAME: &str = "takeover";
-pub const DB_LOCK_RECORD: &str = "db-lock";
-pub const RECORDS_DIR: &str = "records";
-
-/// `TARGET/.nix-seed`, created if needed, never followed if it is a symlink.
-pub fn dir(target: BorrowedFd, target_path: &Path) -> Result<OwnedFd> {
-    use crate::base::dirfd::MkdirOpen;
-    match crate::base::dirfd::mkdir_open(target, STATE_DIR, Mode::from_bits_truncate(0o755)) {
-        Ok((fd, _)) => Ok(fd),
-        Err(MkdirOpen::Create(e)) => {
-            Err(e).with_context(|| format!("cannot create {}/{STATE_DIR}", target_path.display()))
-        }
-        Err(MkdirOpen::Open { err: e, .. }) => Err(anyhow::anyhow!(
-            "cannot open {}/{STATE_DIR} ({e}): it must be a directory, not a symlink or file; remove it",
-            target_path.display()
-        )),
-    }
-}
+pub use crate::base::layout::{state_dir as dir, DB_LOCK_RECORD, IMAGES_DIR, RECORDS_DIR, STATE_DIR};
 
 /// Whether image `id` is marked complete. Anything unexpected on the way (a symlink
 /// planted at `.nix-seed`) counts as no marker: the slow path then reports it.

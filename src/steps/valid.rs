@@ -11,8 +11,9 @@ use anyhow::{Context, Result};
 
 use super::run::Run;
 use crate::base::dirfd::open_dir;
+use crate::base::error::Stopped;
 use crate::cli::ProfilesMode;
-use crate::engines::copy::{Counters, Engine, Stopped};
+use crate::engines::copy::{Counters, Engine};
 use crate::engines::nixdb::{self, open_existing_db, with_db_dir};
 use crate::steps::gcroots;
 use crate::steps::profiles;
@@ -72,7 +73,7 @@ impl Run<'_> {
         let c = &self.c;
         let names: HashSet<&str> = self.present.iter().filter_map(|n| n.to_str()).collect();
         let lost = || self.lost();
-        let shown = c.target_path.join("var").join(nixdb::DB_DIR);
+        let shown = c.layout.db_dir.clone();
         let (r, valid) = with_db_dir(c, self.args.lock_timeout, self.log, |dir| {
             let dir = dir.with_context(|| format!("{} vanished", shown.display()))?;
             let r = nixdb::register_in_target(dir, &shown, src, &names, &lost)?;
@@ -125,13 +126,7 @@ impl Run<'_> {
         let valid = |name: &str| self.valid.contains(name) && image.contains(OsStr::new(name));
         let tops = gcroots::tops(src, &valid);
         let var_engine = Engine::new(Arc::new(Counters::default()), vec![], self.engine.fs.clone());
-        self.report.roots = gcroots::add(
-            &var_engine,
-            var.as_fd(),
-            &c.target_path.join("var"),
-            &self.plan.image_id,
-            &tops,
-        )?;
+        self.report.roots = gcroots::add(&var_engine, var.as_fd(), &c.layout.var, &self.plan.image_id, &tops)?;
         self.roots = tops.iter().map(|p| p.name().to_string()).collect();
         self.roots.sort();
         Ok(())

@@ -89,7 +89,7 @@ pub fn seed(
     skip: &(dyn Fn(&Path) -> bool + Sync),
 ) -> Result<Outcome> {
     let with_db = Some(holds);
-    let src_var = c.source_path.join("var");
+    let src_var = c.source_path.join(crate::base::layout::VAR);
     let image_var = lstat_at(c.source.as_fd(), "var")?.filter(|st| file_type(st) == SFlag::S_IFDIR);
     let Some(st) = image_var else {
         // An image without var/ (dockerTools and the like): only the database, in the
@@ -97,8 +97,8 @@ pub fn seed(
         let mut out = Outcome::default();
         let dst = open_dir(c.target.as_fd(), "var")
             .with_context(|| format!("cannot open {}/var (must be a directory)", c.target_path.display()))?;
-        if !has_db(dst.as_fd(), &c.target_path.join("var"))? {
-            out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"), holds)?;
+        if !has_db(dst.as_fd(), &c.layout.var)? {
+            out.db_created = add_db(c, dst.as_fd(), &c.layout.var, holds)?;
         }
         return Ok(out);
     };
@@ -117,7 +117,7 @@ pub fn seed(
             filter: Some(&filter),
             specials: Specials::Skip,
             src_path: src_var.clone(),
-            dst_path: c.target_path.join("var"),
+            dst_path: c.layout.var.clone(),
         };
         let built = eng.build_top(top)?;
         if let Some(holds) = with_db {
@@ -149,15 +149,15 @@ pub fn seed(
         eng,
         log,
         src_root: src_var,
-        dst_root: c.target_path.join("var"),
+        dst_root: c.layout.var.clone(),
         out,
         skip,
     };
     m.dir(src.as_fd(), dst.as_fd(), PathBuf::new())?;
     let mut out = m.out;
     if let Some(holds) = with_db {
-        if !has_db(dst.as_fd(), &c.target_path.join("var"))? {
-            out.db_created = add_db(c, dst.as_fd(), &c.target_path.join("var"), holds)?;
+        if !has_db(dst.as_fd(), &c.layout.var)? {
+            out.db_created = add_db(c, dst.as_fd(), &c.layout.var, holds)?;
         }
     }
     Ok(out)
@@ -174,7 +174,7 @@ fn has_db(var: BorrowedFd, var_path: &Path) -> Result<bool> {
 /// existing database). Owner and mode follow the image's file. Returns false if a
 /// database appeared meanwhile.
 fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path, holds: &dyn Fn(&str) -> bool) -> Result<bool> {
-    let src_db_dir = c.source_path.join("var").join(nixdb::DB_DIR);
+    let src_db_dir = crate::base::layout::Layout::new(&c.source_path).db_dir;
     let mk = |dir: BorrowedFd, name: &str| -> Result<std::os::fd::OwnedFd> {
         Ok(crate::base::dirfd::mkdir_open(dir, name, Mode::from_bits_truncate(0o755))?.0)
     };

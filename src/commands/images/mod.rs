@@ -22,7 +22,7 @@ use nix::sys::stat::SFlag;
 use serde_json::json;
 
 use crate::base::dirfd::{file_type, list, lstat_at, open_dir_if_exists, open_root, Listed};
-use crate::base::preflight::Invalid;
+use crate::base::error::Invalid;
 use crate::base::progress::{count, Log};
 use crate::engines::nixdb::{self, Graph};
 use crate::steps::state::{self, Record, IMAGES_DIR, RECORDS_DIR, STATE_DIR};
@@ -33,7 +33,7 @@ mod roots;
 const NIX: &str = "/nix/";
 const STORE: &str = "/nix/store/";
 
-/// An image id as [`crate::steps::plan::image_id`] makes it: 32 lowercase hex digits. Anything
+/// An image id as [`crate::base::store_path::image_id`] makes it: 32 lowercase hex digits. Anything
 /// else in nix-seed's directories (a temporary entry, something a pod put there) is not an
 /// image and is never touched.
 pub fn is_image_id(name: &[u8]) -> bool {
@@ -258,7 +258,7 @@ pub fn read(target: &Path, log: &Log) -> Result<Disk> {
 
 /// The target's database, read-only and without a write lock; an empty graph without one.
 fn read_graph(root: BorrowedFd, path: &Path, log: &Log) -> Result<(Graph, bool)> {
-    let var_path = path.join("var");
+    let var_path = path.join(crate::base::layout::VAR);
     let Some(var) = open_dir_if_exists(root, "var").with_context(|| format!("cannot open {}", var_path.display()))?
     else {
         return Ok((Graph::default(), false));
@@ -318,7 +318,7 @@ impl Disk {
 /// in SQLITE_BUSY, which `main` reports as a lock timeout (exit 3).
 pub fn wait_for_db(target: &Path, timeout: std::time::Duration, log: &std::sync::Arc<Log>) {
     let path = target.canonicalize().unwrap_or_else(|_| target.to_path_buf());
-    nixdb::set_busy_context(&path.join("var").join(nixdb::DB_DIR), timeout, log.clone());
+    nixdb::set_busy_context(&crate::base::layout::Layout::new(&path).db_dir, timeout, log.clone());
 }
 
 /// `nix-seed images`: one line per image, then the totals and the free space.

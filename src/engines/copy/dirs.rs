@@ -40,8 +40,9 @@ use nix::sys::stat::{fstatat, mkdirat, FileStat, Mode};
 
 use super::metadata::{self, Created, NewKind};
 use super::tree::Walk;
-use super::{Engine, Stopped};
+use super::Engine;
 use crate::base::dirfd::{open_dir, Listed};
+use crate::base::error::Stopped;
 
 /// Entries (files and symlinks) per task: small enough that a flat directory of a few
 /// thousand files spreads over every thread, large enough that spawning costs nothing next

@@ -13,6 +13,7 @@ pub mod target_fs;
 pub mod tree;
 pub use target_fs::TargetFs;
 
+use crate::base::error::Stopped;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -53,18 +54,6 @@ pub trait Events: Sync {
     fn path_skipped(&self, name: &OsStr, why: &str);
     fn warning(&self, msg: &str);
 }
-
-/// The run was asked to stop (signal, or the lock was taken over): not a copy failure.
-#[derive(Debug)]
-pub struct Stopped;
-
-impl std::fmt::Display for Stopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped")
-    }
-}
-
-impl std::error::Error for Stopped {}
 
 pub struct Engine {
     pub counters: Arc<Counters>,

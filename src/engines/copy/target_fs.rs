@@ -41,7 +41,7 @@ impl TargetFs {
         if let Some((link, why)) = metadata::symlinks_read_back(store)
             .with_context(|| format!("cannot probe symlinks in {}", store_path.display()))?
         {
-            return Err(crate::base::preflight::Invalid(format!(
+            return Err(crate::base::error::Invalid(format!(
                 "{} cannot hold a Nix store: a symlink to {link} created there {why}; on sshfs mount with \
                  -o no_contain_symlinks, elsewhere use a filesystem that keeps symlink targets as written",
                 store_path.display()

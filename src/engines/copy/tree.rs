@@ -21,8 +21,9 @@ use nix::unistd::symlinkat;
 
 use super::hardlinks::{self, Claim, Location, TopEntry};
 use super::metadata::{self, Created};
-use super::{Engine, Stopped};
+use super::Engine;
 use crate::base::dirfd::{file_type, kind_name};
+use crate::base::error::Stopped;
 
 /// What to do with an entry: copy it, or leave it out (runtime files in var/).
 pub type Filter<'a> = &'a (dyn Fn(&Path, &FileStat) -> bool + Sync);

@@ -16,7 +16,7 @@ use super::lease::{read_lease, write_lease, Me};
 use super::LOCK_NAME;
 use crate::base::dirfd::{file_type, lstat_at};
 
-use crate::steps::state::TAKEOVER_NAME;
+use crate::base::layout::TAKEOVER_NAME;
 
 pub(super) fn open_lock_file(dir: BorrowedFd, name: &str, path: &Path, excl: bool) -> Result<File> {
     // O_NONBLOCK: a FIFO planted at the name must not hang the open.
@@ -25,10 +25,10 @@ pub(super) fn open_lock_file(dir: BorrowedFd, name: &str, path: &Path, excl: boo
         flags |= OFlag::O_EXCL;
     }
     let fd = openat(dir, name, flags, Mode::from_bits_truncate(0o644))
-        .map_err(|e| crate::base::preflight::Invalid(crate::base::dirfd::open_problem(e, path)))?;
+        .map_err(|e| crate::base::error::Invalid(crate::base::dirfd::open_problem(e, path)))?;
     let st = fstat(fd.as_fd())?;
     if file_type(&st) != SFlag::S_IFREG {
-        return Err(crate::base::preflight::Invalid(format!(
+        return Err(crate::base::error::Invalid(format!(
             "lock file {} is not a regular file: remove it",
             path.display()
         ))

@@ -26,6 +26,7 @@
 //! [`lease`], the lock file's kernel lock and the takeover in `file`, the holder's
 //! heartbeat in `heartbeat`.
 
+use crate::base::error::Timeout;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -38,8 +39,8 @@ use anyhow::Result;
 use nix::sys::stat::fstat;
 use serde_json::json;
 
+use crate::base::layout::{state_dir, STATE_DIR};
 use crate::base::progress::{Level, Log};
-use crate::steps::state::{dir as state_dir, STATE_DIR};
 
 mod file;
 mod heartbeat;
@@ -50,7 +51,7 @@ use heartbeat::Intruders;
 pub use lease::Lease;
 use lease::{read_lease, Me};
 
-pub use crate::steps::state::LOCK_NAME;
+pub use crate::base::layout::LOCK_NAME;
 const POLL: Duration = Duration::from_millis(100);
 const SAY_EVERY: Duration = Duration::from_secs(5);
 
@@ -65,18 +66,6 @@ pub const MIN_STALE: Duration = Duration::from_secs(3);
 /// A lease's heartbeat period is honoured up to this (it is untrusted input: a huge one
 /// must not make a lost node's lock unbreakable).
 const HEARTBEAT_HONOURED_MAX: Duration = Duration::from_secs(60);
-
-/// Gave up waiting for the lock: exit code 3.
-#[derive(Debug)]
-pub struct Timeout(pub String);
-
-impl std::fmt::Display for Timeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Timeout {}
 
 pub struct Config {
     pub timeout: Duration,
@@ -164,7 +153,7 @@ pub fn acquire(
 ) -> Result<Held> {
     // Before the lock nothing was written: a state directory that cannot be used is a
     // refusal (exit 2). Later (a symlink swapped in mid-run) it is a failure.
-    let dir = Arc::new(state_dir(target, target_path).map_err(|e| crate::base::preflight::Invalid(format!("{e:#}")))?);
+    let dir = Arc::new(state_dir(target, target_path).map_err(|e| crate::base::error::Invalid(format!("{e:#}")))?);
     let lock_path = target_path.join(STATE_DIR).join(LOCK_NAME);
     let me = Arc::new(Me::new(cfg.heartbeat()));
     let t0 = Instant::now();
@@ -174,7 +163,7 @@ pub fn acquire(
 
     loop {
         if interrupted.load(Ordering::Relaxed) {
-            return Err(crate::engines::copy::Stopped.into());
+            return Err(crate::base::error::Stopped.into());
         }
         let f = open_lock_file(dir.as_fd(), LOCK_NAME, &lock_path, false)?;
         let got = try_flock(&f).map_err(|e| {

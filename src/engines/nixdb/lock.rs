@@ -82,7 +82,7 @@ pub struct DbWindow {
     state: std::os::fd::OwnedFd,
 }
 
-pub use crate::steps::state::DB_LOCK_RECORD as DB_WINDOW_RECORD;
+pub use crate::base::layout::DB_LOCK_RECORD as DB_WINDOW_RECORD;
 
 /// The open window's `.nix-seed/` (one per process: nix-seed registers in one database).
 static WINDOW: std::sync::Mutex<Option<std::os::fd::OwnedFd>> = std::sync::Mutex::new(None);

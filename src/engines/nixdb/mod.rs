@@ -57,9 +57,7 @@ pub use schema::{is_wal, Extra, SourceDb, ValidPath};
 pub use source::{create, read_source};
 pub use target::{open_db_dir, open_target, register_in_target, Graph, Registered, TargetDb};
 
-/// The database directory, relative to var/.
-pub const DB_DIR: &str = "nix/db";
-pub const DB_FILE: &str = "db.sqlite";
+pub use crate::base::layout::{DB_DIR, DB_FILE};
 pub const SCHEMA_VERSION: &str = "10";
 /// Nix 2.26's record that the CA-derivations migration ran on this database: it belongs
 /// with the database, so it is written together with a database nix-seed creates and

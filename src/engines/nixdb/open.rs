@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::{open_db_dir, open_target, set_busy_context, DbWindow, TargetDb, DB_DIR, DB_FILE};
-use crate::base::preflight::{self, Checked};
+use super::{open_db_dir, open_target, set_busy_context, DbWindow, TargetDb, DB_FILE};
+use crate::base::preflight::Checked;
 use crate::base::progress::Log;
 
 /// A target database nix-seed cannot register in (another schema, not a Nix database,
@@ -20,10 +20,10 @@ pub fn refusal(e: anyhow::Error) -> anyhow::Error {
         matches!(c.downcast_ref::<rusqlite::Error>(),
                  Some(rusqlite::Error::SqliteFailure(f, _)) if f.code == rusqlite::ErrorCode::DatabaseBusy)
     });
-    if busy || e.downcast_ref::<preflight::Invalid>().is_some() {
+    if busy || e.downcast_ref::<crate::base::error::Invalid>().is_some() {
         return e;
     }
-    preflight::Invalid(format!("{e:#}; nothing was written")).into()
+    crate::base::error::Invalid(format!("{e:#}; nothing was written")).into()
 }
 
 /// `TARGET/var`, if it exists. Absent is "no database yet"; anything else (a symlink
@@ -48,13 +48,13 @@ pub fn with_db_dir<T>(
     f: impl FnOnce(Option<BorrowedFd>) -> Result<T>,
 ) -> Result<T> {
     let Some(var) = open_var(c)? else { return f(None) };
-    let Some(db_dir) = open_db_dir(var.as_fd(), &c.target_path.join("var"))? else {
+    let Some(db_dir) = open_db_dir(var.as_fd(), &c.layout.var)? else {
         return f(None);
     };
-    let db_path = c.target_path.join("var").join(DB_DIR);
+    let db_path = c.layout.db_dir.clone();
     set_busy_context(&db_path, lock_timeout, log.clone());
     let window = DbWindow::enter(
-        crate::steps::state::dir(c.target.as_fd(), &c.target_path)?,
+        crate::base::layout::state_dir(c.target.as_fd(), &c.target_path)?,
         Some(db_dir.as_fd()),
         &db_path,
         log,
@@ -86,7 +86,7 @@ pub fn open_existing_db(c: &Checked, db_dir: BorrowedFd) -> Result<Option<Target
     if !crate::base::dirfd::has_file(db_dir, OsStr::new(DB_FILE)) {
         return Ok(None);
     }
-    let shown = c.target_path.join("var").join(DB_DIR);
+    let shown = c.layout.db_dir.clone();
     Ok(Some(open_target(db_dir, &shown, false)?))
 }
 
@@ -97,7 +97,7 @@ pub fn recover_db_lock(c: &Checked, lock_timeout: Duration, log: &Arc<Log>) -> R
     with_db_dir(c, lock_timeout, log, |_| Ok(()))?;
     // Without a database directory no window was entered, and no lock can be left: the
     // record must go all the same, or every pod start would take the slow path.
-    let state = crate::steps::state::dir(c.target.as_fd(), &c.target_path)?;
+    let state = crate::base::layout::state_dir(c.target.as_fd(), &c.target_path)?;
     match nix::unistd::unlinkat(
         state.as_fd(),
         super::DB_WINDOW_RECORD,
@@ -108,7 +108,7 @@ pub fn recover_db_lock(c: &Checked, lock_timeout: Duration, log: &Arc<Log>) -> R
             format!(
                 "cannot remove {}/{}/{}",
                 c.target_path.display(),
-                crate::steps::state::STATE_DIR,
+                crate::base::layout::STATE_DIR,
                 super::DB_WINDOW_RECORD
             )
         }),

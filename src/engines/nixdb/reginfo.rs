@@ -13,7 +13,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-use crate::base::preflight::Invalid;
+use crate::base::error::Invalid;
 
 /// One store path's registration, as Nix stores it in `ValidPaths` and `Refs`.
 #[derive(Debug, Clone, PartialEq, Eq)]

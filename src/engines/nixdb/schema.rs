@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use rusqlite::Connection;
 
-use crate::base::preflight::Invalid;
+use crate::base::error::Invalid;
 
 /// One `ValidPaths` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub struct ValidPath {
 impl ValidPath {
     /// The store path's name (`/nix/store/<name>`).
     pub fn name(&self) -> &str {
-        crate::steps::plan::store_name(&self.path)
+        crate::base::store_path::store_name(&self.path)
     }
 }
 

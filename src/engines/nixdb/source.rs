@@ -13,7 +13,7 @@ use super::schema::{check_schema, read_schema_file, select_extra, Extra, Side, S
 use super::vfs::InDir;
 use super::walcopy::{copy_with_wal, needs_copy, side, PrivateDir};
 use super::{DB_FILE, SCHEMA_VERSION};
-use crate::base::preflight::Invalid;
+use crate::base::error::Invalid;
 
 /// The image's database, open; with the private copy it was read from, if any (dropped
 /// after the connection: fields drop in order).
@@ -267,7 +267,7 @@ fn drop_unheld(db: &mut Connection, holds: &dyn Fn(&str) -> bool) -> Result<()> 
             .collect::<Result<_, _>>()?;
         let mut add = tx.prepare("INSERT INTO nix_seed_drop (id) VALUES (?1)")?;
         for (id, path) in rows {
-            if !holds(crate::steps::plan::store_name(&path)) {
+            if !holds(crate::base::store_path::store_name(&path)) {
                 add.execute([id])?;
             }
         }

@@ -182,7 +182,7 @@ impl TargetDb {
             .with_context(|| format!("cannot read the target's database {}", self.path.display()))?;
         let v = st
             .query_map([], |r| r.get::<_, String>(0))?
-            .map(|p| p.map(|p| crate::steps::plan::store_name(&p).to_string()))
+            .map(|p| p.map(|p| crate::base::store_path::store_name(&p).to_string()))
             .collect::<Result<HashSet<_>, _>>()
             .with_context(|| format!("cannot read the target's database {}", self.path.display()))?;
         Ok(v)

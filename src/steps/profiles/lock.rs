@@ -71,7 +71,7 @@ fn open_lock_file(dir: BorrowedFd, name: &str, shown: &Path) -> Result<(File, bo
 }
 
 /// Take the lock of the profile `profile` in `dir` (shown as `shown`, the profile's path),
-/// waiting at most `timeout`; then [`crate::engines::lock::Timeout`] (exit 3).
+/// waiting at most `timeout`; then [`crate::base::error::Timeout`] (exit 3).
 pub fn lock_profile(
     dir: BorrowedFd,
     profile: &str,

@@ -243,7 +243,7 @@ fn follow(
     own: &mut Record,
     out: &mut Outcome,
 ) -> Result<()> {
-    let shown_path = cx.c.target_path.join("var").join(p.rel());
+    let shown_path = cx.c.layout.var.join(p.rel());
     let _lock = lock::lock_profile(dir, &p.name, &shown_path, cx.log, cx.stop, cx.lock_timeout)?;
     let Some(Decision {
         cur,
@@ -324,7 +324,7 @@ pub fn preview(c: &Checked, mode: ProfilesMode, profiles: &[ImageProfile], log: 
         return Ok(());
     };
     for p in profiles {
-        let shown_path = c.target_path.join("var").join(p.rel());
+        let shown_path = c.layout.var.join(p.rel());
         let Some(dir) = open_rel(var.as_fd(), &p.dir).ok().flatten() else {
             log.info(&format!("{}: would create it at the image's generation", p.shown()));
             continue;
@@ -372,7 +372,7 @@ fn add_generation(cx: &Ctx, p: &ImageProfile, dir: BorrowedFd, n: u64, own: &mut
         state::write_record(cx.c, own)?;
     }
     let link = format!("{}-{n}-link", p.name);
-    let shown = cx.c.target_path.join("var").join(&p.dir).join(&link);
+    let shown = cx.c.layout.var.join(&p.dir).join(&link);
     nix::unistd::symlinkat(p.store_path.as_os_str(), dir, link.as_str())
         .with_context(|| format!("cannot create {}", shown.display()))?;
     chown_link(dir, &link, p.gen_owner);
@@ -383,7 +383,7 @@ fn add_generation(cx: &Ctx, p: &ImageProfile, dir: BorrowedFd, n: u64, own: &mut
 /// Point the profile at generation `n`: a symlink under a temporary name, renamed over
 /// the profile (Nix's `switchLink`), so a pod sees the old profile or the new one.
 fn switch(cx: &Ctx, p: &ImageProfile, dir: BorrowedFd, n: u64) -> Result<()> {
-    let shown = cx.c.target_path.join("var").join(p.rel());
+    let shown = cx.c.layout.var.join(p.rel());
     let tmp = crate::base::dirfd::temp_name(OsStr::new(&p.name));
     nix::unistd::symlinkat(format!("{}-{n}-link", p.name).as_str(), dir, tmp.as_os_str())
         .with_context(|| format!("cannot switch {}", shown.display()))?;
