@@ -1,10 +1,16 @@
 //! Command-line contract. Users and scripts depend on these names: every flag can also
 //! come from an environment variable `NIX_SEED_<FLAG>` so a pod spec can use `env:`.
+//!
+//! Only the face sees these clap types: each command's `Options` are made from them here,
+//! once (`From<&…Args>`), and nothing below knows the command line.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::base::progress::{self, parse_duration};
+use crate::commands;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -111,10 +117,6 @@ pub struct VerifyArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs_flag: Option<u32>,
 
-    /// `--jobs`, or the default for the target's filesystem ([`crate::base::jobs::resolve`]).
-    #[arg(skip)]
-    pub jobs: u32,
-
     /// Only these store paths (`/nix/store/<name>` or `<name>`); default: every registered path.
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
@@ -159,15 +161,6 @@ pub struct SeedArgs {
     #[arg(long = "jobs", short = 'j', env = "NIX_SEED_JOBS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs_flag: Option<u32>,
-
-    /// `--jobs`, or the default for the target's filesystem ([`crate::base::jobs::resolve`]);
-    /// set by [`SeedArgs::resolve_jobs`].
-    #[arg(skip)]
-    pub jobs: u32,
-
-    /// Why `jobs` is what it is, for the start line.
-    #[arg(skip)]
-    pub jobs_why: &'static str,
 
     /// How long each lock wait may last before giving up (exit 3): another seeder's lock,
     /// Nix's gc.lock (a garbage collection) and db/big-lock (a migration), the Nix
@@ -269,15 +262,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// `30s`, `10m`, `1h`, `1h30m`, `500ms`; a bare number means seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 10m, 1h, 1h30m)"))
-}
-
 /// Print a command-line error the way the rest of the output is printed: as one JSON
 /// line when JSON logs were asked for (scripts parse stderr), else clap's text. A bad value
 /// that came from an environment variable names the variable, not only the flag.
@@ -353,6 +337,144 @@ pub fn parse_stale(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+impl From<ProgressMode> for progress::ProgressMode {
+    fn from(m: ProgressMode) -> Self {
+        match m {
+            ProgressMode::Auto => progress::ProgressMode::Auto,
+            ProgressMode::Bar => progress::ProgressMode::Bar,
+            ProgressMode::Log => progress::ProgressMode::Log,
+            ProgressMode::None => progress::ProgressMode::None,
+        }
+    }
+}
+
+impl From<&Output> for progress::Output {
+    fn from(o: &Output) -> Self {
+        progress::Output {
+            progress: o.progress.into(),
+            log_format: match o.log_format {
+                LogFormat::Text => progress::LogFormat::Text,
+                LogFormat::Json => progress::LogFormat::Json,
+            },
+            quiet: o.quiet,
+            verbose: o.verbose,
+        }
+    }
+}
+
+impl From<ProfilesMode> for crate::steps::profiles::Mode {
+    fn from(m: ProfilesMode) -> Self {
+        match m {
+            ProfilesMode::Follow => Self::Follow,
+            ProfilesMode::Keep => Self::Keep,
+            ProfilesMode::Image => Self::Image,
+        }
+    }
+}
+
+impl From<&SeedArgs> for commands::seed::Options {
+    fn from(a: &SeedArgs) -> Self {
+        Self {
+            source: a.paths.source.clone(),
+            target: a.paths.target.clone(),
+            registration: a.paths.registration.clone(),
+            jobs: a.jobs_flag,
+            lock_timeout: a.lock_timeout,
+            lock_stale: a.lock_stale,
+            verify: a.verify,
+            recheck: a.recheck,
+            dry_run: a.dry_run,
+            allow_non_mountpoint: a.allow_non_mountpoint,
+            profiles: a.profiles.into(),
+            output: (&a.output).into(),
+        }
+    }
+}
+
+impl From<&StatusArgs> for commands::status::Options {
+    fn from(a: &StatusArgs) -> Self {
+        Self {
+            source: a.paths.source.clone(),
+            target: a.paths.target.clone(),
+            registration: a.paths.registration.clone(),
+            output: (&a.output).into(),
+        }
+    }
+}
+
+impl From<&VerifyArgs> for commands::verify::Options {
+    fn from(a: &VerifyArgs) -> Self {
+        Self {
+            target: a.target.clone(),
+            jobs: a.jobs_flag,
+            paths: a.paths.clone(),
+            output: (&a.output).into(),
+        }
+    }
+}
+
+impl From<&ImagesArgs> for commands::images::Options {
+    fn from(a: &ImagesArgs) -> Self {
+        Self {
+            target: a.target.clone(),
+            lock_timeout: a.lock_timeout,
+            output: (&a.output).into(),
+        }
+    }
+}
+
+impl From<&PruneArgs> for commands::prune::Options {
+    fn from(a: &PruneArgs) -> Self {
+        Self {
+            target: a.target.clone(),
+            keep_last: a.keep_last,
+            unused_for: a.unused_for,
+            images: a.images.clone(),
+            dry_run: a.dry_run,
+            lock_timeout: a.lock_timeout,
+            lock_stale: a.lock_stale,
+            output: (&a.output).into(),
+        }
+    }
+}
+
+impl From<&InstallArgs> for commands::install::Options {
+    fn from(a: &InstallArgs) -> Self {
+        Self { dest: a.dest.clone() }
+    }
+}
+
+impl Command {
+    /// How this command prints (`install`: plain text lines).
+    pub fn output(&self) -> progress::Output {
+        match self {
+            Command::Seed(a) => (&a.output).into(),
+            Command::Status(a) => (&a.output).into(),
+            Command::Verify(a) => (&a.output).into(),
+            Command::Images(a) => (&a.output).into(),
+            Command::Prune(a) => (&a.output).into(),
+            Command::Install(_) => progress::Output {
+                progress: progress::ProgressMode::None,
+                log_format: progress::LogFormat::Text,
+                quiet: false,
+                verbose: false,
+            },
+        }
+    }
+
+    /// Run the command.
+    pub fn run(&self, cx: &commands::Ctx) -> anyhow::Result<commands::Done> {
+        match self {
+            Command::Seed(a) => commands::seed::run(&a.into(), cx),
+            Command::Status(a) => commands::status::run(&a.into(), cx),
+            Command::Verify(a) => commands::verify::run(&a.into(), cx),
+            Command::Images(a) => commands::images::run(&a.into(), cx),
+            Command::Prune(a) => commands::prune::run(&a.into(), cx),
+            Command::Install(a) => commands::install::run(&a.into(), cx),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -80,31 +80,6 @@ impl std::fmt::Display for Jobs {
     }
 }
 
-impl crate::cli::SeedArgs {
-    /// Fill `jobs` (and `jobs_why`) from `--jobs` or the filesystem of the target, open at
-    /// `target`.
-    pub fn resolve_jobs(&mut self, target: BorrowedFd) {
-        let j = resolve_at(self.jobs_flag, Some(target));
-        (self.jobs, self.jobs_why) = (j.n, j.why);
-    }
-
-    /// The jobs in words: "32 jobs (network filesystem)".
-    pub fn jobs_text(&self) -> String {
-        Jobs {
-            n: self.jobs,
-            why: self.jobs_why,
-        }
-        .to_string()
-    }
-}
-
-impl crate::cli::VerifyArgs {
-    /// Fill `jobs` from `--jobs` or the target's filesystem.
-    pub fn resolve_jobs(&mut self) {
-        self.jobs = resolve(self.jobs_flag, &self.target).n;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

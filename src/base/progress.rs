@@ -14,8 +14,69 @@ use std::time::{Duration, Instant, SystemTime};
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Map, Value};
 
-use crate::cli::{LogFormat, Output, ProgressMode};
-use crate::engines::copy::{Counters, Events};
+use std::sync::atomic::AtomicU64;
+
+/// How progress is shown: a bar on a terminal, plain lines in logs, or nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    Auto,
+    Bar,
+    Log,
+    None,
+}
+
+/// The format of every line printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What a command prints, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub progress: ProgressMode,
+    pub log_format: LogFormat,
+    pub quiet: bool,
+    pub verbose: bool,
+}
+
+/// `30s`, `10m`, `1h`, `1h30m`, `500ms`; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (expected e.g. 30s, 10m, 1h, 1h30m)"))
+}
+
+/// Counters the progress display samples; the engine only ever adds to them.
+#[derive(Default)]
+pub struct Counters {
+    pub paths_total: AtomicU64,
+    pub paths_done: AtomicU64,
+    pub paths_skipped: AtomicU64,
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Bytes the run will write, when known beforehand (for the ETA).
+    pub bytes_total: AtomicU64,
+    pub dirs: AtomicU64,
+    pub symlinks: AtomicU64,
+    pub hardlinks: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// One call per store path finished, plus warnings. Implemented by the progress module.
+pub trait Events: Sync {
+    fn path_copied(&self, name: &OsStr, files: u64, bytes: u64);
+    fn path_skipped(&self, name: &OsStr, why: &str);
+    fn warning(&self, msg: &str);
+}
 
 /// `1 file`, `2 files`: a number and its noun, in the right number.
 pub fn count(n: u64, one: &str, many: &str) -> String {
@@ -178,7 +239,7 @@ pub struct Progress {
 fn log_interval() -> Duration {
     std::env::var("NIX_SEED_PROGRESS_INTERVAL")
         .ok()
-        .and_then(|s| crate::cli::parse_duration(&s).ok())
+        .and_then(|s| parse_duration(&s).ok())
         .unwrap_or(Duration::from_secs(5))
 }
 

@@ -12,6 +12,19 @@ use anyhow::{Context, Result};
 
 use crate::base::error::Invalid;
 
+/// Where `install` copies the binary.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dest: PathBuf,
+}
+
+/// `nix-seed install DEST`.
+pub fn run(o: &Options, cx: &super::Ctx) -> Result<super::Done> {
+    let p = install(&o.dest)?;
+    cx.log.info(&format!("installed {}", p.display()));
+    Ok(super::Done::Success)
+}
+
 pub fn install(dest: &Path) -> Result<PathBuf> {
     let dest = if dest.is_dir() {
         dest.join("nix-seed")

@@ -26,7 +26,6 @@ use serde_json::json;
 use crate::base::dirfd::{file_type, lstat_at, open_dir, open_dir_if_exists, remove_tree_at};
 use crate::base::error::Invalid;
 use crate::base::progress::{count, Log};
-use crate::cli::PruneArgs;
 use crate::commands::images::{self, Disk, Image};
 use crate::steps::state::{Generation, IMAGES_DIR, RECORDS_DIR, SEEN_RESOLUTION, STATE_DIR};
 
@@ -35,7 +34,7 @@ fn invalid(msg: String) -> anyhow::Error {
 }
 
 /// Exactly one way of choosing, and a sane one.
-fn check_args(args: &PruneArgs) -> Result<()> {
+fn check_args(args: &Options) -> Result<()> {
     let ways = [
         args.keep_last.is_some(),
         args.unused_for.is_some(),
@@ -109,7 +108,7 @@ fn generations(img: &Image) -> &[Generation] {
 }
 
 /// The images to retire (indexes into `disk.images`), and a line for each one spared.
-fn choose(disk: &Disk, args: &PruneArgs, now: SystemTime) -> Result<(Vec<usize>, Vec<String>)> {
+fn choose(disk: &Disk, args: &Options, now: SystemTime) -> Result<(Vec<usize>, Vec<String>)> {
     let current = |img: &Image| {
         generations(img)
             .iter()
@@ -252,7 +251,7 @@ fn db_window(disk: &Disk, log: &Arc<Log>) -> Result<Option<crate::engines::nixdb
 /// recovered by the next seeder. Leftovers of a killed prune's root removal go too.
 fn lock(
     disk: Disk,
-    args: &PruneArgs,
+    args: &Options,
     log: &Arc<Log>,
     interrupted: &Arc<AtomicBool>,
 ) -> Result<(Disk, crate::engines::lock::Held)> {
@@ -310,7 +309,27 @@ fn freeable(disk: &Disk, chosen: &[usize], gens: &[Vec<Generation>]) -> Result<V
 }
 
 /// `nix-seed prune`.
-pub fn run(args: &PruneArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<()> {
+/// What `prune` is asked to retire.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: std::path::PathBuf,
+    pub keep_last: Option<u64>,
+    pub unused_for: Option<std::time::Duration>,
+    pub images: Vec<String>,
+    pub dry_run: bool,
+    pub lock_timeout: std::time::Duration,
+    pub lock_stale: std::time::Duration,
+    pub output: crate::base::progress::Output,
+}
+
+/// `nix-seed prune`; a database lock wait that ran out is a lock timeout (exit 3).
+pub fn run(o: &Options, cx: &super::Ctx) -> Result<super::Done> {
+    prune(o, cx.log, cx.stop)
+        .map(|()| super::Done::Success)
+        .map_err(|e| crate::engines::nixdb::busy_as_timeout(e, &o.target, o.lock_timeout, "nothing was changed"))
+}
+
+fn prune(args: &Options, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<()> {
     check_args(args)?;
     images::wait_for_db(&args.target, args.lock_timeout, log);
     let disk = images::read(&args.target, log)?;

@@ -14,41 +14,90 @@
 //! method of `run::Run`.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::AtomicBool;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::json;
 
+use super::{Ctx, Done};
 use crate::base::failpoint;
+use crate::base::jobs::{self, Jobs};
 use crate::base::preflight::{self, Checked};
 use crate::base::progress::{self, Log};
-use crate::cli::SeedArgs;
 use crate::engines::lock;
 use crate::engines::nixlocks::NixLocks;
 use crate::steps::plan::{self, Plan};
 use crate::steps::registrations;
 use crate::steps::report::Report;
+use crate::steps::run::{Run, Settings};
 
-use crate::steps::run::Run;
+/// What `seed` is asked to do (the command line, resolved once).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub registration: Option<PathBuf>,
+    /// `--jobs`; `None`: chosen from the target's filesystem.
+    pub jobs: Option<u32>,
+    pub lock_timeout: Duration,
+    pub lock_stale: Duration,
+    pub verify: bool,
+    pub recheck: bool,
+    pub dry_run: bool,
+    pub allow_non_mountpoint: bool,
+    pub profiles: crate::steps::profiles::Mode,
+    pub output: progress::Output,
+}
 
-pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
+impl Options {
+    /// The slow path's settings, with the jobs chosen for the target open at `target`.
+    fn settings(&self, target: std::os::fd::BorrowedFd) -> Settings {
+        Settings {
+            jobs: jobs::resolve_at(self.jobs, Some(target)),
+            lock_timeout: self.lock_timeout,
+            verify: self.verify,
+            profiles: self.profiles,
+            progress: self.output.progress,
+        }
+    }
+}
+
+/// `nix-seed seed`: print what was done, or fail with an error that names a path (a bare
+/// errno gets the target) and says a database lock wait that ran out as a lock timeout.
+pub fn run(o: &Options, cx: &Ctx) -> Result<Done> {
+    match seed(o, cx.log, cx.stop) {
+        Ok(r) => {
+            r.print(cx.log);
+            Ok(Done::Success)
+        }
+        Err(e) => {
+            let e = crate::engines::nixdb::busy_as_timeout(
+                e,
+                &o.target,
+                o.lock_timeout,
+                "nothing was registered, the next run registers what was copied",
+            );
+            if crate::base::error::is_bare(&e) {
+                Err(e.context(format!("seeding {}", o.target.display())))
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
+pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
-    let c = preflight::check(
-        &args.paths.source,
-        &args.paths.target,
-        !args.allow_non_mountpoint,
-        !args.dry_run,
-    )?;
-    if args.dry_run {
-        args.resolve_jobs(c.target.as_fd());
-        return dry_run(&c, args, log, t0);
+    let c = preflight::check(&o.source, &o.target, !o.allow_non_mountpoint, !o.dry_run)?;
+    if o.dry_run {
+        return dry_run(&c, o, log, t0);
     }
     // The fast path: no lock, nothing written (and no --jobs to choose). A database lock a
     // killed seeder may have left sends it down the slow path, which recovers it.
     let plan = Plan::compute(&c)?;
-    if plan.is_complete() && !plan.db_lock_left && !args.recheck {
+    if plan.is_complete() && !plan.db_lock_left && !o.recheck {
         if let Some(at) = plan.marked_at {
             crate::steps::state::touch_seen(c.target.as_fd(), &plan.image_id, at, log);
         }
@@ -56,40 +105,39 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
     }
     // What the image says of its store paths, read before any lock: a garbage database
     // or a malformed registration file is refused before anything is written.
-    let described = registrations::describe(&c, args.paths.registration.as_deref(), &plan.source)?;
+    let described = registrations::describe(&c, o.registration.as_deref(), &plan.source)?;
     // Chosen here, from the target already open, not at every pod start: the no-op
     // needs no workers, and on a network disk each statfs is a round trip.
-    args.resolve_jobs(c.target.as_fd());
-    let args = &*args;
+    let settings = o.settings(c.target.as_fd());
 
     // Lock: one seeder at a time, then Nix's own locks: no collection from here on.
     let held = lock::acquire(
         c.target.as_fd(),
         &c.target_path,
         &lock::Config {
-            timeout: args.lock_timeout,
-            stale: args.lock_stale,
+            timeout: o.lock_timeout,
+            stale: o.lock_stale,
         },
         log,
         interrupted,
     )?;
     failpoint::hit("locked");
-    let nix_locks = NixLocks::acquire(&c, log, interrupted, args.lock_timeout)?;
+    let nix_locks = NixLocks::acquire(&c, log, interrupted, o.lock_timeout)?;
     failpoint::hit("nix-locks");
 
     // Decide, under the locks: what a collection deleted while we waited is missing now,
     // and another seeder may have done the work meanwhile.
     let plan = Plan::compute(&c)?;
-    if plan.is_complete() && !args.recheck {
+    if plan.is_complete() && !o.recheck {
         if plan.db_lock_left {
-            crate::engines::nixdb::recover_db_lock(&c, args.lock_timeout, log)?;
+            crate::engines::nixdb::recover_db_lock(&c, o.lock_timeout, log)?;
         }
         let mut report = Report::new(&c, &plan);
         report.locked = true;
         return Ok(report.finished(t0));
     }
     failpoint::hit("planned");
-    let mut run = Run::start(c, args, log, &held, interrupted, plan, described)?;
+    let mut run = Run::start(c, &settings, log, &held, interrupted, plan, described)?;
     failpoint::hit("unmarked");
     run.check_space()?;
     failpoint::hit("space-checked");
@@ -115,10 +163,11 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
     Ok(report.finished(t0))
 }
 
-fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Report> {
+fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
+    let jobs: Jobs = jobs::resolve_at(o.jobs, Some(c.target.as_fd()));
     let plan = Plan::compute(c)?;
     // Bad input is refused as the real seed refuses it (exit 2), before saying anything.
-    let described = registrations::describe(c, args.paths.registration.as_deref(), &plan.source)?;
+    let described = registrations::describe(c, o.registration.as_deref(), &plan.source)?;
     let expected = registrations::expected(&described, &plan.source);
     if expected.computed > 0 {
         log.event(
@@ -150,11 +199,11 @@ fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Repor
         if let Some(v) = crate::base::dirfd::open_dir_if_exists(c.source.as_fd(), "var")? {
             let profiles = crate::steps::profiles::image_profiles(v.as_fd())
                 .map_err(|e| e.context(format!("cannot read the profiles of {}/var", c.source_path.display())))?;
-            crate::steps::profiles::preview(c, args.profiles, &profiles, log)?;
+            crate::steps::profiles::preview(c, o.profiles, &profiles, log)?;
         }
     }
     let block = nix::sys::statvfs::fstatvfs(c.target.as_fd()).map_or(4096, |v| v.fragment_size());
-    let size = plan::measure(c, &plan.missing, block, args.jobs as usize)?;
+    let size = plan::measure(c, &plan.missing, block, jobs.n as usize)?;
     let mut report = Report::new(c, &plan);
     report.dry_run = true;
     report.files = size.files;

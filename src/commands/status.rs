@@ -13,7 +13,6 @@ use serde_json::json;
 use crate::base::dirfd::open_dir;
 use crate::base::preflight::{self, Checked};
 use crate::base::progress::Log;
-use crate::cli::StatusArgs;
 use crate::engines::nixdb;
 use crate::steps::plan::{self, Plan};
 use crate::steps::registrations;
@@ -96,8 +95,22 @@ fn verdict(plan: &Plan, not_registered: usize, roots_missing: usize, seeded: boo
     format!("not seeded ({}): run `{fix}` to repair", why.join(", "))
 }
 
-pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
-    let c = preflight::check(&args.paths.source, &args.paths.target, false, false)?;
+/// What `status` is asked about.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: std::path::PathBuf,
+    pub target: std::path::PathBuf,
+    pub registration: Option<std::path::PathBuf>,
+    pub output: crate::base::progress::Output,
+}
+
+/// `nix-seed status`: exit 0 if seeded, 1 (a finding) if not.
+pub fn run(o: &Options, cx: &super::Ctx) -> Result<super::Done> {
+    status(o, cx.log).map(super::Done::from_ok)
+}
+
+fn status(o: &Options, log: &Log) -> Result<bool> {
+    let c = preflight::check(&o.source, &o.target, false, false)?;
     let plan = Plan::compute(&c)?;
     // Registration: what the target's database says about its store.
     let Registration {
@@ -112,7 +125,7 @@ pub fn status(args: &StatusArgs, log: &Log) -> Result<bool> {
     let registrations = match record.as_ref().and_then(|r| r.registrations) {
         Some(r) if plan.image_marked => r,
         _ => registrations::expected(
-            &registrations::describe(&c, args.paths.registration.as_deref(), &plan.source)?,
+            &registrations::describe(&c, o.registration.as_deref(), &plan.source)?,
             &plan.source,
         ),
     };

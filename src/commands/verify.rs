@@ -75,9 +75,11 @@ fn check_one(store: BorrowedFd, e: &Expect) -> Vec<String> {
 
 /// The registered paths of the target at `target` (or those named in `only`: store paths,
 /// names, or paths ending in a name), and the problems found in them.
-/// `nix-seed verify`: check, print one line per problem and a summary; true if clean.
-pub fn run(args: &crate::cli::VerifyArgs, log: &crate::base::progress::Log) -> Result<bool> {
-    let (n, problems) = verify_target(&args.target, &args.paths, args.jobs as usize)?;
+/// `nix-seed verify`: check, print one line per problem and a summary; a finding if any.
+pub fn run(o: &Options, cx: &super::Ctx) -> Result<super::Done> {
+    let log = cx.log;
+    let jobs = crate::base::jobs::resolve(o.jobs, &o.target).n;
+    let (n, problems) = verify_target(&o.target, &o.paths, jobs as usize)?;
     for p in &problems {
         log.event(crate::base::progress::Level::Warn, "mismatch", p, serde_json::json!({}));
     }
@@ -85,12 +87,23 @@ pub fn run(args: &crate::cli::VerifyArgs, log: &crate::base::progress::Log) -> R
         &format!(
             "verified {} in {}: {}",
             crate::base::progress::count(n as u64, "store path", "store paths"),
-            args.target.display(),
+            o.target.display(),
             crate::base::progress::count(problems.len() as u64, "problem", "problems")
         ),
         serde_json::json!({"verified": n, "problems": problems.len()}),
     );
-    Ok(problems.is_empty())
+    Ok(super::Done::from_ok(problems.is_empty()))
+}
+
+/// What `verify` is asked to check.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: std::path::PathBuf,
+    /// `--jobs`; `None`: chosen from the target's filesystem.
+    pub jobs: Option<u32>,
+    /// Only these (store paths, names, or paths ending in a name); all when empty.
+    pub paths: Vec<String>,
+    pub output: crate::base::progress::Output,
 }
 
 /// A target that cannot be verified at all is the caller's mistake: exit 2, like `status`.

@@ -5,11 +5,11 @@
 
 pub(crate) mod gcroots;
 pub mod plan;
-pub(crate) mod profiles;
+pub mod profiles;
 pub mod registrations;
 pub(crate) mod repair;
 pub mod report;
-pub(crate) mod run;
+pub mod run;
 pub mod state;
 pub(crate) mod valid;
 pub(crate) mod var;

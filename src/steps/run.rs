@@ -12,9 +12,10 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::base::error::Stopped;
+use crate::base::jobs::Jobs;
 use crate::base::preflight::Checked;
+use crate::base::progress::ProgressMode;
 use crate::base::progress::{self, Log, PathEvents};
-use crate::cli::SeedArgs;
 use crate::engines::copy::{self, Counters, Engine};
 use crate::engines::lock::Held;
 use crate::engines::nixdb::{refusal, with_target_db};
@@ -25,11 +26,21 @@ use crate::steps::repair;
 use crate::steps::report::Report;
 use crate::steps::state;
 
+/// What the slow path's steps are asked to do, resolved once by the `seed` command.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub jobs: Jobs,
+    pub lock_timeout: std::time::Duration,
+    pub verify: bool,
+    pub profiles: crate::steps::profiles::Mode,
+    pub progress: ProgressMode,
+}
+
 /// One slow-path run, under the seed lock and Nix's locks: each step a method (the steps
 /// that make the image valid, from registering on, are in `valid.rs`).
 pub(crate) struct Run<'a> {
     pub(crate) c: Checked,
-    pub(crate) args: &'a SeedArgs,
+    pub(crate) args: &'a Settings,
     pub(crate) log: &'a Arc<Log>,
     pub(crate) held: &'a Held,
     pub(crate) interrupted: &'a Arc<AtomicBool>,
@@ -68,7 +79,7 @@ impl<'a> Run<'a> {
     /// says of its paths, read before the locks.
     pub(crate) fn start(
         c: Checked,
-        args: &'a SeedArgs,
+        args: &'a Settings,
         log: &'a Arc<Log>,
         held: &'a Held,
         interrupted: &'a Arc<AtomicBool>,
@@ -130,7 +141,7 @@ impl<'a> Run<'a> {
         let block = nix::sys::statvfs::fstatvfs(c.target.as_fd())
             .with_context(|| format!("cannot statfs {}", c.target_path.display()))?
             .fragment_size() as u64;
-        self.size = plan::measure(c, &self.plan.missing, block, self.args.jobs as usize)?;
+        self.size = plan::measure(c, &self.plan.missing, block, self.args.jobs.n as usize)?;
         self.counters.bytes_total.store(self.size.bytes, Ordering::Relaxed);
         if let Some(why) = plan::room(c, self.plan.missing.len(), self.size)? {
             anyhow::bail!(why);
@@ -146,10 +157,10 @@ impl<'a> Run<'a> {
                     indicatif::HumanBytes(self.size.bytes),
                     self.plan.source.len(),
                     c.target_path.display(),
-                    self.args.jobs_text()
+                    self.args.jobs
                 ),
                 json!({"paths": self.plan.missing.len(), "files": self.size.files, "bytes": self.size.bytes,
-                       "jobs": self.args.jobs, "jobs_why": self.args.jobs_why}),
+                       "jobs": self.args.jobs.n, "jobs_why": self.args.jobs.why}),
             );
         }
         Ok(())
@@ -187,12 +198,12 @@ impl<'a> Run<'a> {
     pub(crate) fn copy(&mut self) -> Result<()> {
         let store_path = self.c.layout.store.clone();
         let t0 = Instant::now();
-        let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.output.progress);
+        let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.progress);
         let copied = self.engine.copy_store_paths(
             (&self.c.source_store_path, self.c.source_store.as_fd()),
             (&store_path, self.store()),
             &self.plan.missing,
-            self.args.jobs as usize,
+            self.args.jobs.n as usize,
             &PathEvents(self.log),
         );
         bar.finish();
@@ -249,7 +260,7 @@ impl<'a> Run<'a> {
             &self.c,
             &self.plan.source,
             target,
-            self.args.jobs as usize,
+            self.args.jobs.n as usize,
             &stopped,
             self.log,
         )?;
@@ -273,7 +284,7 @@ impl<'a> Run<'a> {
                 src,
                 &|p| regs.origin_of(p),
                 &self.copied,
-                self.args.jobs as usize,
+                self.args.jobs.n as usize,
                 self.log,
                 &mut self.checks,
             );

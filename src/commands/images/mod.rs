@@ -322,9 +322,24 @@ pub fn wait_for_db(target: &Path, timeout: std::time::Duration, log: &std::sync:
 }
 
 /// `nix-seed images`: one line per image, then the totals and the free space.
-pub fn run(args: &crate::cli::ImagesArgs, log: &std::sync::Arc<Log>) -> Result<()> {
-    wait_for_db(&args.target, args.lock_timeout, log);
-    let disk = read(&args.target, log)?;
+/// What `images` is asked to list.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: PathBuf,
+    pub lock_timeout: std::time::Duration,
+    pub output: crate::base::progress::Output,
+}
+
+/// `nix-seed images`; a database lock wait that ran out is a lock timeout (exit 3).
+pub fn run(o: &Options, cx: &super::Ctx) -> Result<super::Done> {
+    list_images(o, cx.log)
+        .map(|()| super::Done::Success)
+        .map_err(|e| crate::engines::nixdb::busy_as_timeout(e, &o.target, o.lock_timeout, "nothing was listed"))
+}
+
+fn list_images(o: &Options, log: &std::sync::Arc<Log>) -> Result<()> {
+    wait_for_db(&o.target, o.lock_timeout, log);
+    let disk = read(&o.target, log)?;
     let mut all = vec![false; disk.graph.paths.len()];
     for (k, img) in disk.images.iter().enumerate() {
         for &i in &img.closure {

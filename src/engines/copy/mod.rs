@@ -17,7 +17,7 @@ use crate::base::error::Stopped;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -27,33 +27,7 @@ pub use metadata::Ownership;
 use publish::Published;
 use tree::{Filter, Specials};
 
-/// Counters the progress display samples; the engine only ever adds to them.
-#[derive(Default)]
-pub struct Counters {
-    pub paths_total: AtomicU64,
-    pub paths_done: AtomicU64,
-    pub paths_skipped: AtomicU64,
-    pub files: AtomicU64,
-    pub bytes: AtomicU64,
-    /// Bytes the run will write, when known beforehand (for the ETA).
-    pub bytes_total: AtomicU64,
-    pub dirs: AtomicU64,
-    pub symlinks: AtomicU64,
-    pub hardlinks: AtomicU64,
-}
-
-impl Counters {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
-
-/// One call per store path finished, plus warnings. Implemented by the progress module.
-pub trait Events: Sync {
-    fn path_copied(&self, name: &OsStr, files: u64, bytes: u64);
-    fn path_skipped(&self, name: &OsStr, why: &str);
-    fn warning(&self, msg: &str);
-}
+pub use crate::base::progress::{Counters, Events};
 
 pub struct Engine {
     pub counters: Arc<Counters>,

@@ -51,7 +51,7 @@ mod walcopy;
 
 pub use empty::{create_empty, write_schema_file, NIX_SCHEMA_SQL};
 pub use lock::{set_busy_context, DbWindow, DB_WINDOW_RECORD};
-pub use open::{open_existing_db, recover_db_lock, refusal, with_db_dir, with_target_db};
+pub use open::{busy_as_timeout, open_existing_db, recover_db_lock, refusal, with_db_dir, with_target_db};
 pub use reginfo::{nix_base32_decode, nix_base32_encode, Registration};
 pub use schema::{is_wal, Extra, SourceDb, ValidPath};
 pub use source::{create, read_source};

@@ -114,3 +114,11 @@ pub fn recover_db_lock(c: &Checked, lock_timeout: Duration, log: &Arc<Log>) -> R
         }),
     }
 }
+
+/// A wait for the database's lock that ran out (SQLITE_BUSY after the busy handler gave
+/// up at `--lock-timeout`) is a lock timeout (exit 3) naming the lock of the database of
+/// the Nix root `root`; any other error as it is. `outcome` says what giving up left.
+pub fn busy_as_timeout(e: anyhow::Error, root: &std::path::Path, timeout: Duration, outcome: &str) -> anyhow::Error {
+    let root = std::fs::canonicalize(root).unwrap_or(root.to_path_buf());
+    crate::engines::lock::db_busy_as_timeout(e, &crate::base::layout::Layout::new(&root).db_dir, timeout, outcome)
+}

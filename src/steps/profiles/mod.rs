@@ -45,7 +45,6 @@ use serde_json::json;
 use crate::base::dirfd::{file_type, lstat_at};
 use crate::base::preflight::Checked;
 use crate::base::progress::{Level, Log};
-use crate::cli::ProfilesMode;
 use crate::steps::state::{self, Record};
 
 /// What [`apply`] did, for the report.
@@ -84,6 +83,19 @@ fn own_record(c: &Checked, id: &str) -> Result<Record> {
 }
 
 /// What a profile step needs: the run's settings and what the target's store holds.
+/// What a seed does to the profiles an image ships (`--profiles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Switch to the image's generation when the profile's current one is nix-seed's.
+    Follow,
+    /// Leave existing profiles as they are (a plain merge of var/).
+    Keep,
+    /// Always switch to the image's generation.
+    Image,
+}
+
+use Mode as ProfilesMode;
+
 pub struct Ctx<'a> {
     pub c: &'a Checked,
     pub image_id: &'a str,
