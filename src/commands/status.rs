@@ -46,7 +46,7 @@ fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
     let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
     r.journal_mode = Some(if db.wal { "wal" } else { "rollback" });
     if db.wal && crate::base::dirfd::is_network_fs(d.as_fd()) {
-        log.warn(&wal_on_network_fs(&db.path));
+        log.warn(&crate::engines::nixdb::wal_on_network_fs(&db.path));
     }
     let registered = db.registered()?;
     let present: HashSet<String> = match plan::open_target_store(c)? {
@@ -185,16 +185,4 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
         );
     }
     Ok(seeded)
-}
-
-/// The warning for a target database in WAL mode on a network filesystem.
-pub fn wal_on_network_fs(db: &std::path::Path) -> String {
-    format!(
-        "{} is in WAL mode on a network filesystem: every pod with use-sqlite-wal = false fails to open \
-         it (\"unable to open database file\"), and WAL does not work across hosts; set use-sqlite-wal = \
-         false in every pod's nix.conf, then, with no Nix process using the store, convert it back: \
-         sqlite3 {} 'PRAGMA journal_mode=DELETE'",
-        db.display(),
-        db.display()
-    )
 }

@@ -78,16 +78,16 @@ pub fn verify_copies(
     out: &mut Outcome,
 ) {
     let by_name = src.by_name();
-    let items: Vec<crate::commands::verify::Expect> = copied
+    let items: Vec<crate::engines::nar::Expect> = copied
         .iter()
         .filter_map(|n| by_name.get(n.to_str()?))
-        .map(|p| crate::commands::verify::Expect {
+        .map(|p| crate::engines::nar::Expect {
             path: p.path.clone(),
             hash: p.hash.clone(),
             nar_size: p.nar_size,
         })
         .collect();
-    let problems = crate::commands::verify::check(store, &items, jobs);
+    let problems = crate::engines::nar::check(store, &items, jobs);
     out.verified = items.len();
     for p in &items {
         let mine: Vec<&String> = problems

@@ -80,7 +80,7 @@ impl Run<'_> {
             let valid = match open_existing_db(c, dir)? {
                 Some(db) => {
                     if db.wal && crate::base::dirfd::is_network_fs(dir) {
-                        self.log.warn(&crate::commands::status::wal_on_network_fs(&db.path));
+                        self.log.warn(&crate::engines::nixdb::wal_on_network_fs(&db.path));
                     }
                     db.registered()?
                 }

@@ -271,7 +271,7 @@ fn read_graph(root: BorrowedFd, path: &Path, log: &Log) -> Result<(Graph, bool)>
     }
     let db = nixdb::open_target(d.as_fd(), &var_path.join(nixdb::DB_DIR), true)?;
     if db.wal && crate::base::dirfd::is_network_fs(d.as_fd()) {
-        log.warn(&crate::commands::status::wal_on_network_fs(&db.path));
+        log.warn(&crate::engines::nixdb::wal_on_network_fs(&db.path));
     }
     Ok((db.graph()?, true))
 }

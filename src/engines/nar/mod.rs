@@ -15,7 +15,10 @@
 //! registration as Nix computes it after a build, hash, size and references, from one
 //! read of the bytes.
 
+mod check;
 pub mod scan;
+
+pub use check::{check, Expect};
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

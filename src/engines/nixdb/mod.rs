@@ -55,7 +55,7 @@ pub use open::{busy_as_timeout, open_existing_db, recover_db_lock, refusal, with
 pub use reginfo::{nix_base32_decode, nix_base32_encode, Registration};
 pub use schema::{is_wal, Extra, SourceDb, ValidPath};
 pub use source::{create, read_source};
-pub use target::{open_db_dir, open_target, register_in_target, Graph, Registered, TargetDb};
+pub use target::{open_db_dir, open_target, register_in_target, wal_on_network_fs, Graph, Registered, TargetDb};
 
 pub use crate::base::layout::{DB_DIR, DB_FILE};
 pub const SCHEMA_VERSION: &str = "10";

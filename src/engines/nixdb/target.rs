@@ -322,3 +322,15 @@ pub fn open_db_dir(var: BorrowedFd, var_path: &Path) -> Result<Option<std::os::f
     crate::base::dirfd::open_dir_if_exists(nix_dir.as_fd(), "db")
         .with_context(|| format!("cannot open {}/nix/db (a symlink?)", var_path.display()))
 }
+
+/// The warning for a target database in WAL mode on a network filesystem.
+pub fn wal_on_network_fs(db: &std::path::Path) -> String {
+    format!(
+        "{} is in WAL mode on a network filesystem: every pod with use-sqlite-wal = false fails to open \
+         it (\"unable to open database file\"), and WAL does not work across hosts; set use-sqlite-wal = \
+         false in every pod's nix.conf, then, with no Nix process using the store, convert it back: \
+         sqlite3 {} 'PRAGMA journal_mode=DELETE'",
+        db.display(),
+        db.display()
+    )
+}
