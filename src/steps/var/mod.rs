@@ -30,6 +30,10 @@ use crate::engines::copy::tree::Specials;
 use crate::engines::copy::{Engine, Top};
 use crate::engines::nixdb;
 
+mod db;
+
+use db::{add_db, has_db};
+
 /// Runtime state, and `gcroots/auto` (links to paths inside the image's own pods: they
 /// would be dangling, or worse, roots of something else, on the shared disk).
 const RUNTIME_DIRS: &[&str] = &[
@@ -161,131 +165,6 @@ pub fn seed(
         }
     }
     Ok(out)
-}
-
-/// Whether the target's var/ (`var`) has a database.
-fn has_db(var: BorrowedFd, var_path: &Path) -> Result<bool> {
-    Ok(nixdb::open_db_dir(var, var_path)?
-        .is_some_and(|d| crate::base::dirfd::has_file(d.as_fd(), OsStr::new(nixdb::DB_FILE))))
-}
-
-/// Create `var/nix/db/db.sqlite` in the target var/ at `var` (path `var_path`) as a copy
-/// of the image's, under a temporary name first, then linked into place (never over an
-/// existing database). Owner and mode follow the image's file. Returns false if a
-/// database appeared meanwhile.
-fn add_db(c: &Checked, var: BorrowedFd, var_path: &Path, holds: &dyn Fn(&str) -> bool) -> Result<bool> {
-    let src_db_dir = crate::base::layout::Layout::new(&c.source_path).db_dir;
-    let mk = |dir: BorrowedFd, name: &str| -> Result<std::os::fd::OwnedFd> {
-        Ok(crate::base::dirfd::mkdir_open(dir, name, Mode::from_bits_truncate(0o755))?.0)
-    };
-    let nix_dir = mk(var, "nix").with_context(|| format!("cannot open {}/nix", var_path.display()))?;
-    let db_dir = mk(nix_dir.as_fd(), "db").with_context(|| format!("cannot open {}/nix/db", var_path.display()))?;
-    let db_path = var_path.join(nixdb::DB_DIR);
-    let tmp = crate::base::dirfd::temp_name(std::ffi::OsStr::new("db.sqlite"))
-        .into_string()
-        .expect("an ASCII name");
-    let image_db = src_db_dir.join(nixdb::DB_FILE);
-    if std::fs::symlink_metadata(&image_db).is_err() {
-        return add_empty_db(db_dir.as_fd(), &db_path, &tmp);
-    }
-    let r = nixdb::create(&src_db_dir, db_dir.as_fd(), &db_path, &tmp, holds)
-        .and_then(|()| {
-            // On the open file: fchmodat(AT_SYMLINK_NOFOLLOW) needs /proc, which a bare
-            // container may not have.
-            let sst = nix::sys::stat::stat(&src_db_dir.join(nixdb::DB_FILE))?;
-            let fd = openat(
-                db_dir.as_fd(),
-                tmp.as_str(),
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            let _ = nix::unistd::fchown(
-                fd.as_fd(),
-                Some(nix::unistd::Uid::from_raw(sst.st_uid)),
-                Some(nix::unistd::Gid::from_raw(sst.st_gid)),
-            );
-            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(sst.st_mode & 0o7777))?;
-            Ok(())
-        })
-        .with_context(|| format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE));
-    let linked = r.and_then(|()| {
-        match nix::unistd::linkat(
-            db_dir.as_fd(),
-            tmp.as_str(),
-            db_dir.as_fd(),
-            nixdb::DB_FILE,
-            AtFlags::empty(),
-        ) {
-            Ok(()) => Ok(true),
-            Err(nix::errno::Errno::EEXIST) => Ok(false),
-            Err(e) => {
-                Err(anyhow::Error::from(e).context(format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE)))
-            }
-        }
-    });
-    let _ = remove_tree_at(db_dir.as_fd(), tmp.as_str());
-    // `schema` (10 if the image has none) and `ca-schema` (only if the image has one) belong
-    // to the database just created: written with it, never over an existing file.
-    if linked.as_ref().is_ok_and(|l| *l) {
-        let schema =
-            std::fs::read(src_db_dir.join("schema")).unwrap_or_else(|_| nixdb::SCHEMA_VERSION.as_bytes().to_vec());
-        add_file(db_dir.as_fd(), &db_path, "schema", &schema)?;
-        if let Ok(ca) = std::fs::read(src_db_dir.join(nixdb::CA_SCHEMA)) {
-            add_file(db_dir.as_fd(), &db_path, nixdb::CA_SCHEMA, &ca)?;
-        }
-    }
-    linked
-}
-
-/// An image without a database: the target's first one is created empty, as Nix creates
-/// one (its schema, `schema` = 10), then linked into place; never over an existing one.
-fn add_empty_db(db_dir: BorrowedFd, db_path: &Path, tmp: &str) -> Result<bool> {
-    let r = nixdb::create_empty(db_dir, db_path, tmp)
-        .and_then(|()| {
-            let fd = openat(
-                db_dir,
-                tmp,
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(0o644))?;
-            Ok(())
-        })
-        .with_context(|| format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE));
-    let linked = r.and_then(
-        |()| match nix::unistd::linkat(db_dir, tmp, db_dir, nixdb::DB_FILE, AtFlags::empty()) {
-            Ok(()) => Ok(true),
-            Err(nix::errno::Errno::EEXIST) => Ok(false),
-            Err(e) => {
-                Err(anyhow::Error::from(e).context(format!("cannot create {}/{}", db_path.display(), nixdb::DB_FILE)))
-            }
-        },
-    );
-    let _ = remove_tree_at(db_dir, tmp);
-    if linked.as_ref().is_ok_and(|l| *l) {
-        nixdb::write_schema_file(db_dir, db_path)?;
-    }
-    linked
-}
-
-/// Write `name` in `dir` (shown as `shown`) unless it exists.
-fn add_file(dir: BorrowedFd, shown: &Path, name: &str, body: &[u8]) -> Result<()> {
-    let fd = openat(
-        dir,
-        name,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::from_bits_truncate(0o644),
-    );
-    match fd {
-        Ok(fd) => {
-            use std::io::Write;
-            std::fs::File::from(fd)
-                .write_all(body)
-                .with_context(|| format!("cannot write {}/{name}", shown.display()))
-        }
-        Err(nix::errno::Errno::EEXIST) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("cannot create {}/{name}", shown.display())),
-    }
 }
 
 struct Merge<'a> {

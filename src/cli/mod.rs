@@ -9,8 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::base::progress::{self, parse_duration};
-use crate::commands;
+use crate::base::progress::parse_duration;
+
+mod options;
+mod usage;
+
+pub use usage::print_usage_error;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -262,68 +266,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Print a command-line error the way the rest of the output is printed: as one JSON
-/// line when JSON logs were asked for (scripts parse stderr), else clap's text. A bad value
-/// that came from an environment variable names the variable, not only the flag.
-pub fn print_usage_error(e: &clap::Error) {
-    use clap::error::{ContextKind, ContextValue, ErrorKind};
-    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) || e.exit_code() == 0 {
-        let _ = e.print();
-        return;
-    }
-    let mut text = e.render().to_string();
-    if let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) {
-        if let Some(var) = env_source(arg) {
-            text = text.replacen(
-                &format!("'{arg}'"),
-                &format!("'{arg}' (from the environment variable {var})"),
-                1,
-            );
-        }
-    }
-    let json = {
-        let args: Vec<String> = std::env::args().collect();
-        args.windows(2).any(|w| w[0] == "--log-format" && w[1] == "json")
-            || args.iter().any(|a| a == "--log-format=json")
-            || std::env::var("NIX_SEED_LOG_FORMAT").is_ok_and(|v| v == "json")
-    };
-    if json {
-        let first = text.lines().next().unwrap_or_default().trim_start_matches("error: ");
-        eprintln!(
-            "{}",
-            serde_json::json!({
-                "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-                "level": "error",
-                "event": "usage",
-                "msg": first,
-                "exit_code": e.exit_code(),
-            })
-        );
-    } else {
-        eprint!("{text}");
-    }
-}
-
-/// The environment variable an argument's bad value came from: `arg` (clap's rendering,
-/// e.g. `--lock-stale <DUR>`) has a variable that is set, and the flag is not on the
-/// command line.
-fn env_source(arg: &str) -> Option<String> {
-    use clap::CommandFactory;
-    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
-    let on_line = std::env::args().any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
-    if on_line {
-        return None;
-    }
-    let cmd = Cli::command();
-    let var = cmd
-        .get_subcommands()
-        .flat_map(|c| c.get_arguments())
-        .filter(|a| a.get_long() == Some(long))
-        .find_map(|a| a.get_env())
-        .map(|v| v.to_string_lossy().into_owned());
-    var.filter(|v| std::env::var_os(v).is_some())
-}
-
 /// [`parse_duration`], refusing less than [`crate::engines::lock::MIN_STALE`]: a shorter stale
 /// period would let waiters take the lock from a holder that is merely busy.
 pub fn parse_stale(s: &str) -> Result<Duration, String> {
@@ -337,144 +279,6 @@ pub fn parse_stale(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
-}
-
-impl From<ProgressMode> for progress::ProgressMode {
-    fn from(m: ProgressMode) -> Self {
-        match m {
-            ProgressMode::Auto => progress::ProgressMode::Auto,
-            ProgressMode::Bar => progress::ProgressMode::Bar,
-            ProgressMode::Log => progress::ProgressMode::Log,
-            ProgressMode::None => progress::ProgressMode::None,
-        }
-    }
-}
-
-impl From<&Output> for progress::Output {
-    fn from(o: &Output) -> Self {
-        progress::Output {
-            progress: o.progress.into(),
-            log_format: match o.log_format {
-                LogFormat::Text => progress::LogFormat::Text,
-                LogFormat::Json => progress::LogFormat::Json,
-            },
-            quiet: o.quiet,
-            verbose: o.verbose,
-        }
-    }
-}
-
-impl From<ProfilesMode> for crate::steps::profiles::Mode {
-    fn from(m: ProfilesMode) -> Self {
-        match m {
-            ProfilesMode::Follow => Self::Follow,
-            ProfilesMode::Keep => Self::Keep,
-            ProfilesMode::Image => Self::Image,
-        }
-    }
-}
-
-impl From<&SeedArgs> for commands::seed::Options {
-    fn from(a: &SeedArgs) -> Self {
-        Self {
-            source: a.paths.source.clone(),
-            target: a.paths.target.clone(),
-            registration: a.paths.registration.clone(),
-            jobs: a.jobs_flag,
-            lock_timeout: a.lock_timeout,
-            lock_stale: a.lock_stale,
-            verify: a.verify,
-            recheck: a.recheck,
-            dry_run: a.dry_run,
-            allow_non_mountpoint: a.allow_non_mountpoint,
-            profiles: a.profiles.into(),
-            output: (&a.output).into(),
-        }
-    }
-}
-
-impl From<&StatusArgs> for commands::status::Options {
-    fn from(a: &StatusArgs) -> Self {
-        Self {
-            source: a.paths.source.clone(),
-            target: a.paths.target.clone(),
-            registration: a.paths.registration.clone(),
-            output: (&a.output).into(),
-        }
-    }
-}
-
-impl From<&VerifyArgs> for commands::verify::Options {
-    fn from(a: &VerifyArgs) -> Self {
-        Self {
-            target: a.target.clone(),
-            jobs: a.jobs_flag,
-            paths: a.paths.clone(),
-            output: (&a.output).into(),
-        }
-    }
-}
-
-impl From<&ImagesArgs> for commands::images::Options {
-    fn from(a: &ImagesArgs) -> Self {
-        Self {
-            target: a.target.clone(),
-            lock_timeout: a.lock_timeout,
-            output: (&a.output).into(),
-        }
-    }
-}
-
-impl From<&PruneArgs> for commands::prune::Options {
-    fn from(a: &PruneArgs) -> Self {
-        Self {
-            target: a.target.clone(),
-            keep_last: a.keep_last,
-            unused_for: a.unused_for,
-            images: a.images.clone(),
-            dry_run: a.dry_run,
-            lock_timeout: a.lock_timeout,
-            lock_stale: a.lock_stale,
-            output: (&a.output).into(),
-        }
-    }
-}
-
-impl From<&InstallArgs> for commands::install::Options {
-    fn from(a: &InstallArgs) -> Self {
-        Self { dest: a.dest.clone() }
-    }
-}
-
-impl Command {
-    /// How this command prints (`install`: plain text lines).
-    pub fn output(&self) -> progress::Output {
-        match self {
-            Command::Seed(a) => (&a.output).into(),
-            Command::Status(a) => (&a.output).into(),
-            Command::Verify(a) => (&a.output).into(),
-            Command::Images(a) => (&a.output).into(),
-            Command::Prune(a) => (&a.output).into(),
-            Command::Install(_) => progress::Output {
-                progress: progress::ProgressMode::None,
-                log_format: progress::LogFormat::Text,
-                quiet: false,
-                verbose: false,
-            },
-        }
-    }
-
-    /// Run the command.
-    pub fn run(&self, cx: &commands::Ctx) -> anyhow::Result<commands::Done> {
-        match self {
-            Command::Seed(a) => commands::seed::run(&a.into(), cx),
-            Command::Status(a) => commands::status::run(&a.into(), cx),
-            Command::Verify(a) => commands::verify::run(&a.into(), cx),
-            Command::Images(a) => commands::images::run(&a.into(), cx),
-            Command::Prune(a) => commands::prune::run(&a.into(), cx),
-            Command::Install(a) => commands::install::run(&a.into(), cx),
-        }
-    }
 }
 
 #[cfg(test)]
