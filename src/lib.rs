@@ -32,3 +32,4 @@ pub(crate) mod state;
 pub mod status;
 pub(crate) mod var;
 pub mod verify;
+pub(crate) mod wait;
