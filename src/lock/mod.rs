@@ -95,17 +95,8 @@ pub const MIN_STALE: Duration = Duration::from_secs(3);
 /// must not make a lost node's lock unbreakable).
 const HEARTBEAT_HONOURED_MAX: Duration = Duration::from_secs(60);
 
-/// Gave up waiting for the lock: exit code 3.
-#[derive(Debug)]
-pub struct Timeout(pub String);
-
-impl std::fmt::Display for Timeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Timeout {}
+/// Gave up waiting for a lock: exit 3 (defined with the wait every lock uses).
+pub use crate::wait::Timeout;
 
 pub struct Config {
     pub timeout: Duration,
