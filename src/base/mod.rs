@@ -9,3 +9,4 @@ pub(crate) mod pool;
 pub mod preflight;
 pub mod progress;
 pub mod store_path;
+pub(crate) mod wait;

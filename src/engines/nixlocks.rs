@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -23,6 +23,7 @@ use nix::unistd::{Gid, Uid};
 use crate::base::dirfd::{mkdir_open, open_dir_if_exists, MkdirOpen};
 use crate::base::preflight::Checked;
 use crate::base::progress::Log;
+use crate::base::wait::Tried;
 
 /// The shared locks; released when dropped.
 pub struct NixLocks {
@@ -48,23 +49,25 @@ fn shared_lock(
     )
     .map_err(|e| crate::base::error::Invalid(crate::base::dirfd::open_problem(e, shown)))?;
     let f = File::from(fd);
-    let t0 = Instant::now();
-    wait_flock(
-        &f,
-        libc::LOCK_SH,
-        shown,
-        t0,
+    crate::base::wait::wait(
+        Instant::now(),
         timeout,
         stop,
-        log,
-        &|waited| {
-            format!(
+        |_| {
+            Ok(if try_flock(&f, libc::LOCK_SH, shown)? {
+                Tried::Got(())
+            } else {
+                Tried::Held(())
+            })
+        },
+        |(), waited| {
+            log.info(&format!(
                 "waiting for {what} to finish ({} is held); waited {}s",
                 shown.display(),
                 waited.as_secs()
-            )
+            ));
         },
-        &|waited| {
+        |(), waited| {
             format!(
                 "gave up after {} waiting for {what} to finish: {} is held exclusively; nothing was \
              copied; run the seed when it has finished, or raise --lock-timeout",
@@ -76,42 +79,15 @@ fn shared_lock(
     Ok(f)
 }
 
-/// Wait until `flock(op | LOCK_NB)` on `f` (shown as `shown`) succeeds, polling every
-/// 100 ms: saying `waiting(waited)` every 5 s, stopping on `stop`, and giving up when
-/// `timeout` has passed since `t0` with [`crate::base::error::Timeout`] (exit 3) and
-/// `give_up(waited)`. Nix's locks and a profile's lock are all waited for this way.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn wait_flock(
-    f: &File,
-    op: libc::c_int,
-    shown: &Path,
-    t0: Instant,
-    timeout: Duration,
-    stop: &AtomicBool,
-    log: &Log,
-    waiting: &dyn Fn(Duration) -> String,
-    give_up: &dyn Fn(Duration) -> String,
-) -> Result<()> {
-    let mut said = None::<Instant>;
-    loop {
-        // SAFETY: flock on an open descriptor.
-        match Errno::result(unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) }) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EWOULDBLOCK | Errno::EINTR) => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot lock {}", shown.display())),
-        }
-        if stop.load(Ordering::Relaxed) {
-            return Err(crate::base::error::Stopped.into());
-        }
-        let waited = t0.elapsed();
-        if waited >= timeout {
-            return Err(crate::base::error::Timeout(give_up(waited)).into());
-        }
-        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-            said = Some(Instant::now());
-            log.info(&waiting(waited));
-        }
-        std::thread::sleep(Duration::from_millis(100).min(timeout.saturating_sub(waited)));
+/// One `flock(op | LOCK_NB)` on `f` (shown as `shown`): whether it was taken (`false`
+/// when someone else holds it, or a signal interrupted the call). Nix's locks and a
+/// profile's lock are waited for with it, by [`crate::base::wait::wait`].
+pub(crate) fn try_flock(f: &File, op: libc::c_int, shown: &Path) -> Result<bool> {
+    // SAFETY: flock on an open descriptor.
+    match Errno::result(unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) }) {
+        Ok(_) => Ok(true),
+        Err(Errno::EWOULDBLOCK | Errno::EINTR) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot lock {}", shown.display())),
     }
 }
 

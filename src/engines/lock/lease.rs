@@ -54,6 +54,12 @@ impl Lease {
         Some(l)
     }
 
+    /// Who holds the lock (none: no lease, or an unparsable one), without the heartbeat
+    /// counter: changes when the holder does, not at each of its heartbeats.
+    pub(super) fn holder(raw: &[u8]) -> Option<Lease> {
+        Lease::parse(raw).map(|l| Lease { heartbeat: None, ..l })
+    }
+
     pub fn describe(raw: &[u8]) -> String {
         if raw.iter().all(|b| b.is_ascii_whitespace()) {
             return "an unknown holder (no lease written yet)".into();

@@ -2,10 +2,11 @@
 //!
 //! The lock file is `TARGET/.nix-seed/lock`. The holder keeps `flock(LOCK_EX)` on it and
 //! writes a lease into it (host, pod, pid, start time, a heartbeat counter) that it
-//! rewrites every few seconds. Waiters poll the kernel lock, print who they wait for, and
+//! rewrites every few seconds. Waiters try the kernel lock, print who they wait for, and
 //! watch the lease. Two ways out for a waiter:
 //! - the kernel releases the lock (holder exited or was SIGKILLed; on a network
-//!   filesystem, when the server notices the client is gone): it takes the lock at once;
+//!   filesystem, when the server notices the client is gone): it takes the lock at its
+//!   next attempt (within 2 s; see the back-off below);
 //! - the lease has not changed, on the waiter's own monotonic clock and while the kernel
 //!   still says "held" (a node lost with its lock never released), for the larger of
 //!   `--lock-stale` and [`STALE_BEATS`] of the holder's heartbeat periods (the lease says
@@ -14,6 +15,35 @@
 //!   one. So no waiter's flags can take the lock from a holder that renews its lease at
 //!   its own pace. Takeovers are serialised by `TARGET/.nix-seed/takeover` and re-check
 //!   staleness under it, so two waiters never both take over.
+//!
+//! # Every lock nix-seed takes, by whom, in what order
+//!
+//! A `seed` takes, and holds until it ends: (1) this seed lock, `LOCK_EX` (seeders
+//! exclude each other); (2) `var/nix/gc.lock`, `LOCK_SH` (a garbage collection holds
+//! `LOCK_EX` for its whole run); (3) `var/nix/db/big-lock`, `LOCK_SH` (a Nix database
+//! migration holds `LOCK_EX`; every Nix process `LOCK_SH`), both in `nixlocks`; then,
+//! per transaction only, (4) the Nix database's own lock (SQLite's: the `db.sqlite.lock`
+//! directory with the `unix-dotfile` VFS, shared with every Nix process; `nixdb::lock`),
+//! and, while it switches a profile, (5) that profile's `NAME.lock`, `LOCK_EX`, as
+//! `nix-env` takes it (`profiles::lock`). Always in this order, never an earlier one
+//! while holding a later one. `prune` takes (1), then (4) per transaction; `images`
+//! only (4), to read.
+//!
+//! # Waiting: one loop, backing off
+//!
+//! Every one of these waits is [`crate::base::wait`]: an attempt, then a pause of 100 ms
+//! doubling to 2 s, each ±25% (never above 2 s), a message every 5 s naming what is waited
+//! for (and here the holder, from its lease), a stop on SIGINT/SIGTERM, and [`Timeout`]
+//! (exit 3) after `--lock-timeout`. A thousand pods starting on an empty disk then try
+//! the lock about once every 2 s each, not ten times a second, and not in step. Here a
+//! waiter starts again at 100 ms when the holder changes (another lock file, or a lease
+//! from another host, pod, pid or start), and looks again the moment the lease it watches
+//! would become stale, whatever the back-off. The takeover rules hold as before: a waiter
+//! measures "unchanged" from the moment it first saw the lease's current content, which
+//! is never before the holder wrote it, so backing off can only delay a takeover, never
+//! hasten it (a live holder's heartbeat counter only grows: its lease never comes back
+//! to a content seen before); and a dead holder is taken over at most one pause (≤ 2 s) later than by a
+//! waiter that watched without pausing.
 //!
 //! A holder whose lock file was replaced (it was taken over while paused or cut off)
 //! notices at its next heartbeat and stops before doing more work.
@@ -26,7 +56,6 @@
 //! [`lease`], the lock file's kernel lock and the takeover in `file`, the holder's
 //! heartbeat in `heartbeat`.
 
-use crate::base::error::Timeout;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -41,6 +70,7 @@ use serde_json::json;
 
 use crate::base::layout::{state_dir, STATE_DIR};
 use crate::base::progress::{Level, Log};
+use crate::base::wait::{Tried, Waiting};
 
 mod file;
 mod heartbeat;
@@ -52,8 +82,6 @@ pub use lease::Lease;
 use lease::{read_lease, Me};
 
 pub use crate::base::layout::LOCK_NAME;
-const POLL: Duration = Duration::from_millis(100);
-const SAY_EVERY: Duration = Duration::from_secs(5);
 
 /// The holder rewrites its lease every `--lock-stale`/6, within these bounds.
 pub const HEARTBEAT_MIN: Duration = Duration::from_millis(500);
@@ -66,6 +94,8 @@ pub const MIN_STALE: Duration = Duration::from_secs(3);
 /// A lease's heartbeat period is honoured up to this (it is untrusted input: a huge one
 /// must not make a lost node's lock unbreakable).
 const HEARTBEAT_HONOURED_MAX: Duration = Duration::from_secs(60);
+
+use crate::base::error::Timeout;
 
 pub struct Config {
     pub timeout: Duration,
@@ -143,6 +173,15 @@ impl Drop for Held {
     }
 }
 
+/// What a waiter knows about the holder after an attempt: for the messages.
+struct Holder {
+    raw: Vec<u8>,
+    /// Since the lease last changed, on this waiter's clock.
+    unchanged: Duration,
+    /// After how long unchanged this waiter takes over ([`Config::stale_for`]).
+    stale: Duration,
+}
+
 /// Wait for and take the lock. `interrupted` is checked while waiting.
 pub fn acquire(
     target: BorrowedFd,
@@ -159,12 +198,9 @@ pub fn acquire(
     let t0 = Instant::now();
     let mut seen: Option<(u64, Vec<u8>)> = None;
     let mut changed_at = Instant::now();
-    let mut said_at: Option<Instant> = None;
+    let take = |f: File| Held::start(f, dir.clone(), me.clone(), cfg, log, lock_path.clone(), t0);
 
-    loop {
-        if interrupted.load(Ordering::Relaxed) {
-            return Err(crate::base::error::Stopped.into());
-        }
+    let attempt = |w: &mut Waiting| loop {
         let f = open_lock_file(dir.as_fd(), LOCK_NAME, &lock_path, false)?;
         let got = try_flock(&f).map_err(|e| {
             anyhow::anyhow!(
@@ -175,7 +211,7 @@ pub fn acquire(
         if got {
             // The name may have been replaced (a takeover) between our open and flock.
             if is_current(dir.as_fd(), &f)? {
-                return Held::start(f, dir, me, cfg, log, lock_path, t0);
+                return take(f).map(Tried::Got);
             }
             continue;
         }
@@ -183,61 +219,73 @@ pub fn acquire(
         let raw = read_lease(&f);
         let ino = fstat(f.as_fd())?.st_ino;
         if seen.as_ref() != Some(&(ino, raw.clone())) {
+            // Another holder (not just its next heartbeat): the lock may soon be free.
+            if seen
+                .as_ref()
+                .is_some_and(|(i, r)| *i != ino || Lease::holder(r) != Lease::holder(&raw))
+            {
+                w.holder_changed();
+            }
             seen = Some((ino, raw.clone()));
             changed_at = Instant::now();
         }
-        let holder = Lease::describe(&raw);
         let stale = cfg.stale_for(&raw);
         if changed_at.elapsed() >= stale {
             log.event(
                 Level::Warn,
                 "lock-stale",
                 &format!(
-                    "lease on {} held by {holder} has not changed for {}s (the larger of --lock-stale {} and \
+                    "lease on {} held by {} has not changed for {}s (the larger of --lock-stale {} and \
                      {STALE_BEATS} of the holder's heartbeats): taking over",
                     lock_path.display(),
+                    Lease::describe(&raw),
                     changed_at.elapsed().as_secs(),
                     humantime::format_duration(cfg.stale)
                 ),
                 Lease::fields(&raw),
             );
             if let Some(f) = take_over(dir.as_fd(), &lock_path, ino, &raw, &me)? {
-                return Held::start(f, dir, me, cfg, log, lock_path, t0);
+                return take(f).map(Tried::Got);
             }
             changed_at = Instant::now();
         }
-        let waited = t0.elapsed();
-        if waited >= cfg.timeout {
-            return Err(Timeout(format!(
-                "gave up after {} waiting for lock {} held by {holder}: raise --lock-timeout; if that \
-                 seeder is gone, its lease is taken over after it has not changed for {}",
-                humantime::format_duration(Duration::from_secs(waited.as_secs())),
+        // Look again when the lease would become stale, whatever the back-off.
+        w.recheck_within(stale.saturating_sub(changed_at.elapsed()));
+        return Ok(Tried::Held(Holder {
+            raw,
+            unchanged: changed_at.elapsed(),
+            stale,
+        }));
+    };
+    let say = |h: &Holder, waited: Duration| {
+        let mut fields = Lease::fields(&h.raw);
+        fields["waited_secs"] = json!(waited.as_secs());
+        fields["lease_unchanged_secs"] = json!(h.unchanged.as_secs());
+        log.event(
+            Level::Info,
+            "lock-wait",
+            &format!(
+                "waiting for lock {} held by {}; lease last changed {}s ago; waited {}s of {}",
                 lock_path.display(),
-                humantime::format_duration(Duration::from_secs(stale.as_secs()))
-            ))
-            .into());
-        }
-        if said_at.is_none_or(|t| t.elapsed() >= SAY_EVERY) {
-            said_at = Some(Instant::now());
-            let mut fields = Lease::fields(&raw);
-            fields["waited_secs"] = json!(waited.as_secs());
-            fields["lease_unchanged_secs"] = json!(changed_at.elapsed().as_secs());
-            log.event(
-                Level::Info,
-                "lock-wait",
-                &format!(
-                    "waiting for lock {} held by {holder}; lease last changed {}s ago; waited {}s of {}",
-                    lock_path.display(),
-                    changed_at.elapsed().as_secs(),
-                    waited.as_secs(),
-                    humantime::format_duration(cfg.timeout)
-                ),
-                fields,
-            );
-        }
-        drop(f);
-        std::thread::sleep(POLL.min(cfg.timeout.saturating_sub(waited)));
-    }
+                Lease::describe(&h.raw),
+                h.unchanged.as_secs(),
+                waited.as_secs(),
+                humantime::format_duration(cfg.timeout)
+            ),
+            fields,
+        );
+    };
+    let give_up = |h: &Holder, waited: Duration| {
+        format!(
+            "gave up after {} waiting for lock {} held by {}: raise --lock-timeout; if that seeder is \
+             gone, its lease is taken over after it has not changed for {}",
+            humantime::format_duration(Duration::from_secs(waited.as_secs())),
+            lock_path.display(),
+            Lease::describe(&h.raw),
+            humantime::format_duration(Duration::from_secs(h.stale.as_secs()))
+        )
+    };
+    crate::base::wait::wait(t0, cfg.timeout, interrupted, attempt, say, give_up)
 }
 
 /// SQLite's "database is locked" (SQLITE_BUSY: the busy handler gave up after

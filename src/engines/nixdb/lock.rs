@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use super::DB_FILE;
 use crate::base::dirfd::lstat_at;
+use crate::base::wait::{Step, Waiting};
 
 /// What the busy handler says and how long it waits (one target database per process).
 struct BusyCtx {
@@ -29,42 +30,42 @@ pub fn set_busy_context(db_dir: &Path, timeout: Duration, log: std::sync::Arc<cr
     });
 }
 
-/// SQLite's busy handler: retry every 100 ms, say every 5 s what is waited for, give up
-/// after the lock timeout, measured on the clock (a retry on a network filesystem takes
-/// time too). SQLite then returns SQLITE_BUSY, which `lock::db_busy_as_timeout` turns into
-/// a lock timeout (exit 3) naming the lock.
+/// SQLite's busy handler: retry on the back-off every lock wait uses ([`crate::base::wait`]),
+/// say every 5 s (the first time after 5 s: these waits are usually milliseconds) what is
+/// waited for, give up after the lock timeout, measured on the clock (a retry on a network
+/// filesystem takes time too). SQLite then returns SQLITE_BUSY, which
+/// `lock::db_busy_as_timeout` turns into a lock timeout (exit 3) naming the lock. Without
+/// a context (not set yet) it gives up after 10 s, silently.
 pub(super) fn busy(count: i32) -> bool {
     thread_local! {
-        static SINCE: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+        static WAITING: std::cell::RefCell<Option<Waiting>> = const { std::cell::RefCell::new(None) };
     }
-    // SQLite calls with 0 at the start of each wait.
-    let since = SINCE.with(|s| match s.get() {
-        Some(t) if count > 0 => t,
-        _ => {
-            let now = std::time::Instant::now();
-            s.set(Some(now));
-            now
+    let ctx = BUSY.get();
+    let step = WAITING.with(|w| {
+        let mut w = w.borrow_mut();
+        // SQLite calls with 0 at the start of each wait.
+        if count == 0 || w.is_none() {
+            let timeout = ctx.map_or(Duration::from_secs(10), |c| c.timeout);
+            *w = Some(Waiting::new(std::time::Instant::now(), timeout).say_later());
         }
+        w.as_mut().map(Waiting::next_step)
     });
-    let waited = since.elapsed();
-    let Some(ctx) = BUSY.get() else {
-        std::thread::sleep(Duration::from_millis(100));
-        return count < 100;
-    };
-    if waited >= ctx.timeout {
-        return false;
+    match step {
+        Some(Step::Retry { waited, say, sleep }) => {
+            if let (true, Some(ctx)) = (say, ctx) {
+                ctx.log.warn(&format!(
+                    "waiting {}s for the Nix database lock ({} exists with the unix-dotfile VFS): a Nix \
+                     process holds the database, or one was killed while holding it; if no Nix process \
+                     uses this store, rmdir it",
+                    waited.as_secs(),
+                    ctx.lock_path.display()
+                ));
+            }
+            std::thread::sleep(sleep);
+            true
+        }
+        Some(Step::GiveUp { .. }) | None => false,
     }
-    if count > 0 && count % 50 == 0 {
-        ctx.log.warn(&format!(
-            "waiting {}s for the Nix database lock ({} exists with the unix-dotfile VFS): a Nix process \
-             holds the database, or one was killed while holding it; if no Nix process uses this store, \
-             rmdir it",
-            waited.as_secs(),
-            ctx.lock_path.display()
-        ));
-    }
-    std::thread::sleep(Duration::from_millis(100).min(ctx.timeout - waited));
-    true
 }
 
 /// `TARGET/.nix-seed/db-lock`: present while a seeder may hold the target database's

@@ -16,6 +16,7 @@ use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fstat, Mode, SFlag};
 
 use crate::base::progress::Log;
+use crate::base::wait::Tried;
 
 /// The held lock; released (and the file removed, if nix-seed created it) when dropped.
 pub struct ProfileLock {
@@ -82,47 +83,51 @@ pub fn lock_profile(
 ) -> Result<ProfileLock> {
     let name = format!("{profile}.lock");
     let lock_path = shown.with_file_name(&name);
-    let t0 = Instant::now();
-    loop {
-        let (file, created) = open_lock_file(dir, &name, &lock_path)?;
-        crate::engines::nixlocks::wait_flock(
-            &file,
-            libc::LOCK_EX,
-            &lock_path,
-            t0,
-            timeout,
-            stop,
-            log,
-            &|waited| {
-                format!(
-                    "waiting for the lock on profile {} ({} is held); waited {}s",
-                    shown.display(),
-                    lock_path.display(),
-                    waited.as_secs()
-                )
-            },
-            &|waited| {
-                format!(
-                    "gave up after {} waiting for the lock on profile {} ({} is held, by a nix-env in a pod?); \
+    // The file stays open across attempts; it is opened again only when its holder
+    // deleted it (a non-empty lock file): another process may hold a new one by that name.
+    let mut cur: Option<(File, bool)> = None;
+    crate::base::wait::wait(
+        Instant::now(),
+        timeout,
+        stop,
+        |_| loop {
+            let (file, created) = match cur.take() {
+                Some(c) => c,
+                None => open_lock_file(dir, &name, &lock_path)?,
+            };
+            if !crate::engines::nixlocks::try_flock(&file, libc::LOCK_EX, &lock_path)? {
+                cur = Some((file, created));
+                return Ok(Tried::Held(()));
+            }
+            let st = fstat(file.as_fd()).with_context(|| format!("cannot stat {}", lock_path.display()))?;
+            if st.st_size == 0 {
+                let dir = dir
+                    .try_clone_to_owned()
+                    .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+                return Ok(Tried::Got(ProfileLock {
+                    file,
+                    dir,
+                    name: name.clone(),
+                    created,
+                }));
+            }
+        },
+        |(), waited| {
+            log.info(&format!(
+                "waiting for the lock on profile {} ({} is held); waited {}s",
+                shown.display(),
+                lock_path.display(),
+                waited.as_secs()
+            ));
+        },
+        |(), waited| {
+            format!(
+                "gave up after {} waiting for the lock on profile {} ({} is held, by a nix-env in a pod?); \
                  the profile was left as it was; run the seed again, or raise --lock-timeout",
-                    humantime::format_duration(Duration::from_secs(waited.as_secs())),
-                    shown.display(),
-                    lock_path.display()
-                )
-            },
-        )?;
-        let st = fstat(file.as_fd()).with_context(|| format!("cannot stat {}", lock_path.display()))?;
-        if st.st_size == 0 {
-            let dir = dir
-                .try_clone_to_owned()
-                .with_context(|| format!("cannot lock {}", lock_path.display()))?;
-            return Ok(ProfileLock {
-                file,
-                dir,
-                name,
-                created,
-            });
-        }
-        // Its holder deleted it: another process may hold a new one by that name.
-    }
+                humantime::format_duration(Duration::from_secs(waited.as_secs())),
+                shown.display(),
+                lock_path.display()
+            )
+        },
+    )
 }
