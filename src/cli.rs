@@ -80,7 +80,7 @@ pub struct PruneArgs {
     pub images: Vec<String>,
 
     /// Print what would be retired and freed; change nothing and take no lock.
-    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = parse_bool)]
     pub dry_run: bool,
 
     /// How long to wait for the seed lock (a seeder at work), and for the Nix database's
@@ -186,7 +186,7 @@ pub struct SeedArgs {
 
     /// After copying, recompute the NAR hash of every store path copied and compare it
     /// with the image's database before registering anything.
-    #[arg(long, env = "NIX_SEED_VERIFY", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_VERIFY", value_parser = parse_bool)]
     pub verify: bool,
 
     /// Take the slow path even when the image is marked seeded: under the locks, compare
@@ -194,16 +194,16 @@ pub struct SeedArgs {
     /// but unregistered paths whose content hashes to what the image registered, replace
     /// those that do not, and re-add missing GC roots. For a store that drifted (`status`
     /// says so), e.g. after a path or a database row was deleted by hand.
-    #[arg(long, env = "NIX_SEED_RECHECK", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_RECHECK", value_parser = parse_bool)]
     pub recheck: bool,
 
     /// Print what would be copied; change nothing and take no lock.
-    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = parse_bool)]
     pub dry_run: bool,
 
     /// Seed a target that is not a mount point (by default refused: in a pod that means the
     /// volume was forgotten and the copy would vanish with the pod).
-    #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT", value_parser = parse_bool)]
     pub allow_non_mountpoint: bool,
 
     /// What an image upgrade does to the profiles it ships (`var/nix/profiles/NAME`,
@@ -247,7 +247,7 @@ pub struct Output {
     pub log_format: LogFormat,
 
     /// Only errors and warnings.
-    #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose", value_parser = parse_bool)]
     pub quiet: bool,
 
     /// More detail: `seed` names every store path it copies, `status` every one missing.
@@ -267,6 +267,18 @@ pub enum ProgressMode {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A boolean variable's value: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off` (any case).
+/// Anything else is refused, so a typo such as `NIX_SEED_DRY_RUN=disabled` cannot switch a
+/// flag on; clap's `FalseyValueParser` took every unknown word as true, its
+/// `BoolishValueParser` also takes `y`, `n`, `t` and `f`.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 1/0, true/false, yes/no or on/off".to_string()),
+    }
 }
 
 /// `30s`, `10m`, `1h`, `1h30m`, `500ms`; a bare number means seconds.
@@ -371,6 +383,19 @@ mod tests {
         assert!(parse_stale("0").is_err());
         assert!(parse_stale("2999ms").is_err());
         assert_eq!(parse_stale("3s").unwrap(), crate::lock::MIN_STALE);
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["1", "true", "TRUE", "yes", "On"] {
+            assert_eq!(parse_bool(t), Ok(true), "{t}");
+        }
+        for f in ["0", "false", "No", "off"] {
+            assert_eq!(parse_bool(f), Ok(false), "{f}");
+        }
+        for bad in ["disabled", "", "y", "2", "enable"] {
+            assert!(parse_bool(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

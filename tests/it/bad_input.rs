@@ -559,3 +559,60 @@ fn a_corrupt_or_empty_target_database_is_named_and_refused() {
         assert_eq!(std::fs::read(&db).unwrap(), body, "{what}: left as it was");
     }
 }
+
+/// A boolean variable takes 1/0, true/false, yes/no, on/off; any other word is refused
+/// naming the variable (`NIX_SEED_DRY_RUN=disabled` used to run a dry run), and nothing
+/// is written.
+#[test]
+fn a_boolean_variable_with_another_word_is_refused_naming_it() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    for (var, value) in [
+        ("NIX_SEED_DRY_RUN", "disabled"),
+        ("NIX_SEED_VERIFY", "maybe"),
+        ("NIX_SEED_RECHECK", "2"),
+        ("NIX_SEED_ALLOW_NON_MOUNTPOINT", "y"),
+        ("NIX_SEED_QUIET", "loud"),
+    ] {
+        let o = nix_seed()
+            .args(["seed", "--source"])
+            .arg(&fx.root)
+            .arg("--target")
+            .arg(&dst)
+            .env("NIX_SEED_ALLOW_NON_MOUNTPOINT", "1")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("invalid value '{value}'")) && err.contains(&format!("environment variable {var}")),
+            "{var}={value}: {}",
+            text(&o)
+        );
+        assert!(empty(&dst), "{var}={value} wrote to the target");
+    }
+    let o = nix_seed()
+        .args(["prune", "--target"])
+        .arg(&dst)
+        .args(["--keep-last", "1"])
+        .env("NIX_SEED_DRY_RUN", "disabled")
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("environment variable NIX_SEED_DRY_RUN"),
+        "{}",
+        text(&o)
+    );
+    // The accepted words, in any case: OFF is not a dry run, so the seed is done.
+    let o = support::cmd::seed_cmd(&fx.root, &dst, &[])
+        .env("NIX_SEED_DRY_RUN", "OFF")
+        .env("NIX_SEED_VERIFY", "Yes")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    support::compare::assert_store_equal(&fx.root, &dst);
+}
