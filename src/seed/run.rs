@@ -296,11 +296,15 @@ impl<'a> Run<'a> {
             self.log.error(p);
         }
         if !self.checks.problems.is_empty() {
+            let n = self.checks.mismatched;
             anyhow::bail!(
-                "{} store paths in {}/store do not match their registrations (see above); they were removed \
-                 and nothing was registered; the image (or its registration file) is corrupt: rebuild it",
-                self.checks.problems.len(),
-                self.c.target_path.display()
+                "{} in {}/store {} not match {} registrations (see above); {} removed and nothing was \
+                 registered; the image (or its registration file) is corrupt: rebuild it",
+                crate::progress::count(n as u64, "store path", "store paths"),
+                self.c.target_path.display(),
+                if n == 1 { "does" } else { "do" },
+                if n == 1 { "its" } else { "their" },
+                if n == 1 { "it was" } else { "they were" },
             );
         }
         // A replacement keeps its name: the listing still holds.
