@@ -83,6 +83,11 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
     // Decide, under the locks: what a collection deleted while we waited is missing now,
     // and another seeder may have done the work meanwhile.
     let plan = Plan::compute(&c)?;
+    // Stalled past --lock-stale and taken over meanwhile (the new holder may have done the
+    // work): this seeder's one outcome is the lost lock, never "nothing to do".
+    if !held.still_ours() {
+        return Err(lock::lost(&held));
+    }
     if plan.is_complete() && !args.recheck {
         if plan.db_lock_left {
             crate::nixdb::recover_db_lock(&c, args.lock_timeout, log)?;
