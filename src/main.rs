@@ -57,7 +57,8 @@ fn main() -> ExitCode {
                         e,
                         &db_dir,
                         args.lock_timeout,
-                        "nothing was registered, the next run registers what was copied",
+                        // The slow path's steps say it themselves once something was copied.
+                        "nothing was copied or registered",
                     );
                     let named = format!("{e:#}").contains('/');
                     let e = if named {

@@ -22,6 +22,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::cli::SeedArgs;
+use crate::copy::Counters;
 use crate::failpoint;
 use crate::lock;
 use crate::nixlocks::NixLocks;
@@ -97,7 +98,19 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
         return Ok(report.finished(t0));
     }
     failpoint::hit("planned");
-    let mut run = Run::start(c, args, log, &held, interrupted, plan, described)?;
+    let db_dir = c.target_path.join("var").join(crate::nixdb::DB_DIR);
+    let run = Run::start(c, args, log, &held, interrupted, plan, described)?;
+    let counters = run.counters.clone();
+    // A timeout on the database's lock says what becomes of what was copied, if anything was.
+    let report = steps(run).map_err(|e| db_busy(e, &db_dir, args.lock_timeout, &counters))?;
+    failpoint::hit("marked");
+    drop(nix_locks);
+    drop(held);
+    Ok(report.finished(t0))
+}
+
+/// The slow path's steps, in order, under the locks.
+fn steps(mut run: Run<'_>) -> Result<Report> {
     failpoint::hit("unmarked");
     run.check_space()?;
     failpoint::hit("space-checked");
@@ -116,11 +129,25 @@ pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) 
     failpoint::hit("rooted");
     run.follow_profiles()?;
     failpoint::hit("profiles-followed");
-    let report = run.mark()?;
-    failpoint::hit("marked");
-    drop(nix_locks);
-    drop(held);
-    Ok(report.finished(t0))
+    run.mark()
+}
+
+/// A timeout on the Nix database's lock during the slow path (exit 3): what was copied
+/// before it, if anything, is registered by the next run. Before the copy, `main` says
+/// nothing was copied.
+fn db_busy(
+    e: anyhow::Error,
+    db_dir: &std::path::Path,
+    timeout: std::time::Duration,
+    counters: &Counters,
+) -> anyhow::Error {
+    let copied = Counters::get(&counters.paths_done) + Counters::get(&counters.files) > 0;
+    let outcome = if copied {
+        "nothing was registered, the next run registers what was copied"
+    } else {
+        "nothing was copied or registered"
+    };
+    lock::db_busy_as_timeout(e, db_dir, timeout, outcome)
 }
 
 fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Report> {

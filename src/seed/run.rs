@@ -31,7 +31,7 @@ pub(super) struct Run<'a> {
     pub(super) held: &'a Held,
     pub(super) interrupted: &'a Arc<AtomicBool>,
     pub(super) plan: Plan,
-    counters: Arc<Counters>,
+    pub(super) counters: Arc<Counters>,
     pub(super) engine: Engine,
     /// What the image says of its paths (read before the locks), until the registrations
     /// are completed.

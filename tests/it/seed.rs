@@ -458,3 +458,50 @@ fn walkdir_files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A timeout on the database's lock says what becomes of the copies only when there are
+/// some: before the copy, "nothing was copied or registered"; after it, the next run
+/// registers what was copied.
+#[test]
+fn a_database_lock_timeout_says_what_was_copied() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    let lock = dst.join("var/nix/db/db.sqlite.lock");
+    let added = support::fixture::add_paths(&fx.root, 3, 78);
+
+    // Held before the seed starts: it gives up before copying anything.
+    std::fs::create_dir(&lock).unwrap();
+    let out = seed(&fx.root, &dst, &["--lock-timeout", "3s"]);
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("nothing was copied or registered") && !err.contains("registers what was copied"),
+        "{err}"
+    );
+    assert!(added.iter().all(|n| !dst.join("store").join(n).exists()), "{err}");
+    std::fs::remove_dir(&lock).unwrap();
+
+    // Taken while the seed is stopped after copying: the copies wait for the next run.
+    let child = support::cmd::seed_cmd(&fx.root, &dst, &["--lock-timeout", "3s"])
+        .env("NIX_SEED_FAILPOINT", "copied=stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_stopped(child.id());
+    std::fs::create_dir(&lock).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 3);
+    assert!(
+        stderr(&out).contains("the next run registers what was copied"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir(&lock).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    assert_store_equal(&fx.root, &dst);
+}
