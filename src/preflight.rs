@@ -2,7 +2,7 @@
 //! names the path and says what to do; it maps to exit code 2 and nothing is written.
 
 use std::fmt;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -91,21 +91,7 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
     }
     let target_fd = open_root(&tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
     if need_write {
-        let vfs =
-            fstatvfs(target_fd.as_fd()).map_err(|e| Invalid(format!("cannot statfs target {}: {e}", tgt.display())))?;
-        if vfs.flags().contains(FsFlags::ST_RDONLY) {
-            return invalid(format!(
-                "target {} is on a read-only filesystem: mount the volume read-write",
-                tgt.display()
-            ));
-        }
-        if access(&tgt, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
-            return invalid(format!(
-                "target {} is not writable by uid {}: run as its owner or root, or make it writable",
-                tgt.display(),
-                nix::unistd::geteuid()
-            ));
-        }
+        writable(&tgt, target_fd.as_fd())?;
     }
 
     let source_fd = open_root(&src).map_err(|e| Invalid(format!("cannot open source {}: {e}", src.display())))?;
@@ -120,6 +106,26 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         target_path: tgt,
         target: target_fd,
     })
+}
+
+/// Why the target cannot be written (a read-only mount, no write permission): the real
+/// seed refuses it, a dry run says it would.
+pub fn writable(tgt: &Path, target: BorrowedFd) -> Result<(), Invalid> {
+    let vfs = fstatvfs(target).map_err(|e| Invalid(format!("cannot statfs target {}: {e}", tgt.display())))?;
+    if vfs.flags().contains(FsFlags::ST_RDONLY) {
+        return invalid(format!(
+            "target {} is on a read-only filesystem: mount the volume read-write",
+            tgt.display()
+        ));
+    }
+    if access(tgt, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+        return invalid(format!(
+            "target {} is not writable by uid {}: run as its owner or root, or make it writable",
+            tgt.display(),
+            nix::unistd::geteuid()
+        ));
+    }
+    Ok(())
 }
 
 fn canonical_dir(p: &Path, role: &str, fix: &str) -> Result<PathBuf, Invalid> {

@@ -39,6 +39,8 @@ use run::Run;
 
 pub fn seed(args: &mut SeedArgs, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
+    // A dry run checks writability itself, to say what it would copy before saying that
+    // the seed would refuse.
     let c = preflight::check(
         &args.paths.source,
         &args.paths.target,
@@ -194,13 +196,29 @@ fn dry_run(c: &Checked, args: &SeedArgs, log: &Log, t0: Instant) -> Result<Repor
     report.dry_run = true;
     report.files = size.files;
     report.bytes = size.bytes;
-    report.fit = Some(match plan::room(c, plan.missing.len(), size)? {
-        None => format!(
+    // The outcome the real seed would have, after saying what it would do: refused (exit
+    // 2), no room (exit 1), or done.
+    let refused = preflight::writable(&c.target_path, c.target.as_fd()).err();
+    let no_room = plan::room(c, plan.missing.len(), size)?;
+    report.fit = Some(match (&refused, &no_room) {
+        (Some(why), _) => format!("the seed would refuse it: {why}"),
+        (None, Some(why)) => format!("it would NOT fit: {why}"),
+        (None, None) => format!(
             "it fits ({}, {} inodes needed)",
             indicatif::HumanBytes(size.needed),
             size.inodes
         ),
-        Some(why) => format!("it would NOT fit: {why}"),
     });
-    Ok(report.finished(t0))
+    let report = report.finished(t0);
+    if refused.is_none() && no_room.is_none() {
+        return Ok(report);
+    }
+    report.print(log);
+    match refused {
+        Some(why) => Err(preflight::Invalid(format!("dry run: the seed would refuse: {why}")).into()),
+        None => Err(anyhow::anyhow!(
+            "dry run: the seed would fail: {}",
+            no_room.unwrap_or_default()
+        )),
+    }
 }

@@ -111,6 +111,55 @@ fn read_only_target() {
     drop(m);
 }
 
+/// A dry run on a read-only target says what it would copy, then that the seed would
+/// refuse and why, and exits as the seed would (2); not "it fits".
+#[test]
+fn a_dry_run_on_a_read_only_target_says_the_seed_would_refuse() {
+    if !support::require_root("a_dry_run_on_a_read_only_target") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let m = support::mounts::tmpfs(&dst, 16);
+    let remount = |how: &str| {
+        assert!(std::process::Command::new("mount")
+            .args(["-o", how])
+            .arg(&dst)
+            .status()
+            .unwrap()
+            .success());
+    };
+    remount("remount,ro");
+    let out = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    remount("remount,rw");
+    assert_code(&out, 2);
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(e.contains("would copy "), "{}", text(&out));
+    assert!(
+        o.contains("would refuse") && o.contains("read-only") && !o.contains("it fits"),
+        "{}",
+        text(&out)
+    );
+    let last = e.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("dry run: the seed would refuse") && last.contains("read-write"),
+        "{}",
+        text(&out)
+    );
+    assert!(empty(&dst));
+    drop(m);
+}
+
 /// The examples set `readOnlyRootFilesystem: true`: with the volume forgotten, the target
 /// directory sits on the read-only root filesystem, and the real problem is the missing
 /// mount, which the message must name.
@@ -438,9 +487,15 @@ fn a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so() {
     // Space enough by bytes, but few inodes.
     let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
     let dry = support::cmd::seed_cmd(&fx.root, &dst, &["--dry-run"]).output().unwrap();
-    assert_ok(&dry);
+    // The dry run ends as the seed would: exit 1, after saying what it would copy.
+    assert_code(&dry, 1);
     assert!(
         stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
+        "{}",
+        text(&dry)
+    );
+    assert!(
+        stderr(&dry).contains("dry run: the seed would fail: not enough space"),
         "{}",
         text(&dry)
     );
