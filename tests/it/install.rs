@@ -30,3 +30,22 @@ fn a_missing_directory_is_a_usage_error_and_nothing_is_written() {
     assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
+
+/// DEST whose parent is a file (or below one): the error says so, not "does not exist".
+#[test]
+fn a_parent_that_is_a_file_is_named_as_a_file() {
+    let tmp = support::scratch();
+    let file = tmp.path().join("opt");
+    std::fs::write(&file, b"x").unwrap();
+    for dest in [file.join("nix-seed"), file.join("bin/nix-seed")] {
+        let o = run(["install".as_ref(), dest.as_os_str()]);
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(
+            err.contains(&file.display().to_string()) && err.contains("file, not a directory"),
+            "{err}"
+        );
+        assert!(!err.contains("does not exist"), "{err}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
+}
