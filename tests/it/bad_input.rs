@@ -671,3 +671,38 @@ fn a_boolean_variable_with_another_word_is_refused_naming_it() {
     assert_ok(&o);
     support::compare::assert_store_equal(&fx.root, &dst);
 }
+
+/// Error lines are prose: no runs of spaces (a format string broken across lines without
+/// a `\` continuation printed `pods              mount`).
+#[test]
+fn error_lines_have_no_runs_of_spaces() {
+    let tmp = support::scratch();
+    let missing = tmp.path().join("missing");
+    let empty_dir = tmp.path().join("empty");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let m = missing.to_str().unwrap();
+    let e = empty_dir.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["images", "--target", m],
+        vec!["images", "--target", e],
+        vec!["prune", "--target", m, "--keep-last", "1"],
+        vec!["prune", "--target", e, "--keep-last", "1"],
+        vec!["prune", "--target", e],
+        vec!["prune", "--target", e, "--keep-last", "0"],
+        vec!["prune", "--target", e, "--keep-last", "1", "--image", "x"],
+        vec!["prune", "--target", e, "--image", "0123"],
+        vec!["status", "--target", m],
+        vec!["verify", "--target", m],
+        vec!["verify", "--target", e],
+        vec!["seed", "--source", m, "--target", e],
+        vec!["seed", "--source", e, "--target", e],
+        vec!["install", "/nonexistent/dir/nix-seed"],
+    ];
+    for args in cases {
+        let o = run(&args);
+        assert!(!o.status.success(), "{args:?} succeeded:\n{}", text(&o));
+        let err = stderr(&o);
+        assert!(!err.trim().is_empty(), "{args:?}: no error line");
+        assert!(!err.contains("  "), "{args:?}: a run of spaces in:\n{err}");
+    }
+}
