@@ -206,6 +206,11 @@ pub struct SeedArgs {
     #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT", value_parser = parse_bool)]
     pub allow_non_mountpoint: bool,
 
+    /// A name for the image that `nix-seed images` shows beside its id (e.g. the image's
+    /// tag); kept in the image's record.
+    #[arg(long, env = "NIX_SEED_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+
     /// What an image upgrade does to the profiles it ships (`var/nix/profiles/NAME`,
     /// per-user ones too). `follow`: the image's current generation is added as a new
     /// generation of the target's profile, which is switched to it unless someone changed
