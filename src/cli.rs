@@ -128,6 +128,10 @@ pub struct InstallArgs {
     /// Destination file, or an existing directory to put `nix-seed` in.
     #[arg(value_name = "DEST")]
     pub dest: PathBuf,
+
+    /// Format of every line nix-seed prints.
+    #[arg(long, env = "NIX_SEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -243,7 +247,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct Output {
-    /// Progress display: a bar on a terminal, plain lines in logs.
+    /// Progress display: a bar on a terminal, plain lines in logs (every 5 s; the variable
+    /// NIX_SEED_PROGRESS_INTERVAL=DUR sets another interval).
     #[arg(long, env = "NIX_SEED_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 

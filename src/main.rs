@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         Command::Install(args) => {
             let log = Log::new(&nix_seed::cli::Output {
                 progress: nix_seed::cli::ProgressMode::None,
-                log_format: nix_seed::cli::LogFormat::Text,
+                log_format: args.log_format,
                 quiet: false,
                 verbose: false,
             });
