@@ -260,7 +260,9 @@ pub struct Output {
     #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose", value_parser = parse_bool)]
     pub quiet: bool,
 
-    /// More detail: `seed` names every store path it copies, `status` every one missing.
+    /// More detail: `seed` names every store path it copies and var/ entry it adds, `status`
+    /// every path missing, `prune` every path a collection would delete; `verify` and
+    /// `images` print nothing more.
     #[arg(long, short = 'v', action = clap::ArgAction::SetTrue)]
     pub verbose: bool,
 }
