@@ -7,17 +7,21 @@
 # shows `status`, and times `cp -a` of the same store as a baseline.
 #
 # DIR (default ${TMPDIR:-/tmp}/nix-seed-demo) is deleted and made again at every run.
+# --no-drop-caches keeps the machine's page cache (a warm run): dropping it slows every
+# other program on the machine for a while.
 #
-#   scripts/demo.sh [--paths N] [--dir DIR]
+#   scripts/demo.sh [--paths N] [--dir DIR] [--no-drop-caches]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 paths=1000
 dir="${TMPDIR:-/tmp}/nix-seed-demo"
+drop=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --paths) paths="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
-    *) echo "usage: $0 [--paths N] [--dir DIR]" >&2; exit 2 ;;
+    --no-drop-caches) drop=0; shift ;;
+    *) echo "usage: $0 [--paths N] [--dir DIR] [--no-drop-caches]" >&2; exit 2 ;;
   esac
 done
 
@@ -32,8 +36,12 @@ mkdir -p "$dir/image" "$dir/mnt/nix" "$dir/cp-baseline"
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 drop_caches() {
-  if [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then
-    sync; echo 3 > /proc/sys/vm/drop_caches; echo "(page cache dropped: cold run)"
+  if [ "$drop" = 0 ]; then
+    echo "(--no-drop-caches: page cache kept, this is a warm run)"
+  elif [ "$(id -u)" = 0 ] && [ -w /proc/sys/vm/drop_caches ]; then
+    echo "(dropping the page cache of the whole machine, echo 3 > /proc/sys/vm/drop_caches, for a cold run;" \
+      "--no-drop-caches skips it)"
+    sync; echo 3 > /proc/sys/vm/drop_caches
   else
     echo "(not root: page cache kept, this is a warm run)"
   fi

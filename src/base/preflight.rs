@@ -2,7 +2,7 @@
 //! names the path and says what to do; it maps to exit code 2 and nothing is written.
 
 use crate::base::error::Invalid;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -80,22 +80,9 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         ));
     }
     let target_fd = open_root(&tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
+    no_planted_links(&tgt, target_fd.as_fd())?;
     if need_write {
-        let vfs =
-            fstatvfs(target_fd.as_fd()).map_err(|e| Invalid(format!("cannot statfs target {}: {e}", tgt.display())))?;
-        if vfs.flags().contains(FsFlags::ST_RDONLY) {
-            return invalid(format!(
-                "target {} is on a read-only filesystem: mount the volume read-write",
-                tgt.display()
-            ));
-        }
-        if access(&tgt, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
-            return invalid(format!(
-                "target {} is not writable by uid {}: run as its owner or root, or make it writable",
-                tgt.display(),
-                nix::unistd::geteuid()
-            ));
-        }
+        writable(&tgt, target_fd.as_fd())?;
     }
 
     let source_fd = open_root(&src).map_err(|e| Invalid(format!("cannot open source {}: {e}", src.display())))?;
@@ -111,6 +98,51 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         target_path: tgt,
         target: target_fd,
     })
+}
+
+/// Why the target cannot be written (a read-only mount, no write permission): the real
+/// seed refuses it, a dry run says it would.
+pub fn writable(tgt: &Path, target: BorrowedFd) -> Result<(), Invalid> {
+    let vfs = fstatvfs(target).map_err(|e| Invalid(format!("cannot statfs target {}: {e}", tgt.display())))?;
+    if vfs.flags().contains(FsFlags::ST_RDONLY) {
+        return invalid(format!(
+            "target {} is on a read-only filesystem: mount the volume read-write",
+            tgt.display()
+        ));
+    }
+    if access(tgt, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+        return invalid(format!(
+            "target {} is not writable by uid {}: run as its owner or root, or make it writable",
+            tgt.display(),
+            nix::unistd::geteuid()
+        ));
+    }
+    Ok(())
+}
+
+/// `store` and `var` in the target, when they exist, are directories: a symlink another
+/// pod planted there is refused before anything is written, as one at `.nix-seed` is.
+fn no_planted_links(tgt: &Path, target: BorrowedFd) -> Result<(), Invalid> {
+    for name in ["store", "var"] {
+        match nix::sys::stat::fstatat(target, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+            Ok(st) => {
+                let what = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                };
+                return invalid(format!(
+                    "{}/{name} is {what}: refusing to follow it; remove it (nix-seed creates the directory), or \
+                     seed another target",
+                    tgt.display()
+                ));
+            }
+            Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return invalid(format!("cannot stat {}/{name}: {e}", tgt.display())),
+        }
+    }
+    Ok(())
 }
 
 fn canonical_dir(p: &Path, role: &str, fix: &str) -> Result<PathBuf, Invalid> {

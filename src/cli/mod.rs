@@ -90,7 +90,7 @@ pub struct PruneArgs {
     pub images: Vec<String>,
 
     /// Print what would be retired and freed; change nothing and take no lock.
-    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = parse_bool)]
     pub dry_run: bool,
 
     /// How long to wait for the seed lock (a seeder at work), and for the Nix database's
@@ -134,6 +134,10 @@ pub struct InstallArgs {
     /// Destination file, or an existing directory to put `nix-seed` in.
     #[arg(value_name = "DEST")]
     pub dest: PathBuf,
+
+    /// Format of every line nix-seed prints.
+    #[arg(long, env = "NIX_SEED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -183,7 +187,7 @@ pub struct SeedArgs {
 
     /// After copying, recompute the NAR hash of every store path copied and compare it
     /// with the image's database before registering anything.
-    #[arg(long, env = "NIX_SEED_VERIFY", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_VERIFY", value_parser = parse_bool)]
     pub verify: bool,
 
     /// Take the slow path even when the image is marked seeded: under the locks, compare
@@ -191,17 +195,22 @@ pub struct SeedArgs {
     /// but unregistered paths whose content hashes to what the image registered, replace
     /// those that do not, and re-add missing GC roots. For a store that drifted (`status`
     /// says so), e.g. after a path or a database row was deleted by hand.
-    #[arg(long, env = "NIX_SEED_RECHECK", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_RECHECK", value_parser = parse_bool)]
     pub recheck: bool,
 
     /// Print what would be copied; change nothing and take no lock.
-    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = parse_bool)]
     pub dry_run: bool,
 
     /// Seed a target that is not a mount point (by default refused: in a pod that means the
     /// volume was forgotten and the copy would vanish with the pod).
-    #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, env = "NIX_SEED_ALLOW_NON_MOUNTPOINT", value_parser = parse_bool)]
     pub allow_non_mountpoint: bool,
+
+    /// A name for the image that `nix-seed images` shows beside its id (e.g. the image's
+    /// tag); kept in the image's record.
+    #[arg(long, env = "NIX_SEED_NAME", value_name = "NAME")]
+    pub name: Option<String>,
 
     /// What an image upgrade does to the profiles it ships (`var/nix/profiles/NAME`,
     /// per-user ones too). `follow`: the image's current generation is added as a new
@@ -235,7 +244,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct Output {
-    /// Progress display: a bar on a terminal, plain lines in logs.
+    /// Progress display: a bar on a terminal, plain lines in logs (every 5 s; the variable
+    /// NIX_SEED_PROGRESS_INTERVAL=DUR sets another interval).
     #[arg(long, env = "NIX_SEED_PROGRESS", value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 
@@ -244,10 +254,12 @@ pub struct Output {
     pub log_format: LogFormat,
 
     /// Only errors and warnings.
-    #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose", value_parser = clap::builder::FalseyValueParser::new())]
+    #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose", value_parser = parse_bool)]
     pub quiet: bool,
 
-    /// More detail: `seed` names every store path it copies, `status` every one missing.
+    /// More detail: `seed` names every store path it copies and var/ entry it adds, `status`
+    /// every path missing, `prune` every path a collection would delete; `verify` and
+    /// `images` print nothing more.
     #[arg(long, short = 'v', action = clap::ArgAction::SetTrue)]
     pub verbose: bool,
 }
@@ -264,6 +276,18 @@ pub enum ProgressMode {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// A boolean variable's value: `1`/`0`, `true`/`false`, `yes`/`no`, `on`/`off` (any case).
+/// Anything else is refused, so a typo such as `NIX_SEED_DRY_RUN=disabled` cannot switch a
+/// flag on; clap's `FalseyValueParser` took every unknown word as true, its
+/// `BoolishValueParser` also takes `y`, `n`, `t` and `f`.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("expected 1/0, true/false, yes/no or on/off".to_string()),
+    }
 }
 
 /// [`parse_duration`], refusing less than [`crate::engines::lock::MIN_STALE`]: a shorter stale
@@ -297,6 +321,19 @@ mod tests {
         assert!(parse_stale("0").is_err());
         assert!(parse_stale("2999ms").is_err());
         assert_eq!(parse_stale("3s").unwrap(), crate::engines::lock::MIN_STALE);
+    }
+
+    #[test]
+    fn booleans() {
+        for t in ["1", "true", "TRUE", "yes", "On"] {
+            assert_eq!(parse_bool(t), Ok(true), "{t}");
+        }
+        for f in ["0", "false", "No", "off"] {
+            assert_eq!(parse_bool(f), Ok(false), "{f}");
+        }
+        for bad in ["disabled", "", "y", "2", "enable"] {
+            assert!(parse_bool(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -19,14 +19,20 @@ impl From<ProgressMode> for progress::ProgressMode {
     }
 }
 
+impl From<LogFormat> for progress::LogFormat {
+    fn from(f: LogFormat) -> Self {
+        match f {
+            LogFormat::Text => progress::LogFormat::Text,
+            LogFormat::Json => progress::LogFormat::Json,
+        }
+    }
+}
+
 impl From<&Output> for progress::Output {
     fn from(o: &Output) -> Self {
         progress::Output {
             progress: o.progress.into(),
-            log_format: match o.log_format {
-                LogFormat::Text => progress::LogFormat::Text,
-                LogFormat::Json => progress::LogFormat::Json,
-            },
+            log_format: o.log_format.into(),
             quiet: o.quiet,
             verbose: o.verbose,
         }
@@ -57,6 +63,7 @@ impl From<&SeedArgs> for commands::seed::Options {
             dry_run: a.dry_run,
             allow_non_mountpoint: a.allow_non_mountpoint,
             profiles: a.profiles.into(),
+            name: a.name.clone(),
             output: (&a.output).into(),
         }
     }
@@ -124,9 +131,9 @@ impl Command {
             Command::Verify(a) => (&a.output).into(),
             Command::Images(a) => (&a.output).into(),
             Command::Prune(a) => (&a.output).into(),
-            Command::Install(_) => progress::Output {
+            Command::Install(a) => progress::Output {
                 progress: progress::ProgressMode::None,
-                log_format: progress::LogFormat::Text,
+                log_format: a.log_format.into(),
                 quiet: false,
                 verbose: false,
             },

@@ -35,9 +35,17 @@ pub fn install(dest: &Path) -> Result<PathBuf> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !parent.is_dir() {
+    let why = match std::fs::metadata(&parent) {
+        Ok(m) if m.is_dir() => None,
+        Ok(_) => Some("is a file, not a directory (pass a directory, or a file name inside one)"),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+            Some("is below a file, not a directory (pass a directory, or a file name inside one)")
+        }
+        Err(_) => Some("does not exist (mount an emptyDir there)"),
+    };
+    if let Some(why) = why {
         return Err(Invalid(format!(
-            "cannot install to {}: directory {} does not exist (mount an emptyDir there)",
+            "cannot install to {}: {} {why}",
             dest.display(),
             parent.display()
         ))

@@ -25,7 +25,7 @@ use super::{Ctx, Done};
 use crate::base::failpoint;
 use crate::base::jobs::{self, Jobs};
 use crate::base::preflight::{self, Checked};
-use crate::base::progress::{self, Log};
+use crate::base::progress::{self, Counters, Log};
 use crate::engines::lock;
 use crate::engines::nixlocks::NixLocks;
 use crate::steps::plan::{self, Plan};
@@ -48,6 +48,8 @@ pub struct Options {
     pub dry_run: bool,
     pub allow_non_mountpoint: bool,
     pub profiles: crate::steps::profiles::Mode,
+    /// `--name`: what `images` shows beside the image's id.
+    pub name: Option<String>,
     pub output: progress::Output,
 }
 
@@ -60,6 +62,7 @@ impl Options {
             verify: self.verify,
             profiles: self.profiles,
             progress: self.output.progress,
+            name: self.name.clone(),
         }
     }
 }
@@ -77,7 +80,8 @@ pub fn run(o: &Options, cx: &Ctx) -> Result<Done> {
                 e,
                 &o.target,
                 o.lock_timeout,
-                "nothing was registered, the next run registers what was copied",
+                // The slow path's steps say it themselves once something was copied.
+                "nothing was copied or registered",
             );
             if crate::base::error::is_bare(&e) {
                 Err(e.context(format!("seeding {}", o.target.display())))
@@ -128,6 +132,11 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
     // Decide, under the locks: what a collection deleted while we waited is missing now,
     // and another seeder may have done the work meanwhile.
     let plan = Plan::compute(&c)?;
+    // Stalled past --lock-stale and taken over meanwhile (the new holder may have done the
+    // work): this seeder's one outcome is the lost lock, never "nothing to do".
+    if !held.still_ours() {
+        return Err(lock::lost(&held));
+    }
     if plan.is_complete() && !o.recheck {
         if plan.db_lock_left {
             crate::engines::nixdb::recover_db_lock(&c, o.lock_timeout, log)?;
@@ -137,7 +146,18 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
         return Ok(report.finished(t0));
     }
     failpoint::hit("planned");
-    let mut run = Run::start(c, &settings, log, &held, interrupted, plan, described)?;
+    let run = Run::start(c, &settings, log, &held, interrupted, plan, described)?;
+    let counters = run.counters.clone();
+    // A timeout on the database's lock says what becomes of what was copied, if anything was.
+    let report = steps(run).map_err(|e| db_busy(e, &o.target, o.lock_timeout, &counters))?;
+    failpoint::hit("marked");
+    drop(nix_locks);
+    drop(held);
+    Ok(report.finished(t0))
+}
+
+/// The slow path's steps, in order, under the locks.
+fn steps(mut run: Run<'_>) -> Result<Report> {
     failpoint::hit("unmarked");
     run.check_space()?;
     failpoint::hit("space-checked");
@@ -156,11 +176,20 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
     failpoint::hit("rooted");
     run.follow_profiles()?;
     failpoint::hit("profiles-followed");
-    let report = run.mark()?;
-    failpoint::hit("marked");
-    drop(nix_locks);
-    drop(held);
-    Ok(report.finished(t0))
+    run.mark()
+}
+
+/// A timeout on the Nix database's lock during the slow path (exit 3): what was copied
+/// before it, if anything, is registered by the next run. Before the copy, [`run`] says
+/// nothing was copied.
+fn db_busy(e: anyhow::Error, target: &std::path::Path, timeout: Duration, counters: &Counters) -> anyhow::Error {
+    let copied = Counters::get(&counters.paths_done) + Counters::get(&counters.files) > 0;
+    let outcome = if copied {
+        "nothing was registered, the next run registers what was copied"
+    } else {
+        "nothing was copied or registered"
+    };
+    crate::engines::nixdb::busy_as_timeout(e, target, timeout, outcome)
 }
 
 fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
@@ -208,13 +237,29 @@ fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
     report.dry_run = true;
     report.files = size.files;
     report.bytes = size.bytes;
-    report.fit = Some(match plan::room(c, plan.missing.len(), size)? {
-        None => format!(
+    // The outcome the real seed would have, after saying what it would do: refused (exit
+    // 2), no room (exit 1), or done.
+    let refused = preflight::writable(&c.target_path, c.target.as_fd()).err();
+    let no_room = plan::room(c, plan.missing.len(), size)?;
+    report.fit = Some(match (&refused, &no_room) {
+        (Some(why), _) => format!("the seed would refuse it: {why}"),
+        (None, Some(why)) => format!("it would NOT fit: {why}"),
+        (None, None) => format!(
             "it fits ({}, {} inodes needed)",
             indicatif::HumanBytes(size.needed),
             size.inodes
         ),
-        Some(why) => format!("it would NOT fit: {why}"),
     });
-    Ok(report.finished(t0))
+    let report = report.finished(t0);
+    if refused.is_none() && no_room.is_none() {
+        return Ok(report);
+    }
+    report.print(log);
+    match refused {
+        Some(why) => Err(crate::base::error::Invalid(format!("dry run: the seed would refuse: {why}")).into()),
+        None => Err(anyhow::anyhow!(
+            "dry run: the seed would fail: {}",
+            no_room.unwrap_or_default()
+        )),
+    }
 }

@@ -33,8 +33,10 @@ pub struct Outcome {
     /// Files and bytes written by replacements.
     pub files: u64,
     pub bytes: u64,
-    /// One line per path that does not match the image (removed from the target).
+    /// What does not match the image: one line per problem (a path can have several).
     pub problems: Vec<String>,
+    /// Store paths that do not match (removed from the target).
+    pub mismatched: usize,
 }
 
 /// Whether `name` in `store` hashes to what `p` registers.
@@ -102,6 +104,7 @@ pub fn verify_copies(
         }
         let name = OsStr::new(crate::base::store_path::store_name(&p.path));
         remove_ours(store, name, &c.layout.store.join(name), log);
+        out.mismatched += 1;
         for line in mine {
             out.problems
                 .push(format!("--verify: {line} ({}; copy removed)", origin(&p.path)));
@@ -153,6 +156,7 @@ pub fn check_unregistered(
         out.bytes += bytes;
         if let Err(why) = matches(store, name, p) {
             remove_ours(store, name, &shown, log);
+            out.mismatched += 1;
             out.problems.push(format!(
                 "{}: the image's copy does not match its registration either ({why}; {}): the image is \
                  corrupt; removed, not registered; rebuild the image",

@@ -27,13 +27,15 @@ use crate::steps::report::Report;
 use crate::steps::state;
 
 /// What the slow path's steps are asked to do, resolved once by the `seed` command.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub jobs: Jobs,
     pub lock_timeout: std::time::Duration,
     pub verify: bool,
     pub profiles: crate::steps::profiles::Mode,
     pub progress: ProgressMode,
+    /// `--name`: what `images` shows beside the image's id.
+    pub name: Option<String>,
 }
 
 /// One slow-path run, under the seed lock and Nix's locks: each step a method (the steps
@@ -45,7 +47,7 @@ pub(crate) struct Run<'a> {
     pub(crate) held: &'a Held,
     pub(crate) interrupted: &'a Arc<AtomicBool>,
     pub(crate) plan: Plan,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) engine: Engine,
     /// What the image says of its paths (read before the locks), until the registrations
     /// are completed.
@@ -310,11 +312,15 @@ impl<'a> Run<'a> {
             self.log.error(p);
         }
         if !self.checks.problems.is_empty() {
+            let n = self.checks.mismatched;
             anyhow::bail!(
-                "{} store paths in {}/store do not match their registrations (see above); they were removed \
-                 and nothing was registered; the image (or its registration file) is corrupt: rebuild it",
-                self.checks.problems.len(),
-                self.c.target_path.display()
+                "{} in {}/store {} not match {} registrations (see above); {} removed and nothing was \
+                 registered; the image (or its registration file) is corrupt: rebuild it",
+                crate::base::progress::count(n as u64, "store path", "store paths"),
+                self.c.target_path.display(),
+                if n == 1 { "does" } else { "do" },
+                if n == 1 { "its" } else { "their" },
+                if n == 1 { "it was" } else { "they were" },
             );
         }
         // A replacement keeps its name: the listing still holds.

@@ -208,6 +208,65 @@ pub struct Record {
     /// last complete seed: what `status` and `images` check are all still there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roots: Option<Vec<String>>,
+    /// What a person knows the image by ([`Label`]), as of its last complete seed.
+    #[serde(default)]
+    pub label: Label,
+}
+
+/// What names an image besides its id: `seed --name`, its source directory, and what its
+/// `var/nix/profiles/default` points to (the store path's name without its hash).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Label {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+}
+
+impl Label {
+    /// ` (name web, source /nix, profile hello-env)`, or nothing when nothing is known.
+    pub fn text(&self) -> String {
+        let parts: Vec<String> = [
+            ("name", &self.name),
+            ("source", &self.source),
+            ("profile", &self.profile),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+        .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
+/// The `source` image `id`'s marker records, if it can be read.
+fn marker_source(target: BorrowedFd, id: &str) -> Option<String> {
+    let state = crate::base::dirfd::open_dir_if_exists(target, STATE_DIR).ok()??;
+    let images = crate::base::dirfd::open_dir_if_exists(state.as_fd(), IMAGES_DIR).ok()??;
+    let fd = nix::fcntl::openat(
+        images.as_fd(),
+        id,
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_reader(std::fs::File::from(fd)).ok()?;
+    v["source"].as_str().map(str::to_owned)
+}
+
+/// Image `id`'s [`Label`]: its record's, with the source its marker names for records
+/// written before labels were.
+pub fn label(target: BorrowedFd, id: &str, record: Option<&Record>) -> Label {
+    let mut l = record.map(|r| r.label.clone()).unwrap_or_default();
+    if l.source.is_none() {
+        l.source = marker_source(target, id);
+    }
+    l
 }
 
 /// One profile generation nix-seed wrote: `var/<profile>-<number>-link` → `store_path`.
@@ -318,6 +377,7 @@ pub fn record_seeded(
     id: &str,
     registrations: Option<crate::steps::registrations::Counts>,
     roots: &[String],
+    label: Label,
 ) -> Result<()> {
     let now = now_rfc3339();
     let mut r = read_record(c.target.as_fd(), &c.target_path, id)?.unwrap_or_else(|| Record {
@@ -328,5 +388,6 @@ pub fn record_seeded(
     r.last_seeded = now;
     r.registrations = registrations;
     r.roots = Some(roots.to_vec());
+    r.label = label;
     write_record(c, &r)
 }

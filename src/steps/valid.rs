@@ -174,7 +174,12 @@ impl Run<'_> {
             );
         }
         let counts = self.regs.as_ref().map(|r| r.counts);
-        state::record_seeded(&self.c, &self.plan.image_id, counts, &self.roots)?;
+        let label = state::Label {
+            name: self.args.name.clone(),
+            source: Some(self.c.source_path.to_string_lossy().into_owned()),
+            profile: profiles::default_name(&self.profiles),
+        };
+        state::record_seeded(&self.c, &self.plan.image_id, counts, &self.roots, label)?;
         state::mark(&self.c, &self.plan.image_id, self.plan.source.len())?;
         self.report.checked = self.checks.checked;
         self.report.replaced = self.checks.replaced;

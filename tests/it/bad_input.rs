@@ -111,6 +111,55 @@ fn read_only_target() {
     drop(m);
 }
 
+/// A dry run on a read-only target says what it would copy, then that the seed would
+/// refuse and why, and exits as the seed would (2); not "it fits".
+#[test]
+fn a_dry_run_on_a_read_only_target_says_the_seed_would_refuse() {
+    if !support::require_root("a_dry_run_on_a_read_only_target") {
+        return;
+    }
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let m = support::mounts::tmpfs(&dst, 16);
+    let remount = |how: &str| {
+        assert!(std::process::Command::new("mount")
+            .args(["-o", how])
+            .arg(&dst)
+            .status()
+            .unwrap()
+            .success());
+    };
+    remount("remount,ro");
+    let out = nix_seed()
+        .arg("seed")
+        .arg("--source")
+        .arg(&fx.root)
+        .arg("--target")
+        .arg(&dst)
+        .arg("--dry-run")
+        .output()
+        .unwrap();
+    remount("remount,rw");
+    assert_code(&out, 2);
+    let (o, e) = (stdout(&out), stderr(&out));
+    assert!(e.contains("would copy "), "{}", text(&out));
+    assert!(
+        o.contains("would refuse") && o.contains("read-only") && !o.contains("it fits"),
+        "{}",
+        text(&out)
+    );
+    let last = e.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("dry run: the seed would refuse") && last.contains("read-write"),
+        "{}",
+        text(&out)
+    );
+    assert!(empty(&dst));
+    drop(m);
+}
+
 /// The examples set `readOnlyRootFilesystem: true`: with the volume forgotten, the target
 /// directory sits on the read-only root filesystem, and the real problem is the missing
 /// mount, which the message must name.
@@ -438,9 +487,15 @@ fn a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so() {
     // Space enough by bytes, but few inodes.
     let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
     let dry = support::cmd::seed_cmd(&fx.root, &dst, &["--dry-run"]).output().unwrap();
-    assert_ok(&dry);
+    // The dry run ends as the seed would: exit 1, after saying what it would copy.
+    assert_code(&dry, 1);
     assert!(
         stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
+        "{}",
+        text(&dry)
+    );
+    assert!(
+        stderr(&dry).contains("dry run: the seed would fail: not enough space"),
         "{}",
         text(&dry)
     );
@@ -557,5 +612,97 @@ fn a_corrupt_or_empty_target_database_is_named_and_refused() {
         let o = support::cmd::seed_cmd(&fx.root, &dst, &["--recheck"]).output().unwrap();
         refused(&o, 2, &[&db.display().to_string(), says, "nothing was written"]);
         assert_eq!(std::fs::read(&db).unwrap(), body, "{what}: left as it was");
+    }
+}
+
+/// A boolean variable takes 1/0, true/false, yes/no, on/off; any other word is refused
+/// naming the variable (`NIX_SEED_DRY_RUN=disabled` used to run a dry run), and nothing
+/// is written.
+#[test]
+fn a_boolean_variable_with_another_word_is_refused_naming_it() {
+    let tmp = support::scratch();
+    let fx = small(&tmp.path().join("src"));
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    for (var, value) in [
+        ("NIX_SEED_DRY_RUN", "disabled"),
+        ("NIX_SEED_VERIFY", "maybe"),
+        ("NIX_SEED_RECHECK", "2"),
+        ("NIX_SEED_ALLOW_NON_MOUNTPOINT", "y"),
+        ("NIX_SEED_QUIET", "loud"),
+    ] {
+        let o = nix_seed()
+            .args(["seed", "--source"])
+            .arg(&fx.root)
+            .arg("--target")
+            .arg(&dst)
+            .env("NIX_SEED_ALLOW_NON_MOUNTPOINT", "1")
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("invalid value '{value}'")) && err.contains(&format!("environment variable {var}")),
+            "{var}={value}: {}",
+            text(&o)
+        );
+        assert!(empty(&dst), "{var}={value} wrote to the target");
+    }
+    let o = nix_seed()
+        .args(["prune", "--target"])
+        .arg(&dst)
+        .args(["--keep-last", "1"])
+        .env("NIX_SEED_DRY_RUN", "disabled")
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("environment variable NIX_SEED_DRY_RUN"),
+        "{}",
+        text(&o)
+    );
+    // The accepted words, in any case: OFF is not a dry run, so the seed is done.
+    let o = support::cmd::seed_cmd(&fx.root, &dst, &[])
+        .env("NIX_SEED_DRY_RUN", "OFF")
+        .env("NIX_SEED_VERIFY", "Yes")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    support::compare::assert_store_equal(&fx.root, &dst);
+}
+
+/// Error lines are prose: no runs of spaces (a format string broken across lines without
+/// a `\` continuation printed `pods              mount`).
+#[test]
+fn error_lines_have_no_runs_of_spaces() {
+    let tmp = support::scratch();
+    let missing = tmp.path().join("missing");
+    let empty_dir = tmp.path().join("empty");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let m = missing.to_str().unwrap();
+    let e = empty_dir.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["images", "--target", m],
+        vec!["images", "--target", e],
+        vec!["prune", "--target", m, "--keep-last", "1"],
+        vec!["prune", "--target", e, "--keep-last", "1"],
+        vec!["prune", "--target", e],
+        vec!["prune", "--target", e, "--keep-last", "0"],
+        vec!["prune", "--target", e, "--keep-last", "1", "--image", "x"],
+        vec!["prune", "--target", e, "--image", "0123"],
+        vec!["status", "--target", m],
+        vec!["verify", "--target", m],
+        vec!["verify", "--target", e],
+        vec!["seed", "--source", m, "--target", e],
+        vec!["seed", "--source", e, "--target", e],
+        vec!["install", "/nonexistent/dir/nix-seed"],
+    ];
+    for args in cases {
+        let o = run(&args);
+        assert!(!o.status.success(), "{args:?} succeeded:\n{}", text(&o));
+        let err = stderr(&o);
+        assert!(!err.trim().is_empty(), "{args:?}: no error line");
+        assert!(!err.contains("  "), "{args:?}: a run of spaces in:\n{err}");
     }
 }

@@ -581,3 +581,45 @@ fn waiting_for_the_nix_database_gives_up_after_the_lock_timeout_with_exit_3_and_
     assert_ok(&out);
     assert_no_temp(&dst);
 }
+
+/// A holder stopped right after taking its locks, taken over, and resumed once the new
+/// holder has seeded everything: its plan, made again under the lock, finds nothing to
+/// do, but it no longer holds the lock. It stops with one outcome, the lost lock (exit 1),
+/// never "nothing to do" and exit 0.
+#[test]
+fn a_holder_taken_over_before_it_planned_stops_and_does_not_report_nothing_to_do() {
+    let tmp = support::scratch();
+    let fx = fixture::build(
+        &tmp.path().join("src"),
+        &Spec {
+            paths: 20,
+            ..Spec::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let a = crate::support::cmd::seed_cmd(&fx.root, &dst, &["--lock-stale", SMALLEST_STALE])
+        .env("NIX_SEED_FAILPOINT", "nix-locks=stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_stopped(a.id());
+    let out = seed(
+        &fx.root,
+        &dst,
+        &["--lock-stale", SMALLEST_STALE, "--lock-timeout", "60s"],
+    );
+    assert_ok(&out);
+    assert!(stderr(&out).contains("taking over"), "{}", text(&out));
+    assert_store_equal(&fx.root, &dst);
+
+    signal(&a, libc::SIGCONT);
+    let out_a = a.wait_with_output().unwrap();
+    assert_code(&out_a, 1);
+    let all = text(&out_a);
+    assert!(all.contains("lost lock") || all.contains("took the lock over"), "{all}");
+    assert!(!all.contains("nothing to do"), "{all}");
+    assert_store_equal(&fx.root, &dst);
+    assert_no_temp(&dst);
+}

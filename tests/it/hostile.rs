@@ -120,12 +120,15 @@ fn a_symlink_at_the_state_dir_or_the_lock_file_fails_clearly() {
 
 #[test]
 fn a_symlink_at_store_or_var_fails_clearly() {
-    let c = case(false);
-    let out = planted(&c, &c.dst.join("store"), &c.canary.join("store"));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let c = case(false);
-    let out = planted(&c, &c.dst.join("var"), &c.canary);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Refused before anything is written, as one at `.nix-seed` is: exit 2, naming it.
+    for (at, to) in [("store", "store"), ("var", "")] {
+        let c = case(false);
+        let out = planted(&c, &c.dst.join(at), &c.canary.join(to));
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let says = format!("{}/{at} is a symlink", c.dst.display());
+        assert!(stderr(&out).contains(&says), "{}", text(&out));
+        assert!(!c.dst.join(".nix-seed").exists(), "nothing written:\n{}", text(&out));
+    }
 }
 
 #[test]

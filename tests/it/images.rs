@@ -551,3 +551,55 @@ fn a_held_database_lock_is_a_lock_timeout_for_images_and_prune() {
     std::fs::remove_dir(&dot).unwrap();
     assert_ok(&run(&["images"], &target));
 }
+
+/// `images` names each image as a person knows it, beside its id: the `--name` given at
+/// seed time, its source directory and what its default profile points to (text and
+/// JSON); a record written before these were kept still shows the source its marker names.
+#[test]
+fn images_are_named_by_name_source_and_profile() {
+    let tmp = support::scratch();
+    let fx = crate::support::fixture::build(
+        &tmp.path().join("src"),
+        &crate::support::fixture::Spec {
+            paths: 8,
+            ..Default::default()
+        },
+    );
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let o = crate::support::cmd::seed_cmd(&fx.root, &dst, &[])
+        .env("NIX_SEED_NAME", "web-v1")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let root = fx.root.canonicalize().unwrap().display().to_string();
+    let top = std::fs::read_link(fx.root.join("var/nix/profiles/default-1-link")).unwrap();
+    let profile = top
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split_once('-')
+        .unwrap()
+        .1
+        .to_string();
+    let id = newest_id(&dst);
+    let (by_id, _) = images(&dst);
+    let img = &by_id[&id];
+    assert_eq!(img["name"], "web-v1", "{img}");
+    assert_eq!(img["source"], root.as_str(), "{img}");
+    assert_eq!(img["profile"], profile.as_str(), "{img}");
+    let o = run(&["images"], &dst);
+    assert_ok(&o);
+    let want = format!("{id} (name web-v1, source {root}, profile {profile}): first seeded");
+    assert!(stdout(&o).contains(&want), "{want} not in:\n{}", text(&o));
+
+    // A record from before: no label; the marker still says where the image came from.
+    let rec = dst.join(".nix-seed/records").join(&id);
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&rec).unwrap()).unwrap();
+    assert!(v.as_object_mut().unwrap().remove("label").is_some());
+    std::fs::write(&rec, v.to_string()).unwrap();
+    let (by_id, _) = images(&dst);
+    assert_eq!(by_id[&id]["source"], root.as_str());
+    assert!(by_id[&id]["name"].is_null());
+}

@@ -674,3 +674,23 @@ fn node_oneshot_script_is_valid() {
     let out = run(Command::new("shellcheck").arg(&script));
     assert!(out.status.success(), "shellcheck: {}", text(&out));
 }
+
+/// `scripts/demo.sh` lets a user keep the page cache (`--no-drop-caches`): its usage says
+/// so, and it accepts the flag (a bad flag stops it before it builds anything).
+#[test]
+fn the_demo_can_skip_dropping_the_page_cache() {
+    let demo = root().join("scripts/demo.sh");
+    let o = std::process::Command::new("bash")
+        .arg(&demo)
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("[--no-drop-caches]"));
+    let script = std::fs::read_to_string(&demo).unwrap();
+    assert!(script.contains("--no-drop-caches) drop=0"), "the flag is parsed");
+    assert!(
+        script.contains("dropping the page cache of the whole machine"),
+        "the demo says when it drops the cache"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::support;
@@ -403,4 +403,105 @@ fn the_rate_counts_copying_time_not_lock_waits() {
         "copy_seconds {copying} of {total}: {v}"
     );
     assert!(v["msg"].as_str().unwrap().contains("/s while copying"), "{v}");
+}
+
+/// `--verify` counts the store paths that do not match, not their problem lines: one
+/// corrupt store path (its NAR hash and its size differ: two lines) is "1 store path".
+#[test]
+fn verify_counts_store_paths_not_problem_lines() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 10);
+    // A regular file of one store path, linked nowhere else, rewritten longer.
+    let file = walkdir_files(&fx.store())
+        .into_iter()
+        .find(|f| std::fs::symlink_metadata(f).is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.len() > 0))
+        .expect("a regular file in the fixture");
+    let mode = std::fs::metadata(&file).unwrap().permissions();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        &file,
+        b"corrupted, and longer than it was: the NAR size differs too\n".repeat(100),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, mode).unwrap();
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    let out = seed(&fx.root, &dst, &["--verify"]);
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.lines().filter(|l| l.contains("--verify:")).count() >= 2,
+        "expected several problem lines for the one path:\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("1 store path in ") && last.contains("does not match its registration"),
+        "{err}"
+    );
+}
+
+/// Every file below `dir`, symlinks not followed.
+fn walkdir_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for p in entries {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A timeout on the database's lock says what becomes of the copies only when there are
+/// some: before the copy, "nothing was copied or registered"; after it, the next run
+/// registers what was copied.
+#[test]
+fn a_database_lock_timeout_says_what_was_copied() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 20);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    let lock = dst.join("var/nix/db/db.sqlite.lock");
+    let added = support::fixture::add_paths(&fx.root, 3, 78);
+
+    // Held before the seed starts: it gives up before copying anything.
+    std::fs::create_dir(&lock).unwrap();
+    let out = seed(&fx.root, &dst, &["--lock-timeout", "3s"]);
+    assert_code(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("nothing was copied or registered") && !err.contains("registers what was copied"),
+        "{err}"
+    );
+    assert!(added.iter().all(|n| !dst.join("store").join(n).exists()), "{err}");
+    std::fs::remove_dir(&lock).unwrap();
+
+    // Taken while the seed is stopped after copying: the copies wait for the next run.
+    let child = support::cmd::seed_cmd(&fx.root, &dst, &["--lock-timeout", "3s"])
+        .env("NIX_SEED_FAILPOINT", "copied=stop")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    support::wait_stopped(child.id());
+    std::fs::create_dir(&lock).unwrap();
+    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 3);
+    assert!(
+        stderr(&out).contains("the next run registers what was copied"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir(&lock).unwrap();
+    assert_ok(&seed(&fx.root, &dst, &[]));
+    assert_store_equal(&fx.root, &dst);
 }

@@ -51,10 +51,12 @@ fn list_images(o: &Options, log: &std::sync::Arc<Log>) -> Result<()> {
         };
         let regs = img.record.as_ref().and_then(|r| r.registrations);
         let regs_text = regs.map_or(String::new(), |r| format!(", registrations: {}", r.text()));
+        let label = crate::steps::state::label(disk.root.as_fd(), &img.id, img.record.as_ref());
         let text = format!(
-            "{}: first seeded {}, last seeded {}, last seen {}, {} ({}), {} ({}) held by this image alone, \
+            "{}{}: first seeded {}, last seeded {}, last seen {}, {} ({}), {} ({}) held by this image alone, \
              {roots}{regs_text}",
             img.id,
+            label.text(),
             show_time(img.first_seeded()),
             show_time(img.last_seeded()),
             show_time(img.last_seen),
@@ -69,6 +71,9 @@ fn list_images(o: &Options, log: &std::sync::Arc<Log>) -> Result<()> {
             &text,
             json!({
                 "image_id": img.id,
+                "name": label.name,
+                "source": label.source,
+                "profile": label.profile,
                 "first_seeded": t(img.first_seeded()),
                 "last_seeded": t(img.last_seeded()),
                 "last_seen": t(img.last_seen),

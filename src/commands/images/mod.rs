@@ -155,7 +155,8 @@ fn store_path_of(target: &str) -> Option<String> {
 pub fn read(target: &Path, log: &Log) -> Result<Disk> {
     let root = open_root(target).map_err(|e| {
         Invalid(format!(
-            "target {} cannot be opened ({e}): pass the directory nix-seed seeds as --target (the one pods              mount at /nix)",
+            "target {} cannot be opened ({e}): pass the directory nix-seed seeds as --target (the one pods \
+             mount at /nix)",
             target.display()
         ))
     })?;

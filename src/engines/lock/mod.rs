@@ -154,6 +154,18 @@ impl Held {
     }
 }
 
+/// The error of a seeder whose lock was taken over: [`crate::base::error::Stopped`] (exit 1,
+/// "see above") when the heartbeat already said so, else the same words in one line.
+pub fn lost(held: &Held) -> anyhow::Error {
+    if held.lost.load(Ordering::Relaxed) {
+        return crate::base::error::Stopped.into();
+    }
+    anyhow::anyhow!(
+        "lost lock {}: another seeder took it over (this one was stalled past --lock-stale); stopped",
+        held.path.display()
+    )
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         {

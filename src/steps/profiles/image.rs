@@ -143,6 +143,15 @@ pub fn is_profile_entry(profiles: &[ImageProfile], rel: &Path) -> bool {
     })
 }
 
+/// What the image's `nix/profiles/default` points to, by name: its store path's name
+/// without the hash (`user-environment` for `nix-env`, the environment's own name for a
+/// `buildEnv`), for `nix-seed images` to name the image by.
+pub fn default_name(profiles: &[ImageProfile]) -> Option<String> {
+    let p = profiles.iter().find(|p| p.rel() == "nix/profiles/default")?;
+    let name = p.store_path.file_name()?.to_str()?;
+    name.split_once('-').map(|(_, n)| n.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@
 mod image;
 mod lock;
 
-pub use image::{image_profiles, is_profile_entry, ImageProfile};
+pub use image::{default_name, image_profiles, is_profile_entry, ImageProfile};
 use image::{link_generation, open_rel, parse_generation};
 
 use std::collections::BTreeMap;
