@@ -56,15 +56,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
-    /// The directory nix-seed seeds (the one pods mount at /nix).
-    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
-    pub target: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
 
-    /// How long to wait for the Nix database's lock (a Nix process writing) before giving
-    /// up (exit 3).
-    #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
-          value_name = "DUR")]
-    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub lock: LockTimeout,
 
     #[command(flatten)]
     pub output: Output,
@@ -72,9 +68,8 @@ pub struct ImagesArgs {
 
 #[derive(Debug, Args)]
 pub struct PruneArgs {
-    /// The directory nix-seed seeds (the one pods mount at /nix).
-    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
-    pub target: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
 
     /// Keep the N most recently seen images (last seen, then last seeded); retire the others.
     #[arg(long, env = "NIX_SEED_KEEP_LAST", value_name = "N")]
@@ -93,16 +88,11 @@ pub struct PruneArgs {
     #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = parse_bool)]
     pub dry_run: bool,
 
-    /// How long to wait for the seed lock (a seeder at work), and for the Nix database's
-    /// lock, before giving up (exit 3).
-    #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
-          value_name = "DUR")]
-    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub lock: LockTimeout,
 
-    /// Take over a seed lock whose lease has not changed for this long (see `seed --help`).
-    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_stale,
-          value_name = "DUR")]
-    pub lock_stale: Duration,
+    #[command(flatten)]
+    pub stale: LockStale,
 
     #[command(flatten)]
     pub output: Output,
@@ -110,16 +100,11 @@ pub struct PruneArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// The directory holding the store to check (store/ and var/, e.g. /mnt/nix).
-    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
-    pub target: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
 
-    /// Parallel hashing threads [default: 4 per CPU; 8 to 16 on a local filesystem, 32 to
-    /// 64 on a network filesystem (NFS, FUSE, CephFS, SMB, Lustre, 9p...), where each read
-    /// waits for a round trip]
-    #[arg(long = "jobs", short = 'j', env = "NIX_SEED_JOBS", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub jobs_flag: Option<u32>,
+    #[command(flatten)]
+    pub jobs: Jobs,
 
     /// Only these store paths (`/nix/store/<name>` or `<name>`); default: every registered path.
     #[arg(value_name = "PATH")]
@@ -146,9 +131,8 @@ pub struct Paths {
     #[arg(long, env = "NIX_SEED_SOURCE", default_value = "/nix", value_name = "DIR")]
     pub source: PathBuf,
 
-    /// The directory pods will mount at /nix (it holds, or will hold, store/ and var/).
-    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
-    pub target: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
 
     /// The image's registrations in closureInfo's format (what `nix-store --load-db`
     /// reads), for the store paths its database does not describe. Default: `nix-path-registration`
@@ -163,27 +147,14 @@ pub struct SeedArgs {
     #[command(flatten)]
     pub paths: Paths,
 
-    /// Parallel copy workers [default: 4 per CPU; 8 to 16 on a local filesystem, 32 to 64
-    /// on a network filesystem (NFS, FUSE, CephFS, SMB, Lustre, 9p...), where every file
-    /// operation waits for a round trip; the start line says which]
-    #[arg(long = "jobs", short = 'j', env = "NIX_SEED_JOBS", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub jobs_flag: Option<u32>,
+    #[command(flatten)]
+    pub jobs: Jobs,
 
-    /// How long each lock wait may last before giving up (exit 3): another seeder's lock,
-    /// Nix's gc.lock (a garbage collection) and db/big-lock (a migration), the Nix
-    /// database's lock. 30s, 10m, 1h.
-    #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
-          value_name = "DUR")]
-    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub lock: LockTimeout,
 
-    /// A holder whose lease has not changed for this long (on the waiter's own monotonic
-    /// clock) while the kernel still reports the lock held is taken over; never before 6 of
-    /// the holder's own heartbeats (its lease says how often it beats: DUR/6, 0.5 s to 5 s;
-    /// 5 s if it does not say), so a live holder is not taken over. At least 3s.
-    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_stale,
-          value_name = "DUR")]
-    pub lock_stale: Duration,
+    #[command(flatten)]
+    pub stale: LockStale,
 
     /// After copying, recompute the NAR hash of every store path copied and compare it
     /// with the image's database before registering anything.
@@ -223,6 +194,48 @@ pub struct SeedArgs {
 
     #[command(flatten)]
     pub output: Output,
+}
+
+/// `--target`, shared by every subcommand that has one.
+#[derive(Debug, Args, Clone)]
+pub struct Target {
+    /// The directory pods mount at /nix (it holds, or will hold, store/ and var/).
+    #[arg(long, env = "NIX_SEED_TARGET", value_name = "DIR")]
+    pub target: PathBuf,
+}
+
+/// `--jobs`, shared by `seed` and `verify`.
+#[derive(Debug, Args, Clone)]
+pub struct Jobs {
+    /// Parallel workers, copying or hashing [default: 4 per CPU; 8 to 16 on a local
+    /// filesystem, 32 to 64 on a network filesystem (NFS, FUSE, CephFS, SMB, Lustre, 9p...),
+    /// where every file operation waits for a round trip; `seed`'s start line says which]
+    #[arg(long = "jobs", short = 'j', env = "NIX_SEED_JOBS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: Option<u32>,
+}
+
+/// `--lock-timeout`, shared by `seed`, `prune` and `images`.
+#[derive(Debug, Args, Clone)]
+pub struct LockTimeout {
+    /// How long each lock wait may last before giving up (exit 3): another seeder's lock,
+    /// Nix's gc.lock (a garbage collection) and db/big-lock (a migration), the Nix
+    /// database's lock. 30s, 10m, 1h.
+    #[arg(long, env = "NIX_SEED_LOCK_TIMEOUT", default_value = "30m", value_parser = parse_duration,
+          value_name = "DUR")]
+    pub lock_timeout: Duration,
+}
+
+/// `--lock-stale`, shared by `seed` and `prune` (the commands that take the seed lock).
+#[derive(Debug, Args, Clone)]
+pub struct LockStale {
+    /// A holder whose lease has not changed for this long (on the waiter's own monotonic
+    /// clock) while the kernel still reports the lock held is taken over; never before 6 of
+    /// the holder's own heartbeats (its lease says how often it beats: DUR/6, 0.5 s to 5 s;
+    /// 5 s if it does not say), so a live holder is not taken over. At least 3s.
+    #[arg(long, env = "NIX_SEED_LOCK_STALE", default_value = "60s", value_parser = parse_stale,
+          value_name = "DUR")]
+    pub lock_stale: Duration,
 }
 
 /// `--profiles`: see [`SeedArgs::profiles`] and [`crate::steps::profiles`].

@@ -53,11 +53,11 @@ impl From<&SeedArgs> for commands::seed::Options {
     fn from(a: &SeedArgs) -> Self {
         Self {
             source: a.paths.source.clone(),
-            target: a.paths.target.clone(),
+            target: a.paths.target.target.clone(),
             registration: a.paths.registration.clone(),
-            jobs: a.jobs_flag,
-            lock_timeout: a.lock_timeout,
-            lock_stale: a.lock_stale,
+            jobs: a.jobs.jobs,
+            lock_timeout: a.lock.lock_timeout,
+            lock_stale: a.stale.lock_stale,
             verify: a.verify,
             recheck: a.recheck,
             dry_run: a.dry_run,
@@ -73,7 +73,7 @@ impl From<&StatusArgs> for commands::status::Options {
     fn from(a: &StatusArgs) -> Self {
         Self {
             source: a.paths.source.clone(),
-            target: a.paths.target.clone(),
+            target: a.paths.target.target.clone(),
             registration: a.paths.registration.clone(),
             output: (&a.output).into(),
         }
@@ -83,8 +83,8 @@ impl From<&StatusArgs> for commands::status::Options {
 impl From<&VerifyArgs> for commands::verify::Options {
     fn from(a: &VerifyArgs) -> Self {
         Self {
-            target: a.target.clone(),
-            jobs: a.jobs_flag,
+            target: a.target.target.clone(),
+            jobs: a.jobs.jobs,
             paths: a.paths.clone(),
             output: (&a.output).into(),
         }
@@ -94,8 +94,8 @@ impl From<&VerifyArgs> for commands::verify::Options {
 impl From<&ImagesArgs> for commands::images::Options {
     fn from(a: &ImagesArgs) -> Self {
         Self {
-            target: a.target.clone(),
-            lock_timeout: a.lock_timeout,
+            target: a.target.target.clone(),
+            lock_timeout: a.lock.lock_timeout,
             output: (&a.output).into(),
         }
     }
@@ -104,13 +104,13 @@ impl From<&ImagesArgs> for commands::images::Options {
 impl From<&PruneArgs> for commands::prune::Options {
     fn from(a: &PruneArgs) -> Self {
         Self {
-            target: a.target.clone(),
+            target: a.target.target.clone(),
             keep_last: a.keep_last,
             unused_for: a.unused_for,
             images: a.images.clone(),
             dry_run: a.dry_run,
-            lock_timeout: a.lock_timeout,
-            lock_stale: a.lock_stale,
+            lock_timeout: a.lock.lock_timeout,
+            lock_stale: a.stale.lock_stale,
             output: (&a.output).into(),
         }
     }

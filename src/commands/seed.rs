@@ -146,37 +146,37 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
         return Ok(report.finished(t0));
     }
     failpoint::hit("planned");
-    let run = Run::start(c, &settings, log, &held, interrupted, plan, described)?;
+    let run = Run::start(c, &settings, log, &held, interrupted, plan)?;
     let counters = run.counters.clone();
     // A timeout on the database's lock says what becomes of what was copied, if anything was.
-    let report = steps(run).map_err(|e| db_busy(e, &o.target, o.lock_timeout, &counters))?;
+    let report = steps(run, described).map_err(|e| db_busy(e, &o.target, o.lock_timeout, &counters))?;
     failpoint::hit("marked");
     drop(nix_locks);
     drop(held);
     Ok(report.finished(t0))
 }
 
-/// The slow path's steps, in order, under the locks.
-fn steps(mut run: Run<'_>) -> Result<Report> {
+/// The slow path's steps, in order, under the locks; each returns what the next ones use.
+fn steps(mut run: Run<'_>, described: registrations::Described) -> Result<Report> {
     failpoint::hit("unmarked");
     run.check_space()?;
     failpoint::hit("space-checked");
-    run.prepare_store()?;
-    run.copy()?;
+    let store = run.prepare_store()?;
+    let copied = run.copy(store.as_fd())?;
     failpoint::hit("copied");
-    run.complete_registrations()?;
+    let regs = run.complete_registrations(described)?;
     failpoint::hit("computed");
-    run.check_contents()?;
+    let present = run.check_contents(store.as_fd(), &regs, &copied)?;
     failpoint::hit("verified");
-    run.seed_var()?;
+    let var = run.seed_var(&regs, &present)?;
     failpoint::hit("var-seeded");
-    run.register()?;
+    let valid = run.register(&regs, &present)?;
     failpoint::hit("registered");
-    run.root()?;
+    let roots = run.root(&regs, &valid)?;
     failpoint::hit("rooted");
-    run.follow_profiles()?;
+    run.follow_profiles(&regs, &present, &valid, &var)?;
     failpoint::hit("profiles-followed");
-    run.mark()
+    run.mark(&regs, &valid, &roots, &var)
 }
 
 /// A timeout on the Nix database's lock during the slow path (exit 3): what was copied

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,7 +20,6 @@ use crate::engines::copy::{self, Counters, Engine};
 use crate::engines::lock::Held;
 use crate::engines::nixdb::{refusal, with_target_db};
 use crate::steps::plan::{self, ensure_target_store, list_store, Plan};
-use crate::steps::profiles;
 use crate::steps::registrations::{self, Complete, Described, InTarget};
 use crate::steps::repair;
 use crate::steps::report::Report;
@@ -49,36 +48,14 @@ pub(crate) struct Run<'a> {
     pub(crate) plan: Plan,
     pub(crate) counters: Arc<Counters>,
     pub(crate) engine: Engine,
-    /// What the image says of its paths (read before the locks), until the registrations
-    /// are completed.
-    described: Option<Described>,
-    /// Every image path's registration, once completed.
-    pub(crate) regs: Option<Complete>,
     pub(crate) report: Report,
-    size: plan::Size,
-    store: Option<OwnedFd>,
-    copied: HashSet<OsString>,
-    /// The target store's names once the content checks passed: under Nix's locks, what
-    /// var/'s new database and the registration are made from (listed once: on a network
-    /// filesystem a listing is many round trips).
-    pub(crate) present: HashSet<OsString>,
+    /// What the content checks found, for the report.
     pub(crate) checks: repair::Outcome,
-    /// Names of the store paths valid in the target after registering.
-    pub(crate) valid: HashSet<String>,
-    /// Image paths that could not be registered, with why.
-    pub(crate) unregistrable: Vec<String>,
-    /// The image's profiles, and whether var/ was created whole by this run (its profiles
-    /// with it).
-    pub(crate) profiles: Vec<profiles::ImageProfile>,
-    pub(crate) var_created: bool,
-    /// The names of the image's GC roots (the tops of its closure valid here).
-    pub(crate) roots: Vec<String>,
 }
 
 impl<'a> Run<'a> {
     /// Invalidate the image's marker: from here on the store and the database change,
-    /// and a crash must leave the next run the slow path. `described` is what the image
-    /// says of its paths, read before the locks.
+    /// and a crash must leave the next run the slow path.
     pub(crate) fn start(
         c: Checked,
         args: &'a Settings,
@@ -86,7 +63,6 @@ impl<'a> Run<'a> {
         held: &'a Held,
         interrupted: &'a Arc<AtomicBool>,
         plan: Plan,
-        described: Described,
     ) -> Result<Run<'a>> {
         // The target's database, if any, must be one nix-seed can register in: refused
         // here, before anything is written.
@@ -111,28 +87,13 @@ impl<'a> Run<'a> {
             plan,
             counters,
             engine,
-            described: Some(described),
-            regs: None,
             report,
-            size: plan::Size::default(),
-            store: None,
-            copied: HashSet::new(),
-            present: HashSet::new(),
             checks: repair::Outcome::default(),
-            valid: HashSet::new(),
-            unregistrable: Vec::new(),
-            profiles: Vec::new(),
-            var_created: false,
-            roots: Vec::new(),
         })
     }
 
     pub(crate) fn lost(&self) -> bool {
         self.held.lost.load(Ordering::Relaxed) || self.interrupted.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn store(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.store.as_ref().expect("prepare_store ran").as_fd()
     }
 
     /// Enough space and inodes? Measured on the source, refused before anything is copied;
@@ -143,9 +104,9 @@ impl<'a> Run<'a> {
         let block = nix::sys::statvfs::fstatvfs(c.target.as_fd())
             .with_context(|| format!("cannot statfs {}", c.target_path.display()))?
             .fragment_size() as u64;
-        self.size = plan::measure(c, &self.plan.missing, block, self.args.jobs.n as usize)?;
-        self.counters.bytes_total.store(self.size.bytes, Ordering::Relaxed);
-        if let Some(why) = plan::room(c, self.plan.missing.len(), self.size)? {
+        let size = plan::measure(c, &self.plan.missing, block, self.args.jobs.n as usize)?;
+        self.counters.bytes_total.store(size.bytes, Ordering::Relaxed);
+        if let Some(why) = plan::room(c, self.plan.missing.len(), size)? {
             anyhow::bail!(why);
         }
         if !self.plan.missing.is_empty() {
@@ -155,13 +116,13 @@ impl<'a> Run<'a> {
                 &format!(
                     "copying {} ({}, {}) of {} to {} with {}",
                     progress::count(self.plan.missing.len() as u64, "store path", "store paths"),
-                    progress::count(self.size.files, "file", "files"),
-                    indicatif::HumanBytes(self.size.bytes),
+                    progress::count(size.files, "file", "files"),
+                    indicatif::HumanBytes(size.bytes),
                     self.plan.source.len(),
                     c.target_path.display(),
                     self.args.jobs
                 ),
-                json!({"paths": self.plan.missing.len(), "files": self.size.files, "bytes": self.size.bytes,
+                json!({"paths": self.plan.missing.len(), "files": size.files, "bytes": size.bytes,
                        "jobs": self.args.jobs.n, "jobs_why": self.args.jobs.why}),
             );
         }
@@ -169,7 +130,7 @@ impl<'a> Run<'a> {
     }
 
     /// `TARGET/store` exists, holds no leftovers of a killed run, and can hold a Nix store.
-    pub(crate) fn prepare_store(&mut self) -> Result<()> {
+    pub(crate) fn prepare_store(&mut self) -> Result<OwnedFd> {
         let store = ensure_target_store(&self.c)?;
         let (c, log) = (&self.c, self.log);
         let store_path = c.layout.store.clone();
@@ -192,18 +153,18 @@ impl<'a> Run<'a> {
             log.warn(&w);
         }
         self.engine.fs = fs;
-        self.store = Some(store);
-        Ok(())
+        Ok(store)
     }
 
-    /// Copy the missing store paths, each published atomically.
-    pub(crate) fn copy(&mut self) -> Result<()> {
+    /// Copy the missing store paths into `store`, each published atomically; returns the
+    /// names this run published.
+    pub(crate) fn copy(&mut self, store: BorrowedFd) -> Result<HashSet<OsString>> {
         let store_path = self.c.layout.store.clone();
         let t0 = Instant::now();
         let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.progress);
         let copied = self.engine.copy_store_paths(
             (&self.c.source_store_path, self.c.source_store.as_fd()),
-            (&store_path, self.store()),
+            (&store_path, store),
             &self.plan.missing,
             self.args.jobs.n as usize,
             &PathEvents(self.log),
@@ -212,10 +173,7 @@ impl<'a> Run<'a> {
         self.report.copy_seconds = t0.elapsed().as_secs_f64();
         self.report.take_counters(&self.counters);
         match copied {
-            Ok(v) => {
-                self.copied = v.into_iter().collect();
-                Ok(())
-            }
+            Ok(v) => Ok(v.into_iter().collect()),
             Err(e) if copy::has_errno(&e, &[libc::ENOSPC]) => Err(anyhow::anyhow!(
                 "not enough space in {}: the disk filled up while copying ({e:#}); free space or grow the \
                  volume, then run again (nothing half-copied is left)",
@@ -242,8 +200,7 @@ impl<'a> Run<'a> {
 
     /// Complete the image's registrations (see [`crate::steps::registrations`]): under the locks,
     /// with the target's registrations as they are now.
-    pub(crate) fn complete_registrations(&mut self) -> Result<()> {
-        let d = self.described.take().expect("start ran");
+    pub(crate) fn complete_registrations(&mut self, d: Described) -> Result<Complete> {
         let undescribed: Vec<String> = registrations::undescribed(&d, &self.plan.source)
             .iter()
             .map(|n| format!("{}{}", registrations::STORE_DIR, n.to_string_lossy()))
@@ -270,22 +227,27 @@ impl<'a> Run<'a> {
             return Err(Stopped.into());
         }
         self.report.registrations = Some(regs.counts);
-        self.regs = Some(regs);
-        Ok(())
+        Ok(regs)
     }
 
-    /// Hash what needs hashing before anything is registered (see [`repair`]).
-    pub(crate) fn check_contents(&mut self) -> Result<()> {
-        let regs = self.regs.as_ref().expect("complete_registrations ran");
+    /// Hash what needs hashing before anything is registered (see [`repair`]); returns
+    /// the target store's names once the checks passed: what var/'s new database and the
+    /// registration are made from (listed once: on a network filesystem a listing is many
+    /// round trips).
+    pub(crate) fn check_contents(
+        &mut self,
+        store: BorrowedFd,
+        regs: &Complete,
+        copied: &HashSet<OsString>,
+    ) -> Result<HashSet<OsString>> {
         let src = &regs.db;
-        let store = self.store.as_ref().expect("prepare_store ran").as_fd();
         if self.args.verify {
             repair::verify_copies(
                 &self.c,
                 store,
                 src,
                 &|p| regs.origin_of(p),
-                &self.copied,
+                copied,
                 self.args.jobs.n as usize,
                 self.log,
                 &mut self.checks,
@@ -303,7 +265,7 @@ impl<'a> Run<'a> {
             src,
             &|p| regs.origin_of(p),
             &present,
-            &self.copied,
+            copied,
             &registered,
             self.log,
             &mut self.checks,
@@ -324,7 +286,6 @@ impl<'a> Run<'a> {
             );
         }
         // A replacement keeps its name: the listing still holds.
-        self.present = present;
-        Ok(())
+        Ok(present)
     }
 }

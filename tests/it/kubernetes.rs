@@ -426,11 +426,11 @@ fn check_text(path: &Path) -> Vec<String> {
 /// `NIX_SEED_*` variables that are not flags, which the docs may name: each is read by the
 /// file given (checked, so that this list cannot outlive the variable).
 const NOT_FLAGS: &[(&str, &str)] = &[
-    ("NIX_SEED_FAILPOINT", "src/failpoint.rs"),
+    ("NIX_SEED_FAILPOINT", "src/base/failpoint.rs"),
     ("NIX_SEED_STORM_ROUNDS", "tests/it/live_store.rs"),
     ("NIX_SEED_STORM_SEED", "tests/it/live_store.rs"),
-    ("NIX_SEED_PROGRESS_INTERVAL", "src/progress.rs"),
-    ("NIX_SEED_TERMINATION_LOG", "src/report.rs"),
+    ("NIX_SEED_PROGRESS_INTERVAL", "src/base/progress.rs"),
+    ("NIX_SEED_TERMINATION_LOG", "src/steps/report.rs"),
     ("NIX_SEED_TEST_DIR", "tests/it/support/mod.rs"),
     ("NIX_SEED_TRIXIE", "scripts/modern-nix.sh"),
     ("NIX_SEED_TRIXIE_MIRROR", "scripts/modern-nix.sh"),
