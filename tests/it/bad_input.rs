@@ -75,12 +75,7 @@ fn missing_target_and_target_is_a_file() {
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
-#[test]
-fn read_only_target() {
-    if !support::require_root("read_only_target") {
-        return;
-    }
-    let tmp = support::scratch();
+roottest!(read_only_target, |tmp| {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
@@ -109,39 +104,37 @@ fn read_only_target() {
         .success());
     assert!(empty(&dst));
     drop(m);
-}
+});
 
-/// The examples set `readOnlyRootFilesystem: true`: with the volume forgotten, the target
-/// directory sits on the read-only root filesystem, and the real problem is the missing
-/// mount, which the message must name.
-#[test]
-fn a_forgotten_volume_on_a_read_only_root_is_called_not_a_mount_point() {
-    if !support::require_root("a_forgotten_volume_on_a_read_only_root") {
-        return;
+// The examples set `readOnlyRootFilesystem: true`: with the volume forgotten, the target
+// directory sits on the read-only root filesystem, and the real problem is the missing
+// mount, which the message must name.
+roottest!(
+    a_forgotten_volume_on_a_read_only_root_is_called_not_a_mount_point,
+    |tmp| {
+        let fx = small(&tmp.path().join("src"));
+        let root = tmp.path().join("rootfs");
+        let m = support::mounts::tmpfs(&root, 16);
+        std::fs::create_dir_all(root.join("mnt/nix")).unwrap();
+        assert!(std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&root)
+            .status()
+            .unwrap()
+            .success());
+        let dst = root.join("mnt/nix");
+        let out = nix_seed()
+            .arg("seed")
+            .arg("--source")
+            .arg(&fx.root)
+            .arg("--target")
+            .arg(&dst)
+            .output()
+            .unwrap();
+        refused(&out, 2, &["is not a mount point", &dst.display().to_string()]);
+        drop(m);
     }
-    let tmp = support::scratch();
-    let fx = small(&tmp.path().join("src"));
-    let root = tmp.path().join("rootfs");
-    let m = support::mounts::tmpfs(&root, 16);
-    std::fs::create_dir_all(root.join("mnt/nix")).unwrap();
-    assert!(std::process::Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(&root)
-        .status()
-        .unwrap()
-        .success());
-    let dst = root.join("mnt/nix");
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
-    refused(&out, 2, &["is not a mount point", &dst.display().to_string()]);
-    drop(m);
-}
+);
 
 /// `verify` on a target that is not a seeded Nix root is the caller's mistake: exit 2,
 /// as `status` and `seed` do, with the path and what it lacks.
@@ -161,12 +154,7 @@ fn verify_on_a_missing_or_empty_target_exits_2() {
     refused(&o, 2, &["has no Nix database"]);
 }
 
-#[test]
-fn target_not_writable_by_a_non_root_user() {
-    if !support::require_root("target_not_writable_by_a_non_root_user") {
-        return;
-    }
-    let tmp = support::scratch();
+roottest!(target_not_writable_by_a_non_root_user, |tmp| {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
@@ -176,7 +164,7 @@ fn target_not_writable_by_a_non_root_user() {
         .unwrap();
     refused(&out, 2, &["not writable by uid 65534"]);
     assert!(empty(&dst));
-}
+});
 
 #[test]
 fn target_inside_source_and_source_inside_target() {
@@ -217,12 +205,7 @@ fn target_not_a_mount_point_without_the_flag() {
     assert!(empty(&dst));
 }
 
-#[test]
-fn a_mount_point_is_accepted_without_the_flag() {
-    if !support::require_root("a_mount_point_is_accepted_without_the_flag") {
-        return;
-    }
-    let tmp = support::scratch();
+roottest!(a_mount_point_is_accepted_without_the_flag, |tmp| {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     let m = support::mounts::tmpfs(&dst, 64);
@@ -237,7 +220,7 @@ fn a_mount_point_is_accepted_without_the_flag() {
     support::cmd::assert_ok(&out);
     support::compare::assert_store_equal(&fx.root, &dst);
     drop(m);
-}
+});
 
 #[test]
 fn unknown_flag_and_bad_values_are_usage_errors() {
@@ -341,80 +324,78 @@ fn help_and_version() {
     }
 }
 
-#[test]
-fn a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free() {
-    if !support::require_root("a_target_too_small (needs root for a small tmpfs)") {
-        return;
+roottest!(
+    a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free,
+    |tmp| {
+        let fx = fixture::build(
+            &tmp.path().join("src"),
+            &Spec {
+                paths: 40,
+                big_file_bytes: 8 << 20,
+                ..Spec::default()
+            },
+        );
+        let dst = tmp.path().join("dst");
+        let m = support::mounts::tmpfs(&dst, 2);
+        let o = nix_seed()
+            .arg("seed")
+            .arg("--source")
+            .arg(&fx.root)
+            .arg("--target")
+            .arg(&dst)
+            .output()
+            .unwrap();
+        refused(
+            &o,
+            1,
+            &[&dst.display().to_string(), "not enough space", "need", "is free"],
+        );
+        // Nothing but nix-seed's own lock directory and Nix's gc.lock (the check runs under
+        // both locks; gc.lock must exist to be held).
+        let mut left: Vec<_> = std::fs::read_dir(&dst)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [std::ffi::OsString::from(".nix-seed"), std::ffi::OsString::from("var")],
+            "nothing may be written when it cannot fit"
+        );
+        let var: Vec<_> = walkdir::WalkDir::new(dst.join("var"))
+            .min_depth(1)
+            .into_iter()
+            .map(|e| e.unwrap().path().strip_prefix(&dst).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(
+            var,
+            [
+                std::path::PathBuf::from("var/nix"),
+                std::path::PathBuf::from("var/nix/gc.lock")
+            ]
+        );
+        // The lock was released: with room, the next run does the job.
+        assert!(std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&dst)
+            .status()
+            .unwrap()
+            .success());
+        let o = nix_seed()
+            .arg("seed")
+            .arg("--source")
+            .arg(&fx.root)
+            .arg("--target")
+            .arg(&dst)
+            .arg("--lock-timeout")
+            .arg("2s")
+            .output()
+            .unwrap();
+        support::cmd::assert_ok(&o);
+        support::compare::assert_store_equal(&fx.root, &dst);
+        drop(m);
     }
-    let tmp = support::scratch();
-    let fx = fixture::build(
-        &tmp.path().join("src"),
-        &Spec {
-            paths: 40,
-            big_file_bytes: 8 << 20,
-            ..Spec::default()
-        },
-    );
-    let dst = tmp.path().join("dst");
-    let m = support::mounts::tmpfs(&dst, 2);
-    let o = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
-    refused(
-        &o,
-        1,
-        &[&dst.display().to_string(), "not enough space", "need", "is free"],
-    );
-    // Nothing but nix-seed's own lock directory and Nix's gc.lock (the check runs under
-    // both locks; gc.lock must exist to be held).
-    let mut left: Vec<_> = std::fs::read_dir(&dst)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    left.sort();
-    assert_eq!(
-        left,
-        [std::ffi::OsString::from(".nix-seed"), std::ffi::OsString::from("var")],
-        "nothing may be written when it cannot fit"
-    );
-    let var: Vec<_> = walkdir::WalkDir::new(dst.join("var"))
-        .min_depth(1)
-        .into_iter()
-        .map(|e| e.unwrap().path().strip_prefix(&dst).unwrap().to_path_buf())
-        .collect();
-    assert_eq!(
-        var,
-        [
-            std::path::PathBuf::from("var/nix"),
-            std::path::PathBuf::from("var/nix/gc.lock")
-        ]
-    );
-    // The lock was released: with room, the next run does the job.
-    assert!(std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&dst)
-        .status()
-        .unwrap()
-        .success());
-    let o = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .arg("--lock-timeout")
-        .arg("2s")
-        .output()
-        .unwrap();
-    support::cmd::assert_ok(&o);
-    support::compare::assert_store_equal(&fx.root, &dst);
-    drop(m);
-}
+);
 
 fn forty_paths_and_a_big_file(dir: &Path) -> fixture::Fixture {
     fixture::build(
@@ -427,82 +408,80 @@ fn forty_paths_and_a_big_file(dir: &Path) -> fixture::Fixture {
     )
 }
 
-#[test]
-fn a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so() {
-    if !support::require_root("a_target_short_of_inodes (needs root for a small tmpfs)") {
-        return;
+roottest!(
+    a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so,
+    |tmp| {
+        let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
+        let dst = tmp.path().join("dst");
+        // Space enough by bytes, but few inodes.
+        let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
+        let dry = support::cmd::seed_cmd(&fx.root, &dst, &["--dry-run"]).output().unwrap();
+        assert_ok(&dry);
+        assert!(
+            stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
+            "{}",
+            text(&dry)
+        );
+        let o = seed(&fx.root, &dst, &[]);
+        refused(
+            &o,
+            1,
+            &[&dst.display().to_string(), "not enough space", "inodes", "are free"],
+        );
+        assert!(!dst.join("store").exists(), "nothing copied");
     }
-    let tmp = support::scratch();
-    let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
-    let dst = tmp.path().join("dst");
-    // Space enough by bytes, but few inodes.
-    let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
-    let dry = support::cmd::seed_cmd(&fx.root, &dst, &["--dry-run"]).output().unwrap();
-    assert_ok(&dry);
-    assert!(
-        stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
-        "{}",
-        text(&dry)
-    );
-    let o = seed(&fx.root, &dst, &[]);
-    refused(
-        &o,
-        1,
-        &[&dst.display().to_string(), "not enough space", "inodes", "are free"],
-    );
-    assert!(!dst.join("store").exists(), "nothing copied");
-}
+);
 
-#[test]
-fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible() {
-    if !support::require_root("a_target_that_fills_up (needs root for a small tmpfs)") {
-        return;
-    }
-    let tmp = support::scratch();
-    let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
-    let dst = tmp.path().join("dst");
-    let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
-    // Stopped right after the space check passed; then another writer fills the disk.
-    let child = support::cmd::seed_cmd(&fx.root, &dst, &[])
-        .env("NIX_SEED_FAILPOINT", "space-checked=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    support::wait_stopped(child.id());
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M"])
-        .arg(format!("of={}", dst.join("filler").display()))
-        .stderr(std::process::Stdio::null())
-        .status();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert_code(&o, 1);
-    let err = stderr(&o);
-    assert!(
-        err.contains("not enough space") && err.contains("filled up while copying") && err.contains("No space left"),
-        "{}",
-        text(&o)
-    );
-    support::compare::assert_no_temp(&dst);
-    // Every store path that is visible is complete.
-    for e in std::fs::read_dir(dst.join("store")).unwrap() {
-        let name = e.unwrap().file_name();
-        let (s, d) = (fx.root.join("store").join(&name), dst.join("store").join(&name));
-        let same = std::process::Command::new("diff")
-            .arg("-r")
-            .arg("--no-dereference")
-            .arg(&s)
-            .arg(&d)
-            .status()
+roottest!(
+    a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible,
+    |tmp| {
+        let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
+        let dst = tmp.path().join("dst");
+        let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
+        // Stopped right after the space check passed; then another writer fills the disk.
+        let child = support::cmd::seed_cmd(&fx.root, &dst, &[])
+            .env("NIX_SEED_FAILPOINT", "space-checked=stop")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(same.success(), "{} is visible but differs", d.display());
+        support::wait_stopped(child.id());
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M"])
+            .arg(format!("of={}", dst.join("filler").display()))
+            .stderr(std::process::Stdio::null())
+            .status();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
+        .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_code(&o, 1);
+        let err = stderr(&o);
+        assert!(
+            err.contains("not enough space")
+                && err.contains("filled up while copying")
+                && err.contains("No space left"),
+            "{}",
+            text(&o)
+        );
+        support::compare::assert_no_temp(&dst);
+        // Every store path that is visible is complete.
+        for e in std::fs::read_dir(dst.join("store")).unwrap() {
+            let name = e.unwrap().file_name();
+            let (s, d) = (fx.root.join("store").join(&name), dst.join("store").join(&name));
+            let same = std::process::Command::new("diff")
+                .arg("-r")
+                .arg("--no-dereference")
+                .arg(&s)
+                .arg(&d)
+                .status()
+                .unwrap();
+            assert!(same.success(), "{} is visible but differs", d.display());
+        }
     }
-}
+);
 
 /// Usage errors speak the log format the caller asked for, and a bad value from the
 /// environment names the variable (a pod spec sets `env:`, not flags).

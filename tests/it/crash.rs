@@ -10,7 +10,7 @@ use std::process::Command;
 
 use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, seed_cmd, status, stderr, stdout, text};
-use crate::support::nix::{in_pod, nix_available, real_store, valid_paths};
+use crate::support::nix::{in_pod, real_store, valid_paths};
 
 /// Every step boundary of `seed`, in order (see src/seed/mod.rs). `generation-added` (a
 /// profile's new generation made, not yet switched to) is reached only by an upgrade.
@@ -138,22 +138,17 @@ fn killed(o: &std::process::Output) -> bool {
     o.status.signal() == Some(9)
 }
 
-/// A path collected after its root was retired, then a re-seed killed at each step
-/// boundary (the bug this guards: killed between publishing and registering, every later
-/// run said "nothing to do" and the path stayed invalid).
-#[test]
-fn a_reseed_killed_at_any_step_is_repaired_by_the_next_run() {
-    if !nix_available("a_reseed_killed_at_any_step") {
-        return;
-    }
-    let tmp = support::scratch();
+// A path collected after its root was retired, then a re-seed killed at each step
+// boundary (the bug this guards: killed between publishing and registering, every later
+// run said "nothing to do" and the path stayed invalid).
+nixtest!(a_reseed_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     let base = tmp.path().join("base/nix");
     std::fs::create_dir_all(&base).unwrap();
     assert_ok(&seed_at(&image, &base, None, &[]));
     collect_one_path(&base, &image);
     kill_at_every_point(&image, points(false), |target| cp_a(&base, target), |_| Ok(()));
-}
+});
 
 /// The step boundaries a seed of an image reaches: `generation-added` only in an upgrade.
 fn points(upgrade: bool) -> Vec<&'static str> {
@@ -164,16 +159,11 @@ fn points(upgrade: bool) -> Vec<&'static str> {
         .collect()
 }
 
-/// An upgrade (v2 onto a disk holding v1) killed at each step boundary, the new profile
-/// generation's included: the rerun repairs, and the profile follows v2 with one
-/// generation each.
-#[test]
-fn an_upgrade_killed_at_any_step_is_repaired_by_the_next_run() {
-    if !nix_available("an_upgrade_killed_at_any_step") {
-        return;
-    }
+// An upgrade (v2 onto a disk holding v1) killed at each step boundary, the new profile
+// generation's included: the rerun repairs, and the profile follows v2 with one
+// generation each.
+nixtest!(an_upgrade_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     use crate::support::profiles::{current, env, generations, PROFILE};
-    let tmp = support::scratch();
     let v1 = real_store(&tmp.path().join("v1"), "v1", false);
     let image = real_store(&tmp.path().join("v2"), "v2", false);
     let base = tmp.path().join("base/nix");
@@ -192,15 +182,10 @@ fn an_upgrade_killed_at_any_step_is_repaired_by_the_next_run() {
             Ok(())
         },
     );
-}
+});
 
-/// A first seed into an empty target killed at each step boundary.
-#[test]
-fn a_first_seed_killed_at_any_step_is_repaired_by_the_next_run() {
-    if !nix_available("a_first_seed_killed_at_any_step") {
-        return;
-    }
-    let tmp = support::scratch();
+// A first seed into an empty target killed at each step boundary.
+nixtest!(a_first_seed_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     kill_at_every_point(
         &image,
@@ -208,7 +193,7 @@ fn a_first_seed_killed_at_any_step_is_repaired_by_the_next_run() {
         |target| std::fs::create_dir_all(target).unwrap(),
         |_| Ok(()),
     );
-}
+});
 
 /// For each step boundary of `points`: a target made by `prepare`, a seed killed there,
 /// then [`check_after_kill`] and `after`; fails with every failpoint that went wrong.
@@ -239,14 +224,9 @@ fn kill_at_every_point(
     );
 }
 
-/// `seed --recheck` finds what a marker hides: a registration deleted by hand (the path
-/// still on disk), and a root link removed. `status` names the command.
-#[test]
-fn recheck_repairs_drift_that_the_marker_hides() {
-    if !nix_available("recheck_repairs_drift") {
-        return;
-    }
-    let tmp = support::scratch();
+// `seed --recheck` finds what a marker hides: a registration deleted by hand (the path
+// still on disk), and a root link removed. `status` names the command.
+nixtest!(recheck_repairs_drift_that_the_marker_hides, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
@@ -290,17 +270,12 @@ fn recheck_repairs_drift_that_the_marker_hides() {
     let o = c.env("NIX_SEED_RECHECK", "1").output().unwrap();
     assert_ok(&o);
     assert!(!stdout(&o).contains("registered"), "{}", text(&o));
-}
+});
 
-/// A corrupt image (content that does not hash to its own database): `--verify` fails
-/// and removes the bad copy, and so does every retry; nothing corrupt is ever registered,
-/// with or without `--verify` on the retry.
-#[test]
-fn a_corrupt_image_fails_every_retry_and_is_never_registered() {
-    if !nix_available("a_corrupt_image_fails_every_retry") {
-        return;
-    }
-    let tmp = support::scratch();
+// A corrupt image (content that does not hash to its own database): `--verify` fails
+// and removes the bad copy, and so does every retry; nothing corrupt is ever registered,
+// with or without `--verify` on the retry.
+nixtest!(a_corrupt_image_fails_every_retry_and_is_never_registered, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     // Corrupt one file of one store path of the image.
     let store = image.join("nix/store");
@@ -354,4 +329,4 @@ fn a_corrupt_image_fails_every_retry_and_is_never_registered() {
         );
         assert_code(&status(&image.join("nix"), &target), 1);
     }
-}
+});

@@ -614,17 +614,10 @@ fn race_round(base: &fixture::Fixture, full: &fixture::Fixture, r: &Round) -> Ro
     }
 }
 
-#[test]
-fn a_symlink_swapped_in_while_seeding_is_never_followed() {
-    if !support::require_root(
-        "a_symlink_swapped_in_while_seeding_is_never_followed (the attacker renames inside 0555 store directories)",
-    ) {
-        return;
-    }
+roottest!(a_symlink_swapped_in_while_seeding_is_never_followed, |fixtures| {
     let t0 = Instant::now();
     // The base image, and the same image plus 600 store paths: the raced seed copies
     // those 600 (about a second), with every hard case of the fixture.
-    let fixtures = support::scratch();
     let spec = Spec {
         paths: 40,
         big_file_bytes: 1 << 20,
@@ -692,4 +685,4 @@ fn a_symlink_swapped_in_while_seeding_is_never_followed() {
         t0.elapsed().as_secs_f64(),
         lines.join("\n")
     );
-}
+});

@@ -374,58 +374,56 @@ fn proc_state(pid: u32) -> Option<char> {
     s[s.rfind(')')? + 1..].trim_start().chars().next()
 }
 
-/// The target's database is in rollback mode (made by Nix with use-sqlite-wal = false);
-/// while the seeder is between copy and register, a pod running Nix with the default
-/// use-sqlite-wal = true opens it and converts it to WAL. The seeder registers anyway,
-/// through the VFS the database needs now, and Nix accepts the result.
-#[test]
-fn a_pod_converts_the_target_database_to_wal_between_copy_and_register() {
-    use support::nix::{assert_nix_accepts, nix_available, nix_config, nix_seed_db_is_wal, real_store, valid_paths};
-    if !nix_available("a_pod_converts_the_target_database_to_wal") {
-        return;
+// The target's database is in rollback mode (made by Nix with use-sqlite-wal = false);
+// while the seeder is between copy and register, a pod running Nix with the default
+// use-sqlite-wal = true opens it and converts it to WAL. The seeder registers anyway,
+// through the VFS the database needs now, and Nix accepts the result.
+nixtest!(
+    a_pod_converts_the_target_database_to_wal_between_copy_and_register,
+    |tmp| {
+        use support::nix::{assert_nix_accepts, nix_config, nix_seed_db_is_wal, real_store, valid_paths};
+        let target = real_store(&tmp.path().join("t"), "v1", false).join("nix");
+        assert!(!nix_seed_db_is_wal(&target));
+        let v2 = real_store(&tmp.path().join("v2"), "v2", false).join("nix");
+
+        let child = support::cmd::seed_cmd(&v2, &target, &[])
+            .env("NIX_SEED_FAILPOINT", "copied=stop")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let t0 = std::time::Instant::now();
+        while proc_state(pid) != Some('T') {
+            assert!(
+                t0.elapsed().as_secs() < 120,
+                "the seeder did not stop at the failpoint (state {:?})",
+                proc_state(pid)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        // A default-configured pod opens the store: Nix converts the database to WAL.
+        let some = valid_paths(&target).into_iter().next().unwrap();
+        let o = std::process::Command::new("unshare")
+            .arg("-m")
+            .arg("sh")
+            .arg("-c")
+            .arg(format!(
+                "mkdir -p /nix && mount --bind '{}' /nix && nix-store -q --hash {some}",
+                target.display()
+            ))
+            .env("NIX_CONFIG", nix_config(true))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(nix_seed_db_is_wal(&target), "Nix converted the database to WAL");
+
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        let out = child.wait_with_output().unwrap();
+        assert_ok(&out);
+        assert!(nix_seed_db_is_wal(&target), "the pods' journal mode is kept");
+        assert_nix_accepts(&target, &v2);
     }
-    let tmp = support::scratch();
-    let target = real_store(&tmp.path().join("t"), "v1", false).join("nix");
-    assert!(!nix_seed_db_is_wal(&target));
-    let v2 = real_store(&tmp.path().join("v2"), "v2", false).join("nix");
-
-    let child = support::cmd::seed_cmd(&v2, &target, &[])
-        .env("NIX_SEED_FAILPOINT", "copied=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let t0 = std::time::Instant::now();
-    while proc_state(pid) != Some('T') {
-        assert!(
-            t0.elapsed().as_secs() < 120,
-            "the seeder did not stop at the failpoint (state {:?})",
-            proc_state(pid)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-
-    // A default-configured pod opens the store: Nix converts the database to WAL.
-    let some = valid_paths(&target).into_iter().next().unwrap();
-    let o = std::process::Command::new("unshare")
-        .arg("-m")
-        .arg("sh")
-        .arg("-c")
-        .arg(format!(
-            "mkdir -p /nix && mount --bind '{}' /nix && nix-store -q --hash {some}",
-            target.display()
-        ))
-        .env("NIX_CONFIG", nix_config(true))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(nix_seed_db_is_wal(&target), "Nix converted the database to WAL");
-
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-    let out = child.wait_with_output().unwrap();
-    assert_ok(&out);
-    assert!(nix_seed_db_is_wal(&target), "the pods' journal mode is kept");
-    assert_nix_accepts(&target, &v2);
-}
+);

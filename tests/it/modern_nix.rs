@@ -15,7 +15,7 @@ use std::path::Path;
 
 use crate::support;
 use crate::support::cmd::{assert_ok, stdout, text};
-use crate::support::modern::{image_paths, modern_available, Nix, BOTH};
+use crate::support::modern::{image_paths, Nix, BOTH};
 use crate::support::nix::{db_dir_listing, nix_seed_db_is_wal, seed};
 
 /// Paths one pod added to the shared target.
@@ -235,12 +235,7 @@ fn two_versions_one_target(first: Nix, second: Nix) {
     );
 }
 
-#[test]
-fn both_versions_run() {
-    if !modern_available("both_versions_run") {
-        return;
-    }
-    let tmp = support::scratch();
+moderntest!(both_versions_run, |tmp| {
     let nix = tmp.path().join("nix");
     std::fs::create_dir_all(&nix).unwrap();
     for v in BOTH {
@@ -253,33 +248,20 @@ fn both_versions_run() {
             stdout(&o)
         );
     }
-}
+});
 
-#[test]
-fn image_by_nix_2_8_then_image_by_nix_2_26() {
-    if !modern_available("image_by_nix_2_8_then_image_by_nix_2_26") {
-        return;
-    }
+moderntest!(image_by_nix_2_8_then_image_by_nix_2_26, |_| {
     two_versions_one_target(Nix::V2_8, Nix::V2_26);
-}
+});
 
-#[test]
-fn image_by_nix_2_26_then_image_by_nix_2_8() {
-    if !modern_available("image_by_nix_2_26_then_image_by_nix_2_8") {
-        return;
-    }
+moderntest!(image_by_nix_2_26_then_image_by_nix_2_8, |_| {
     two_versions_one_target(Nix::V2_26, Nix::V2_8);
-}
+});
 
-/// A 2.26 pod left with Nix's default `use-sqlite-wal = true` converts the shared database
-/// to WAL; the next image (by 2.26) is seeded into it, and both versions (2.8 with WAL
-/// on: it cannot open a WAL database otherwise) accept everything.
-#[test]
-fn a_nix_2_26_pod_with_the_default_wal_between_two_seeds() {
-    if !modern_available("a_nix_2_26_pod_with_the_default_wal") {
-        return;
-    }
-    let tmp = support::scratch();
+// A 2.26 pod left with Nix's default `use-sqlite-wal = true` converts the shared database
+// to WAL; the next image (by 2.26) is seeded into it, and both versions (2.8 with WAL
+// on: it cannot open a WAL database otherwise) accept everything.
+moderntest!(a_nix_2_26_pod_with_the_default_wal_between_two_seeds, |tmp| {
     let img1 = Nix::V2_8.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
     let img2 = Nix::V2_26.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
     let target = tmp.path().join("t/nix");
@@ -301,7 +283,7 @@ fn a_nix_2_26_pod_with_the_default_wal_between_two_seeds() {
         assert_accepts(v, &target, &img2, Nix::V2_26, tmp.path());
     }
     cross_add_and_gc(&target, &[&img1, &img2], Some(true));
-}
+});
 
 /// `NIX_CONFIG` lines a pod script exports to use content-addressed derivations.
 const CA_ON: &str = "export NIX_CONFIG=\"$NIX_CONFIG\nexperimental-features = nix-command ca-derivations\"\n";
@@ -327,17 +309,13 @@ echo "out $(readlink /nix/var/nix/gcroots/{name})"
     (get("drv"), get("out"))
 }
 
-/// Images whose Nix used content-addressed derivations (`ca-derivations`): Nix 2.8 keeps
-/// the CA schema's version in `var/nix/db/ca-schema` (and tables Realisations,
-/// RealisationsRefs), Nix 2.26 in the SchemaMigrations table. Seeded into an empty target,
-/// the CA output and the realisation come along (its own Nix builds nothing for the
-/// derivation again), both versions find every path valid, each builds a new CA derivation
-/// the other sees, and the database's side files (`schema`, `ca-schema`) are the image's.
-#[test]
-fn images_built_with_ca_derivations_by_each_version() {
-    if !modern_available("images_built_with_ca_derivations") {
-        return;
-    }
+// Images whose Nix used content-addressed derivations (`ca-derivations`): Nix 2.8 keeps
+// the CA schema's version in `var/nix/db/ca-schema` (and tables Realisations,
+// RealisationsRefs), Nix 2.26 in the SchemaMigrations table. Seeded into an empty target,
+// the CA output and the realisation come along (its own Nix builds nothing for the
+// derivation again), both versions find every path valid, each builds a new CA derivation
+// the other sees, and the database's side files (`schema`, `ca-schema`) are the image's.
+moderntest!(images_built_with_ca_derivations_by_each_version, |_| {
     // 2.26 first: the known bug below fails the 2.8 round at its last assertion.
     for builder in [Nix::V2_26, Nix::V2_8] {
         let tmp = support::scratch();
@@ -390,18 +368,13 @@ fn images_built_with_ca_derivations_by_each_version() {
             builder.name()
         );
     }
-}
+});
 
-/// An image snapshotted while a Nix 2.26 process had its store open (`docker commit` of a
-/// running container, a daemon running during the image build): var/nix/db holds an empty
-/// `db.sqlite-wal` and a `db.sqlite-shm` (made here by SIGKILLing `nix-store --serve`).
-/// nix-seed reads it without changing it, and both versions accept the target.
-#[test]
-fn an_image_snapshotted_while_nix_2_26_had_its_database_open() {
-    if !modern_available("an_image_snapshotted_while_nix_2_26_had_its_database_open") {
-        return;
-    }
-    let tmp = support::scratch();
+// An image snapshotted while a Nix 2.26 process had its store open (`docker commit` of a
+// running container, a daemon running during the image build): var/nix/db holds an empty
+// `db.sqlite-wal` and a `db.sqlite-shm` (made here by SIGKILLing `nix-store --serve`).
+// nix-seed reads it without changing it, and both versions accept the target.
+moderntest!(an_image_snapshotted_while_nix_2_26_had_its_database_open, |tmp| {
     let image = Nix::V2_26.real_store(&tmp.path().join("i"), "v1", true).join("nix");
     let o = Nix::V2_26.pod(
         &image,
@@ -434,18 +407,13 @@ fn an_image_snapshotted_while_nix_2_26_had_its_database_open() {
         "nix-seed changed the image's var/nix/db (deleted its empty db.sqlite-wal?)"
     );
     assert_eq!(wal_after, Some(wal_before));
-}
+});
 
-/// A pod of Nix 2.26 left with the default `use-sqlite-wal = true` converts the shared
-/// database to WAL *while* a seed runs: between nix-seed's copy (store paths in place) and
-/// its registration. The seed must still register its image (or fail cleanly and succeed
-/// on a rerun: here it must succeed), and both versions accept everything.
-#[test]
-fn a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed() {
-    if !modern_available("a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed") {
-        return;
-    }
-    let tmp = support::scratch();
+// A pod of Nix 2.26 left with the default `use-sqlite-wal = true` converts the shared
+// database to WAL *while* a seed runs: between nix-seed's copy (store paths in place) and
+// its registration. The seed must still register its image (or fail cleanly and succeed
+// on a rerun: here it must succeed), and both versions accept everything.
+moderntest!(a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed, |tmp| {
     let img1 = Nix::V2_8.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
     let img2 = Nix::V2_26.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
     let target = tmp.path().join("t/nix");
@@ -509,19 +477,14 @@ fn a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed() {
         assert_accepts(v, &target, &img2, Nix::V2_26, tmp.path());
     }
     cross_add_and_gc(&target, &[&img1, &img2], Some(true));
-}
+});
 
-/// Nix forks add nullable columns to ValidPaths (Determinate Nix: `provenance`); plain Nix
-/// names its columns in every statement, so both versions keep working on such a database.
-/// Simulated on a database Nix 2.26 made (`ALTER TABLE ... ADD COLUMN provenance text`,
-/// as that fork's migration does): an image with the column is seeded into an empty target,
-/// then a Nix 2.8 image into that target; both versions accept both images.
-#[test]
-fn an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds() {
-    if !modern_available("an_extra_nullable_column_in_valid_paths") {
-        return;
-    }
-    let tmp = support::scratch();
+// Nix forks add nullable columns to ValidPaths (Determinate Nix: `provenance`); plain Nix
+// names its columns in every statement, so both versions keep working on such a database.
+// Simulated on a database Nix 2.26 made (`ALTER TABLE ... ADD COLUMN provenance text`,
+// as that fork's migration does): an image with the column is seeded into an empty target,
+// then a Nix 2.8 image into that target; both versions accept both images.
+moderntest!(an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds, |tmp| {
     let img1 = Nix::V2_26.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
     let img2 = Nix::V2_8.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
     let c = rusqlite::Connection::open(img1.join("var/nix/db/db.sqlite")).unwrap();
@@ -541,4 +504,4 @@ fn an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds() {
         assert_accepts(v, &target, &img2, Nix::V2_8, tmp.path());
     }
     cross_add_and_gc(&target, &[&img1, &img2], None);
-}
+});

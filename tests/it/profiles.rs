@@ -14,7 +14,7 @@ use std::process::Output;
 
 use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, seed_cmd, stderr, text};
-use crate::support::nix::{assert_contents_verify, in_pod, nix_available};
+use crate::support::nix::{assert_contents_verify, in_pod};
 use crate::support::profiles::{current, env, generations, image_chain, pod_ok, resolve, ALICE, PROFILE};
 
 struct Images {
@@ -54,13 +54,9 @@ fn verify(target: &Path) {
     assert_contents_verify(target, &target.parent().unwrap().join("verify-copy"));
 }
 
-/// `follow`: each upgrade adds the image's generation and switches to it; rollback works;
-/// per-user profiles too; reruns (also the slow path, `--recheck`) add nothing.
-#[test]
-fn follow_switches_each_upgrade_and_rollback_works() {
-    if !nix_available("follow_switches_each_upgrade_and_rollback_works") {
-        return;
-    }
+// `follow`: each upgrade adds the image's generation and switches to it; rollback works;
+// per-user profiles too; reruns (also the slow path, `--recheck`) add nothing.
+nixtest!(follow_switches_each_upgrade_and_rollback_works, |_| {
     let im = Images::build();
     let [v1, v2, v3] = &im.v;
     let t = im.target("t");
@@ -109,16 +105,12 @@ fn follow_switches_each_upgrade_and_rollback_works() {
     pod_ok(&t, "nix-env --rollback -p /nix/var/nix/profiles/default");
     assert_eq!(current(&t), env(v2), "rollback from v3 gives v2's");
     verify(&t);
-}
+});
 
-/// A user changed the profile (`nix-env --set` in a pod): follow adds the image's
-/// generation, leaves the user's current and names the command to switch; a rerun adds no
-/// second generation; `--profiles image` then switches.
-#[test]
-fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
-    if !nix_available("follow_keeps_a_users_change_and_image_mode_overrides_it") {
-        return;
-    }
+// A user changed the profile (`nix-env --set` in a pod): follow adds the image's
+// generation, leaves the user's current and names the command to switch; a rerun adds no
+// second generation; `--profiles image` then switches.
+nixtest!(follow_keeps_a_users_change_and_image_mode_overrides_it, |_| {
     let im = Images::build();
     let [v1, _, v3] = &im.v;
     let t = im.v2_target("t");
@@ -177,15 +169,11 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
     assert_eq!(current(&t), env(v3));
     assert_eq!(generations(&t, PROFILE).len(), 4);
     verify(&t);
-}
+});
 
-/// `--profiles keep` (NIX_SEED_PROFILES=keep): today's merge: the target's profile kept
-/// with a warning, the image's generation links added by name.
-#[test]
-fn keep_mode_keeps_the_targets_profile() {
-    if !nix_available("keep_mode_keeps_the_targets_profile") {
-        return;
-    }
+// `--profiles keep` (NIX_SEED_PROFILES=keep): today's merge: the target's profile kept
+// with a warning, the image's generation links added by name.
+nixtest!(keep_mode_keeps_the_targets_profile, |_| {
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
@@ -202,51 +190,46 @@ fn keep_mode_keeps_the_targets_profile() {
     );
     assert_eq!(current(&t), env(v1));
     assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
-}
+});
 
-/// Killed right after a generation was added, before the switch: the next run switches to
-/// that generation (recorded before it was made) and adds no other.
-#[test]
-fn a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun() {
-    if !nix_available("a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun") {
-        return;
+// Killed right after a generation was added, before the switch: the next run switches to
+// that generation (recorded before it was made) and adds no other.
+nixtest!(
+    a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun,
+    |_| {
+        let im = Images::build();
+        let [v1, v2, _] = &im.v;
+        let t = im.target("t");
+        assert_ok(&seed_image(v1, &t, &[]));
+        let o = seed_cmd(v2, &t, &[])
+            .env("NIX_SEED_FAILPOINT", "generation-added")
+            .output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&o.status),
+            Some(libc::SIGKILL),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(current(&t), env(v1));
+        assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+
+        let o = seed_image(v2, &t, &[]);
+        assert_ok(&o);
+        assert!(
+            stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(current(&t), env(v2));
+        assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+        verify(&t);
     }
-    let im = Images::build();
-    let [v1, v2, _] = &im.v;
-    let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
-    let o = seed_cmd(v2, &t, &[])
-        .env("NIX_SEED_FAILPOINT", "generation-added")
-        .output()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&o.status),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(current(&t), env(v1));
-    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+);
 
-    let o = seed_image(v2, &t, &[]);
-    assert_ok(&o);
-    assert!(
-        stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(current(&t), env(v2));
-    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
-    verify(&t);
-}
-
-/// The profile's lock (`default.lock`, as nix-env takes it) held: the seed waits, gives up
-/// after --lock-timeout (exit 3) without touching the profile, and succeeds once it is free.
-#[test]
-fn a_held_profile_lock_is_waited_for() {
-    if !nix_available("a_held_profile_lock_is_waited_for") {
-        return;
-    }
+// The profile's lock (`default.lock`, as nix-env takes it) held: the seed waits, gives up
+// after --lock-timeout (exit 3) without touching the profile, and succeeds once it is free.
+nixtest!(a_held_profile_lock_is_waited_for, |_| {
     use std::os::fd::AsRawFd;
     let im = Images::build();
     let [v1, v2, _] = &im.v;
@@ -261,7 +244,7 @@ fn a_held_profile_lock_is_waited_for() {
     drop(lock);
     assert_ok(&seed_image(v2, &t, &[]));
     assert_eq!(current(&t), env(v2));
-}
+});
 
 /// A symlink planted at the profile's lock file (a hostile pod): never followed; the seed
 /// fails (exit 1) naming it, and the file it points to is unchanged.
@@ -295,14 +278,10 @@ fn a_symlink_at_the_profile_lock_is_never_followed() {
     assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_ok());
 }
 
-/// nix-seed takes the same lock as Nix: a pod's `nix-env --switch-generation` (which locks
-/// the profile, as `-i`, `-e` and `--rollback` do; `--set` takes no lock) waits while
-/// nix-seed, stopped right after adding its generation, holds it, and goes on after.
-#[test]
-fn nix_env_waits_for_the_profile_lock_nix_seed_holds() {
-    if !nix_available("nix_env_waits_for_the_profile_lock_nix_seed_holds") {
-        return;
-    }
+// nix-seed takes the same lock as Nix: a pod's `nix-env --switch-generation` (which locks
+// the profile, as `-i`, `-e` and `--rollback` do; `--set` takes no lock) waits while
+// nix-seed, stopped right after adding its generation, holds it, and goes on after.
+nixtest!(nix_env_waits_for_the_profile_lock_nix_seed_holds, |_| {
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
@@ -334,4 +313,4 @@ fn nix_env_waits_for_the_profile_lock_nix_seed_holds() {
     pod_ok(&t, switch);
     assert_eq!(current(&t), env(v1));
     assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
-}
+});

@@ -3,13 +3,12 @@
 
 use std::path::Path;
 
-use crate::support;
 use crate::support::cmd::{assert_code, assert_ok, stderr, text};
 use crate::support::dbless::{
     assert_nix_loads, assert_registered_as, hash_to_base32, path_ending, registration_file, target_registrations,
     Source,
 };
-use crate::support::nix::{nix_available, seed};
+use crate::support::nix::seed;
 
 use super::{assert_pod_keeps, empty_target, status_json, stripped, Stripped};
 
@@ -25,15 +24,10 @@ fn assert_as_file(img: &Stripped, target: &Path, what: &str) {
     assert_registered_as(&img.orig, &got, &img.paths(), Source::Computed, what);
 }
 
-/// `--registration FILE`: exit 0, the registrations are the file's. The file is checked
-/// first: real Nix's `nix-store --load-db` accepts it for this image, and the base-32
-/// hashes are `nix-hash --to-base32`'s.
-#[test]
-fn a_registration_file_given_with_the_flag_is_used() {
-    if !nix_available("dbless::a_registration_file_given_with_the_flag_is_used") {
-        return;
-    }
-    let tmp = support::scratch();
+// `--registration FILE`: exit 0, the registrations are the file's. The file is checked
+// first: real Nix's `nix-store --load-db` accepts it for this image, and the base-32
+// hashes are `nix-hash --to-base32`'s.
+nixtest!(a_registration_file_given_with_the_flag_is_used, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let file = tmp.path().join("registration");
     write_file(&img, &file);
@@ -54,15 +48,10 @@ fn a_registration_file_given_with_the_flag_is_used() {
     assert_as_file(&img, &target, "--registration");
     let s = status_json(&img.image, &target);
     assert_eq!(s["registrations"]["file"], img.orig.len(), "{s}");
-}
+});
 
-/// The same file at `IMG/nix-path-registration` (beside `IMG/nix`) is found without the flag.
-#[test]
-fn a_registration_file_beside_the_image_is_found() {
-    if !nix_available("dbless::a_registration_file_beside_the_image_is_found") {
-        return;
-    }
-    let tmp = support::scratch();
+// The same file at `IMG/nix-path-registration` (beside `IMG/nix`) is found without the flag.
+nixtest!(a_registration_file_beside_the_image_is_found, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     write_file(&img, &img.root().join("nix-path-registration"));
     let target = empty_target(tmp.path());
@@ -71,7 +60,7 @@ fn a_registration_file_beside_the_image_is_found() {
     assert_pod_keeps(&target, &img.paths(), tmp.path());
     let s = status_json(&img.image, &target);
     assert_eq!(s["registrations"]["file"], img.orig.len(), "{s}");
-}
+});
 
 /// None of the image's paths is registered in `target` (or it has no database).
 fn assert_none_registered(img: &Stripped, target: &Path, o: &std::process::Output) {
@@ -84,14 +73,9 @@ fn assert_none_registered(img: &Stripped, target: &Path, o: &std::process::Outpu
     );
 }
 
-/// A file with one hash changed, with `--verify`: exit 1, stderr names the file, nothing
-/// of the image registered.
-#[test]
-fn a_lying_hash_in_the_registration_file_is_refused_with_verify() {
-    if !nix_available("dbless::a_lying_hash_in_the_registration_file_is_refused_with_verify") {
-        return;
-    }
-    let tmp = support::scratch();
+// A file with one hash changed, with `--verify`: exit 1, stderr names the file, nothing
+// of the image registered.
+nixtest!(a_lying_hash_in_the_registration_file_is_refused_with_verify, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let mut lying = img.orig.clone();
     let p = path_ending(&img.orig, "-seed-libc-1.0");
@@ -114,15 +98,10 @@ fn a_lying_hash_in_the_registration_file_is_refused_with_verify() {
         text(&o)
     );
     assert_none_registered(&img, &target, &o);
-}
+});
 
-/// A file listing a store path the image's store lacks: exit 1, stderr names the file.
-#[test]
-fn a_registration_file_listing_a_path_the_image_lacks_is_refused() {
-    if !nix_available("dbless::a_registration_file_listing_a_path_the_image_lacks_is_refused") {
-        return;
-    }
-    let tmp = support::scratch();
+// A file listing a store path the image's store lacks: exit 1, stderr names the file.
+nixtest!(a_registration_file_listing_a_path_the_image_lacks_is_refused, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let mut lying = img.orig.clone();
     let (_, any) = img.orig.iter().next().unwrap();
@@ -139,4 +118,4 @@ fn a_registration_file_listing_a_path_the_image_lacks_is_refused() {
         "stderr names the file:\n{}",
         text(&o)
     );
-}
+});

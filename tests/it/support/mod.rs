@@ -7,6 +7,7 @@
 //! * [`compare`]: exact store / var comparison, snapshots, temp-file checks.
 //! * [`mounts`]: loop-device filesystems (ext4, xfs, btrfs) and tmpfs, unmounted on drop.
 //! * [`netfs`]: the network-filesystem harness (GlusterFS, sshfs) and seeders run on it.
+//! * [`setup`]: `nixtest!`, `moderntest!`, `roottest!`: a test and what it needs, and its [`Setup`].
 
 pub mod cmd;
 pub mod compare;
@@ -18,7 +19,11 @@ pub mod mounts;
 pub mod netfs;
 pub mod nix;
 pub mod profiles;
+#[macro_use]
+pub mod setup;
 pub mod storm;
+
+pub use setup::Setup;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
