@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, nix_seed, run, seed, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, run, stderr, stdout, text, Seed};
 use crate::support::fixture::{self, Spec};
 
 fn small(dir: &Path) -> fixture::Fixture {
@@ -40,7 +40,7 @@ fn missing_source() {
     std::fs::create_dir(&dst).unwrap();
     let src = tmp.path().join("nope");
     refused(
-        &seed(&src, &dst, &[]),
+        &Seed::new(&src, &dst).output(),
         2,
         &[&src.display().to_string(), "does not exist", "--source"],
     );
@@ -54,7 +54,7 @@ fn source_without_store() {
     std::fs::create_dir_all(src.join("var")).unwrap();
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    refused(&seed(&src, &dst, &[]), 2, &["has no store/", "Nix root"]);
+    refused(&Seed::new(&src, &dst).output(), 2, &["has no store/", "Nix root"]);
     assert!(empty(&dst));
 }
 
@@ -64,14 +64,14 @@ fn missing_target_and_target_is_a_file() {
     let fx = small(&tmp.path().join("src"));
     let missing = tmp.path().join("mnt/nix");
     refused(
-        &seed(&fx.root, &missing, &[]),
+        &Seed::new(&fx.root, &missing).output(),
         2,
         &[&missing.display().to_string(), "does not exist", "mount"],
     );
     assert!(!missing.exists());
     let file = tmp.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    refused(&seed(&fx.root, &file, &[]), 2, &["is not a directory"]);
+    refused(&Seed::new(&fx.root, &file).output(), 2, &["is not a directory"]);
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
@@ -87,14 +87,7 @@ roottest!(read_only_target, |tmp| {
         .status()
         .unwrap()
         .success());
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
     refused(&out, 2, &["read-only", "read-write"]);
     assert!(std::process::Command::new("mount")
         .args(["-o", "remount,rw"])
@@ -123,14 +116,7 @@ roottest!(
             .unwrap()
             .success());
         let dst = root.join("mnt/nix");
-        let out = nix_seed()
-            .arg("seed")
-            .arg("--source")
-            .arg(&fx.root)
-            .arg("--target")
-            .arg(&dst)
-            .output()
-            .unwrap();
+        let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
         refused(&out, 2, &["is not a mount point", &dst.display().to_string()]);
         drop(m);
     }
@@ -159,9 +145,7 @@ roottest!(target_not_writable_by_a_non_root_user, |tmp| {
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
     std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).unwrap();
-    let out = std::os::unix::process::CommandExt::uid(&mut support::cmd::seed_cmd(&fx.root, &dst, &[]), 65534)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).uid(65534).output();
     refused(&out, 2, &["not writable by uid 65534"]);
     assert!(empty(&dst));
 });
@@ -172,11 +156,11 @@ fn target_inside_source_and_source_inside_target() {
     let fx = small(&tmp.path().join("src"));
     let inner = fx.root.join("var/seed-here");
     std::fs::create_dir(&inner).unwrap();
-    refused(&seed(&fx.root, &inner, &[]), 2, &["is inside the source"]);
+    refused(&Seed::new(&fx.root, &inner).output(), 2, &["is inside the source"]);
     assert!(empty(&inner));
-    refused(&seed(&fx.root, &fx.root, &[]), 2, &["is the source itself"]);
+    refused(&Seed::new(&fx.root, &fx.root).output(), 2, &["is the source itself"]);
     let outer = tmp.path();
-    refused(&seed(&fx.root, outer, &[]), 2, &["is inside the target"]);
+    refused(&Seed::new(&fx.root, outer).output(), 2, &["is inside the target"]);
 }
 
 #[test]
@@ -185,14 +169,7 @@ fn target_not_a_mount_point_without_the_flag() {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
     refused(
         &out,
         2,
@@ -209,14 +186,7 @@ roottest!(a_mount_point_is_accepted_without_the_flag, |tmp| {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     let m = support::mounts::tmpfs(&dst, 64);
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
     support::cmd::assert_ok(&out);
     support::compare::assert_store_equal(&fx.root, &dst);
     drop(m);
@@ -228,17 +198,17 @@ fn unknown_flag_and_bad_values_are_usage_errors() {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let o = seed(&fx.root, &dst, &["--frobnicate"]);
+    let o = Seed::new(&fx.root, &dst).args(["--frobnicate"]).output();
     assert_code(&o, 2);
     assert!(stderr(&o).contains("--frobnicate"), "{}", text(&o));
-    let o = seed(&fx.root, &dst, &["--lock-timeout", "soon"]);
+    let o = Seed::new(&fx.root, &dst).args(["--lock-timeout", "soon"]).output();
     assert_code(&o, 2);
     assert!(
         stderr(&o).contains("soon") && stderr(&o).contains("30s"),
         "{}",
         text(&o)
     );
-    let o = seed(&fx.root, &dst, &["--jobs", "0"]);
+    let o = Seed::new(&fx.root, &dst).args(["--jobs", "0"]).output();
     assert_code(&o, 2);
     let o = run(["seed"]);
     assert_code(&o, 2);
@@ -262,7 +232,7 @@ fn a_special_file_in_the_store_is_an_error_naming_it() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let o = seed(&fx.root, &dst, &[]);
+    let o = Seed::new(&fx.root, &dst).output();
     assert_code(&o, 1);
     let err = stderr(&o);
     assert!(
@@ -337,14 +307,7 @@ roottest!(
         );
         let dst = tmp.path().join("dst");
         let m = support::mounts::tmpfs(&dst, 2);
-        let o = nix_seed()
-            .arg("seed")
-            .arg("--source")
-            .arg(&fx.root)
-            .arg("--target")
-            .arg(&dst)
-            .output()
-            .unwrap();
+        let o = Seed::new(&fx.root, &dst).on_a_mount_point().output();
         refused(
             &o,
             1,
@@ -381,16 +344,10 @@ roottest!(
             .status()
             .unwrap()
             .success());
-        let o = nix_seed()
-            .arg("seed")
-            .arg("--source")
-            .arg(&fx.root)
-            .arg("--target")
-            .arg(&dst)
-            .arg("--lock-timeout")
-            .arg("2s")
-            .output()
-            .unwrap();
+        let o = Seed::new(&fx.root, &dst)
+            .on_a_mount_point()
+            .args(["--lock-timeout", "2s"])
+            .output();
         support::cmd::assert_ok(&o);
         support::compare::assert_store_equal(&fx.root, &dst);
         drop(m);
@@ -415,14 +372,14 @@ roottest!(
         let dst = tmp.path().join("dst");
         // Space enough by bytes, but few inodes.
         let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
-        let dry = support::cmd::seed_cmd(&fx.root, &dst, &["--dry-run"]).output().unwrap();
+        let dry = Seed::new(&fx.root, &dst).args(["--dry-run"]).output();
         assert_ok(&dry);
         assert!(
             stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
             "{}",
             text(&dry)
         );
-        let o = seed(&fx.root, &dst, &[]);
+        let o = Seed::new(&fx.root, &dst).output();
         refused(
             &o,
             1,
@@ -439,12 +396,7 @@ roottest!(
         let dst = tmp.path().join("dst");
         let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
         // Stopped right after the space check passed; then another writer fills the disk.
-        let child = support::cmd::seed_cmd(&fx.root, &dst, &[])
-            .env("NIX_SEED_FAILPOINT", "space-checked=stop")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = Seed::new(&fx.root, &dst).failpoint("space-checked=stop").spawn();
         support::wait_stopped(child.id());
         let _ = std::process::Command::new("dd")
             .args(["if=/dev/zero", "bs=1M"])
@@ -526,14 +478,14 @@ fn a_corrupt_or_empty_target_database_is_named_and_refused() {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    support::cmd::assert_ok(&support::cmd::seed_cmd(&fx.root, &dst, &[]).output().unwrap());
+    Seed::new(&fx.root, &dst).ok();
     let db = dst.join("var/nix/db/db.sqlite");
     for (what, body, says) in [
         ("garbage", vec![0x5au8; 8192], "corrupt or not an SQLite database"),
         ("empty", vec![], "not a Nix database"),
     ] {
         std::fs::write(&db, &body).unwrap();
-        let o = support::cmd::seed_cmd(&fx.root, &dst, &["--recheck"]).output().unwrap();
+        let o = Seed::new(&fx.root, &dst).args(["--recheck"]).output();
         refused(&o, 2, &[&db.display().to_string(), says, "nothing was written"]);
         assert_eq!(std::fs::read(&db).unwrap(), body, "{what}: left as it was");
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, seed_cmd, status, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, status, stderr, stdout, text, Seed};
 use crate::support::nix::{in_pod, real_store, valid_paths};
 
 /// Every step boundary of `seed`, in order (see src/seed/mod.rs). `generation-added` (a
@@ -31,14 +31,6 @@ const POINTS: &[&str] = &[
     "profiles-followed",
     "marked",
 ];
-
-fn seed_at(image: &Path, target: &Path, point: Option<&str>, args: &[&str]) -> std::process::Output {
-    let mut c = seed_cmd(&image.join("nix"), target, args);
-    if let Some(p) = point {
-        c.env("NIX_SEED_FAILPOINT", p);
-    }
-    c.output().unwrap()
-}
 
 /// Real Nix's verdict: the image paths that are not valid in the target, and those a
 /// garbage collection would delete.
@@ -111,7 +103,7 @@ fn check_after_kill(image: &Path, target: &Path, point: &str) -> Result<(), Stri
             text(&st)
         ));
     }
-    let again = seed_at(image, target, None, &[]);
+    let again = Seed::image(image, target).output();
     if !again.status.success() {
         return Err(format!("{point}: the rerun failed:\n{}", text(&again)));
     }
@@ -126,7 +118,7 @@ fn check_after_kill(image: &Path, target: &Path, point: &str) -> Result<(), Stri
     if !st.status.success() || !stdout(&st).contains(": seeded") {
         return Err(format!("{point}: status after the rerun:\n{}", text(&st)));
     }
-    let third = seed_at(image, target, None, &[]);
+    let third = Seed::image(image, target).output();
     if !third.status.success() || !stdout(&third).contains("nothing to do") {
         return Err(format!("{point}: a third run is not a no-op:\n{}", text(&third)));
     }
@@ -145,7 +137,7 @@ nixtest!(a_reseed_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     let base = tmp.path().join("base/nix");
     std::fs::create_dir_all(&base).unwrap();
-    assert_ok(&seed_at(&image, &base, None, &[]));
+    Seed::image(&image, &base).ok();
     collect_one_path(&base, &image);
     kill_at_every_point(&image, points(false), |target| cp_a(&base, target), |_| Ok(()));
 });
@@ -168,7 +160,7 @@ nixtest!(an_upgrade_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     let image = real_store(&tmp.path().join("v2"), "v2", false);
     let base = tmp.path().join("base/nix");
     std::fs::create_dir_all(&base).unwrap();
-    assert_ok(&seed_at(&v1, &base, None, &[]));
+    Seed::image(&v1, &base).ok();
     let want = vec![(1, env(&v1.join("nix"))), (2, env(&image.join("nix")))];
     kill_at_every_point(
         &image,
@@ -209,7 +201,7 @@ fn kill_at_every_point(
         let target = scratch.path().join(format!("t-{point}/nix"));
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         prepare(&target);
-        let o = seed_at(image, &target, Some(point), &[]);
+        let o = Seed::image(image, &target).failpoint(point).output();
         assert!(killed(&o), "failpoint {point} was not reached:\n{}", text(&o));
         if let Err(e) = check_after_kill(image, &target, point).and_then(|()| after(&target)) {
             failures.push(format!("{point}: {e}"));
@@ -230,7 +222,7 @@ nixtest!(recheck_repairs_drift_that_the_marker_hides, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed_at(&image, &target, None, &[]));
+    Seed::image(&image, &target).ok();
     // Drift: one top path's row deleted (its store path stays) and its root removed.
     let roots = std::fs::read_dir(target.join("var/nix/gcroots/nix-seed"))
         .unwrap()
@@ -256,18 +248,17 @@ nixtest!(recheck_repairs_drift_that_the_marker_hides, |tmp| {
         text(&st)
     );
     // The marker hides it from a plain seed.
-    let plain = seed_at(&image, &target, None, &[]);
+    let plain = Seed::image(&image, &target).output();
     assert_ok(&plain);
     assert!(stdout(&plain).contains("nothing to do"), "{}", text(&plain));
-    let o = seed_at(&image, &target, None, &["--recheck"]);
+    let o = Seed::image(&image, &target).args(["--recheck"]).output();
     assert_ok(&o);
     assert!(stdout(&o).contains("1 registered"), "{}", text(&o));
     assert!(root.symlink_metadata().is_ok(), "the root is back");
     assert!(nix_problems(&target, &image).is_empty());
     assert_ok(&status(&image.join("nix"), &target));
     // NIX_SEED_RECHECK is the same flag; with no drift it changes nothing.
-    let mut c = seed_cmd(&image.join("nix"), &target, &[]);
-    let o = c.env("NIX_SEED_RECHECK", "1").output().unwrap();
+    let o = Seed::image(&image, &target).env("NIX_SEED_RECHECK", "1").output();
     assert_ok(&o);
     assert!(!stdout(&o).contains("registered"), "{}", text(&o));
 });
@@ -309,7 +300,7 @@ nixtest!(a_corrupt_image_fails_every_retry_and_is_never_registered, |tmp| {
                 .unwrap()
                 .success());
         }
-        let o = seed_at(&image, &target, None, args);
+        let o = Seed::image(&image, &target).args(*args).output();
         assert_code(&o, 1);
         assert!(stderr(&o).contains(&name), "round {round}: {}", text(&o));
         let registered = if target.join("var/nix/db/db.sqlite").exists() {

@@ -11,11 +11,11 @@ use std::time::SystemTime;
 use serde_json::Value;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, nix_seed, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, stderr, stdout, text, Seed};
 use crate::support::compare::{assert_unchanged, snapshot, Snapshot};
 use crate::support::fixture::set_times_nofollow;
 use crate::support::images::{collect_garbage, images, marker, newest_id, now, prune, run};
-use crate::support::nix::{assert_contents_verify, in_pod, real_store, seed};
+use crate::support::nix::{assert_contents_verify, in_pod, real_store};
 
 fn mtime(p: &Path) -> i64 {
     std::fs::symlink_metadata(p)
@@ -77,7 +77,7 @@ fn three_images(tmp: &Path, target: &Path) -> (Vec<PathBuf>, Vec<String>) {
     std::fs::create_dir_all(target).unwrap();
     let mut ids = Vec::new();
     for img in [&a, &b, &c] {
-        assert_ok(&seed(img, target, &[]));
+        Seed::image(img, target).ok();
         ids.push(newest_id(target));
     }
     (vec![a, b, c], ids)
@@ -204,9 +204,9 @@ nixtest!(
         let a = real_store(&tmp.path().join("a"), "v1", false);
         let b = real_store(&tmp.path().join("b"), "v2", false);
         std::fs::create_dir_all(&target).unwrap();
-        assert_ok(&seed(&a, &target, &[]));
+        Seed::image(&a, &target).ok();
         let id_a = newest_id(&target);
-        assert_ok(&seed(&b, &target, &[]));
+        Seed::image(&b, &target).ok();
 
         let (freeable, retired) = prune(&target, &["--image", &id_a]);
         assert_eq!(retired, [id_a.clone()].into());
@@ -215,7 +215,9 @@ nixtest!(
         assert!(!deleted.is_empty());
 
         // (`keep`: the profile stays on b's generation, so a can be retired again below.)
-        let o = seed(&a, &target, &["--log-format", "json", "--profiles", "keep"]);
+        let o = Seed::image(&a, &target)
+            .args(["--log-format", "json", "--profiles", "keep"])
+            .output();
         assert_ok(&o);
         let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
         assert_eq!(
@@ -238,7 +240,7 @@ nixtest!(
         // Without a collection in between, nothing at all is copied or registered: only rooted.
         let (_, retired) = prune(&target, &["--image", &id_a]);
         assert_eq!(retired, [id_a.clone()].into());
-        let o = seed(&a, &target, &["--log-format", "json"]);
+        let o = Seed::image(&a, &target).args(["--log-format", "json"]).output();
         assert_ok(&o);
         let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
         assert_eq!(report["copied"], 0, "{}", text(&o));
@@ -253,7 +255,7 @@ nixtest!(prune_refuses_bad_input_and_changes_nothing, |tmp| {
     let target = tmp.path().join("t/nix");
     let a = real_store(&tmp.path().join("a"), "v1", false);
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&a, &target, &[]));
+    Seed::image(&a, &target).ok();
     let id = newest_id(&target);
     let cases: &[(&[&str], &str)] = &[
         (&["--image", "0123456789abcdef0123456789abcdef"], "nix-seed images"),
@@ -295,23 +297,23 @@ nixtest!(last_seen_is_bumped_hourly_by_the_no_op_and_drives_unused_for, |tmp| {
     let a = real_store(&tmp.path().join("a"), "v1", false);
     let b = real_store(&tmp.path().join("b"), "v2", false);
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&a, &target, &[]));
+    Seed::image(&a, &target).ok();
     let id_a = newest_id(&target);
     // (`keep`: the profile stays a's: b, not in use, can be retired by age.)
-    assert_ok(&seed(&b, &target, &["--profiles", "keep"]));
+    Seed::image(&b, &target).args(["--profiles", "keep"]).ok();
     let id_b = newest_id(&target);
 
     let m = marker(&target, &id_a);
     let ten_min = now() - 600;
     set_times_nofollow(&m, ten_min);
-    let o = seed(&a, &target, &[]);
+    let o = Seed::image(&a, &target).output();
     assert_ok(&o);
     assert!(stdout(&o).contains("nothing to do"), "{}", text(&o));
     assert_eq!(mtime(&m), ten_min, "a marker seen 10 min ago was written again");
 
     set_times_nofollow(&m, now() - 7200);
     let t0 = now();
-    assert_ok(&seed(&a, &target, &[]));
+    Seed::image(&a, &target).ok();
     assert!(
         mtime(&m) >= t0 - 1,
         "a marker seen 2 h ago was not bumped: {}",
@@ -346,10 +348,10 @@ nixtest!(
         let a = real_store(&tmp.path().join("a"), "v1", false);
         let b = real_store(&tmp.path().join("b"), "v2", false);
         std::fs::create_dir_all(&target).unwrap();
-        assert_ok(&seed(&a, &target, &[]));
+        Seed::image(&a, &target).ok();
         let id_a = newest_id(&target);
         // (`keep`: the profile stays a's, as the records below say.)
-        assert_ok(&seed(&b, &target, &["--profiles", "keep"]));
+        Seed::image(&b, &target).args(["--profiles", "keep"]).ok();
         let id_b = newest_id(&target);
         set_times_nofollow(&marker(&target, &id_a), now() - 7200);
 
@@ -411,7 +413,7 @@ nixtest!(images_reads_a_wal_database_and_leaves_its_mode, |tmp| {
     let target = tmp.path().join("t/nix");
     let a = real_store(&tmp.path().join("a"), "v1", false);
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&a, &target, &[]));
+    Seed::image(&a, &target).ok();
     let (rollback, _) = images(&target);
     let db = target.join("var/nix/db/db.sqlite");
     let c = rusqlite::Connection::open(&db).unwrap();
@@ -441,9 +443,9 @@ nixtest!(
         for point in ["prune-unmarked", "prune-roots-renamed", "prune-unrooted"] {
             let target = tmp.path().join(point).join("nix");
             std::fs::create_dir_all(&target).unwrap();
-            assert_ok(&seed(&a, &target, &[]));
+            Seed::image(&a, &target).ok();
             let id_a = newest_id(&target);
-            assert_ok(&seed(&b, &target, &[]));
+            Seed::image(&b, &target).ok();
             let o = nix_seed()
                 .args(["prune", "--image", &id_a, "--target"])
                 .arg(&target)
@@ -457,7 +459,9 @@ nixtest!(
 
             // A pod starting it again seeds it again: complete, nothing copied.
             // (`keep`: the profile stays on b's generation, so a is not in use and can be retired.)
-            let o = seed(&a, &target, &["--log-format", "json", "--profiles", "keep"]);
+            let o = Seed::image(&a, &target)
+                .args(["--log-format", "json", "--profiles", "keep"])
+                .output();
             assert_ok(&o);
             let report: Value = serde_json::from_str(stdout(&o).lines().last().unwrap()).unwrap();
             assert_eq!(report["copied"], 0, "{point}: {}", text(&o));
@@ -497,7 +501,7 @@ fn a_held_database_lock_is_a_lock_timeout_for_images_and_prune() {
     );
     let target = tmp.path().join("t");
     std::fs::create_dir(&target).unwrap();
-    assert_ok(&crate::support::cmd::seed(&fx.root, &target, &[]));
+    Seed::new(&fx.root, &target).ok();
     let dot = target.join("var/nix/db/db.sqlite.lock");
     std::fs::create_dir(&dot).unwrap();
     let before = snapshot(&target);

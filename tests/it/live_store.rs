@@ -15,8 +15,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::cmd::{assert_ok, seed_cmd, stderr, text};
-use crate::support::nix::{in_pod, nix_seed_db_is_wal, real_store, seed};
+use crate::support::cmd::{stderr, text, Seed};
+use crate::support::nix::{in_pod, nix_seed_db_is_wal, real_store};
 use crate::support::storm::{
     fetch_into, in_pod_wal, nix_verdict, store_path, wait_stopped, Gc, GcStorm, Rng, Slow, StormStats,
 };
@@ -56,22 +56,9 @@ impl Images {
     /// A new target seeded with v1.
     fn v1_target(&self, name: &str) -> PathBuf {
         let t = self.empty_target(name);
-        assert_ok(&seed_image(&self.v1, &t, &[]));
+        Seed::new(&self.v1, &t).ok();
         t
     }
-}
-
-fn seed_image(image: &Path, target: &Path, args: &[&str]) -> Output {
-    seed(image.parent().unwrap(), target, args)
-}
-
-fn seed_with_failpoint(image: &Path, target: &Path, failpoint: &str) -> std::process::Child {
-    seed_cmd(image, target, &[])
-        .env("NIX_SEED_FAILPOINT", failpoint)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 fn cont(child: &std::process::Child) {
@@ -118,7 +105,7 @@ nixtest!(
 
         let mut gc = Gc::start(&target, Slow::DEFAULT);
         assert!(gc.wait_holding(Duration::from_secs(30)), "the GC never held gc.lock");
-        let out = seed_image(&im.v2, &target, &["-v"]);
+        let out = Seed::new(&im.v2, &target).args(["-v"]).output();
         let gc_out = gc.finish();
         assert!(
             stderr(&gc_out).contains(&format!("deleting '{extra}'")),
@@ -143,7 +130,7 @@ nixtest!(
 
         let mut gc = Gc::start(&target, Slow::DEFAULT);
         assert!(gc.wait_holding(Duration::from_secs(30)), "the GC never held gc.lock");
-        let out = seed_image(&im.v2, &target, &["-v"]);
+        let out = Seed::new(&im.v2, &target).args(["-v"]).output();
         let gc_out = gc.finish();
         assert!(
             stderr(&gc_out).contains(&format!("deleting '{top}'")),
@@ -163,7 +150,7 @@ nixtest!(
     |_| {
         let im = Images::build();
         let target = im.v1_target("t");
-        let mut killed = seed_with_failpoint(&im.v2, &target, "copied=kill");
+        let mut killed = Seed::new(&im.v2, &target).failpoint("copied=kill").spawn();
         let st = killed.wait().unwrap();
         assert_eq!(st.code(), None, "killed at the failpoint copied (NIX_SEED_FAILPOINT)");
         let app = store_path(&im.v2, "-seed-app-2.0");
@@ -172,7 +159,7 @@ nixtest!(
 
         let mut gc = Gc::start(&target, Slow::DEFAULT);
         assert!(gc.wait_holding(Duration::from_secs(30)), "the GC never held gc.lock");
-        let out = seed_image(&im.v2, &target, &["-v"]);
+        let out = Seed::new(&im.v2, &target).args(["-v"]).output();
         let gc_out = gc.finish();
         assert!(
             stderr(&gc_out).contains(&format!("deleting '{app}'")),
@@ -193,7 +180,7 @@ nixtest!(
     |_| {
         let im = Images::build();
         let target = im.empty_target("t");
-        let mut child = seed_with_failpoint(&im.v1, &target, "copied=stop");
+        let mut child = Seed::new(&im.v1, &target).failpoint("copied=stop").spawn();
         assert!(
             wait_stopped(&mut child, Duration::from_secs(60)),
             "the seeder did not reach the failpoint copied"
@@ -243,7 +230,7 @@ nixtest!(
             text(&o)
         );
 
-        let out = seed_image(&im.v1, &target, &["-v"]);
+        let out = Seed::new(&im.v1, &target).args(["-v"]).output();
         assert_seeded(&out, &target, &[&im.v1], "reseed of v1 after its top was collected");
         assert!(
             roots[0].join(name).symlink_metadata().is_ok(),
@@ -263,7 +250,7 @@ nixtest!(
         let im = Images::build();
         let target = im.v1_target("t");
         assert!(!nix_seed_db_is_wal(&target));
-        let mut child = seed_with_failpoint(&im.v2, &target, "copied=stop");
+        let mut child = Seed::new(&im.v2, &target).failpoint("copied=stop").spawn();
         assert!(
             wait_stopped(&mut child, Duration::from_secs(60)),
             "the seeder did not reach the failpoint copied"
@@ -358,7 +345,11 @@ nixtest!(
                 Variant::First => std::fs::create_dir_all(&target).unwrap(),
                 Variant::FirstAfterKill => {
                     std::fs::create_dir_all(&target).unwrap();
-                    let st = seed_with_failpoint(&im.v1, &target, "copied=kill").wait().unwrap();
+                    let st = Seed::new(&im.v1, &target)
+                        .failpoint("copied=kill")
+                        .spawn()
+                        .wait()
+                        .unwrap();
                     assert_eq!(st.code(), None, "killed at the failpoint copied");
                     assert!(
                         !target.join("var/nix/db/db.sqlite").exists(),
@@ -405,18 +396,14 @@ nixtest!(
             std::thread::sleep(Duration::from_millis(delay));
             let (out, killed_at) = match variant {
                 Variant::Kill => {
-                    let child = seed_cmd(image, &target, &[])
-                        .stdout(std::process::Stdio::piped())
-                        .stderr(std::process::Stdio::piped())
-                        .spawn()
-                        .unwrap();
+                    let child = Seed::new(image, &target).spawn();
                     let at = rng.below(2500);
                     std::thread::sleep(Duration::from_millis(at));
                     // SAFETY: a signal to our own child.
                     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
                     (child.wait_with_output().unwrap(), Some(at))
                 }
-                _ => (seed_image(image, &target, &[]), None),
+                _ => (Seed::new(image, &target).output(), None),
             };
             // A collection that starts after the seed is done must find nothing of it to delete.
             // (After a kill, a collection can block on the db.sqlite.lock the seeder left until
@@ -452,7 +439,7 @@ nixtest!(
                 })
             } else {
                 // Killed or failed: a rerun without the storm must make it hold.
-                let rerun = seed_image(image, &target, &[]);
+                let rerun = Seed::new(image, &target).output();
                 let v = verdict(&target);
                 (!rerun.status.success() || !v.is_empty()).then(|| {
                 format!(

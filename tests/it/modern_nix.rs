@@ -14,9 +14,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::support;
-use crate::support::cmd::{assert_ok, stdout, text};
+use crate::support::cmd::{assert_ok, stdout, text, Seed};
 use crate::support::modern::{image_paths, Nix, BOTH};
-use crate::support::nix::{db_dir_listing, nix_seed_db_is_wal, seed};
+use crate::support::nix::{db_dir_listing, nix_seed_db_is_wal};
 
 /// Paths one pod added to the shared target.
 struct Added {
@@ -202,8 +202,8 @@ fn two_versions_one_target(first: Nix, second: Nix) {
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
 
-    assert_ok(&seed(img1.parent().unwrap(), &target, &[]));
-    let out = seed(img2.parent().unwrap(), &target, &["-v"]);
+    Seed::image(img1.parent().unwrap(), &target).ok();
+    let out = Seed::image(img2.parent().unwrap(), &target).args(["-v"]).output();
     assert_ok(&out);
     assert!(stdout(&out).contains("registered"), "{}", text(&out));
     assert_eq!(
@@ -267,14 +267,14 @@ moderntest!(a_nix_2_26_pod_with_the_default_wal_between_two_seeds, |tmp| {
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
 
-    assert_ok(&seed(img1.parent().unwrap(), &target, &[]));
+    Seed::image(img1.parent().unwrap(), &target).ok();
     assert!(!nix_seed_db_is_wal(&target));
     let a = add_paths(Nix::V2_26, &target, 0, Some(true));
     assert!(
         nix_seed_db_is_wal(&target),
         "Nix 2.26 with use-sqlite-wal = true switches the database to WAL"
     );
-    let out = seed(img2.parent().unwrap(), &target, &[]);
+    let out = Seed::image(img2.parent().unwrap(), &target).output();
     assert_ok(&out);
     assert!(nix_seed_db_is_wal(&target), "the target's journal mode is kept");
     for v in BOTH {
@@ -323,7 +323,7 @@ moderntest!(images_built_with_ca_derivations_by_each_version, |_| {
         let (drv, out) = build_ca(builder, &image, &format!("image-ca-{}", tag(builder)));
         let target = tmp.path().join("t/nix");
         std::fs::create_dir_all(&target).unwrap();
-        assert_ok(&seed(image.parent().unwrap(), &target, &[]));
+        Seed::image(image.parent().unwrap(), &target).ok();
         // What the seed wrote next to db.sqlite (asserted last: a Nix pod rewrites them).
         let side = |root: &Path| ["schema", "ca-schema"].map(|f| std::fs::read(root.join("var/nix/db").join(f)).ok());
         let (image_side, seeded_side) = (side(&image), side(&target));
@@ -393,7 +393,7 @@ moderntest!(an_image_snapshotted_while_nix_2_26_had_its_database_open, |tmp| {
     let wal_before = std::fs::read(db.join("db.sqlite-wal")).unwrap();
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    let out = seed(image.parent().unwrap(), &target, &[]);
+    let out = Seed::image(image.parent().unwrap(), &target).output();
     assert_ok(&out);
     let after = db_dir_listing(&image);
     let wal_after = std::fs::read(db.join("db.sqlite-wal")).ok();
@@ -418,7 +418,7 @@ moderntest!(a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed, |tmp| {
     let img2 = Nix::V2_26.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(img1.parent().unwrap(), &target, &[]));
+    Seed::image(img1.parent().unwrap(), &target).ok();
     assert!(!nix_seed_db_is_wal(&target));
 
     // Pause the seeder once img2's store paths are all in place: a large (sparse) file in
@@ -431,7 +431,7 @@ moderntest!(a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed, |tmp| {
         .iter()
         .map(|p| p.rsplit('/').next().unwrap().to_string())
         .collect();
-    let child = support::cmd::spawn_seed(&img2, &target, &[]);
+    let child = Seed::new(&img2, &target).spawn();
     let t0 = std::time::Instant::now();
     while !names
         .iter()
@@ -495,9 +495,9 @@ moderntest!(an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds, |tm
     Nix::V2_26.assert_valid(&img1, &image_paths(&img1), "the image with a provenance column");
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    let out = seed(img1.parent().unwrap(), &target, &[]);
+    let out = Seed::image(img1.parent().unwrap(), &target).output();
     assert_ok(&out);
-    let out = seed(img2.parent().unwrap(), &target, &[]);
+    let out = Seed::image(img2.parent().unwrap(), &target).output();
     assert_ok(&out);
     for v in BOTH {
         assert_accepts(v, &target, &img1, Nix::V2_26, tmp.path());

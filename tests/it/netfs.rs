@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::cmd::{copied_events, seed_cmd, text};
+use crate::support::cmd::{copied_events, text, Seed};
 use crate::support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, db_rows, snapshot, Links};
 use crate::support::fixture::{self, Spec};
 use crate::support::netfs::{netfs, run_netfs, wait_all, Finished, Seeder, VolDir};
@@ -178,7 +178,7 @@ fn many_nodes(test: &str, volume: &str) {
 
     // (2) a target that has the smaller image.
     let t2 = VolDir::new(&format!("{test}-2"), &[ma.clone(), mb.clone()]);
-    let o = seed_cmd(&half.root, t2.a(), &[]).output().unwrap();
+    let o = Seed::new(&half.root, t2.a()).output();
     assert!(o.status.success(), "{}", text(&o));
     let outs = sixteen("half", &full_root, &t2);
     check_round("round 2 (half present)", &outs, &names(&second), &full_root, &t2);
@@ -585,7 +585,7 @@ nixtest!(crash_anywhere_on_glusterfs_then_rerun_on_the_other_node, |tmp| {
     // A target holding image v1, seeded through mount A.
     let fresh = |i: usize| {
         let t = VolDir::new(&format!("crash-{i}"), &mounts);
-        let o = seed_cmd(&v1, t.a(), &[]).output().unwrap();
+        let o = Seed::new(&v1, t.a()).output();
         assert!(o.status.success(), "{}", text(&o));
         t
     };
@@ -679,7 +679,7 @@ nixtest!(
         // Kill the seeder at that moment.
         for attempt in 0..5 {
             let t = VolDir::new(&format!("dblock-{attempt}"), &mounts);
-            let o = seed_cmd(&v1, t.a(), &[]).output().unwrap();
+            let o = Seed::new(&v1, t.a()).output();
             assert!(o.status.success(), "{}", text(&o));
             let dotlock = t.a().join("var/nix/db/db.sqlite.lock");
             let mut a = Seeder::spawn("dblock-a", &v2, t.a(), &["-v"]);

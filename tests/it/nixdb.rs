@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, nix_seed, seed_cmd, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, stderr, stdout, text, Seed};
 use crate::support::compare::db_rows;
-use crate::support::nix::{
-    assert_nix_accepts, db_dir_listing, in_pod, nix_seed_db_is_wal, real_store, seed, valid_paths,
-};
+use crate::support::nix::{assert_nix_accepts, db_dir_listing, in_pod, nix_seed_db_is_wal, real_store, valid_paths};
 
 nixtest!(
     first_seed_of_a_real_store_is_valid_to_nix_and_leaves_the_image_untouched,
@@ -23,7 +21,7 @@ nixtest!(
         let target = tmp.path().join("t/nix");
         std::fs::create_dir_all(&target).unwrap();
 
-        let out = seed(&image, &target, &["--verify"]);
+        let out = Seed::image(&image, &target).args(["--verify"]).output();
         assert_ok(&out);
         assert!(stdout(&out).contains("verified"), "{}", text(&out));
         assert_eq!(
@@ -55,8 +53,8 @@ nixtest!(image_v1_then_v2_both_valid_and_safe_from_garbage_collection, |tmp| {
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
 
-    assert_ok(&seed(&v1, &target, &[]));
-    let out = seed(&v2, &target, &["-v"]);
+    Seed::image(&v1, &target).ok();
+    let out = Seed::image(&v2, &target).args(["-v"]).output();
     assert_ok(&out);
     assert!(stdout(&out).contains("registered"), "{}", text(&out));
     // Both images, each entirely.
@@ -87,11 +85,11 @@ nixtest!(alternating_images_add_nothing_the_second_time, |tmp| {
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
     for image in [&v1, &v2] {
-        assert_ok(&seed(image, &target, &[]));
+        Seed::image(image, &target).ok();
     }
     let db = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
     for image in [&v1, &v2, &v1] {
-        let out = seed(image, &target, &[]);
+        let out = Seed::image(image, &target).output();
         assert_ok(&out);
         assert!(stdout(&out).contains("nothing to do"), "{}", text(&out));
     }
@@ -109,7 +107,7 @@ nixtest!(killed_between_copy_and_register_then_rerun, |tmp| {
     let v2 = real_store(&tmp.path().join("v2"), "v2", true);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&v1, &target, &[]));
+    Seed::image(&v1, &target).ok();
 
     // Stop the seeder exactly between copy and register: v2's image gets a large file in
     // var/log (copied after the store paths, before registering), the seeder is paused
@@ -124,7 +122,7 @@ nixtest!(killed_between_copy_and_register_then_rerun, |tmp| {
         .iter()
         .map(|p| p.rsplit('/').next().unwrap().to_string())
         .collect();
-    let mut child = seed_cmd(&v2.join("nix"), &target, &[]).spawn().unwrap();
+    let mut child = Seed::image(&v2, &target).spawn();
     let t0 = std::time::Instant::now();
     while !v2_names
         .iter()
@@ -176,7 +174,7 @@ nixtest!(killed_between_copy_and_register_then_rerun, |tmp| {
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(&f, b"#!/bin/sh\necho tampered\n").unwrap();
 
-    let out = seed(&v2, &target, &[]);
+    let out = Seed::image(&v2, &target).output();
     assert_ok(&out);
     assert!(
         stderr(&out).contains(app.as_str()) && stderr(&out).contains("replacing"),
@@ -198,7 +196,7 @@ nixtest!(a_target_database_in_wal_mode_and_one_in_truncate_mode, |_| {
         let target = t.join("nix");
         assert_eq!(nix_seed_db_is_wal(&target), wal);
         let v2 = real_store(&tmp.path().join("v2"), "v2", wal);
-        let out = seed(&v2, &target, &[]);
+        let out = Seed::image(&v2, &target).output();
         assert_ok(&out);
         assert_eq!(nix_seed_db_is_wal(&target), wal, "the target's journal mode is kept");
         assert!(!target.join("var/nix/db/db.sqlite.lock").exists());
@@ -229,7 +227,7 @@ nixtest!(verify_agrees_with_nix_and_catches_each_tampering, |tmp| {
 
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&image, &target, &[]));
+    Seed::image(&image, &target).ok();
     let verify = || {
         nix_seed()
             .arg("verify")
@@ -305,11 +303,11 @@ nixtest!(a_target_database_with_another_schema_is_refused_and_left_alone, |tmp| 
     let v2 = real_store(&tmp.path().join("v2"), "v2", true);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&v1, &target, &[]));
+    Seed::image(&v1, &target).ok();
     std::fs::write(target.join("var/nix/db/schema"), b"11").unwrap();
     let db = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
     let store_before = std::fs::read_dir(target.join("store")).unwrap().count();
-    let out = seed(&v2, &target, &[]);
+    let out = Seed::image(&v2, &target).output();
     // A refusal that wrote nothing: exit 2, like every other invalid target.
     assert_code(&out, 2);
     assert!(stderr(&out).contains("schema is 11"), "{}", text(&out));
@@ -371,7 +369,7 @@ roottest!(
             .success());
         let dst = tmp.path().join("dst");
         std::fs::create_dir(&dst).unwrap();
-        let out = seed_cmd(&ro, &dst, &[]).output().unwrap();
+        let out = Seed::new(&ro, &dst).output();
         let _ = Command::new("umount").arg(&ro).status();
         assert_ok(&out);
         assert_eq!(db_rows(&dst.join("var/nix/db/db.sqlite")), want);
@@ -435,9 +433,9 @@ nixtest!(a_slimmed_image_registers_only_what_the_target_holds, |tmp| {
         if what == "merge" {
             // A target that already has a database (another image's).
             let other = real_store(&tmp.path().join("other"), "v2", false);
-            assert_ok(&seed(&other, &target, &[]));
+            Seed::image(&other, &target).ok();
         }
-        let out = seed(&v1, &target, &[]);
+        let out = Seed::image(&v1, &target).output();
         assert_ok(&out);
         assert!(
             !valid_paths(&target).contains(&gone),
@@ -457,7 +455,7 @@ nixtest!(a_slimmed_image_registers_only_what_the_target_holds, |tmp| {
     remove_from_store(&v1b.join("nix"), &dep);
     let target = tmp.path().join("t3/nix");
     std::fs::create_dir_all(&target).unwrap();
-    let out = seed(&v1b, &target, &[]);
+    let out = Seed::image(&v1b, &target).output();
     assert_code(&out, 1);
     let err = stderr(&out);
     assert!(err.contains(&dep), "the missing reference is named:\n{err}");

@@ -3,11 +3,10 @@
 //! everything but the owner.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use crate::support;
-use crate::support::cmd::{assert_ok, seed_cmd, stderr};
+use crate::support::cmd::{assert_ok, stderr, Seed};
 use crate::support::compare::assert_store_equal;
 use crate::support::fixture::{self, Spec};
 
@@ -18,10 +17,6 @@ fn chown_tree(root: &Path, uid: u32) {
         let e = e.unwrap();
         std::os::unix::fs::lchown(e.path(), Some(uid), Some(uid)).unwrap();
     }
-}
-
-fn as_nobody(src: &Path, dst: &Path) -> std::process::Output {
-    seed_cmd(src, dst, &[]).uid(NOBODY).gid(NOBODY).output().unwrap()
 }
 
 roottest!(
@@ -41,7 +36,7 @@ roottest!(
         std::fs::create_dir(&dst).unwrap();
         std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
 
-        let out = as_nobody(&fx.root, &dst);
+        let out = Seed::new(&fx.root, &dst).uid(NOBODY).gid(NOBODY).output();
         assert_ok(&out);
         assert!(!stderr(&out).contains("ownership"), "{}", stderr(&out));
         assert_store_equal(&fx.root, &dst);
@@ -63,7 +58,7 @@ roottest!(
         std::fs::create_dir(&dst).unwrap();
         std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
 
-        let out = as_nobody(&fx.root, &dst);
+        let out = Seed::new(&fx.root, &dst).uid(NOBODY).gid(NOBODY).output();
         assert_ok(&out);
         let err = stderr(&out);
         assert_eq!(err.matches("cannot set file ownership").count(), 1, "{err}");
@@ -116,7 +111,7 @@ fn seeded_by_nobody(dir: &Path, paths: usize) -> (fixture::Fixture, std::path::P
     let dst = dir.join("dst");
     std::fs::create_dir(&dst).unwrap();
     std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
-    assert_ok(&as_nobody(&fx.root, &dst));
+    Seed::new(&fx.root, &dst).uid(NOBODY).gid(NOBODY).ok();
     (fx, dst)
 }
 
@@ -151,11 +146,11 @@ roottest!(a_user_replacing_a_root_owned_copy_warns_and_registers, |tmp| {
     std::fs::write(p.join("not-the-image"), b"x").unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o555)).unwrap();
 
-    let out = seed_cmd(&fx.root, &dst, &["--recheck"])
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--recheck"])
         .uid(NOBODY)
         .gid(NOBODY)
-        .output()
-        .unwrap();
+        .output();
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("cannot remove the replaced copy"), "{err}");
@@ -188,11 +183,11 @@ roottest!(
             std::os::unix::fs::lchown(&f, Some(0), Some(0)).unwrap();
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
             std::fs::remove_dir_all(dst.join(".nix-seed/images")).unwrap_or(());
-            let out = seed_cmd(&fx.root, &dst, &["--recheck"])
+            let out = Seed::new(&fx.root, &dst)
+                .args(["--recheck"])
                 .uid(NOBODY)
                 .gid(NOBODY)
-                .output()
-                .unwrap();
+                .output();
             let err = stderr(&out);
             assert_eq!(out.status.code(), Some(2), "{what}: {}", support::cmd::text(&out));
             assert!(

@@ -10,10 +10,9 @@
 //! pointing to its own user environment.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, seed_cmd, stderr, text};
+use crate::support::cmd::{assert_code, assert_ok, stderr, text, Seed};
 use crate::support::nix::{assert_contents_verify, in_pod};
 use crate::support::profiles::{current, env, generations, image_chain, pod_ok, resolve, ALICE, PROFILE};
 
@@ -39,15 +38,11 @@ impl Images {
     /// A target seeded with v1 then v2 (follow): generations 1 and 2, current 2.
     fn v2_target(&self, name: &str) -> PathBuf {
         let t = self.target(name);
-        assert_ok(&seed_image(&self.v[0], &t, &[]));
-        assert_ok(&seed_image(&self.v[1], &t, &[]));
+        Seed::new(&self.v[0], &t).ok();
+        Seed::new(&self.v[1], &t).ok();
         assert_eq!(current(&t), env(&self.v[1]));
         t
     }
-}
-
-fn seed_image(image: &Path, target: &Path, args: &[&str]) -> Output {
-    seed_cmd(image, target, args).output().unwrap()
 }
 
 fn verify(target: &Path) {
@@ -60,11 +55,11 @@ nixtest!(follow_switches_each_upgrade_and_rollback_works, |_| {
     let im = Images::build();
     let [v1, v2, v3] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
+    Seed::new(v1, &t).ok();
     assert_eq!(current(&t), env(v1));
     assert_eq!(generations(&t, PROFILE), vec![(1, env(v1))]);
 
-    let o = seed_image(v2, &t, &[]);
+    let o = Seed::new(v2, &t).output();
     assert_ok(&o);
     assert!(
         stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
@@ -85,13 +80,13 @@ nixtest!(follow_switches_each_upgrade_and_rollback_works, |_| {
 
     // Reruns: nothing to do, and the slow path adds nothing either.
     for args in [&[][..], &["--recheck"][..]] {
-        let o = seed_image(v2, &t, args);
+        let o = Seed::new(v2, &t).args(args).output();
         assert_ok(&o);
         assert!(!stderr(&o).contains("generation"), "{args:?}: {}", text(&o));
         assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))], "{args:?}");
     }
 
-    let o = seed_image(v3, &t, &["--log-format", "json"]);
+    let o = Seed::new(v3, &t).args(["--log-format", "json"]).output();
     assert_ok(&o);
     let summary = crate::support::cmd::stdout(&o)
         .lines()
@@ -121,7 +116,7 @@ nixtest!(follow_keeps_a_users_change_and_image_mode_overrides_it, |_| {
     assert_eq!(generations(&t, PROFILE).last().unwrap(), &(3, env(v1)));
 
     // A dry run says what follow would do, and does nothing.
-    let o = seed_image(v3, &t, &["--dry-run"]);
+    let o = Seed::new(v3, &t).args(["--dry-run"]).output();
     assert_ok(&o);
     for line in [
         "profiles/default: would add a new generation 4 (image's) without switching: you changed the profile",
@@ -132,7 +127,7 @@ nixtest!(follow_keeps_a_users_change_and_image_mode_overrides_it, |_| {
     assert_eq!(generations(&t, PROFILE).len(), 3);
     assert_eq!(generations(&t, ALICE).len(), 2);
 
-    let o = seed_image(v3, &t, &[]);
+    let o = Seed::new(v3, &t).output();
     assert_ok(&o);
     let warning = "profiles/default: added generation 4 (image's); not switched: you changed the profile since \
                    nix-seed set it";
@@ -142,7 +137,7 @@ nixtest!(follow_keeps_a_users_change_and_image_mode_overrides_it, |_| {
     assert_eq!(current(&t), env(v1), "the user's generation stays current");
     assert_eq!(generations(&t, PROFILE).last().unwrap(), &(4, env(v3)));
 
-    let o = seed_image(v3, &t, &["--recheck"]);
+    let o = Seed::new(v3, &t).args(["--recheck"]).output();
     assert_ok(&o);
     assert!(stderr(&o).contains(cmd), "{}", text(&o));
     assert_eq!(generations(&t, PROFILE).len(), 4, "no duplicate generation on a rerun");
@@ -159,7 +154,7 @@ nixtest!(follow_keeps_a_users_change_and_image_mode_overrides_it, |_| {
     pod_ok(&u, "nix-env --switch-generation 4 -p /nix/var/nix/profiles/default");
     assert_eq!(current(&u), env(v3));
 
-    let o = seed_image(v3, &t, &["--recheck", "--profiles", "image"]);
+    let o = Seed::new(v3, &t).args(["--recheck", "--profiles", "image"]).output();
     assert_ok(&o);
     assert!(
         stderr(&o).contains("profiles/default: switched to generation 4 (image's), was 3"),
@@ -177,8 +172,8 @@ nixtest!(keep_mode_keeps_the_targets_profile, |_| {
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
-    let o = seed_cmd(v2, &t, &[]).env("NIX_SEED_PROFILES", "keep").output().unwrap();
+    Seed::new(v1, &t).ok();
+    let o = Seed::new(v2, &t).env("NIX_SEED_PROFILES", "keep").output();
     assert_ok(&o);
     assert!(
         stderr(&o).contains(&format!(
@@ -200,11 +195,8 @@ nixtest!(
         let im = Images::build();
         let [v1, v2, _] = &im.v;
         let t = im.target("t");
-        assert_ok(&seed_image(v1, &t, &[]));
-        let o = seed_cmd(v2, &t, &[])
-            .env("NIX_SEED_FAILPOINT", "generation-added")
-            .output()
-            .unwrap();
+        Seed::new(v1, &t).ok();
+        let o = Seed::new(v2, &t).failpoint("generation-added").output();
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&o.status),
             Some(libc::SIGKILL),
@@ -214,7 +206,7 @@ nixtest!(
         assert_eq!(current(&t), env(v1));
         assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
 
-        let o = seed_image(v2, &t, &[]);
+        let o = Seed::new(v2, &t).output();
         assert_ok(&o);
         assert!(
             stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
@@ -234,15 +226,15 @@ nixtest!(a_held_profile_lock_is_waited_for, |_| {
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
+    Seed::new(v1, &t).ok();
     let lock = std::fs::File::create(t.join("var/nix/profiles/default.lock")).unwrap();
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let o = seed_image(v2, &t, &["--lock-timeout", "1s"]);
+    let o = Seed::new(v2, &t).args(["--lock-timeout", "1s"]).output();
     assert_code(&o, 3);
     assert!(stderr(&o).contains("default.lock is held"), "{}", text(&o));
     assert_eq!(current(&t), env(v1));
     drop(lock);
-    assert_ok(&seed_image(v2, &t, &[]));
+    Seed::new(v2, &t).ok();
     assert_eq!(current(&t), env(v2));
 });
 
@@ -264,7 +256,7 @@ fn a_symlink_at_the_profile_lock_is_never_followed() {
     let outside = tmp.path().join("outside");
     std::fs::write(&outside, b"mine").unwrap();
     std::os::unix::fs::symlink(&outside, dst.join("var/nix/profiles/default.lock")).unwrap();
-    let o = crate::support::cmd::seed(&fx.root, &dst, &[]);
+    let o = Seed::new(&fx.root, &dst).output();
     assert_code(&o, 1);
     assert!(
         stderr(&o).contains("default.lock is a symlink: nix-seed never follows symlinks in the target"),
@@ -274,7 +266,7 @@ fn a_symlink_at_the_profile_lock_is_never_followed() {
     assert_eq!(std::fs::read(&outside).unwrap(), b"mine");
     assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_err());
     std::fs::remove_file(dst.join("var/nix/profiles/default.lock")).unwrap();
-    assert_ok(&crate::support::cmd::seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_ok());
 }
 
@@ -285,13 +277,8 @@ nixtest!(nix_env_waits_for_the_profile_lock_nix_seed_holds, |_| {
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
-    let child = seed_cmd(v2, &t, &[])
-        .env("NIX_SEED_FAILPOINT", "generation-added=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    Seed::new(v1, &t).ok();
+    let child = Seed::new(v2, &t).failpoint("generation-added=stop").spawn();
     support::wait_stopped(child.id());
     let switch = "nix-env --switch-generation 1 -p /nix/var/nix/profiles/default";
     let o = in_pod(&t, &format!("timeout 5 {switch}"));

@@ -6,12 +6,12 @@ use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, seed_cmd, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, stderr, stdout, text, Seed};
 use crate::support::dbless::{
     images_original_registrations, path_ending, referrers_closure, target_registrations, Regs,
 };
 use crate::support::images::{images, newest_id};
-use crate::support::nix::{in_pod, real_store, seed};
+use crate::support::nix::{in_pod, real_store};
 use crate::support::profiles::{cp_a, current, env};
 
 use super::{base, empty_target, status, stripped, valid_in_pod, warnings};
@@ -44,7 +44,7 @@ nixtest!(
         remove_store_path(&root.join("nix"), &libc);
 
         let target = empty_target(tmp.path());
-        let o = seed(&root, &target, &[]);
+        let o = Seed::image(&root, &target).output();
         assert_code(&o, 1);
         let err = stderr(&o);
         assert!(
@@ -70,17 +70,14 @@ nixtest!(
         let b_orig = images_original_registrations(&b);
         let a = stripped(&tmp.path().join("a"), "v2");
         let target = empty_target(tmp.path());
-        assert_ok(&seed(&b, &target, &[]));
+        Seed::image(&b, &target).ok();
 
-        let o = seed_cmd(&a.image, &target, &[])
-            .env("NIX_SEED_FAILPOINT", "registering")
-            .output()
-            .unwrap();
+        let o = Seed::new(&a.image, &target).failpoint("registering").output();
         assert_eq!(o.status.signal(), Some(9), "not killed at the failpoint:\n{}", text(&o));
         let lock = target.join("var/nix/db/db.sqlite.lock");
         assert!(lock.is_dir(), "the killed seed left no {}", lock.display());
 
-        let o = seed(&b, &target, &["--lock-timeout", "60s"]);
+        let o = Seed::image(&b, &target).args(["--lock-timeout", "60s"]).output();
         assert_ok(&o);
         assert!(!lock.exists(), "B's pod start left {}:\n{}", lock.display(), text(&o));
         let p = path_ending(&b_orig, "-seed-libb-1.0");
@@ -111,9 +108,9 @@ nixtest!(
         remove_store_path(&v2, &extra);
 
         let target = empty_target(tmp.path());
-        assert_ok(&seed(&v1_root, &target, &[]));
+        Seed::image(&v1_root, &target).ok();
         assert_eq!(current(&target), env(&v1));
-        let o = seed(&v2_root, &target, &[]);
+        let o = Seed::image(&v2_root, &target).output();
         assert_code(&o, 1);
         assert_eq!(env(&target), env(&v1), "the profile's links moved");
         assert_eq!(current(&target), env(&v1), "a pod's profile is not v1's");
@@ -140,7 +137,7 @@ nixtest!(
 nixtest!(a_deleted_root_is_reported_and_restored_by_recheck, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let target = empty_target(tmp.path());
-    assert_ok(&seed(img.root(), &target, &[]));
+    Seed::image(img.root(), &target).ok();
     let id = newest_id(&target);
     let dir = target.join("var/nix/gcroots/nix-seed").join(&id);
     let mut links: Vec<_> = std::fs::read_dir(&dir)
@@ -163,7 +160,7 @@ nixtest!(a_deleted_root_is_reported_and_restored_by_recheck, |tmp| {
     let (listed, _) = images(&target);
     assert_eq!(listed[&id]["roots_complete"], false, "{}", listed[&id]);
 
-    assert_ok(&seed(img.root(), &target, &["--recheck"]));
+    Seed::image(img.root(), &target).args(["--recheck"]).ok();
     assert!(gone.symlink_metadata().is_ok(), "{} not restored", gone.display());
     assert_ok(&status(&img.image, &target, false));
 });
@@ -185,7 +182,7 @@ nixtest!(
             let _ = std::fs::remove_file(db.with_extension("sqlite-journal"));
             std::fs::write(&db, &bytes).unwrap();
             let target = empty_target(&tmp.path().join(format!("t-{name}")));
-            let o = seed(&img, &target, &[]);
+            let o = Seed::image(&img, &target).output();
             assert_code(&o, 2);
             let left: Vec<_> = std::fs::read_dir(&target)
                 .unwrap()

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::support::cmd::{assert_ok, stdout, text};
+use crate::support::cmd::{assert_ok, stdout, text, Seed};
 use crate::support::dbless::{
     assert_registered_as, images_original_registrations, path_ending, read_registrations, target_registrations, Regs,
     Source,
 };
-use crate::support::nix::{real_store, seed};
+use crate::support::nix::real_store;
 
 use super::{assert_has_db, assert_pod_keeps, empty_target, has_number, status, status_json, warnings};
 
@@ -49,7 +49,7 @@ nixtest!(a_path_missing_from_the_image_database_is_computed, |tmp| {
     drop(c);
 
     let target = empty_target(tmp.path());
-    let o = seed(&root, &target, &[]);
+    let o = Seed::image(&root, &target).output();
     assert_ok(&o);
     assert_all_registered(&orig, &target, std::slice::from_ref(&env), "one row deleted");
     let w: Vec<String> = warnings(&o).into_iter().filter(|l| l.contains("comput")).collect();
@@ -82,7 +82,7 @@ nixtest!(a_reference_to_a_missing_row_is_resolved, |tmp| {
     drop(c);
 
     let target = empty_target(tmp.path());
-    assert_ok(&seed(&root, &target, &[]));
+    Seed::image(&root, &target).ok();
     assert_has_db(&target);
     let got = target_registrations(&target);
     // The referrers' rows may be taken or recomputed: hash, size and references must be
@@ -173,7 +173,7 @@ nixtest!(rows_only_in_the_image_wal_are_used, |tmp| {
     assert!(wal.metadata().is_ok_and(|m| m.len() > 0), "no -wal");
 
     let target = empty_target(tmp.path());
-    let o = seed(&root, &target, &[]);
+    let o = Seed::image(&root, &target).output();
     assert_ok(&o);
     assert_all_registered(&orig, &target, &[], "rows only in the -wal");
     let s = status_json(&root.join("nix"), &target);
@@ -190,7 +190,7 @@ nixtest!(lost_found_and_a_stray_file_in_the_image_store_are_not_copied, |tmp| {
     std::fs::write(store.join("junk"), b"not a store path\n").unwrap();
 
     let target = empty_target(tmp.path());
-    assert_ok(&seed(&root, &target, &[]));
+    Seed::image(&root, &target).ok();
     for n in ["lost+found", "junk"] {
         assert!(
             target.join("store").join(n).symlink_metadata().is_err(),

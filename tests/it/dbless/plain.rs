@@ -1,11 +1,11 @@
 //! A database-less image seeded into an empty target, into one already serving another
 //! image, checked by Nix 2.26 too; and what `status` and `images` say of it.
 
-use crate::support::cmd::{assert_ok, stdout, text};
+use crate::support::cmd::{assert_ok, stdout, text, Seed};
 use crate::support::dbless::{assert_registered_as, images_original_registrations, target_registrations, Source};
 use crate::support::images::{images, newest_id};
 use crate::support::modern::Nix;
-use crate::support::nix::{real_store, seed};
+use crate::support::nix::real_store;
 
 use super::{assert_has_db, assert_pod_keeps, empty_target, registrations, status, status_json, stripped};
 
@@ -15,7 +15,7 @@ use super::{assert_has_db, assert_pod_keeps, empty_target, registrations, status
 nixtest!(a_dbless_image_is_registered_as_nix_did_into_an_empty_target, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let target = empty_target(tmp.path());
-    let o = seed(img.root(), &target, &[]);
+    let o = Seed::image(img.root(), &target).output();
     assert_ok(&o);
     assert_has_db(&target);
     let got = target_registrations(&target);
@@ -35,8 +35,8 @@ nixtest!(
         let v1_paths: Vec<String> = v1_orig.keys().cloned().collect();
         let v2 = stripped(&tmp.path().join("v2"), "v2");
         let target = empty_target(tmp.path());
-        assert_ok(&seed(&v1, &target, &[]));
-        let o = seed(v2.root(), &target, &[]);
+        Seed::image(&v1, &target).ok();
+        let o = Seed::image(v2.root(), &target).output();
         assert_ok(&o);
 
         let got = target_registrations(&target);
@@ -76,7 +76,7 @@ nixtest!(
 moderntest!(nix_2_26_accepts_a_dbless_seed, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let target = empty_target(tmp.path());
-    assert_ok(&seed(img.root(), &target, &[]));
+    Seed::image(img.root(), &target).ok();
     assert_has_db(&target);
     let paths = img.paths();
     Nix::V2_26.assert_valid(&target, &paths, "a dbless seed");
@@ -93,7 +93,7 @@ nixtest!(status_and_images_say_how_the_registrations_were_obtained, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let n = img.orig.len();
     let target = empty_target(tmp.path());
-    assert_ok(&seed(img.root(), &target, &[]));
+    Seed::image(img.root(), &target).ok();
 
     let o = status(&img.image, &target, false);
     assert_ok(&o);
@@ -121,7 +121,7 @@ nixtest!(the_checks_accept_the_image_seeded_with_its_database, |tmp| {
     let orig = images_original_registrations(&v1);
     let paths: Vec<String> = orig.keys().cloned().collect();
     let target = empty_target(tmp.path());
-    assert_ok(&seed(&v1, &target, &[]));
+    Seed::image(&v1, &target).ok();
     let got = target_registrations(&target);
     assert_registered_as(&orig, &got, &paths, Source::Copied, "v1 with its database");
     assert_pod_keeps(&target, &paths, tmp.path());

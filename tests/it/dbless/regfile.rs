@@ -3,12 +3,11 @@
 
 use std::path::Path;
 
-use crate::support::cmd::{assert_code, assert_ok, stderr, text};
+use crate::support::cmd::{assert_code, assert_ok, stderr, text, Seed};
 use crate::support::dbless::{
     assert_nix_loads, assert_registered_as, hash_to_base32, path_ending, registration_file, target_registrations,
     Source,
 };
-use crate::support::nix::seed;
 
 use super::{assert_pod_keeps, empty_target, status_json, stripped, Stripped};
 
@@ -43,7 +42,9 @@ nixtest!(a_registration_file_given_with_the_flag_is_used, |tmp| {
     assert_nix_loads(img.root(), &file, &img.orig, &tmp.path().join("load-db"));
 
     let target = empty_target(tmp.path());
-    let o = seed(img.root(), &target, &["--registration", file.to_str().unwrap()]);
+    let o = Seed::image(img.root(), &target)
+        .args(["--registration", file.to_str().unwrap()])
+        .output();
     assert_ok(&o);
     assert_as_file(&img, &target, "--registration");
     let s = status_json(&img.image, &target);
@@ -55,7 +56,7 @@ nixtest!(a_registration_file_beside_the_image_is_found, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     write_file(&img, &img.root().join("nix-path-registration"));
     let target = empty_target(tmp.path());
-    assert_ok(&seed(img.root(), &target, &[]));
+    Seed::image(img.root(), &target).ok();
     assert_as_file(&img, &target, "IMG/nix-path-registration");
     assert_pod_keeps(&target, &img.paths(), tmp.path());
     let s = status_json(&img.image, &target);
@@ -86,11 +87,9 @@ nixtest!(a_lying_hash_in_the_registration_file_is_refused_with_verify, |tmp| {
     std::fs::write(&file, registration_file(&lying, false)).unwrap();
 
     let target = empty_target(tmp.path());
-    let o = seed(
-        img.root(),
-        &target,
-        &["--verify", "--registration", file.to_str().unwrap()],
-    );
+    let o = Seed::image(img.root(), &target)
+        .args(["--verify", "--registration", file.to_str().unwrap()])
+        .output();
     assert_code(&o, 1);
     assert!(
         stderr(&o).contains(file.to_str().unwrap()),
@@ -111,7 +110,7 @@ nixtest!(a_registration_file_listing_a_path_the_image_lacks_is_refused, |tmp| {
     std::fs::write(&file, registration_file(&lying, false)).unwrap();
 
     let target = empty_target(tmp.path());
-    let o = seed(img.root(), &target, &[]);
+    let o = Seed::image(img.root(), &target).output();
     assert_code(&o, 1);
     assert!(
         stderr(&o).contains("nix-path-registration"),

@@ -8,6 +8,7 @@
 //! * [`mounts`]: loop-device filesystems (ext4, xfs, btrfs) and tmpfs, unmounted on drop.
 //! * [`netfs`]: the network-filesystem harness (GlusterFS, sshfs) and seeders run on it.
 //! * [`setup`]: `nixtest!`, `moderntest!`, `roottest!`: a test and what it needs, and its [`Setup`].
+//! * [`cmd`]: running nix-seed as users do; [`cmd::Seed`] builds every `nix-seed seed` of the tests.
 
 pub mod cmd;
 pub mod compare;
