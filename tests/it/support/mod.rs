@@ -60,11 +60,8 @@ fn skip_or_panic(test: &str, why: &str) -> bool {
 }
 
 /// `true` if running as root. Otherwise panics when `$CI` is set (non-empty), or prints
-/// `SKIPPED <test>: needs root` to stderr and returns `false`.
-///
-/// ```ignore
-/// if !crate::support::require_root("my_test") { return; }
-/// ```
+/// `SKIPPED <test>: needs root` to stderr and returns `false`. A test that needs root is
+/// declared with `roottest!` (or `nixtest!`, see [`setup`]), which calls this with its name.
 pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;
