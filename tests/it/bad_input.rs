@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, nix_seed, run, seed, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, run, stderr, stdout, text, Seed};
 use crate::support::fixture::{self, Spec};
 
 fn small(dir: &Path) -> fixture::Fixture {
@@ -40,7 +40,7 @@ fn missing_source() {
     std::fs::create_dir(&dst).unwrap();
     let src = tmp.path().join("nope");
     refused(
-        &seed(&src, &dst, &[]),
+        &Seed::new(&src, &dst).output(),
         2,
         &[&src.display().to_string(), "does not exist", "--source"],
     );
@@ -54,7 +54,7 @@ fn source_without_store() {
     std::fs::create_dir_all(src.join("var")).unwrap();
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    refused(&seed(&src, &dst, &[]), 2, &["has no store/", "Nix root"]);
+    refused(&Seed::new(&src, &dst).output(), 2, &["has no store/", "Nix root"]);
     assert!(empty(&dst));
 }
 
@@ -64,23 +64,18 @@ fn missing_target_and_target_is_a_file() {
     let fx = small(&tmp.path().join("src"));
     let missing = tmp.path().join("mnt/nix");
     refused(
-        &seed(&fx.root, &missing, &[]),
+        &Seed::new(&fx.root, &missing).output(),
         2,
         &[&missing.display().to_string(), "does not exist", "mount"],
     );
     assert!(!missing.exists());
     let file = tmp.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    refused(&seed(&fx.root, &file, &[]), 2, &["is not a directory"]);
+    refused(&Seed::new(&fx.root, &file).output(), 2, &["is not a directory"]);
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
 }
 
-#[test]
-fn read_only_target() {
-    if !support::require_root("read_only_target") {
-        return;
-    }
-    let tmp = support::scratch();
+roottest!(read_only_target, |tmp| {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
@@ -92,14 +87,7 @@ fn read_only_target() {
         .status()
         .unwrap()
         .success());
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
     refused(&out, 2, &["read-only", "read-write"]);
     assert!(std::process::Command::new("mount")
         .args(["-o", "remount,rw"])
@@ -109,7 +97,7 @@ fn read_only_target() {
         .success());
     assert!(empty(&dst));
     drop(m);
-}
+});
 
 /// A dry run on a read-only target says what it would copy, then that the seed would
 /// refuse and why, and exits as the seed would (2); not "it fits".
@@ -132,15 +120,10 @@ fn a_dry_run_on_a_read_only_target_says_the_seed_would_refuse() {
             .success());
     };
     remount("remount,ro");
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .arg("--dry-run")
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst)
+        .on_a_mount_point()
+        .args(["--dry-run"])
+        .output();
     remount("remount,rw");
     assert_code(&out, 2);
     let (o, e) = (stdout(&out), stderr(&out));
@@ -160,37 +143,28 @@ fn a_dry_run_on_a_read_only_target_says_the_seed_would_refuse() {
     drop(m);
 }
 
-/// The examples set `readOnlyRootFilesystem: true`: with the volume forgotten, the target
-/// directory sits on the read-only root filesystem, and the real problem is the missing
-/// mount, which the message must name.
-#[test]
-fn a_forgotten_volume_on_a_read_only_root_is_called_not_a_mount_point() {
-    if !support::require_root("a_forgotten_volume_on_a_read_only_root") {
-        return;
+// The examples set `readOnlyRootFilesystem: true`: with the volume forgotten, the target
+// directory sits on the read-only root filesystem, and the real problem is the missing
+// mount, which the message must name.
+roottest!(
+    a_forgotten_volume_on_a_read_only_root_is_called_not_a_mount_point,
+    |tmp| {
+        let fx = small(&tmp.path().join("src"));
+        let root = tmp.path().join("rootfs");
+        let m = support::mounts::tmpfs(&root, 16);
+        std::fs::create_dir_all(root.join("mnt/nix")).unwrap();
+        assert!(std::process::Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&root)
+            .status()
+            .unwrap()
+            .success());
+        let dst = root.join("mnt/nix");
+        let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
+        refused(&out, 2, &["is not a mount point", &dst.display().to_string()]);
+        drop(m);
     }
-    let tmp = support::scratch();
-    let fx = small(&tmp.path().join("src"));
-    let root = tmp.path().join("rootfs");
-    let m = support::mounts::tmpfs(&root, 16);
-    std::fs::create_dir_all(root.join("mnt/nix")).unwrap();
-    assert!(std::process::Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(&root)
-        .status()
-        .unwrap()
-        .success());
-    let dst = root.join("mnt/nix");
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
-    refused(&out, 2, &["is not a mount point", &dst.display().to_string()]);
-    drop(m);
-}
+);
 
 /// `verify` on a target that is not a seeded Nix root is the caller's mistake: exit 2,
 /// as `status` and `seed` do, with the path and what it lacks.
@@ -210,22 +184,15 @@ fn verify_on_a_missing_or_empty_target_exits_2() {
     refused(&o, 2, &["has no Nix database"]);
 }
 
-#[test]
-fn target_not_writable_by_a_non_root_user() {
-    if !support::require_root("target_not_writable_by_a_non_root_user") {
-        return;
-    }
-    let tmp = support::scratch();
+roottest!(target_not_writable_by_a_non_root_user, |tmp| {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
     std::os::unix::fs::chown(tmp.path(), Some(65534), Some(65534)).unwrap();
-    let out = std::os::unix::process::CommandExt::uid(&mut support::cmd::seed_cmd(&fx.root, &dst, &[]), 65534)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).uid(65534).output();
     refused(&out, 2, &["not writable by uid 65534"]);
     assert!(empty(&dst));
-}
+});
 
 #[test]
 fn target_inside_source_and_source_inside_target() {
@@ -233,11 +200,11 @@ fn target_inside_source_and_source_inside_target() {
     let fx = small(&tmp.path().join("src"));
     let inner = fx.root.join("var/seed-here");
     std::fs::create_dir(&inner).unwrap();
-    refused(&seed(&fx.root, &inner, &[]), 2, &["is inside the source"]);
+    refused(&Seed::new(&fx.root, &inner).output(), 2, &["is inside the source"]);
     assert!(empty(&inner));
-    refused(&seed(&fx.root, &fx.root, &[]), 2, &["is the source itself"]);
+    refused(&Seed::new(&fx.root, &fx.root).output(), 2, &["is the source itself"]);
     let outer = tmp.path();
-    refused(&seed(&fx.root, outer, &[]), 2, &["is inside the target"]);
+    refused(&Seed::new(&fx.root, outer).output(), 2, &["is inside the target"]);
 }
 
 #[test]
@@ -246,14 +213,7 @@ fn target_not_a_mount_point_without_the_flag() {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
     refused(
         &out,
         2,
@@ -266,27 +226,15 @@ fn target_not_a_mount_point_without_the_flag() {
     assert!(empty(&dst));
 }
 
-#[test]
-fn a_mount_point_is_accepted_without_the_flag() {
-    if !support::require_root("a_mount_point_is_accepted_without_the_flag") {
-        return;
-    }
-    let tmp = support::scratch();
+roottest!(a_mount_point_is_accepted_without_the_flag, |tmp| {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     let m = support::mounts::tmpfs(&dst, 64);
-    let out = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
+    let out = Seed::new(&fx.root, &dst).on_a_mount_point().output();
     support::cmd::assert_ok(&out);
     support::compare::assert_store_equal(&fx.root, &dst);
     drop(m);
-}
+});
 
 #[test]
 fn unknown_flag_and_bad_values_are_usage_errors() {
@@ -294,17 +242,17 @@ fn unknown_flag_and_bad_values_are_usage_errors() {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let o = seed(&fx.root, &dst, &["--frobnicate"]);
+    let o = Seed::new(&fx.root, &dst).args(["--frobnicate"]).output();
     assert_code(&o, 2);
     assert!(stderr(&o).contains("--frobnicate"), "{}", text(&o));
-    let o = seed(&fx.root, &dst, &["--lock-timeout", "soon"]);
+    let o = Seed::new(&fx.root, &dst).args(["--lock-timeout", "soon"]).output();
     assert_code(&o, 2);
     assert!(
         stderr(&o).contains("soon") && stderr(&o).contains("30s"),
         "{}",
         text(&o)
     );
-    let o = seed(&fx.root, &dst, &["--jobs", "0"]);
+    let o = Seed::new(&fx.root, &dst).args(["--jobs", "0"]).output();
     assert_code(&o, 2);
     let o = run(["seed"]);
     assert_code(&o, 2);
@@ -328,7 +276,7 @@ fn a_special_file_in_the_store_is_an_error_naming_it() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let o = seed(&fx.root, &dst, &[]);
+    let o = Seed::new(&fx.root, &dst).output();
     assert_code(&o, 1);
     let err = stderr(&o);
     assert!(
@@ -390,80 +338,65 @@ fn help_and_version() {
     }
 }
 
-#[test]
-fn a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free() {
-    if !support::require_root("a_target_too_small (needs root for a small tmpfs)") {
-        return;
+roottest!(
+    a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free,
+    |tmp| {
+        let fx = fixture::build(
+            &tmp.path().join("src"),
+            &Spec {
+                paths: 40,
+                big_file_bytes: 8 << 20,
+                ..Spec::default()
+            },
+        );
+        let dst = tmp.path().join("dst");
+        let m = support::mounts::tmpfs(&dst, 2);
+        let o = Seed::new(&fx.root, &dst).on_a_mount_point().output();
+        refused(
+            &o,
+            1,
+            &[&dst.display().to_string(), "not enough space", "need", "is free"],
+        );
+        // Nothing but nix-seed's own lock directory and Nix's gc.lock (the check runs under
+        // both locks; gc.lock must exist to be held).
+        let mut left: Vec<_> = std::fs::read_dir(&dst)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [std::ffi::OsString::from(".nix-seed"), std::ffi::OsString::from("var")],
+            "nothing may be written when it cannot fit"
+        );
+        let var: Vec<_> = walkdir::WalkDir::new(dst.join("var"))
+            .min_depth(1)
+            .into_iter()
+            .map(|e| e.unwrap().path().strip_prefix(&dst).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(
+            var,
+            [
+                std::path::PathBuf::from("var/nix"),
+                std::path::PathBuf::from("var/nix/gc.lock")
+            ]
+        );
+        // The lock was released: with room, the next run does the job.
+        assert!(std::process::Command::new("mount")
+            .args(["-o", "remount,size=64m"])
+            .arg(&dst)
+            .status()
+            .unwrap()
+            .success());
+        let o = Seed::new(&fx.root, &dst)
+            .on_a_mount_point()
+            .args(["--lock-timeout", "2s"])
+            .output();
+        support::cmd::assert_ok(&o);
+        support::compare::assert_store_equal(&fx.root, &dst);
+        drop(m);
     }
-    let tmp = support::scratch();
-    let fx = fixture::build(
-        &tmp.path().join("src"),
-        &Spec {
-            paths: 40,
-            big_file_bytes: 8 << 20,
-            ..Spec::default()
-        },
-    );
-    let dst = tmp.path().join("dst");
-    let m = support::mounts::tmpfs(&dst, 2);
-    let o = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .output()
-        .unwrap();
-    refused(
-        &o,
-        1,
-        &[&dst.display().to_string(), "not enough space", "need", "is free"],
-    );
-    // Nothing but nix-seed's own lock directory and Nix's gc.lock (the check runs under
-    // both locks; gc.lock must exist to be held).
-    let mut left: Vec<_> = std::fs::read_dir(&dst)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    left.sort();
-    assert_eq!(
-        left,
-        [std::ffi::OsString::from(".nix-seed"), std::ffi::OsString::from("var")],
-        "nothing may be written when it cannot fit"
-    );
-    let var: Vec<_> = walkdir::WalkDir::new(dst.join("var"))
-        .min_depth(1)
-        .into_iter()
-        .map(|e| e.unwrap().path().strip_prefix(&dst).unwrap().to_path_buf())
-        .collect();
-    assert_eq!(
-        var,
-        [
-            std::path::PathBuf::from("var/nix"),
-            std::path::PathBuf::from("var/nix/gc.lock")
-        ]
-    );
-    // The lock was released: with room, the next run does the job.
-    assert!(std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&dst)
-        .status()
-        .unwrap()
-        .success());
-    let o = nix_seed()
-        .arg("seed")
-        .arg("--source")
-        .arg(&fx.root)
-        .arg("--target")
-        .arg(&dst)
-        .arg("--lock-timeout")
-        .arg("2s")
-        .output()
-        .unwrap();
-    support::cmd::assert_ok(&o);
-    support::compare::assert_store_equal(&fx.root, &dst);
-    drop(m);
-}
+);
 
 fn forty_paths_and_a_big_file(dir: &Path) -> fixture::Fixture {
     fixture::build(
@@ -476,88 +409,81 @@ fn forty_paths_and_a_big_file(dir: &Path) -> fixture::Fixture {
     )
 }
 
-#[test]
-fn a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so() {
-    if !support::require_root("a_target_short_of_inodes (needs root for a small tmpfs)") {
-        return;
+roottest!(
+    a_target_short_of_inodes_is_refused_before_copying_and_dry_run_says_so,
+    |tmp| {
+        let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
+        let dst = tmp.path().join("dst");
+        // Space enough by bytes, but few inodes.
+        let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
+        let dry = Seed::new(&fx.root, &dst).args(["--dry-run"]).output();
+        // The dry run ends as the seed would: exit 1, after saying what it would copy.
+        assert_code(&dry, 1);
+        assert!(
+            stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
+            "{}",
+            text(&dry)
+        );
+        assert!(
+            stderr(&dry).contains("dry run: the seed would fail: not enough space"),
+            "{}",
+            text(&dry)
+        );
+        let o = Seed::new(&fx.root, &dst).output();
+        refused(
+            &o,
+            1,
+            &[&dst.display().to_string(), "not enough space", "inodes", "are free"],
+        );
+        assert!(!dst.join("store").exists(), "nothing copied");
     }
-    let tmp = support::scratch();
-    let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
-    let dst = tmp.path().join("dst");
-    // Space enough by bytes, but few inodes.
-    let _m = support::mounts::tmpfs_with(&dst, "size=256m,nr_inodes=300,mode=0755");
-    let dry = support::cmd::seed_cmd(&fx.root, &dst, &["--dry-run"]).output().unwrap();
-    // The dry run ends as the seed would: exit 1, after saying what it would copy.
-    assert_code(&dry, 1);
-    assert!(
-        stdout(&dry).contains("would NOT fit") && stdout(&dry).contains("inodes"),
-        "{}",
-        text(&dry)
-    );
-    assert!(
-        stderr(&dry).contains("dry run: the seed would fail: not enough space"),
-        "{}",
-        text(&dry)
-    );
-    let o = seed(&fx.root, &dst, &[]);
-    refused(
-        &o,
-        1,
-        &[&dst.display().to_string(), "not enough space", "inodes", "are free"],
-    );
-    assert!(!dst.join("store").exists(), "nothing copied");
-}
+);
 
-#[test]
-fn a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible() {
-    if !support::require_root("a_target_that_fills_up (needs root for a small tmpfs)") {
-        return;
-    }
-    let tmp = support::scratch();
-    let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
-    let dst = tmp.path().join("dst");
-    let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
-    // Stopped right after the space check passed; then another writer fills the disk.
-    let child = support::cmd::seed_cmd(&fx.root, &dst, &[])
-        .env("NIX_SEED_FAILPOINT", "space-checked=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+roottest!(
+    a_target_that_fills_up_mid_copy_fails_clearly_and_leaves_nothing_half_visible,
+    |tmp| {
+        let fx = forty_paths_and_a_big_file(&tmp.path().join("src"));
+        let dst = tmp.path().join("dst");
+        let _m = support::mounts::tmpfs_with(&dst, "size=64m,mode=0755");
+        // Stopped right after the space check passed; then another writer fills the disk.
+        let child = Seed::new(&fx.root, &dst).failpoint("space-checked=stop").spawn();
+        support::wait_stopped(child.id());
+        let _ = std::process::Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M"])
+            .arg(format!("of={}", dst.join("filler").display()))
+            .stderr(std::process::Stdio::null())
+            .status();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        )
         .unwrap();
-    support::wait_stopped(child.id());
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", "bs=1M"])
-        .arg(format!("of={}", dst.join("filler").display()))
-        .stderr(std::process::Stdio::null())
-        .status();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGCONT,
-    )
-    .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert_code(&o, 1);
-    let err = stderr(&o);
-    assert!(
-        err.contains("not enough space") && err.contains("filled up while copying") && err.contains("No space left"),
-        "{}",
-        text(&o)
-    );
-    support::compare::assert_no_temp(&dst);
-    // Every store path that is visible is complete.
-    for e in std::fs::read_dir(dst.join("store")).unwrap() {
-        let name = e.unwrap().file_name();
-        let (s, d) = (fx.root.join("store").join(&name), dst.join("store").join(&name));
-        let same = std::process::Command::new("diff")
-            .arg("-r")
-            .arg("--no-dereference")
-            .arg(&s)
-            .arg(&d)
-            .status()
-            .unwrap();
-        assert!(same.success(), "{} is visible but differs", d.display());
+        let o = child.wait_with_output().unwrap();
+        assert_code(&o, 1);
+        let err = stderr(&o);
+        assert!(
+            err.contains("not enough space")
+                && err.contains("filled up while copying")
+                && err.contains("No space left"),
+            "{}",
+            text(&o)
+        );
+        support::compare::assert_no_temp(&dst);
+        // Every store path that is visible is complete.
+        for e in std::fs::read_dir(dst.join("store")).unwrap() {
+            let name = e.unwrap().file_name();
+            let (s, d) = (fx.root.join("store").join(&name), dst.join("store").join(&name));
+            let same = std::process::Command::new("diff")
+                .arg("-r")
+                .arg("--no-dereference")
+                .arg(&s)
+                .arg(&d)
+                .status()
+                .unwrap();
+            assert!(same.success(), "{} is visible but differs", d.display());
+        }
     }
-}
+);
 
 /// Usage errors speak the log format the caller asked for, and a bad value from the
 /// environment names the variable (a pod spec sets `env:`, not flags).
@@ -602,14 +528,14 @@ fn a_corrupt_or_empty_target_database_is_named_and_refused() {
     let fx = small(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    support::cmd::assert_ok(&support::cmd::seed_cmd(&fx.root, &dst, &[]).output().unwrap());
+    Seed::new(&fx.root, &dst).ok();
     let db = dst.join("var/nix/db/db.sqlite");
     for (what, body, says) in [
         ("garbage", vec![0x5au8; 8192], "corrupt or not an SQLite database"),
         ("empty", vec![], "not a Nix database"),
     ] {
         std::fs::write(&db, &body).unwrap();
-        let o = support::cmd::seed_cmd(&fx.root, &dst, &["--recheck"]).output().unwrap();
+        let o = Seed::new(&fx.root, &dst).args(["--recheck"]).output();
         refused(&o, 2, &[&db.display().to_string(), says, "nothing was written"]);
         assert_eq!(std::fs::read(&db).unwrap(), body, "{what}: left as it was");
     }
@@ -663,11 +589,10 @@ fn a_boolean_variable_with_another_word_is_refused_naming_it() {
         text(&o)
     );
     // The accepted words, in any case: OFF is not a dry run, so the seed is done.
-    let o = support::cmd::seed_cmd(&fx.root, &dst, &[])
+    let o = Seed::new(&fx.root, &dst)
         .env("NIX_SEED_DRY_RUN", "OFF")
         .env("NIX_SEED_VERIFY", "Yes")
-        .output()
-        .unwrap();
+        .output();
     assert_ok(&o);
     support::compare::assert_store_equal(&fx.root, &dst);
 }

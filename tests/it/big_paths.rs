@@ -9,7 +9,7 @@ use std::os::unix::fs::{lchown, symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::support;
-use crate::support::cmd::{assert_ok, seed, seed_cmd, text};
+use crate::support::cmd::{assert_ok, text, Seed};
 use crate::support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
 use crate::support::fixture::{self, Spec};
 
@@ -116,7 +116,7 @@ fn a_big_store_path_among_small_ones_is_copied_exactly_by_many_threads() {
     let (fx, big) = big_store(&tmp.path().join("src"), 60);
     let dst = tmp.path().join("dst");
     fs::create_dir(&dst).unwrap();
-    let out = seed(&fx.root, &dst, &["--jobs", "8"]);
+    let out = Seed::new(&fx.root, &dst).args(["--jobs", "8"]).output();
     assert_ok(&out);
     assert_store_equal(&fx.root, &dst);
     assert_no_temp(&dst);
@@ -131,10 +131,10 @@ fn a_seeder_killed_inside_a_big_store_path_leaves_nothing_half_visible() {
     for (round, nth) in [40usize, 1500].into_iter().enumerate() {
         let dst = tmp.path().join(format!("dst{round}"));
         fs::create_dir(&dst).unwrap();
-        let o = seed_cmd(&fx.root, &dst, &["--jobs", "8"])
-            .env("NIX_SEED_FAILPOINT", format!("file-copied:{nth}"))
-            .output()
-            .unwrap();
+        let o = Seed::new(&fx.root, &dst)
+            .args(["--jobs", "8"])
+            .failpoint(format!("file-copied:{nth}"))
+            .output();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(o.status.signal(), Some(9), "not killed at file {nth}:\n{}", text(&o));
         assert!(
@@ -143,7 +143,7 @@ fn a_seeder_killed_inside_a_big_store_path_leaves_nothing_half_visible() {
         );
         // Whatever is visible under a final name is complete: the rerun leaves it as it is.
         let visible = snapshot(&dst.join("store"));
-        assert_ok(&seed(&fx.root, &dst, &["--jobs", "8"]));
+        Seed::new(&fx.root, &dst).args(["--jobs", "8"]).ok();
         assert_store_equal_with(&fx.root, &dst, Links::Subset);
         assert_no_temp(&dst);
         support::compare::assert_unchanged_but_links(&visible, &snapshot(&dst.join("store")), |rel| {

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::support::cmd::{assert_code, assert_ok, copied_events, seed, spawn_seed, stderr, text};
+use crate::support::cmd::{assert_code, assert_ok, copied_events, stderr, text, Seed};
 use crate::support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, snapshot, Links};
 use crate::support::fixture::{self, Spec};
 use crate::support::{self, store_entries, wait_for};
@@ -47,7 +47,11 @@ fn eight_seeders_at_once_copy_each_store_path_exactly_once() {
     std::fs::create_dir(&dst).unwrap();
 
     let children: Vec<Child> = (0..8)
-        .map(|_| spawn_seed(&fx.root, &dst, &["-v", "--log-format", "json", "--jobs", "4"]))
+        .map(|_| {
+            Seed::new(&fx.root, &dst)
+                .args(["-v", "--log-format", "json", "--jobs", "4"])
+                .spawn()
+        })
         .collect();
     // Drain every child's pipes at once: a seeder blocked on a full stderr pipe would
     // hold the lock forever while the test reads another seeder's output.
@@ -88,7 +92,7 @@ fn sigkill_at_any_moment_leaves_nothing_half_visible_and_the_next_run_finishes()
     for (round, after) in [1usize, 30, 150, 300, 395].into_iter().enumerate() {
         let dst = tmp.path().join(format!("dst{round}"));
         std::fs::create_dir(&dst).unwrap();
-        let mut a = spawn_seed(&fx.root, &dst, &["--jobs", "4"]);
+        let mut a = Seed::new(&fx.root, &dst).args(["--jobs", "4"]).spawn();
         wait_for(60, "the seeder to copy some store paths", || {
             store_entries(&dst) >= after || a.try_wait().unwrap().is_some()
         });
@@ -98,7 +102,7 @@ fn sigkill_at_any_moment_leaves_nothing_half_visible_and_the_next_run_finishes()
         // Whatever is visible under a final name is complete: the rerun never needs to
         // touch it (it is the same inode afterwards), and the result is exact.
         let visible = snapshot(&dst.join("store"));
-        let out = seed(&fx.root, &dst, &[]);
+        let out = Seed::new(&fx.root, &dst).output();
         assert_ok(&out);
         assert_store_equal_with(&fx.root, &dst, Links::Subset);
         assert_no_temp(&dst);
@@ -115,13 +119,13 @@ fn a_waiter_takes_over_when_the_holder_is_killed() {
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
 
-    let mut a = spawn_seed(&fx.root, &dst, &["--jobs", "2"]);
+    let mut a = Seed::new(&fx.root, &dst).args(["--jobs", "2"]).spawn();
     let lock = dst.join(".nix-seed/lock");
     let pid = a.id().to_string();
     wait_for(30, "the first seeder to hold the lock", || {
         std::fs::read_to_string(&lock).is_ok_and(|l| l.contains(&format!("pid={pid}")))
     });
-    let mut b = spawn_seed(&fx.root, &dst, &["--jobs", "2"]);
+    let mut b = Seed::new(&fx.root, &dst).args(["--jobs", "2"]).spawn();
     let b_err = b.stderr.take().unwrap();
     let mut lines = BufReader::new(b_err).lines();
     let first = lines.next().expect("the waiter says something").unwrap();
@@ -179,7 +183,9 @@ fn waiting_gives_up_after_the_lock_timeout_with_exit_3_and_names_the_holder() {
         b"nix-seed lease v1\nhost=node-7\npod=ide-7f9c\npid=4242\nstarted=1700000000\nheartbeat=3 1700000009\n",
     );
     let t0 = Instant::now();
-    let out = seed(&fx.root, &dst, &["--lock-timeout", "2s", "--lock-stale", "1h"]);
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--lock-timeout", "2s", "--lock-stale", "1h"])
+        .output();
     assert_code(&out, 3);
     assert!(t0.elapsed() < Duration::from_secs(10));
     let err = stderr(&out);
@@ -213,7 +219,9 @@ fn garbage_empty_and_huge_lock_files_are_handled() {
             let dst = tmp.path().join(format!("dst{i}"));
             std::fs::create_dir(&dst).unwrap();
             let held = hold_lock(&dst, lease);
-            let child = spawn_seed(&fx.root, &dst, &["--lock-stale", "3s", "--lock-timeout", "2m"]);
+            let child = Seed::new(&fx.root, &dst)
+                .args(["--lock-stale", "3s", "--lock-timeout", "2m"])
+                .spawn();
             let t0 = Instant::now();
             (
                 dst,
@@ -243,7 +251,7 @@ fn garbage_empty_and_huge_lock_files_are_handled() {
         // Not held: garbage content alone does not block anyone.
         std::fs::write(dst.join(".nix-seed/lock"), lease).unwrap();
         fixture::add_paths(&fx.root, 1, 1000 + i as u64);
-        let out = seed(&fx.root, &dst, &["--lock-timeout", "5s"]);
+        let out = Seed::new(&fx.root, &dst).args(["--lock-timeout", "5s"]).output();
         assert_ok(&out);
         assert!(!stderr(&out).contains("waiting"), "{}", text(&out));
     }
@@ -257,15 +265,15 @@ fn a_stalled_holder_is_taken_over_and_stops_when_it_resumes() {
     std::fs::create_dir(&dst).unwrap();
 
     // The smallest --lock-stale: the holder beats every 0.5 s, and says so in its lease.
-    let a = spawn_seed(&fx.root, &dst, &["--jobs", "2", "--lock-stale", SMALLEST_STALE]);
+    let a = Seed::new(&fx.root, &dst)
+        .args(["--jobs", "2", "--lock-stale", SMALLEST_STALE])
+        .spawn();
     wait_for(30, "the first seeder to copy something", || store_entries(&dst) >= 5);
     signal(&a, libc::SIGSTOP); // paused, like a node cut off: flock still held
     let t0 = Instant::now();
-    let out = seed(
-        &fx.root,
-        &dst,
-        &["--lock-stale", SMALLEST_STALE, "--lock-timeout", "60s"],
-    );
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--lock-stale", SMALLEST_STALE, "--lock-timeout", "60s"])
+        .output();
     let took = t0.elapsed();
     assert_ok(&out);
     assert!(stderr(&out).contains("taking over"), "{}", text(&out));
@@ -286,7 +294,7 @@ fn a_stalled_holder_is_taken_over_and_stops_when_it_resumes() {
         text(&out_a)
     );
     assert_store_equal_with(&fx.root, &dst, Links::Subset);
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     assert_no_temp(&dst);
 }
 
@@ -301,7 +309,7 @@ fn a_lock_that_is_not_exclusive_is_noticed_and_named() {
     std::fs::create_dir(&dst).unwrap();
     let lock = dst.join(".nix-seed/lock");
 
-    let a = spawn_seed(&fx.root, &dst, &["--jobs", "2"]);
+    let a = Seed::new(&fx.root, &dst).args(["--jobs", "2"]).spawn();
     wait_for(30, "the first seeder to copy something", || store_entries(&dst) >= 5);
     signal(&a, libc::SIGSTOP);
     assert!(
@@ -334,7 +342,7 @@ fn sigterm_stops_cleanly_removes_temporaries_and_releases_the_lock() {
     let fx = big_fixture(&tmp.path().join("src"));
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let a = spawn_seed(&fx.root, &dst, &["--jobs", "4"]);
+    let a = Seed::new(&fx.root, &dst).args(["--jobs", "4"]).spawn();
     wait_for(30, "some store paths", || store_entries(&dst) >= 20);
     signal(&a, libc::SIGTERM);
     let out = a.wait_with_output().unwrap();
@@ -342,7 +350,7 @@ fn sigterm_stops_cleanly_removes_temporaries_and_releases_the_lock() {
     assert!(stderr(&out).contains("interrupted"), "{}", text(&out));
     assert_no_temp(&dst);
     // The lock is free: the next run does not wait.
-    let out = seed(&fx.root, &dst, &["--lock-timeout", "1s"]);
+    let out = Seed::new(&fx.root, &dst).args(["--lock-timeout", "1s"]).output();
     assert_ok(&out);
     assert_store_equal_with(&fx.root, &dst, Links::Subset);
 }
@@ -375,12 +383,10 @@ fn the_smallest_lock_stale_never_takes_over_a_busy_healthy_holder() {
         // 12 s more after copying (a failpoint that sleeps in the seeding thread while the
         // heartbeat goes on), however fast the machine: longer than the waiters'
         // --lock-stale and the holder's 5 s heartbeat.
-        let a = support::cmd::seed_cmd(&fx.root, &dst, &["--jobs", "1", "--verify"])
-            .env("NIX_SEED_FAILPOINT", "copied=sleep12")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let a = Seed::new(&fx.root, &dst)
+            .args(["--jobs", "1", "--verify"])
+            .failpoint("copied=sleep12")
+            .spawn();
         let lock = dst.join(".nix-seed/lock");
         let pid = a.id().to_string();
         wait_for(30, "the first seeder to hold the lock", || {
@@ -389,11 +395,9 @@ fn the_smallest_lock_stale_never_takes_over_a_busy_healthy_holder() {
         let t0 = Instant::now();
         let waiters: Vec<Child> = (0..2)
             .map(|_| {
-                spawn_seed(
-                    &fx.root,
-                    &dst,
-                    &["--lock-stale", SMALLEST_STALE, "--lock-timeout", "10m"],
-                )
+                Seed::new(&fx.root, &dst)
+                    .args(["--lock-stale", SMALLEST_STALE, "--lock-timeout", "10m"])
+                    .spawn()
             })
             .collect();
         let waiters: Vec<_> = waiters
@@ -437,20 +441,19 @@ fn a_lock_stale_below_the_floor_is_refused_with_exit_2_and_nothing_written() {
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
     for v in ["0", "0s", "1s", "2999ms"] {
-        let out = seed(&fx.root, &dst, &["--lock-stale", v]);
+        let out = Seed::new(&fx.root, &dst).args(["--lock-stale", v]).output();
         assert_code(&out, 2);
         let err = stderr(&out);
         assert!(
             err.contains("--lock-stale") && err.contains("NIX_SEED_LOCK_STALE") && err.contains(SMALLEST_STALE),
             "{err}"
         );
-        let mut c = support::cmd::seed_cmd(&fx.root, &dst, &[]);
-        let out = c.env("NIX_SEED_LOCK_STALE", v).output().unwrap();
+        let out = Seed::new(&fx.root, &dst).env("NIX_SEED_LOCK_STALE", v).output();
         assert_code(&out, 2);
         assert!(stderr(&out).contains("NIX_SEED_LOCK_STALE"), "{}", text(&out));
         assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0, "nothing may be written");
     }
-    assert_ok(&seed(&fx.root, &dst, &["--lock-stale", SMALLEST_STALE]));
+    Seed::new(&fx.root, &dst).args(["--lock-stale", SMALLEST_STALE]).ok();
     assert_store_equal(&fx.root, &dst);
 }
 
@@ -479,7 +482,7 @@ fn waiting_for_a_garbage_collection_or_migration_gives_up_after_the_lock_timeout
     );
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     assert!(dst.join("var/nix/db").is_dir());
     for (seed_no, (lock, what)) in [
         ("var/nix/gc.lock", "garbage collection"),
@@ -492,7 +495,7 @@ fn waiting_for_a_garbage_collection_or_migration_gives_up_after_the_lock_timeout
         let before = store_entries(&dst);
         let held = hold_nix_lock(&dst.join(lock));
         let t0 = Instant::now();
-        let child = spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s"]);
+        let child = Seed::new(&fx.root, &dst).args(["--lock-timeout", "2s"]).spawn();
         let out = wait_bounded(child, 30, &format!("a seeder waiting for a held {lock}"));
         assert_code(&out, 3);
         assert!(t0.elapsed() < Duration::from_secs(10), "took {:?}", t0.elapsed());
@@ -508,7 +511,7 @@ fn waiting_for_a_garbage_collection_or_migration_gives_up_after_the_lock_timeout
         assert_eq!(store_entries(&dst), before, "nothing copied while {lock} is held");
         assert_no_temp(&dst);
         drop(held);
-        assert_ok(&seed(&fx.root, &dst, &["--lock-timeout", "2s"]));
+        Seed::new(&fx.root, &dst).args(["--lock-timeout", "2s"]).ok();
         assert_store_equal_with(&fx.root, &dst, Links::Subset);
     }
 }
@@ -527,7 +530,7 @@ fn waiting_for_the_nix_database_gives_up_after_the_lock_timeout_with_exit_3_and_
     );
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     let db = dst.join("var/nix/db/db.sqlite");
     let dot = dst.join("var/nix/db/db.sqlite.lock");
     // What giving up left: nothing at all before the copy, the copies after it.
@@ -548,21 +551,23 @@ fn waiting_for_the_nix_database_gives_up_after_the_lock_timeout_with_exit_3_and_
     std::fs::create_dir(&dot).unwrap();
     let t0 = Instant::now();
     let out = wait_bounded(
-        spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s"]),
+        Seed::new(&fx.root, &dst).args(["--lock-timeout", "2s"]).spawn(),
         60,
         "a seeder waiting for the database",
     );
     check(&out, t0, "nothing was copied or registered");
     std::fs::remove_dir(&dot).unwrap();
     assert_eq!(support::compare::db_rows(&db), rows, "nothing registered");
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     assert_store_equal(&fx.root, &dst);
 
     // Taken while the seeder copies: given up on when it registers.
     fixture::add_paths(&fx.root, 100, 3001);
     let rows = support::compare::db_rows(&db);
     let before = store_entries(&dst);
-    let a = spawn_seed(&fx.root, &dst, &["--lock-timeout", "2s", "--jobs", "1"]);
+    let a = Seed::new(&fx.root, &dst)
+        .args(["--lock-timeout", "2s", "--jobs", "1"])
+        .spawn();
     wait_for(60, "the seeder to copy something", || store_entries(&dst) > before);
     signal(&a, libc::SIGSTOP);
     std::fs::create_dir(&dot).unwrap();
@@ -576,7 +581,7 @@ fn waiting_for_the_nix_database_gives_up_after_the_lock_timeout_with_exit_3_and_
     );
     std::fs::remove_dir(&dot).unwrap();
     assert_eq!(support::compare::db_rows(&db), rows, "nothing registered");
-    let out = seed(&fx.root, &dst, &[]);
+    let out = Seed::new(&fx.root, &dst).output();
     assert_ok(&out);
     assert_store_equal(&fx.root, &dst);
     assert_ok(&support::cmd::status(&fx.root, &dst));
@@ -601,18 +606,14 @@ fn a_holder_taken_over_before_it_planned_stops_and_does_not_report_nothing_to_do
     );
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let a = crate::support::cmd::seed_cmd(&fx.root, &dst, &["--lock-stale", SMALLEST_STALE])
-        .env("NIX_SEED_FAILPOINT", "nix-locks=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let a = Seed::new(&fx.root, &dst)
+        .args(["--lock-stale", SMALLEST_STALE])
+        .failpoint("nix-locks=stop")
+        .spawn();
     support::wait_stopped(a.id());
-    let out = seed(
-        &fx.root,
-        &dst,
-        &["--lock-stale", SMALLEST_STALE, "--lock-timeout", "60s"],
-    );
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--lock-stale", SMALLEST_STALE, "--lock-timeout", "60s"])
+        .output();
     assert_ok(&out);
     assert!(stderr(&out).contains("taking over"), "{}", text(&out));
     assert_store_equal(&fx.root, &dst);

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, seed_cmd, status, stderr, stdout, text};
-use crate::support::nix::{in_pod, nix_available, real_store, valid_paths};
+use crate::support::cmd::{assert_code, assert_ok, status, stderr, stdout, text, Seed};
+use crate::support::nix::{in_pod, real_store, valid_paths};
 
 /// Every step boundary of `seed`, in order (see src/seed/mod.rs). `generation-added` (a
 /// profile's new generation made, not yet switched to) is reached only by an upgrade.
@@ -31,14 +31,6 @@ const POINTS: &[&str] = &[
     "profiles-followed",
     "marked",
 ];
-
-fn seed_at(image: &Path, target: &Path, point: Option<&str>, args: &[&str]) -> std::process::Output {
-    let mut c = seed_cmd(&image.join("nix"), target, args);
-    if let Some(p) = point {
-        c.env("NIX_SEED_FAILPOINT", p);
-    }
-    c.output().unwrap()
-}
 
 /// Real Nix's verdict: the image paths that are not valid in the target, and those a
 /// garbage collection would delete.
@@ -111,7 +103,7 @@ fn check_after_kill(image: &Path, target: &Path, point: &str) -> Result<(), Stri
             text(&st)
         ));
     }
-    let again = seed_at(image, target, None, &[]);
+    let again = Seed::image(image, target).output();
     if !again.status.success() {
         return Err(format!("{point}: the rerun failed:\n{}", text(&again)));
     }
@@ -126,7 +118,7 @@ fn check_after_kill(image: &Path, target: &Path, point: &str) -> Result<(), Stri
     if !st.status.success() || !stdout(&st).contains(": seeded") {
         return Err(format!("{point}: status after the rerun:\n{}", text(&st)));
     }
-    let third = seed_at(image, target, None, &[]);
+    let third = Seed::image(image, target).output();
     if !third.status.success() || !stdout(&third).contains("nothing to do") {
         return Err(format!("{point}: a third run is not a no-op:\n{}", text(&third)));
     }
@@ -138,22 +130,17 @@ fn killed(o: &std::process::Output) -> bool {
     o.status.signal() == Some(9)
 }
 
-/// A path collected after its root was retired, then a re-seed killed at each step
-/// boundary (the bug this guards: killed between publishing and registering, every later
-/// run said "nothing to do" and the path stayed invalid).
-#[test]
-fn a_reseed_killed_at_any_step_is_repaired_by_the_next_run() {
-    if !nix_available("a_reseed_killed_at_any_step") {
-        return;
-    }
-    let tmp = support::scratch();
+// A path collected after its root was retired, then a re-seed killed at each step
+// boundary (the bug this guards: killed between publishing and registering, every later
+// run said "nothing to do" and the path stayed invalid).
+nixtest!(a_reseed_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     let base = tmp.path().join("base/nix");
     std::fs::create_dir_all(&base).unwrap();
-    assert_ok(&seed_at(&image, &base, None, &[]));
+    Seed::image(&image, &base).ok();
     collect_one_path(&base, &image);
     kill_at_every_point(&image, points(false), |target| cp_a(&base, target), |_| Ok(()));
-}
+});
 
 /// The step boundaries a seed of an image reaches: `generation-added` only in an upgrade.
 fn points(upgrade: bool) -> Vec<&'static str> {
@@ -164,21 +151,16 @@ fn points(upgrade: bool) -> Vec<&'static str> {
         .collect()
 }
 
-/// An upgrade (v2 onto a disk holding v1) killed at each step boundary, the new profile
-/// generation's included: the rerun repairs, and the profile follows v2 with one
-/// generation each.
-#[test]
-fn an_upgrade_killed_at_any_step_is_repaired_by_the_next_run() {
-    if !nix_available("an_upgrade_killed_at_any_step") {
-        return;
-    }
+// An upgrade (v2 onto a disk holding v1) killed at each step boundary, the new profile
+// generation's included: the rerun repairs, and the profile follows v2 with one
+// generation each.
+nixtest!(an_upgrade_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     use crate::support::profiles::{current, env, generations, PROFILE};
-    let tmp = support::scratch();
     let v1 = real_store(&tmp.path().join("v1"), "v1", false);
     let image = real_store(&tmp.path().join("v2"), "v2", false);
     let base = tmp.path().join("base/nix");
     std::fs::create_dir_all(&base).unwrap();
-    assert_ok(&seed_at(&v1, &base, None, &[]));
+    Seed::image(&v1, &base).ok();
     let want = vec![(1, env(&v1.join("nix"))), (2, env(&image.join("nix")))];
     kill_at_every_point(
         &image,
@@ -192,15 +174,10 @@ fn an_upgrade_killed_at_any_step_is_repaired_by_the_next_run() {
             Ok(())
         },
     );
-}
+});
 
-/// A first seed into an empty target killed at each step boundary.
-#[test]
-fn a_first_seed_killed_at_any_step_is_repaired_by_the_next_run() {
-    if !nix_available("a_first_seed_killed_at_any_step") {
-        return;
-    }
-    let tmp = support::scratch();
+// A first seed into an empty target killed at each step boundary.
+nixtest!(a_first_seed_killed_at_any_step_is_repaired_by_the_next_run, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     kill_at_every_point(
         &image,
@@ -208,7 +185,7 @@ fn a_first_seed_killed_at_any_step_is_repaired_by_the_next_run() {
         |target| std::fs::create_dir_all(target).unwrap(),
         |_| Ok(()),
     );
-}
+});
 
 /// For each step boundary of `points`: a target made by `prepare`, a seed killed there,
 /// then [`check_after_kill`] and `after`; fails with every failpoint that went wrong.
@@ -224,7 +201,7 @@ fn kill_at_every_point(
         let target = scratch.path().join(format!("t-{point}/nix"));
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         prepare(&target);
-        let o = seed_at(image, &target, Some(point), &[]);
+        let o = Seed::image(image, &target).failpoint(point).output();
         assert!(killed(&o), "failpoint {point} was not reached:\n{}", text(&o));
         if let Err(e) = check_after_kill(image, &target, point).and_then(|()| after(&target)) {
             failures.push(format!("{point}: {e}"));
@@ -239,18 +216,13 @@ fn kill_at_every_point(
     );
 }
 
-/// `seed --recheck` finds what a marker hides: a registration deleted by hand (the path
-/// still on disk), and a root link removed. `status` names the command.
-#[test]
-fn recheck_repairs_drift_that_the_marker_hides() {
-    if !nix_available("recheck_repairs_drift") {
-        return;
-    }
-    let tmp = support::scratch();
+// `seed --recheck` finds what a marker hides: a registration deleted by hand (the path
+// still on disk), and a root link removed. `status` names the command.
+nixtest!(recheck_repairs_drift_that_the_marker_hides, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed_at(&image, &target, None, &[]));
+    Seed::image(&image, &target).ok();
     // Drift: one top path's row deleted (its store path stays) and its root removed.
     let roots = std::fs::read_dir(target.join("var/nix/gcroots/nix-seed"))
         .unwrap()
@@ -276,31 +248,25 @@ fn recheck_repairs_drift_that_the_marker_hides() {
         text(&st)
     );
     // The marker hides it from a plain seed.
-    let plain = seed_at(&image, &target, None, &[]);
+    let plain = Seed::image(&image, &target).output();
     assert_ok(&plain);
     assert!(stdout(&plain).contains("nothing to do"), "{}", text(&plain));
-    let o = seed_at(&image, &target, None, &["--recheck"]);
+    let o = Seed::image(&image, &target).args(["--recheck"]).output();
     assert_ok(&o);
     assert!(stdout(&o).contains("1 registered"), "{}", text(&o));
     assert!(root.symlink_metadata().is_ok(), "the root is back");
     assert!(nix_problems(&target, &image).is_empty());
     assert_ok(&status(&image.join("nix"), &target));
     // NIX_SEED_RECHECK is the same flag; with no drift it changes nothing.
-    let mut c = seed_cmd(&image.join("nix"), &target, &[]);
-    let o = c.env("NIX_SEED_RECHECK", "1").output().unwrap();
+    let o = Seed::image(&image, &target).env("NIX_SEED_RECHECK", "1").output();
     assert_ok(&o);
     assert!(!stdout(&o).contains("registered"), "{}", text(&o));
-}
+});
 
-/// A corrupt image (content that does not hash to its own database): `--verify` fails
-/// and removes the bad copy, and so does every retry; nothing corrupt is ever registered,
-/// with or without `--verify` on the retry.
-#[test]
-fn a_corrupt_image_fails_every_retry_and_is_never_registered() {
-    if !nix_available("a_corrupt_image_fails_every_retry") {
-        return;
-    }
-    let tmp = support::scratch();
+// A corrupt image (content that does not hash to its own database): `--verify` fails
+// and removes the bad copy, and so does every retry; nothing corrupt is ever registered,
+// with or without `--verify` on the retry.
+nixtest!(a_corrupt_image_fails_every_retry_and_is_never_registered, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", false);
     // Corrupt one file of one store path of the image.
     let store = image.join("nix/store");
@@ -334,7 +300,7 @@ fn a_corrupt_image_fails_every_retry_and_is_never_registered() {
                 .unwrap()
                 .success());
         }
-        let o = seed_at(&image, &target, None, args);
+        let o = Seed::image(&image, &target).args(*args).output();
         assert_code(&o, 1);
         assert!(stderr(&o).contains(&name), "round {round}: {}", text(&o));
         let registered = if target.join("var/nix/db/db.sqlite").exists() {
@@ -354,4 +320,4 @@ fn a_corrupt_image_fails_every_retry_and_is_never_registered() {
         );
         assert_code(&status(&image.join("nix"), &target), 1);
     }
-}
+});

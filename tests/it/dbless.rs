@@ -43,7 +43,7 @@ impl Stripped {
         self.orig.keys().cloned().collect()
     }
 
-    /// The image root (holding `nix/`), as `support::nix::seed` takes it.
+    /// The image root (holding `nix/`), as `support::cmd::Seed::image` takes it.
     pub fn root(&self) -> &Path {
         self.image.parent().unwrap()
     }

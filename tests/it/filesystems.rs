@@ -2,10 +2,8 @@
 //! devices and tmpfs, as real mount points (no --allow-non-mountpoint), with the source
 //! on a different filesystem than the target as it is in a pod.
 
-use std::path::Path;
-
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, nix_seed, status};
+use crate::support::cmd::{assert_code, status, Seed};
 use crate::support::compare::{assert_no_temp, assert_store_equal, assert_var_seeded};
 use crate::support::fixture::{self, Spec};
 use crate::support::mounts;
@@ -32,25 +30,14 @@ fn seed_on(kind: &str) {
     } else {
         mounts::loop_fs(kind, 512, &at)
     };
-    let seed = |dst: &Path| {
-        nix_seed()
-            .arg("seed")
-            .arg("--source")
-            .arg(&fx.root)
-            .arg("--target")
-            .arg(dst)
-            .output()
-            .unwrap()
-    };
-
-    assert_ok(&seed(&m.path));
+    Seed::new(&fx.root, &m.path).on_a_mount_point().ok();
     assert_store_equal(&fx.root, &m.path);
     assert_var_seeded(&fx.root, &m.path);
     assert_no_temp(&m.path);
 
     fixture::add_paths(&fx.root, 30, 7);
     assert_code(&status(&fx.root, &m.path), 1);
-    assert_ok(&seed(&m.path));
+    Seed::new(&fx.root, &m.path).on_a_mount_point().ok();
     assert_store_equal(&fx.root, &m.path);
     assert_code(&status(&fx.root, &m.path), 0);
     drop(m);

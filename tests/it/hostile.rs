@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::cmd::{seed, stderr, text};
+use crate::support::cmd::{stderr, text, Seed};
 use crate::support::compare::{assert_unchanged, snapshot, Links, Snapshot};
 use crate::support::fixture::{self, Spec};
 use nix::fcntl::{renameat2, RenameFlags};
@@ -47,7 +47,7 @@ fn case(seeded_first: bool) -> Case {
     std::fs::write(canary.join("file"), b"do not touch").unwrap();
     std::fs::write(canary.join("store/x"), b"mine").unwrap();
     if seeded_first {
-        support::cmd::assert_ok(&seed(&fx.root, &dst, &[]));
+        Seed::new(&fx.root, &dst).ok();
         // Force the slow path next time.
         std::fs::remove_dir_all(dst.join(".nix-seed/images")).unwrap();
         fixture::add_paths(&fx.root, 2, 4242);
@@ -64,7 +64,7 @@ fn planted(c: &Case, at: &Path, to: &Path) -> Output {
     let _ = std::fs::remove_file(at);
     symlink(to, at).unwrap();
     let before = snapshot(&c.canary);
-    let out = seed(&c.fx.root, &c.dst, &[]);
+    let out = Seed::new(&c.fx.root, &c.dst).output();
     assert_unchanged(&before, &snapshot(&c.canary), |_| true);
     assert!(c.canary.join("file").exists() && std::fs::read_dir(&c.canary).unwrap().count() == 2);
     let code = out.status.code();
@@ -516,7 +516,7 @@ fn race_round(base: &fixture::Fixture, full: &fixture::Fixture, r: &Round) -> Ro
     let outside = tmp.join("outside");
     let canary = make_canary(&outside);
     if r.preseeded {
-        support::cmd::assert_ok(&seed(&base.root, &dst, &[]));
+        Seed::new(&base.root, &dst).ok();
     }
     let before = snapshot(&outside);
     let attack = Arc::new(Attack {
@@ -529,7 +529,9 @@ fn race_round(base: &fixture::Fixture, full: &fixture::Fixture, r: &Round) -> Ro
     });
 
     let (out_path, err_path) = (tmp.join("seed.out"), tmp.join("seed.err"));
-    let mut child = support::cmd::seed_cmd(&full.root, &dst, r.args)
+    let mut child = Seed::new(&full.root, &dst)
+        .args(r.args)
+        .command()
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
@@ -595,7 +597,7 @@ fn race_round(base: &fixture::Fixture, full: &fixture::Fixture, r: &Round) -> Ro
     let repaired = restore(&dst, &canary, &full.root, &attack.touched.lock().unwrap());
     // The restore changes the target by hand after the raced seed, which may have
     // succeeded and marked the image: drift that only `--recheck` looks for.
-    let again = seed(&full.root, &dst, &["--recheck"]);
+    let again = Seed::new(&full.root, &dst).args(["--recheck"]).output();
     support::cmd::assert_ok(&again);
     assert_canary_intact(&outside, &before, r.what);
     // A hardlink group may be split (a link into a swapped directory falls back to a
@@ -617,17 +619,10 @@ fn race_round(base: &fixture::Fixture, full: &fixture::Fixture, r: &Round) -> Ro
     }
 }
 
-#[test]
-fn a_symlink_swapped_in_while_seeding_is_never_followed() {
-    if !support::require_root(
-        "a_symlink_swapped_in_while_seeding_is_never_followed (the attacker renames inside 0555 store directories)",
-    ) {
-        return;
-    }
+roottest!(a_symlink_swapped_in_while_seeding_is_never_followed, |fixtures| {
     let t0 = Instant::now();
     // The base image, and the same image plus 600 store paths: the raced seed copies
     // those 600 (about a second), with every hard case of the fixture.
-    let fixtures = support::scratch();
     let spec = Spec {
         paths: 40,
         big_file_bytes: 1 << 20,
@@ -695,4 +690,4 @@ fn a_symlink_swapped_in_while_seeding_is_never_followed() {
         t0.elapsed().as_secs_f64(),
         lines.join("\n")
     );
-}
+});

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::support;
-use crate::support::cmd::{assert_ok, seed_cmd, stderr, text};
+use crate::support::cmd::{assert_ok, stderr, text, Seed};
 use crate::support::fixture::set_times_nofollow;
 use crate::support::images::{collect_garbage, images, in_gc_pod, marker, now, prune};
 use crate::support::nix::{assert_contents_verify, in_pod, nix_available, valid_paths};
@@ -100,7 +100,7 @@ pub fn flow(images_: &[PathBuf; 3], disk: &Disk, scratch: &Path, user_change: bo
             assert_eq!(generations(disk.nix_at, PROFILE).last().unwrap(), &(3, e[0].clone()));
         }
         let before = marked(disk.manage_at);
-        let o = seed_cmd(v, disk.seed_at, &[]).output().unwrap();
+        let o = Seed::new(v, disk.seed_at).output();
         assert_ok(&o);
         // Another mount may show the new marker a moment later.
         support::wait_for(10, "the new marker through the managing mount", || {

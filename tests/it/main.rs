@@ -11,6 +11,7 @@
 //! overlap a test of a neighbouring module. Every other test uses only its own scratch
 //! directories, mounts, loop devices and child processes, as it did in a binary of its own.
 
+#[macro_use]
 mod support;
 
 mod bad_input;

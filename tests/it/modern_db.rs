@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, nix_seed, seed, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, stderr, stdout, text, Seed};
 use crate::support::compare::db_rows;
 use crate::support::fixture::{self, Spec};
 
@@ -62,7 +62,7 @@ fn ca_schema_is_copied_with_the_database_on_a_first_seed() {
         if with_var {
             std::fs::create_dir_all(dst.join("var/nix/profiles")).unwrap();
         }
-        let out = seed(&fx.root, &dst, &[]);
+        let out = Seed::new(&fx.root, &dst).output();
         assert_ok(&out);
         assert_eq!(
             std::fs::read(dst.join("var/nix/db/ca-schema")).ok().as_deref(),
@@ -79,14 +79,14 @@ fn ca_schema_is_never_added_to_an_existing_database() {
     let fx = build(&tmp.path().join("src"), 20, 1);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     assert!(!dst.join("var/nix/db/ca-schema").exists());
 
     // The image is upgraded to a Nix with CA derivations: its database has the migration,
     // the target's has not, so the target must not claim it has.
     let added = fixture::add_paths(&fx.root, 5, 7);
     std::fs::write(fx.root.join("var/nix/db/ca-schema"), b"4").unwrap();
-    let out = seed(&fx.root, &dst, &[]);
+    let out = Seed::new(&fx.root, &dst).output();
     assert_ok(&out);
     assert!(
         !dst.join("var/nix/db/ca-schema").exists(),
@@ -150,7 +150,7 @@ fn an_image_wal_file_empty_or_not_is_left_exactly_as_it_was() {
         // A first seed (read, then backed up), then a merge into an existing database.
         let dst = tmp.path().join("dst");
         std::fs::create_dir(&dst).unwrap();
-        let out = seed(&fx.root, &dst, &[]);
+        let out = Seed::new(&fx.root, &dst).output();
         assert_ok(&out);
         assert_eq!(
             db_dir_stat(&fx.root),
@@ -163,8 +163,8 @@ fn an_image_wal_file_empty_or_not_is_left_exactly_as_it_was() {
         let other = build(&tmp.path().join("other"), 10, 5);
         let dst2 = tmp.path().join("dst2");
         std::fs::create_dir(&dst2).unwrap();
-        assert_ok(&seed(&other.root, &dst2, &[]));
-        let out = seed(&fx.root, &dst2, &[]);
+        Seed::new(&other.root, &dst2).ok();
+        let out = Seed::new(&fx.root, &dst2).output();
         assert_ok(&out);
         assert_eq!(
             db_dir_stat(&fx.root),
@@ -215,9 +215,9 @@ fn extra_nullable_columns_schema_migrations_and_no_index_referrer_on_either_side
     // The target lacks the column, the image has it.
     let t1 = tmp.path().join("t1");
     std::fs::create_dir(&t1).unwrap();
-    assert_ok(&seed(&p.root, &t1, &[]));
+    Seed::new(&p.root, &t1).ok();
     sql(&db(&t1), &format!("{MIGRATIONS} DROP INDEX IndexReferrer;"));
-    let out = seed(&q.root, &t1, &[]);
+    let out = Seed::new(&q.root, &t1).output();
     assert_ok(&out);
     let rows = db_rows(&db(&t1));
     for r in db_rows(&db(&q.root)).iter().filter(|r| r.starts_with("path ")) {
@@ -227,9 +227,9 @@ fn extra_nullable_columns_schema_migrations_and_no_index_referrer_on_either_side
     // The target has it (a first seed of Q), the image lacks it: NULL.
     let t2 = tmp.path().join("t2");
     std::fs::create_dir(&t2).unwrap();
-    assert_ok(&seed(&q.root, &t2, &[]));
+    Seed::new(&q.root, &t2).ok();
     assert_eq!(provenance(&db(&t2)), provenance(&db(&q.root)));
-    let out = seed(&p.root, &t2, &[]);
+    let out = Seed::new(&p.root, &t2).output();
     assert_ok(&out);
     let prov = provenance(&db(&t2));
     for n in &p.names {
@@ -243,7 +243,7 @@ fn extra_nullable_columns_schema_migrations_and_no_index_referrer_on_either_side
         &db(&q.root),
         "UPDATE ValidPaths SET provenance = 'new-' || id WHERE provenance IS NULL;",
     );
-    let out = seed(&q.root, &t2, &[]);
+    let out = Seed::new(&q.root, &t2).output();
     assert_ok(&out);
     let prov = provenance(&db(&t2));
     let src = provenance(&db(&q.root));
@@ -290,7 +290,7 @@ fn a_database_that_is_not_nix_s_says_what_is_wrong() {
         if !schema.is_empty() {
             sql(&db(&t), schema);
         }
-        let out = seed(&p.root, &t, &[]);
+        let out = Seed::new(&p.root, &t).output();
         if want.is_empty() {
             // An extra column with a default is filled by SQLite: accepted.
             assert_ok(&out);
@@ -312,7 +312,7 @@ fn a_database_that_is_not_nix_s_says_what_is_wrong() {
     std::fs::File::create(db(&img.root)).unwrap();
     let t = tmp.path().join("t");
     std::fs::create_dir(&t).unwrap();
-    let out = seed(&img.root, &t, &[]);
+    let out = Seed::new(&img.root, &t).output();
     // Bad input, refused before anything is written (issue #18).
     assert_code(&out, 2);
     assert!(
@@ -353,7 +353,7 @@ fn status_reports_the_target_database_journal_mode() {
     let t = tmp.path().join("t");
     std::fs::create_dir(&t).unwrap();
     assert_eq!(status_json(&p.root, &t)["journal_mode"], serde_json::Value::Null);
-    assert_ok(&seed(&p.root, &t, &[]));
+    Seed::new(&p.root, &t).ok();
     assert_eq!(status_json(&p.root, &t)["journal_mode"], "rollback");
     let o = support::cmd::status(&p.root, &t);
     assert!(stdout(&o).contains("journal mode: rollback"), "{}", text(&o));
@@ -374,58 +374,51 @@ fn proc_state(pid: u32) -> Option<char> {
     s[s.rfind(')')? + 1..].trim_start().chars().next()
 }
 
-/// The target's database is in rollback mode (made by Nix with use-sqlite-wal = false);
-/// while the seeder is between copy and register, a pod running Nix with the default
-/// use-sqlite-wal = true opens it and converts it to WAL. The seeder registers anyway,
-/// through the VFS the database needs now, and Nix accepts the result.
-#[test]
-fn a_pod_converts_the_target_database_to_wal_between_copy_and_register() {
-    use support::nix::{assert_nix_accepts, nix_available, nix_config, nix_seed_db_is_wal, real_store, valid_paths};
-    if !nix_available("a_pod_converts_the_target_database_to_wal") {
-        return;
+// The target's database is in rollback mode (made by Nix with use-sqlite-wal = false);
+// while the seeder is between copy and register, a pod running Nix with the default
+// use-sqlite-wal = true opens it and converts it to WAL. The seeder registers anyway,
+// through the VFS the database needs now, and Nix accepts the result.
+nixtest!(
+    a_pod_converts_the_target_database_to_wal_between_copy_and_register,
+    |tmp| {
+        use support::nix::{assert_nix_accepts, nix_config, nix_seed_db_is_wal, real_store, valid_paths};
+        let target = real_store(&tmp.path().join("t"), "v1", false).join("nix");
+        assert!(!nix_seed_db_is_wal(&target));
+        let v2 = real_store(&tmp.path().join("v2"), "v2", false).join("nix");
+
+        let child = Seed::new(&v2, &target).failpoint("copied=stop").spawn();
+        let pid = child.id();
+        let t0 = std::time::Instant::now();
+        while proc_state(pid) != Some('T') {
+            assert!(
+                t0.elapsed().as_secs() < 120,
+                "the seeder did not stop at the failpoint (state {:?})",
+                proc_state(pid)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+
+        // A default-configured pod opens the store: Nix converts the database to WAL.
+        let some = valid_paths(&target).into_iter().next().unwrap();
+        let o = std::process::Command::new("unshare")
+            .arg("-m")
+            .arg("sh")
+            .arg("-c")
+            .arg(format!(
+                "mkdir -p /nix && mount --bind '{}' /nix && nix-store -q --hash {some}",
+                target.display()
+            ))
+            .env("NIX_CONFIG", nix_config(true))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(nix_seed_db_is_wal(&target), "Nix converted the database to WAL");
+
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        let out = child.wait_with_output().unwrap();
+        assert_ok(&out);
+        assert!(nix_seed_db_is_wal(&target), "the pods' journal mode is kept");
+        assert_nix_accepts(&target, &v2);
     }
-    let tmp = support::scratch();
-    let target = real_store(&tmp.path().join("t"), "v1", false).join("nix");
-    assert!(!nix_seed_db_is_wal(&target));
-    let v2 = real_store(&tmp.path().join("v2"), "v2", false).join("nix");
-
-    let child = support::cmd::seed_cmd(&v2, &target, &[])
-        .env("NIX_SEED_FAILPOINT", "copied=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let t0 = std::time::Instant::now();
-    while proc_state(pid) != Some('T') {
-        assert!(
-            t0.elapsed().as_secs() < 120,
-            "the seeder did not stop at the failpoint (state {:?})",
-            proc_state(pid)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-
-    // A default-configured pod opens the store: Nix converts the database to WAL.
-    let some = valid_paths(&target).into_iter().next().unwrap();
-    let o = std::process::Command::new("unshare")
-        .arg("-m")
-        .arg("sh")
-        .arg("-c")
-        .arg(format!(
-            "mkdir -p /nix && mount --bind '{}' /nix && nix-store -q --hash {some}",
-            target.display()
-        ))
-        .env("NIX_CONFIG", nix_config(true))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(nix_seed_db_is_wal(&target), "Nix converted the database to WAL");
-
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-    let out = child.wait_with_output().unwrap();
-    assert_ok(&out);
-    assert!(nix_seed_db_is_wal(&target), "the pods' journal mode is kept");
-    assert_nix_accepts(&target, &v2);
-}
+);

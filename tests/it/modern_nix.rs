@@ -14,9 +14,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::support;
-use crate::support::cmd::{assert_ok, stdout, text};
-use crate::support::modern::{image_paths, modern_available, Nix, BOTH};
-use crate::support::nix::{db_dir_listing, nix_seed_db_is_wal, seed};
+use crate::support::cmd::{assert_ok, stdout, text, Seed};
+use crate::support::modern::{image_paths, Nix, BOTH};
+use crate::support::nix::{db_dir_listing, nix_seed_db_is_wal};
 
 /// Paths one pod added to the shared target.
 struct Added {
@@ -202,8 +202,8 @@ fn two_versions_one_target(first: Nix, second: Nix) {
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
 
-    assert_ok(&seed(img1.parent().unwrap(), &target, &[]));
-    let out = seed(img2.parent().unwrap(), &target, &["-v"]);
+    Seed::image(img1.parent().unwrap(), &target).ok();
+    let out = Seed::image(img2.parent().unwrap(), &target).args(["-v"]).output();
     assert_ok(&out);
     assert!(stdout(&out).contains("registered"), "{}", text(&out));
     assert_eq!(
@@ -235,12 +235,7 @@ fn two_versions_one_target(first: Nix, second: Nix) {
     );
 }
 
-#[test]
-fn both_versions_run() {
-    if !modern_available("both_versions_run") {
-        return;
-    }
-    let tmp = support::scratch();
+moderntest!(both_versions_run, |tmp| {
     let nix = tmp.path().join("nix");
     std::fs::create_dir_all(&nix).unwrap();
     for v in BOTH {
@@ -253,46 +248,33 @@ fn both_versions_run() {
             stdout(&o)
         );
     }
-}
+});
 
-#[test]
-fn image_by_nix_2_8_then_image_by_nix_2_26() {
-    if !modern_available("image_by_nix_2_8_then_image_by_nix_2_26") {
-        return;
-    }
+moderntest!(image_by_nix_2_8_then_image_by_nix_2_26, |_| {
     two_versions_one_target(Nix::V2_8, Nix::V2_26);
-}
+});
 
-#[test]
-fn image_by_nix_2_26_then_image_by_nix_2_8() {
-    if !modern_available("image_by_nix_2_26_then_image_by_nix_2_8") {
-        return;
-    }
+moderntest!(image_by_nix_2_26_then_image_by_nix_2_8, |_| {
     two_versions_one_target(Nix::V2_26, Nix::V2_8);
-}
+});
 
-/// A 2.26 pod left with Nix's default `use-sqlite-wal = true` converts the shared database
-/// to WAL; the next image (by 2.26) is seeded into it, and both versions (2.8 with WAL
-/// on: it cannot open a WAL database otherwise) accept everything.
-#[test]
-fn a_nix_2_26_pod_with_the_default_wal_between_two_seeds() {
-    if !modern_available("a_nix_2_26_pod_with_the_default_wal") {
-        return;
-    }
-    let tmp = support::scratch();
+// A 2.26 pod left with Nix's default `use-sqlite-wal = true` converts the shared database
+// to WAL; the next image (by 2.26) is seeded into it, and both versions (2.8 with WAL
+// on: it cannot open a WAL database otherwise) accept everything.
+moderntest!(a_nix_2_26_pod_with_the_default_wal_between_two_seeds, |tmp| {
     let img1 = Nix::V2_8.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
     let img2 = Nix::V2_26.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
 
-    assert_ok(&seed(img1.parent().unwrap(), &target, &[]));
+    Seed::image(img1.parent().unwrap(), &target).ok();
     assert!(!nix_seed_db_is_wal(&target));
     let a = add_paths(Nix::V2_26, &target, 0, Some(true));
     assert!(
         nix_seed_db_is_wal(&target),
         "Nix 2.26 with use-sqlite-wal = true switches the database to WAL"
     );
-    let out = seed(img2.parent().unwrap(), &target, &[]);
+    let out = Seed::image(img2.parent().unwrap(), &target).output();
     assert_ok(&out);
     assert!(nix_seed_db_is_wal(&target), "the target's journal mode is kept");
     for v in BOTH {
@@ -301,7 +283,7 @@ fn a_nix_2_26_pod_with_the_default_wal_between_two_seeds() {
         assert_accepts(v, &target, &img2, Nix::V2_26, tmp.path());
     }
     cross_add_and_gc(&target, &[&img1, &img2], Some(true));
-}
+});
 
 /// `NIX_CONFIG` lines a pod script exports to use content-addressed derivations.
 const CA_ON: &str = "export NIX_CONFIG=\"$NIX_CONFIG\nexperimental-features = nix-command ca-derivations\"\n";
@@ -327,17 +309,13 @@ echo "out $(readlink /nix/var/nix/gcroots/{name})"
     (get("drv"), get("out"))
 }
 
-/// Images whose Nix used content-addressed derivations (`ca-derivations`): Nix 2.8 keeps
-/// the CA schema's version in `var/nix/db/ca-schema` (and tables Realisations,
-/// RealisationsRefs), Nix 2.26 in the SchemaMigrations table. Seeded into an empty target,
-/// the CA output and the realisation come along (its own Nix builds nothing for the
-/// derivation again), both versions find every path valid, each builds a new CA derivation
-/// the other sees, and the database's side files (`schema`, `ca-schema`) are the image's.
-#[test]
-fn images_built_with_ca_derivations_by_each_version() {
-    if !modern_available("images_built_with_ca_derivations") {
-        return;
-    }
+// Images whose Nix used content-addressed derivations (`ca-derivations`): Nix 2.8 keeps
+// the CA schema's version in `var/nix/db/ca-schema` (and tables Realisations,
+// RealisationsRefs), Nix 2.26 in the SchemaMigrations table. Seeded into an empty target,
+// the CA output and the realisation come along (its own Nix builds nothing for the
+// derivation again), both versions find every path valid, each builds a new CA derivation
+// the other sees, and the database's side files (`schema`, `ca-schema`) are the image's.
+moderntest!(images_built_with_ca_derivations_by_each_version, |_| {
     // 2.26 first: the known bug below fails the 2.8 round at its last assertion.
     for builder in [Nix::V2_26, Nix::V2_8] {
         let tmp = support::scratch();
@@ -345,7 +323,7 @@ fn images_built_with_ca_derivations_by_each_version() {
         let (drv, out) = build_ca(builder, &image, &format!("image-ca-{}", tag(builder)));
         let target = tmp.path().join("t/nix");
         std::fs::create_dir_all(&target).unwrap();
-        assert_ok(&seed(image.parent().unwrap(), &target, &[]));
+        Seed::image(image.parent().unwrap(), &target).ok();
         // What the seed wrote next to db.sqlite (asserted last: a Nix pod rewrites them).
         let side = |root: &Path| ["schema", "ca-schema"].map(|f| std::fs::read(root.join("var/nix/db").join(f)).ok());
         let (image_side, seeded_side) = (side(&image), side(&target));
@@ -390,18 +368,13 @@ fn images_built_with_ca_derivations_by_each_version() {
             builder.name()
         );
     }
-}
+});
 
-/// An image snapshotted while a Nix 2.26 process had its store open (`docker commit` of a
-/// running container, a daemon running during the image build): var/nix/db holds an empty
-/// `db.sqlite-wal` and a `db.sqlite-shm` (made here by SIGKILLing `nix-store --serve`).
-/// nix-seed reads it without changing it, and both versions accept the target.
-#[test]
-fn an_image_snapshotted_while_nix_2_26_had_its_database_open() {
-    if !modern_available("an_image_snapshotted_while_nix_2_26_had_its_database_open") {
-        return;
-    }
-    let tmp = support::scratch();
+// An image snapshotted while a Nix 2.26 process had its store open (`docker commit` of a
+// running container, a daemon running during the image build): var/nix/db holds an empty
+// `db.sqlite-wal` and a `db.sqlite-shm` (made here by SIGKILLing `nix-store --serve`).
+// nix-seed reads it without changing it, and both versions accept the target.
+moderntest!(an_image_snapshotted_while_nix_2_26_had_its_database_open, |tmp| {
     let image = Nix::V2_26.real_store(&tmp.path().join("i"), "v1", true).join("nix");
     let o = Nix::V2_26.pod(
         &image,
@@ -420,7 +393,7 @@ fn an_image_snapshotted_while_nix_2_26_had_its_database_open() {
     let wal_before = std::fs::read(db.join("db.sqlite-wal")).unwrap();
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    let out = seed(image.parent().unwrap(), &target, &[]);
+    let out = Seed::image(image.parent().unwrap(), &target).output();
     assert_ok(&out);
     let after = db_dir_listing(&image);
     let wal_after = std::fs::read(db.join("db.sqlite-wal")).ok();
@@ -434,23 +407,18 @@ fn an_image_snapshotted_while_nix_2_26_had_its_database_open() {
         "nix-seed changed the image's var/nix/db (deleted its empty db.sqlite-wal?)"
     );
     assert_eq!(wal_after, Some(wal_before));
-}
+});
 
-/// A pod of Nix 2.26 left with the default `use-sqlite-wal = true` converts the shared
-/// database to WAL *while* a seed runs: between nix-seed's copy (store paths in place) and
-/// its registration. The seed must still register its image (or fail cleanly and succeed
-/// on a rerun: here it must succeed), and both versions accept everything.
-#[test]
-fn a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed() {
-    if !modern_available("a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed") {
-        return;
-    }
-    let tmp = support::scratch();
+// A pod of Nix 2.26 left with the default `use-sqlite-wal = true` converts the shared
+// database to WAL *while* a seed runs: between nix-seed's copy (store paths in place) and
+// its registration. The seed must still register its image (or fail cleanly and succeed
+// on a rerun: here it must succeed), and both versions accept everything.
+moderntest!(a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed, |tmp| {
     let img1 = Nix::V2_8.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
     let img2 = Nix::V2_26.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(img1.parent().unwrap(), &target, &[]));
+    Seed::image(img1.parent().unwrap(), &target).ok();
     assert!(!nix_seed_db_is_wal(&target));
 
     // Pause the seeder once img2's store paths are all in place: a large (sparse) file in
@@ -463,7 +431,7 @@ fn a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed() {
         .iter()
         .map(|p| p.rsplit('/').next().unwrap().to_string())
         .collect();
-    let child = support::cmd::spawn_seed(&img2, &target, &[]);
+    let child = Seed::new(&img2, &target).spawn();
     let t0 = std::time::Instant::now();
     while !names
         .iter()
@@ -509,19 +477,14 @@ fn a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed() {
         assert_accepts(v, &target, &img2, Nix::V2_26, tmp.path());
     }
     cross_add_and_gc(&target, &[&img1, &img2], Some(true));
-}
+});
 
-/// Nix forks add nullable columns to ValidPaths (Determinate Nix: `provenance`); plain Nix
-/// names its columns in every statement, so both versions keep working on such a database.
-/// Simulated on a database Nix 2.26 made (`ALTER TABLE ... ADD COLUMN provenance text`,
-/// as that fork's migration does): an image with the column is seeded into an empty target,
-/// then a Nix 2.8 image into that target; both versions accept both images.
-#[test]
-fn an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds() {
-    if !modern_available("an_extra_nullable_column_in_valid_paths") {
-        return;
-    }
-    let tmp = support::scratch();
+// Nix forks add nullable columns to ValidPaths (Determinate Nix: `provenance`); plain Nix
+// names its columns in every statement, so both versions keep working on such a database.
+// Simulated on a database Nix 2.26 made (`ALTER TABLE ... ADD COLUMN provenance text`,
+// as that fork's migration does): an image with the column is seeded into an empty target,
+// then a Nix 2.8 image into that target; both versions accept both images.
+moderntest!(an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds, |tmp| {
     let img1 = Nix::V2_26.real_store(&tmp.path().join("i1"), "v1", true).join("nix");
     let img2 = Nix::V2_8.real_store(&tmp.path().join("i2"), "v2", true).join("nix");
     let c = rusqlite::Connection::open(img1.join("var/nix/db/db.sqlite")).unwrap();
@@ -532,13 +495,13 @@ fn an_extra_nullable_column_in_valid_paths_as_determinate_nix_adds() {
     Nix::V2_26.assert_valid(&img1, &image_paths(&img1), "the image with a provenance column");
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    let out = seed(img1.parent().unwrap(), &target, &[]);
+    let out = Seed::image(img1.parent().unwrap(), &target).output();
     assert_ok(&out);
-    let out = seed(img2.parent().unwrap(), &target, &[]);
+    let out = Seed::image(img2.parent().unwrap(), &target).output();
     assert_ok(&out);
     for v in BOTH {
         assert_accepts(v, &target, &img1, Nix::V2_26, tmp.path());
         assert_accepts(v, &target, &img2, Nix::V2_8, tmp.path());
     }
     cross_add_and_gc(&target, &[&img1, &img2], None);
-}
+});

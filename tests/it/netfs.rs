@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::cmd::{copied_events, seed_cmd, text};
+use crate::support::cmd::{copied_events, text, Seed};
 use crate::support::compare::{assert_no_temp, assert_store_equal, assert_store_equal_with, db_rows, snapshot, Links};
 use crate::support::fixture::{self, Spec};
 use crate::support::netfs::{netfs, run_netfs, wait_all, Finished, Seeder, VolDir};
@@ -178,7 +178,7 @@ fn many_nodes(test: &str, volume: &str) {
 
     // (2) a target that has the smaller image.
     let t2 = VolDir::new(&format!("{test}-2"), &[ma.clone(), mb.clone()]);
-    let o = seed_cmd(&half.root, t2.a(), &[]).output().unwrap();
+    let o = Seed::new(&half.root, t2.a()).output();
     assert!(o.status.success(), "{}", text(&o));
     let outs = sixteen("half", &full_root, &t2);
     check_round("round 2 (half present)", &outs, &names(&second), &full_root, &t2);
@@ -573,16 +573,11 @@ fn rerun_within(image: &Path, target: &Path, secs: u64, what: &str, killed: &Fin
     );
 }
 
-#[test]
-fn crash_anywhere_on_glusterfs_then_rerun_on_the_other_node() {
-    if !support::nix::nix_available("crash_anywhere_on_glusterfs") {
-        return;
-    }
-    let Some((_serial, n)) = netfs("crash_anywhere_on_glusterfs") else {
+nixtest!(crash_anywhere_on_glusterfs_then_rerun_on_the_other_node, |tmp| {
+    let Some((_serial, n)) = netfs(tmp.name()) else {
         return;
     };
     let t_start = Instant::now();
-    let tmp = support::scratch();
     let v1 = support::nix::real_store(&tmp.path().join("v1"), "v1", true).join("nix");
     let v2 = support::nix::real_store(&tmp.path().join("v2"), "v2", false).join("nix");
     let mounts = [n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")];
@@ -590,7 +585,7 @@ fn crash_anywhere_on_glusterfs_then_rerun_on_the_other_node() {
     // A target holding image v1, seeded through mount A.
     let fresh = |i: usize| {
         let t = VolDir::new(&format!("crash-{i}"), &mounts);
-        let o = seed_cmd(&v1, t.a(), &[]).output().unwrap();
+        let o = Seed::new(&v1, t.a()).output();
         assert!(o.status.success(), "{}", text(&o));
         t
     };
@@ -667,58 +662,56 @@ fn crash_anywhere_on_glusterfs_then_rerun_on_the_other_node() {
     }
     eprintln!("kills: {outcomes:#?}");
     eprintln!("crash_anywhere_on_glusterfs: {:.1}s", t_start.elapsed().as_secs_f64());
-}
+});
 
-#[test]
-fn sigkill_while_the_target_database_is_locked_then_rerun_on_the_other_node() {
-    if !support::nix::nix_available("sigkill_while_the_target_database_is_locked") {
-        return;
-    }
-    let Some((_serial, n)) = netfs("sigkill_while_the_target_database_is_locked") else {
-        return;
-    };
-    let tmp = support::scratch();
-    let v1 = support::nix::real_store(&tmp.path().join("v1"), "v1", true).join("nix");
-    let v2 = support::nix::real_store(&tmp.path().join("v2"), "v2", false).join("nix");
-    let mounts = [n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")];
-    // The target's database is in rollback mode (nix-seed creates it so), which nix-seed
-    // opens with SQLite's unix-dotfile VFS, as pods with use-sqlite-wal = false do: while
-    // it holds a lock on the database, the directory var/nix/db/db.sqlite.lock exists.
-    // Kill the seeder at that moment.
-    for attempt in 0..5 {
-        let t = VolDir::new(&format!("dblock-{attempt}"), &mounts);
-        let o = seed_cmd(&v1, t.a(), &[]).output().unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        let dotlock = t.a().join("var/nix/db/db.sqlite.lock");
-        let mut a = Seeder::spawn("dblock-a", &v2, t.a(), &["-v"]);
-        let t0 = Instant::now();
-        let mut seen = false;
-        while !a.exited() && t0.elapsed() < Duration::from_secs(30) {
-            if std::fs::symlink_metadata(&dotlock).is_ok() {
-                a.kill(libc::SIGKILL);
-                seen = true;
-                break;
+nixtest!(
+    sigkill_while_the_target_database_is_locked_then_rerun_on_the_other_node,
+    |tmp| {
+        let Some((_serial, n)) = netfs(tmp.name()) else {
+            return;
+        };
+        let v1 = support::nix::real_store(&tmp.path().join("v1"), "v1", true).join("nix");
+        let v2 = support::nix::real_store(&tmp.path().join("v2"), "v2", false).join("nix");
+        let mounts = [n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")];
+        // The target's database is in rollback mode (nix-seed creates it so), which nix-seed
+        // opens with SQLite's unix-dotfile VFS, as pods with use-sqlite-wal = false do: while
+        // it holds a lock on the database, the directory var/nix/db/db.sqlite.lock exists.
+        // Kill the seeder at that moment.
+        for attempt in 0..5 {
+            let t = VolDir::new(&format!("dblock-{attempt}"), &mounts);
+            let o = Seed::new(&v1, t.a()).output();
+            assert!(o.status.success(), "{}", text(&o));
+            let dotlock = t.a().join("var/nix/db/db.sqlite.lock");
+            let mut a = Seeder::spawn("dblock-a", &v2, t.a(), &["-v"]);
+            let t0 = Instant::now();
+            let mut seen = false;
+            while !a.exited() && t0.elapsed() < Duration::from_secs(30) {
+                if std::fs::symlink_metadata(&dotlock).is_ok() {
+                    a.kill(libc::SIGKILL);
+                    seen = true;
+                    break;
+                }
             }
+            let fa = a.wait();
+            if !seen || fa.status.success() {
+                eprintln!("attempt {attempt}: the seed finished before its database lock was seen; again");
+                continue;
+            }
+            eprintln!(
+                "attempt {attempt}: SIGKILLed while {} existed; left behind: {}",
+                dotlock.display(),
+                t.b().join("var/nix/db/db.sqlite.lock").exists()
+            );
+            let rerun = rerun_within(&v2, t.b(), RERUN_SECS, "SIGKILL while the database was locked", &fa);
+            assert!(rerun.status.success(), "the rerun on B failed:\n{}", rerun.text());
+            assert_no_temp(t.b());
+            assert!(double_registrations(t.b()).is_empty());
+            assert_nix_accepts_batched(t.b(), &v2, tmp.path());
+            return;
         }
-        let fa = a.wait();
-        if !seen || fa.status.success() {
-            eprintln!("attempt {attempt}: the seed finished before its database lock was seen; again");
-            continue;
-        }
-        eprintln!(
-            "attempt {attempt}: SIGKILLed while {} existed; left behind: {}",
-            dotlock.display(),
-            t.b().join("var/nix/db/db.sqlite.lock").exists()
-        );
-        let rerun = rerun_within(&v2, t.b(), RERUN_SECS, "SIGKILL while the database was locked", &fa);
-        assert!(rerun.status.success(), "the rerun on B failed:\n{}", rerun.text());
-        assert_no_temp(t.b());
-        assert!(double_registrations(t.b()).is_empty());
-        assert_nix_accepts_batched(t.b(), &v2, tmp.path());
-        return;
+        panic!("never caught the seeder while it held the database lock in 5 attempts");
     }
-    panic!("never caught the seeder while it held the database lock in 5 attempts");
-}
+);
 
 // ---------------------------------------------------------------------------------------
 // A weak network filesystem: sshfs
@@ -1011,20 +1004,15 @@ fn copied_events_text(stderr: &str) -> usize {
     stderr.lines().filter(|l| l.starts_with("nix-seed: copied ")).count()
 }
 
-/// Issue #12 on GlusterFS, two nodes: images v1, v2, v3 seeded in turn through mount A,
-/// `nix-seed images` and `prune --keep-last 1` run through mount B, the pods' Nix (profile
-/// checks, `nix path-info`, the real `nix-store --gc`, `--verify --check-contents`) on
-/// mount A: the same flow and checks as `lifecycle.rs` on a local disk.
-#[test]
-fn lifecycle_on_glusterfs_seed_on_a_images_and_prune_on_b() {
-    if !support::nix::nix_available("lifecycle_on_glusterfs") {
-        return;
-    }
-    let Some((_serial, n)) = netfs("lifecycle_on_glusterfs") else {
+// Issue #12 on GlusterFS, two nodes: images v1, v2, v3 seeded in turn through mount A,
+// `nix-seed images` and `prune --keep-last 1` run through mount B, the pods' Nix (profile
+// checks, `nix path-info`, the real `nix-store --gc`, `--verify --check-contents`) on
+// mount A: the same flow and checks as `lifecycle.rs` on a local disk.
+nixtest!(lifecycle_on_glusterfs_seed_on_a_images_and_prune_on_b, |tmp| {
+    let Some((_serial, n)) = netfs(tmp.name()) else {
         return;
     };
     let t0 = Instant::now();
-    let tmp = support::scratch();
     let images = support::profiles::image_chain(&tmp.path().join("images"), true);
     let t = VolDir::new(
         "lifecycle",
@@ -1037,4 +1025,4 @@ fn lifecycle_on_glusterfs_seed_on_a_images_and_prune_on_b() {
     };
     crate::lifecycle::flow(&images, &disk, tmp.path(), false);
     eprintln!("lifecycle_on_glusterfs: {:.1}s", t0.elapsed().as_secs_f64());
-}
+});

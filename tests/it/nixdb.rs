@@ -9,61 +9,52 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, nix_seed, seed_cmd, stderr, stdout, text};
+use crate::support::cmd::{assert_code, assert_ok, nix_seed, stderr, stdout, text, Seed};
 use crate::support::compare::db_rows;
-use crate::support::nix::{
-    assert_nix_accepts, db_dir_listing, in_pod, nix_available, nix_seed_db_is_wal, real_store, seed, valid_paths,
-};
+use crate::support::nix::{assert_nix_accepts, db_dir_listing, in_pod, nix_seed_db_is_wal, real_store, valid_paths};
 
-#[test]
-fn first_seed_of_a_real_store_is_valid_to_nix_and_leaves_the_image_untouched() {
-    if !nix_available("first_seed_of_a_real_store") {
-        return;
+nixtest!(
+    first_seed_of_a_real_store_is_valid_to_nix_and_leaves_the_image_untouched,
+    |tmp| {
+        let image = real_store(&tmp.path().join("v1"), "v1", true);
+        let before = db_dir_listing(&image.join("nix"));
+        let target = tmp.path().join("t/nix");
+        std::fs::create_dir_all(&target).unwrap();
+
+        let out = Seed::image(&image, &target).args(["--verify"]).output();
+        assert_ok(&out);
+        assert!(stdout(&out).contains("verified"), "{}", text(&out));
+        assert_eq!(
+            db_dir_listing(&image.join("nix")),
+            before,
+            "no -wal/-shm left in the image"
+        );
+        // Row for row the image's registrations (not the raw file: a backup).
+        assert_eq!(
+            db_rows(&target.join("var/nix/db/db.sqlite")),
+            db_rows(&image.join("nix/var/nix/db/db.sqlite"))
+        );
+        assert!(
+            !nix_seed_db_is_wal(&target),
+            "a shared store's database is created in rollback mode"
+        );
+        assert_nix_accepts(&target, &image.join("nix"));
+        assert!(target.join("var/nix/gcroots/nix-seed").read_dir().unwrap().count() == 1);
+        assert!(
+            !target.join("var/nix/gcroots/auto").exists(),
+            "the image's auto roots are pod-local"
+        );
     }
-    let tmp = support::scratch();
-    let image = real_store(&tmp.path().join("v1"), "v1", true);
-    let before = db_dir_listing(&image.join("nix"));
-    let target = tmp.path().join("t/nix");
-    std::fs::create_dir_all(&target).unwrap();
+);
 
-    let out = seed(&image, &target, &["--verify"]);
-    assert_ok(&out);
-    assert!(stdout(&out).contains("verified"), "{}", text(&out));
-    assert_eq!(
-        db_dir_listing(&image.join("nix")),
-        before,
-        "no -wal/-shm left in the image"
-    );
-    // Row for row the image's registrations (not the raw file: a backup).
-    assert_eq!(
-        db_rows(&target.join("var/nix/db/db.sqlite")),
-        db_rows(&image.join("nix/var/nix/db/db.sqlite"))
-    );
-    assert!(
-        !nix_seed_db_is_wal(&target),
-        "a shared store's database is created in rollback mode"
-    );
-    assert_nix_accepts(&target, &image.join("nix"));
-    assert!(target.join("var/nix/gcroots/nix-seed").read_dir().unwrap().count() == 1);
-    assert!(
-        !target.join("var/nix/gcroots/auto").exists(),
-        "the image's auto roots are pod-local"
-    );
-}
-
-#[test]
-fn image_v1_then_v2_both_valid_and_safe_from_garbage_collection() {
-    if !nix_available("image_v1_then_v2") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(image_v1_then_v2_both_valid_and_safe_from_garbage_collection, |tmp| {
     let v1 = real_store(&tmp.path().join("v1"), "v1", true);
     let v2 = real_store(&tmp.path().join("v2"), "v2", false);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
 
-    assert_ok(&seed(&v1, &target, &[]));
-    let out = seed(&v2, &target, &["-v"]);
+    Seed::image(&v1, &target).ok();
+    let out = Seed::image(&v2, &target).args(["-v"]).output();
     assert_ok(&out);
     assert!(stdout(&out).contains("registered"), "{}", text(&out));
     // Both images, each entirely.
@@ -86,24 +77,19 @@ fn image_v1_then_v2_both_valid_and_safe_from_garbage_collection() {
     );
     // The profile of v1 stays: v2's differing profile links are reported, not written.
     assert!(stderr(&out).contains("kept the target's"), "{}", stderr(&out));
-}
+});
 
-#[test]
-fn alternating_images_add_nothing_the_second_time() {
-    if !nix_available("alternating_images") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(alternating_images_add_nothing_the_second_time, |tmp| {
     let v1 = real_store(&tmp.path().join("v1"), "v1", true);
     let v2 = real_store(&tmp.path().join("v2"), "v2", true);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
     for image in [&v1, &v2] {
-        assert_ok(&seed(image, &target, &[]));
+        Seed::image(image, &target).ok();
     }
     let db = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
     for image in [&v1, &v2, &v1] {
-        let out = seed(image, &target, &[]);
+        let out = Seed::image(image, &target).output();
         assert_ok(&out);
         assert!(stdout(&out).contains("nothing to do"), "{}", text(&out));
     }
@@ -114,19 +100,14 @@ fn alternating_images_add_nothing_the_second_time() {
     );
     assert_nix_accepts(&target, &v1.join("nix"));
     assert_nix_accepts(&target, &v2.join("nix"));
-}
+});
 
-#[test]
-fn killed_between_copy_and_register_then_rerun() {
-    if !nix_available("killed_between_copy_and_register") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(killed_between_copy_and_register_then_rerun, |tmp| {
     let v1 = real_store(&tmp.path().join("v1"), "v1", true);
     let v2 = real_store(&tmp.path().join("v2"), "v2", true);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&v1, &target, &[]));
+    Seed::image(&v1, &target).ok();
 
     // Stop the seeder exactly between copy and register: v2's image gets a large file in
     // var/log (copied after the store paths, before registering), the seeder is paused
@@ -141,7 +122,7 @@ fn killed_between_copy_and_register_then_rerun() {
         .iter()
         .map(|p| p.rsplit('/').next().unwrap().to_string())
         .collect();
-    let mut child = seed_cmd(&v2.join("nix"), &target, &[]).spawn().unwrap();
+    let mut child = Seed::image(&v2, &target).spawn();
     let t0 = std::time::Instant::now();
     while !v2_names
         .iter()
@@ -193,7 +174,7 @@ fn killed_between_copy_and_register_then_rerun() {
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(&f, b"#!/bin/sh\necho tampered\n").unwrap();
 
-    let out = seed(&v2, &target, &[]);
+    let out = Seed::image(&v2, &target).output();
     assert_ok(&out);
     assert!(
         stderr(&out).contains(app.as_str()) && stderr(&out).contains("replacing"),
@@ -205,13 +186,9 @@ fn killed_between_copy_and_register_then_rerun() {
     let v = nix_seed().arg("verify").arg("--target").arg(&target).output().unwrap();
     assert_ok(&v);
     assert!(!target.join("var/nix/db/db.sqlite.lock").exists());
-}
+});
 
-#[test]
-fn a_target_database_in_wal_mode_and_one_in_truncate_mode() {
-    if !nix_available("target_database_modes") {
-        return;
-    }
+nixtest!(a_target_database_in_wal_mode_and_one_in_truncate_mode, |_| {
     for wal in [true, false] {
         let tmp = support::scratch();
         // The target was made by Nix itself (v1), in WAL mode or with use-sqlite-wal = false.
@@ -219,7 +196,7 @@ fn a_target_database_in_wal_mode_and_one_in_truncate_mode() {
         let target = t.join("nix");
         assert_eq!(nix_seed_db_is_wal(&target), wal);
         let v2 = real_store(&tmp.path().join("v2"), "v2", wal);
-        let out = seed(&v2, &target, &[]);
+        let out = Seed::image(&v2, &target).output();
         assert_ok(&out);
         assert_eq!(nix_seed_db_is_wal(&target), wal, "the target's journal mode is kept");
         assert!(!target.join("var/nix/db/db.sqlite.lock").exists());
@@ -227,14 +204,9 @@ fn a_target_database_in_wal_mode_and_one_in_truncate_mode() {
         let o = in_pod(&target, "nix-store --check-validity $(ls -d /nix/store/*-seed-app-1.0)");
         assert!(o.status.success(), "the target's own paths stay valid:\n{}", text(&o));
     }
-}
+});
 
-#[test]
-fn verify_agrees_with_nix_and_catches_each_tampering() {
-    if !nix_available("verify") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(verify_agrees_with_nix_and_catches_each_tampering, |tmp| {
     let image = real_store(&tmp.path().join("v1"), "v1", true);
     // On a store Nix itself built, every NAR hash nix-seed computes is the one Nix registered.
     let o = nix_seed()
@@ -255,7 +227,7 @@ fn verify_agrees_with_nix_and_catches_each_tampering() {
 
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&image, &target, &[]));
+    Seed::image(&image, &target).ok();
     let verify = || {
         nix_seed()
             .arg("verify")
@@ -324,23 +296,18 @@ fn verify_agrees_with_nix_and_catches_each_tampering() {
     std::fs::remove_dir_all(&multi).unwrap();
     let o = verify();
     assert!(stderr(&o).contains("registered but missing"), "{}", text(&o));
-}
+});
 
-#[test]
-fn a_target_database_with_another_schema_is_refused_and_left_alone() {
-    if !nix_available("schema_mismatch") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(a_target_database_with_another_schema_is_refused_and_left_alone, |tmp| {
     let v1 = real_store(&tmp.path().join("v1"), "v1", true);
     let v2 = real_store(&tmp.path().join("v2"), "v2", true);
     let target = tmp.path().join("t/nix");
     std::fs::create_dir_all(&target).unwrap();
-    assert_ok(&seed(&v1, &target, &[]));
+    Seed::image(&v1, &target).ok();
     std::fs::write(target.join("var/nix/db/schema"), b"11").unwrap();
     let db = std::fs::read(target.join("var/nix/db/db.sqlite")).unwrap();
     let store_before = std::fs::read_dir(target.join("store")).unwrap().count();
-    let out = seed(&v2, &target, &[]);
+    let out = Seed::image(&v2, &target).output();
     // A refusal that wrote nothing: exit 2, like every other invalid target.
     assert_code(&out, 2);
     assert!(stderr(&out).contains("schema is 11"), "{}", text(&out));
@@ -350,71 +317,69 @@ fn a_target_database_with_another_schema_is_refused_and_left_alone() {
         store_before,
         "nothing copied"
     );
-}
+});
 
-/// A source database whose committed transactions are only in `db.sqlite-wal` (an image
-/// built while Nix was running, or snapshotted), on a read-only filesystem: the copy has
-/// every row, and nothing is created in the image.
-#[test]
-fn a_wal_only_source_database_on_a_read_only_image_is_copied_consistently() {
-    if !support::require_root("a_wal_only_source_database (needs root for a read-only bind mount)") {
-        return;
-    }
-    let tmp = support::scratch();
-    let fx = support::fixture::build(
-        &tmp.path().join("src"),
-        &support::fixture::Spec {
-            paths: 30,
-            ..Default::default()
-        },
-    );
-    let db = fx.root.join("var/nix/db/db.sqlite");
-    let want = db_rows(&db);
-    // Rebuild the database so that all its content sits in the WAL.
-    let work = tmp.path().join("work");
-    std::fs::create_dir(&work).unwrap();
-    let c = rusqlite::Connection::open(work.join("db.sqlite")).unwrap();
-    c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
-    c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
-    c.execute_batch(support::fixture::NIX_SCHEMA).unwrap();
-    c.execute("ATTACH ?1 AS old", [db.to_str().unwrap()]).unwrap();
-    c.execute_batch(
-        "INSERT INTO ValidPaths SELECT * FROM old.ValidPaths; INSERT INTO Refs SELECT * FROM old.Refs; \
+// A source database whose committed transactions are only in `db.sqlite-wal` (an image
+// built while Nix was running, or snapshotted), on a read-only filesystem: the copy has
+// every row, and nothing is created in the image.
+roottest!(
+    a_wal_only_source_database_on_a_read_only_image_is_copied_consistently,
+    |tmp| {
+        let fx = support::fixture::build(
+            &tmp.path().join("src"),
+            &support::fixture::Spec {
+                paths: 30,
+                ..Default::default()
+            },
+        );
+        let db = fx.root.join("var/nix/db/db.sqlite");
+        let want = db_rows(&db);
+        // Rebuild the database so that all its content sits in the WAL.
+        let work = tmp.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let c = rusqlite::Connection::open(work.join("db.sqlite")).unwrap();
+        c.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        c.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+        c.execute_batch(support::fixture::NIX_SCHEMA).unwrap();
+        c.execute("ATTACH ?1 AS old", [db.to_str().unwrap()]).unwrap();
+        c.execute_batch(
+            "INSERT INTO ValidPaths SELECT * FROM old.ValidPaths; INSERT INTO Refs SELECT * FROM old.Refs; \
          INSERT INTO DerivationOutputs SELECT * FROM old.DerivationOutputs; DETACH old;",
-    )
-    .unwrap();
-    for f in ["db.sqlite", "db.sqlite-wal"] {
-        std::fs::copy(work.join(f), fx.root.join("var/nix/db").join(f)).unwrap();
-    }
-    drop(c);
-    let _ = std::fs::remove_file(fx.root.join("var/nix/db/db.sqlite-shm"));
-    let listing = db_dir_listing(&fx.root);
-    let wal_bytes = std::fs::read(fx.root.join("var/nix/db/db.sqlite-wal")).unwrap();
-    assert!(wal_bytes.len() > 4096, "the rows are in the WAL");
+        )
+        .unwrap();
+        for f in ["db.sqlite", "db.sqlite-wal"] {
+            std::fs::copy(work.join(f), fx.root.join("var/nix/db").join(f)).unwrap();
+        }
+        drop(c);
+        let _ = std::fs::remove_file(fx.root.join("var/nix/db/db.sqlite-shm"));
+        let listing = db_dir_listing(&fx.root);
+        let wal_bytes = std::fs::read(fx.root.join("var/nix/db/db.sqlite-wal")).unwrap();
+        assert!(wal_bytes.len() > 4096, "the rows are in the WAL");
 
-    let ro = tmp.path().join("ro");
-    std::fs::create_dir(&ro).unwrap();
-    assert!(Command::new("mount")
-        .arg("--bind")
-        .arg("-o")
-        .arg("ro")
-        .arg(&fx.root)
-        .arg(&ro)
-        .status()
-        .unwrap()
-        .success());
-    let dst = tmp.path().join("dst");
-    std::fs::create_dir(&dst).unwrap();
-    let out = seed_cmd(&ro, &dst, &[]).output().unwrap();
-    let _ = Command::new("umount").arg(&ro).status();
-    assert_ok(&out);
-    assert_eq!(db_rows(&dst.join("var/nix/db/db.sqlite")), want);
-    assert_eq!(db_dir_listing(&fx.root), listing, "nothing created in the image");
-    assert_eq!(
-        std::fs::read(fx.root.join("var/nix/db/db.sqlite-wal")).unwrap(),
-        wal_bytes
-    );
-}
+        let ro = tmp.path().join("ro");
+        std::fs::create_dir(&ro).unwrap();
+        assert!(Command::new("mount")
+            .arg("--bind")
+            .arg("-o")
+            .arg("ro")
+            .arg(&fx.root)
+            .arg(&ro)
+            .status()
+            .unwrap()
+            .success());
+        let dst = tmp.path().join("dst");
+        std::fs::create_dir(&dst).unwrap();
+        let out = Seed::new(&ro, &dst).output();
+        let _ = Command::new("umount").arg(&ro).status();
+        assert_ok(&out);
+        assert_eq!(db_rows(&dst.join("var/nix/db/db.sqlite")), want);
+        assert_eq!(db_dir_listing(&fx.root), listing, "nothing created in the image");
+        assert_eq!(
+            std::fs::read(fx.root.join("var/nix/db/db.sqlite-wal")).unwrap(),
+            wal_bytes
+        );
+    }
+);
 
 /// Paths of the image's database with a referrer among them (`referenced`), or without
 /// (`tops`), that are directories or files in its store.
@@ -451,15 +416,10 @@ fn remove_from_store(nix: &Path, path: &str) {
     }
 }
 
-/// A slimmed image: its database lists paths its store lacks. The target registers only
-/// what it holds, on a first seed and on a merge alike; and a present path whose
-/// reference is absent is reported and left unregistered, and the run fails.
-#[test]
-fn a_slimmed_image_registers_only_what_the_target_holds() {
-    if !nix_available("a_slimmed_image") {
-        return;
-    }
-    let tmp = support::scratch();
+// A slimmed image: its database lists paths its store lacks. The target registers only
+// what it holds, on a first seed and on a merge alike; and a present path whose
+// reference is absent is reported and left unregistered, and the run fails.
+nixtest!(a_slimmed_image_registers_only_what_the_target_holds, |tmp| {
     // A top removed from the image's store: nothing refers to it, the image is fine.
     let v1 = real_store(&tmp.path().join("v1"), "v1", false);
     let (_, tops) = image_paths_by_role(&v1.join("nix"));
@@ -473,9 +433,9 @@ fn a_slimmed_image_registers_only_what_the_target_holds() {
         if what == "merge" {
             // A target that already has a database (another image's).
             let other = real_store(&tmp.path().join("other"), "v2", false);
-            assert_ok(&seed(&other, &target, &[]));
+            Seed::image(&other, &target).ok();
         }
-        let out = seed(&v1, &target, &[]);
+        let out = Seed::image(&v1, &target).output();
         assert_ok(&out);
         assert!(
             !valid_paths(&target).contains(&gone),
@@ -495,7 +455,7 @@ fn a_slimmed_image_registers_only_what_the_target_holds() {
     remove_from_store(&v1b.join("nix"), &dep);
     let target = tmp.path().join("t3/nix");
     std::fs::create_dir_all(&target).unwrap();
-    let out = seed(&v1b, &target, &[]);
+    let out = Seed::image(&v1b, &target).output();
     assert_code(&out, 1);
     let err = stderr(&out);
     assert!(err.contains(&dep), "the missing reference is named:\n{err}");
@@ -509,7 +469,7 @@ fn a_slimmed_image_registers_only_what_the_target_holds() {
         let o = in_pod(&target, &format!("nix-store -qR {p}"));
         assert!(o.status.success(), "{p}: {}", text(&o));
     }
-}
+});
 
 /// `sqlite_master` and the page size of the database of the Nix root `nix`.
 fn db_layout(nix: &Path) -> Vec<String> {
@@ -529,17 +489,12 @@ fn db_layout(nix: &Path) -> Vec<String> {
     v
 }
 
-/// An image with no database, a target with none: the empty database and `schema` file
-/// nix-seed makes are what Nix 2.8 makes for a new store (same tables, indexes, trigger,
-/// page size, `schema` bytes), and Nix with `use-sqlite-wal = false` uses it: --verify,
-/// --add, the references query, and the database stays in rollback mode at schema 10.
-#[test]
-fn an_empty_database_made_by_nix_seed_is_the_one_nix_makes() {
+// An image with no database, a target with none: the empty database and `schema` file
+// nix-seed makes are what Nix 2.8 makes for a new store (same tables, indexes, trigger,
+// page size, `schema` bytes), and Nix with `use-sqlite-wal = false` uses it: --verify,
+// --add, the references query, and the database stays in rollback mode at schema 10.
+nixtest!(an_empty_database_made_by_nix_seed_is_the_one_nix_makes, |tmp| {
     use std::os::fd::AsFd;
-    if !nix_available("an_empty_database") {
-        return;
-    }
-    let tmp = support::scratch();
     // Nix's own new store.
     let theirs = tmp.path().join("n/nix");
     std::fs::create_dir_all(theirs.join("store")).unwrap();
@@ -580,4 +535,4 @@ fn an_empty_database_made_by_nix_seed_is_the_one_nix_makes() {
     assert_eq!(valid_paths(&nix), [added]);
     assert!(!nix_seed_db_is_wal(&nix), "still a rollback journal");
     assert_eq!(std::fs::read(db_dir.join("schema")).unwrap(), b"10");
-}
+});

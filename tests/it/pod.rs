@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::support;
 use crate::support::cmd::text;
-use crate::support::nix::{nix_available, real_store, valid_paths};
+use crate::support::nix::{real_store, valid_paths};
 
 /// Run `script` with sh in a new mount namespace (mounts vanish with it).
 fn in_namespace(script: &str, env: &[(&str, &str)]) -> std::process::Output {
@@ -21,12 +21,7 @@ fn in_namespace(script: &str, env: &[(&str, &str)]) -> std::process::Output {
     c.stdin(std::process::Stdio::null()).output().unwrap()
 }
 
-#[test]
-fn an_init_container_seeds_the_disk_and_the_main_container_uses_it() {
-    if !nix_available("an_init_container_seeds_the_disk") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(an_init_container_seeds_the_disk_and_the_main_container_uses_it, |tmp| {
     let image_store = real_store(&tmp.path().join("image-store"), "v1", true);
     let disk = tmp.path().join("disk/nix"); // e.g. hostPath /mnt/vepfs/nix/nix
     std::fs::create_dir_all(&disk).unwrap();
@@ -100,4 +95,4 @@ fn an_init_container_seeds_the_disk_and_the_main_container_uses_it() {
         text(&o)
     );
     assert!(out.contains("-seed-libb-1.0"), "references lost:\n{}", text(&o));
-}
+});

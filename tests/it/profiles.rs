@@ -10,11 +10,10 @@
 //! pointing to its own user environment.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, seed_cmd, stderr, text};
-use crate::support::nix::{assert_contents_verify, in_pod, nix_available};
+use crate::support::cmd::{assert_code, assert_ok, stderr, text, Seed};
+use crate::support::nix::{assert_contents_verify, in_pod};
 use crate::support::profiles::{current, env, generations, image_chain, pod_ok, resolve, ALICE, PROFILE};
 
 struct Images {
@@ -39,36 +38,28 @@ impl Images {
     /// A target seeded with v1 then v2 (follow): generations 1 and 2, current 2.
     fn v2_target(&self, name: &str) -> PathBuf {
         let t = self.target(name);
-        assert_ok(&seed_image(&self.v[0], &t, &[]));
-        assert_ok(&seed_image(&self.v[1], &t, &[]));
+        Seed::new(&self.v[0], &t).ok();
+        Seed::new(&self.v[1], &t).ok();
         assert_eq!(current(&t), env(&self.v[1]));
         t
     }
-}
-
-fn seed_image(image: &Path, target: &Path, args: &[&str]) -> Output {
-    seed_cmd(image, target, args).output().unwrap()
 }
 
 fn verify(target: &Path) {
     assert_contents_verify(target, &target.parent().unwrap().join("verify-copy"));
 }
 
-/// `follow`: each upgrade adds the image's generation and switches to it; rollback works;
-/// per-user profiles too; reruns (also the slow path, `--recheck`) add nothing.
-#[test]
-fn follow_switches_each_upgrade_and_rollback_works() {
-    if !nix_available("follow_switches_each_upgrade_and_rollback_works") {
-        return;
-    }
+// `follow`: each upgrade adds the image's generation and switches to it; rollback works;
+// per-user profiles too; reruns (also the slow path, `--recheck`) add nothing.
+nixtest!(follow_switches_each_upgrade_and_rollback_works, |_| {
     let im = Images::build();
     let [v1, v2, v3] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
+    Seed::new(v1, &t).ok();
     assert_eq!(current(&t), env(v1));
     assert_eq!(generations(&t, PROFILE), vec![(1, env(v1))]);
 
-    let o = seed_image(v2, &t, &[]);
+    let o = Seed::new(v2, &t).output();
     assert_ok(&o);
     assert!(
         stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
@@ -89,13 +80,13 @@ fn follow_switches_each_upgrade_and_rollback_works() {
 
     // Reruns: nothing to do, and the slow path adds nothing either.
     for args in [&[][..], &["--recheck"][..]] {
-        let o = seed_image(v2, &t, args);
+        let o = Seed::new(v2, &t).args(args).output();
         assert_ok(&o);
         assert!(!stderr(&o).contains("generation"), "{args:?}: {}", text(&o));
         assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))], "{args:?}");
     }
 
-    let o = seed_image(v3, &t, &["--log-format", "json"]);
+    let o = Seed::new(v3, &t).args(["--log-format", "json"]).output();
     assert_ok(&o);
     let summary = crate::support::cmd::stdout(&o)
         .lines()
@@ -109,16 +100,12 @@ fn follow_switches_each_upgrade_and_rollback_works() {
     pod_ok(&t, "nix-env --rollback -p /nix/var/nix/profiles/default");
     assert_eq!(current(&t), env(v2), "rollback from v3 gives v2's");
     verify(&t);
-}
+});
 
-/// A user changed the profile (`nix-env --set` in a pod): follow adds the image's
-/// generation, leaves the user's current and names the command to switch; a rerun adds no
-/// second generation; `--profiles image` then switches.
-#[test]
-fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
-    if !nix_available("follow_keeps_a_users_change_and_image_mode_overrides_it") {
-        return;
-    }
+// A user changed the profile (`nix-env --set` in a pod): follow adds the image's
+// generation, leaves the user's current and names the command to switch; a rerun adds no
+// second generation; `--profiles image` then switches.
+nixtest!(follow_keeps_a_users_change_and_image_mode_overrides_it, |_| {
     let im = Images::build();
     let [v1, _, v3] = &im.v;
     let t = im.v2_target("t");
@@ -129,7 +116,7 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
     assert_eq!(generations(&t, PROFILE).last().unwrap(), &(3, env(v1)));
 
     // A dry run says what follow would do, and does nothing.
-    let o = seed_image(v3, &t, &["--dry-run"]);
+    let o = Seed::new(v3, &t).args(["--dry-run"]).output();
     assert_ok(&o);
     for line in [
         "profiles/default: would add a new generation 4 (image's) without switching: you changed the profile",
@@ -140,7 +127,7 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
     assert_eq!(generations(&t, PROFILE).len(), 3);
     assert_eq!(generations(&t, ALICE).len(), 2);
 
-    let o = seed_image(v3, &t, &[]);
+    let o = Seed::new(v3, &t).output();
     assert_ok(&o);
     let warning = "profiles/default: added generation 4 (image's); not switched: you changed the profile since \
                    nix-seed set it";
@@ -150,7 +137,7 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
     assert_eq!(current(&t), env(v1), "the user's generation stays current");
     assert_eq!(generations(&t, PROFILE).last().unwrap(), &(4, env(v3)));
 
-    let o = seed_image(v3, &t, &["--recheck"]);
+    let o = Seed::new(v3, &t).args(["--recheck"]).output();
     assert_ok(&o);
     assert!(stderr(&o).contains(cmd), "{}", text(&o));
     assert_eq!(generations(&t, PROFILE).len(), 4, "no duplicate generation on a rerun");
@@ -167,7 +154,7 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
     pod_ok(&u, "nix-env --switch-generation 4 -p /nix/var/nix/profiles/default");
     assert_eq!(current(&u), env(v3));
 
-    let o = seed_image(v3, &t, &["--recheck", "--profiles", "image"]);
+    let o = Seed::new(v3, &t).args(["--recheck", "--profiles", "image"]).output();
     assert_ok(&o);
     assert!(
         stderr(&o).contains("profiles/default: switched to generation 4 (image's), was 3"),
@@ -177,20 +164,16 @@ fn follow_keeps_a_users_change_and_image_mode_overrides_it() {
     assert_eq!(current(&t), env(v3));
     assert_eq!(generations(&t, PROFILE).len(), 4);
     verify(&t);
-}
+});
 
-/// `--profiles keep` (NIX_SEED_PROFILES=keep): today's merge: the target's profile kept
-/// with a warning, the image's generation links added by name.
-#[test]
-fn keep_mode_keeps_the_targets_profile() {
-    if !nix_available("keep_mode_keeps_the_targets_profile") {
-        return;
-    }
+// `--profiles keep` (NIX_SEED_PROFILES=keep): today's merge: the target's profile kept
+// with a warning, the image's generation links added by name.
+nixtest!(keep_mode_keeps_the_targets_profile, |_| {
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
-    let o = seed_cmd(v2, &t, &[]).env("NIX_SEED_PROFILES", "keep").output().unwrap();
+    Seed::new(v1, &t).ok();
+    let o = Seed::new(v2, &t).env("NIX_SEED_PROFILES", "keep").output();
     assert_ok(&o);
     assert!(
         stderr(&o).contains(&format!(
@@ -202,66 +185,58 @@ fn keep_mode_keeps_the_targets_profile() {
     );
     assert_eq!(current(&t), env(v1));
     assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
-}
+});
 
-/// Killed right after a generation was added, before the switch: the next run switches to
-/// that generation (recorded before it was made) and adds no other.
-#[test]
-fn a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun() {
-    if !nix_available("a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun") {
-        return;
+// Killed right after a generation was added, before the switch: the next run switches to
+// that generation (recorded before it was made) and adds no other.
+nixtest!(
+    a_kill_between_adding_a_generation_and_switching_is_completed_by_the_rerun,
+    |_| {
+        let im = Images::build();
+        let [v1, v2, _] = &im.v;
+        let t = im.target("t");
+        Seed::new(v1, &t).ok();
+        let o = Seed::new(v2, &t).failpoint("generation-added").output();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&o.status),
+            Some(libc::SIGKILL),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(current(&t), env(v1));
+        assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+
+        let o = Seed::new(v2, &t).output();
+        assert_ok(&o);
+        assert!(
+            stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(current(&t), env(v2));
+        assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+        verify(&t);
     }
-    let im = Images::build();
-    let [v1, v2, _] = &im.v;
-    let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
-    let o = seed_cmd(v2, &t, &[])
-        .env("NIX_SEED_FAILPOINT", "generation-added")
-        .output()
-        .unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&o.status),
-        Some(libc::SIGKILL),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(current(&t), env(v1));
-    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
+);
 
-    let o = seed_image(v2, &t, &[]);
-    assert_ok(&o);
-    assert!(
-        stderr(&o).contains("profiles/default: switched to generation 2 (image's), was 1"),
-        "{}",
-        text(&o)
-    );
-    assert_eq!(current(&t), env(v2));
-    assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
-    verify(&t);
-}
-
-/// The profile's lock (`default.lock`, as nix-env takes it) held: the seed waits, gives up
-/// after --lock-timeout (exit 3) without touching the profile, and succeeds once it is free.
-#[test]
-fn a_held_profile_lock_is_waited_for() {
-    if !nix_available("a_held_profile_lock_is_waited_for") {
-        return;
-    }
+// The profile's lock (`default.lock`, as nix-env takes it) held: the seed waits, gives up
+// after --lock-timeout (exit 3) without touching the profile, and succeeds once it is free.
+nixtest!(a_held_profile_lock_is_waited_for, |_| {
     use std::os::fd::AsRawFd;
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
+    Seed::new(v1, &t).ok();
     let lock = std::fs::File::create(t.join("var/nix/profiles/default.lock")).unwrap();
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let o = seed_image(v2, &t, &["--lock-timeout", "1s"]);
+    let o = Seed::new(v2, &t).args(["--lock-timeout", "1s"]).output();
     assert_code(&o, 3);
     assert!(stderr(&o).contains("default.lock is held"), "{}", text(&o));
     assert_eq!(current(&t), env(v1));
     drop(lock);
-    assert_ok(&seed_image(v2, &t, &[]));
+    Seed::new(v2, &t).ok();
     assert_eq!(current(&t), env(v2));
-}
+});
 
 /// A symlink planted at the profile's lock file (a hostile pod): never followed; the seed
 /// fails (exit 1) naming it, and the file it points to is unchanged.
@@ -281,7 +256,7 @@ fn a_symlink_at_the_profile_lock_is_never_followed() {
     let outside = tmp.path().join("outside");
     std::fs::write(&outside, b"mine").unwrap();
     std::os::unix::fs::symlink(&outside, dst.join("var/nix/profiles/default.lock")).unwrap();
-    let o = crate::support::cmd::seed(&fx.root, &dst, &[]);
+    let o = Seed::new(&fx.root, &dst).output();
     assert_code(&o, 1);
     assert!(
         stderr(&o).contains("default.lock is a symlink: nix-seed never follows symlinks in the target"),
@@ -291,28 +266,19 @@ fn a_symlink_at_the_profile_lock_is_never_followed() {
     assert_eq!(std::fs::read(&outside).unwrap(), b"mine");
     assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_err());
     std::fs::remove_file(dst.join("var/nix/profiles/default.lock")).unwrap();
-    assert_ok(&crate::support::cmd::seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     assert!(dst.join("var/nix/profiles/default").symlink_metadata().is_ok());
 }
 
-/// nix-seed takes the same lock as Nix: a pod's `nix-env --switch-generation` (which locks
-/// the profile, as `-i`, `-e` and `--rollback` do; `--set` takes no lock) waits while
-/// nix-seed, stopped right after adding its generation, holds it, and goes on after.
-#[test]
-fn nix_env_waits_for_the_profile_lock_nix_seed_holds() {
-    if !nix_available("nix_env_waits_for_the_profile_lock_nix_seed_holds") {
-        return;
-    }
+// nix-seed takes the same lock as Nix: a pod's `nix-env --switch-generation` (which locks
+// the profile, as `-i`, `-e` and `--rollback` do; `--set` takes no lock) waits while
+// nix-seed, stopped right after adding its generation, holds it, and goes on after.
+nixtest!(nix_env_waits_for_the_profile_lock_nix_seed_holds, |_| {
     let im = Images::build();
     let [v1, v2, _] = &im.v;
     let t = im.target("t");
-    assert_ok(&seed_image(v1, &t, &[]));
-    let child = seed_cmd(v2, &t, &[])
-        .env("NIX_SEED_FAILPOINT", "generation-added=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    Seed::new(v1, &t).ok();
+    let child = Seed::new(v2, &t).failpoint("generation-added=stop").spawn();
     support::wait_stopped(child.id());
     let switch = "nix-env --switch-generation 1 -p /nix/var/nix/profiles/default";
     let o = in_pod(&t, &format!("timeout 5 {switch}"));
@@ -334,4 +300,4 @@ fn nix_env_waits_for_the_profile_lock_nix_seed_holds() {
     pod_ok(&t, switch);
     assert_eq!(current(&t), env(v1));
     assert_eq!(generations(&t, PROFILE), vec![(1, env(v1)), (2, env(v2))]);
-}
+});

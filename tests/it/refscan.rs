@@ -19,8 +19,7 @@ use std::process::Command;
 
 use nix_seed::engines::nar::{self, Candidates, Scanned};
 
-use crate::support;
-use crate::support::nix::{nix_available, real_store};
+use crate::support::nix::real_store;
 
 /// What Nix registered for one store path (by name).
 struct Registered {
@@ -137,12 +136,7 @@ fn assert_store_has_the_cases(reg: &BTreeMap<String, Registered>) {
     assert!(self_ref && chained && none, "the real store lacks a case");
 }
 
-#[test]
-fn every_path_of_a_real_store_scans_to_what_nix_registered() {
-    if !nix_available("refscan::every_path_of_a_real_store") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(every_path_of_a_real_store_scans_to_what_nix_registered, |tmp| {
     let root = real_store(tmp.path(), "v1", false);
     let nix = root.join("nix");
     let reg = registered(&nix);
@@ -160,7 +154,7 @@ fn every_path_of_a_real_store_scans_to_what_nix_registered() {
         .collect();
     let exact = assert_same_as_nix(&reg, &scanned);
     assert!(exact >= 10, "only {exact} paths compared exactly");
-}
+});
 
 /// Copy the store paths of `from` into `to` the way dockerTools ships them: every file
 /// its own inode (no hardlinks, no `.links`), mtime 1 and owner 0 on everything.
@@ -182,12 +176,7 @@ fn copy_like_docker_tools(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn a_dockertools_like_copy_scans_the_same_in_parallel() {
-    if !nix_available("refscan::a_dockertools_like_copy") {
-        return;
-    }
-    let tmp = support::scratch();
+nixtest!(a_dockertools_like_copy_scans_the_same_in_parallel, |tmp| {
     // v1 and v2 on top: more paths, some shared, and hardlinks between them.
     real_store(tmp.path(), "v1", false);
     let nix = real_store(tmp.path(), "v2", false).join("nix");
@@ -211,4 +200,4 @@ fn a_dockertools_like_copy_scans_the_same_in_parallel() {
     let scanned: BTreeMap<String, Scanned> = all.into_iter().map(|(n, s)| (n.into_string().unwrap(), s)).collect();
     let exact = assert_same_as_nix(&reg, &scanned);
     assert!(exact >= 15, "only {exact} paths compared exactly");
-}
+});

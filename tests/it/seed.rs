@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, copied_events, seed, status, stderr, stdout};
+use crate::support::cmd::{assert_code, assert_ok, copied_events, status, stderr, stdout, Seed};
 use crate::support::compare::{assert_no_temp, assert_store_equal, assert_unchanged, assert_var_seeded, snapshot};
 use crate::support::fixture::{self, Spec};
 
@@ -28,7 +28,9 @@ fn first_seed_is_an_exact_copy_and_var_has_no_runtime_files() {
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
 
-    let out = seed(&fx.root, &dst, &["--jobs", "8", "--progress", "log"]);
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--jobs", "8", "--progress", "log"])
+        .output();
     assert_ok(&out);
     assert_store_equal(&fx.root, &dst);
     assert_var_seeded(&fx.root, &dst);
@@ -48,10 +50,10 @@ fn second_run_copies_nothing_and_takes_no_lock() {
     let fx = build(&tmp.path().join("src"), 50);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
 
     let before = snapshot(&dst);
-    let out = seed(&fx.root, &dst, &["-v", "--log-format", "json"]);
+    let out = Seed::new(&fx.root, &dst).args(["-v", "--log-format", "json"]).output();
     assert_ok(&out);
     assert!(copied_events(&stderr(&out)).is_empty(), "{}", stderr(&out));
     assert!(stdout(&out).contains("\"copied\":0"), "{}", stdout(&out));
@@ -67,7 +69,7 @@ fn new_store_paths_copy_exactly_those_and_leave_existing_entries_untouched() {
     let fx = build(&tmp.path().join("src"), 60);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
 
     let added: Vec<OsString> = fixture::add_paths(&fx.root, 25, 99);
     let st = status(&fx.root, &dst);
@@ -75,7 +77,7 @@ fn new_store_paths_copy_exactly_those_and_leave_existing_entries_untouched() {
     assert!(stdout(&st).contains("missing: 25 store paths"), "{}", stdout(&st));
 
     let before = snapshot(&dst.join("store"));
-    let out = seed(&fx.root, &dst, &["-v", "--log-format", "json"]);
+    let out = Seed::new(&fx.root, &dst).args(["-v", "--log-format", "json"]).output();
     assert_ok(&out);
     let mut copied = copied_events(&stderr(&out));
     copied.sort();
@@ -99,7 +101,7 @@ fn a_registered_store_path_in_the_target_is_never_replaced() {
     let fx = build(&tmp.path().join("src"), 20);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     // The target's own (registered) copy of a path is what the target says it is, even
     // if it differs from the image's: nix-seed never modifies it.
     let name = fx
@@ -112,7 +114,7 @@ fn a_registered_store_path_in_the_target_is_never_replaced() {
     std::fs::write(p.join("planted-by-another-pod"), b"x").unwrap();
     std::fs::remove_dir_all(dst.join(".nix-seed/images")).unwrap(); // force the slow path
     let before = snapshot(&dst.join("store"));
-    let out = seed(&fx.root, &dst, &["-v"]);
+    let out = Seed::new(&fx.root, &dst).args(["-v"]).output();
     assert_ok(&out);
     assert!(!stderr(&out).contains("replacing"), "{}", stderr(&out));
     assert_unchanged(&before, &snapshot(&dst.join("store")), |rel| !rel.is_empty());
@@ -150,7 +152,7 @@ fn a_present_but_unregistered_path_that_differs_is_replaced_and_one_that_matches
     std::fs::write(dst.join("store").join(bad), b"not what the image registered").unwrap();
     let good_ino = std::fs::symlink_metadata(dst.join("store").join(good)).unwrap().ino();
 
-    let out = seed(&fx.root, &dst, &[]);
+    let out = Seed::new(&fx.root, &dst).output();
     assert_ok(&out);
     assert_eq!(
         std::fs::symlink_metadata(dst.join("store").join(good)).unwrap().ino(),
@@ -178,7 +180,7 @@ fn var_is_merged_without_overwriting_and_conflicts_are_reported() {
 
     // The merge as it is with `--profiles keep` (profiles follow the image by default:
     // tests/it/profiles.rs).
-    let out = seed(&fx.root, &dst, &["--profiles", "keep"]);
+    let out = Seed::new(&fx.root, &dst).args(["--profiles", "keep"]).output();
     assert_ok(&out);
     assert_eq!(
         std::fs::read_link(dst.join("var/nix/profiles/default")).unwrap(),
@@ -208,7 +210,7 @@ fn dry_run_changes_nothing() {
     let fx = build(&tmp.path().join("src"), 20);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = seed(&fx.root, &dst, &["--dry-run"]);
+    let out = Seed::new(&fx.root, &dst).args(["--dry-run"]).output();
     assert_ok(&out);
     assert_eq!(
         std::fs::read_dir(&dst).unwrap().count(),
@@ -239,11 +241,11 @@ fn summary_goes_to_the_termination_log_and_json_lines_parse() {
     std::fs::create_dir(&dst).unwrap();
     let term = tmp.path().join("termination-log");
     std::fs::write(&term, b"").unwrap();
-    let out = support::cmd::seed_cmd(&fx.root, &dst, &["--log-format", "json", "--progress", "log", "-v"])
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--log-format", "json", "--progress", "log", "-v"])
         .env("NIX_SEED_TERMINATION_LOG", &term)
         .env("NIX_SEED_PROGRESS_INTERVAL", "10ms")
-        .output()
-        .unwrap();
+        .output();
     assert_ok(&out);
     let t = std::fs::read_to_string(&term).unwrap();
     assert!(
@@ -267,10 +269,10 @@ fn a_bar_without_a_terminal_falls_back_to_progress_lines() {
     let fx = build(&tmp.path().join("src"), 40);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = support::cmd::seed_cmd(&fx.root, &dst, &["--progress", "bar", "--jobs", "1"])
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--progress", "bar", "--jobs", "1"])
         .env("NIX_SEED_PROGRESS_INTERVAL", "1ms")
-        .output()
-        .unwrap();
+        .output();
     assert_ok(&out);
     let err = stderr(&out);
     assert!(err.contains("copying 40 store paths"), "the start line:\n{err}");
@@ -291,14 +293,14 @@ fn a_dotfile_lock_left_by_a_killed_seeder_is_removed_and_a_foreign_one_is_waited
     let fx = build(&tmp.path().join("src"), 20);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     let lock = dst.join("var/nix/db/db.sqlite.lock");
 
     // Someone else's lock: waited for, named, left alone; the seed gives up (exit 3, a
     // lock timeout).
     std::fs::create_dir(&lock).unwrap();
     let added = support::fixture::add_paths(&fx.root, 3, 77);
-    let out = seed(&fx.root, &dst, &["--lock-timeout", "6s"]);
+    let out = Seed::new(&fx.root, &dst).args(["--lock-timeout", "6s"]).output();
     assert_code(&out, 3);
     let err = stderr(&out);
     assert!(err.contains("db.sqlite.lock") && err.contains("rmdir it"), "{err}");
@@ -306,7 +308,7 @@ fn a_dotfile_lock_left_by_a_killed_seeder_is_removed_and_a_foreign_one_is_waited
 
     // Now as if a seeder had been killed inside its database window.
     std::fs::write(dst.join(".nix-seed/db-lock"), b"pid=1\n").unwrap();
-    let out = seed(&fx.root, &dst, &["--lock-timeout", "30s"]);
+    let out = Seed::new(&fx.root, &dst).args(["--lock-timeout", "30s"]).output();
     assert_ok(&out);
     assert!(
         stderr(&out).contains("removed") && stderr(&out).contains("db.sqlite.lock"),
@@ -341,7 +343,9 @@ fn a_dry_run_in_json_counts_what_would_be_copied() {
     let fx = build(&tmp.path().join("src"), 20);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = seed(&fx.root, &dst, &["--dry-run", "--log-format", "json"]);
+    let out = Seed::new(&fx.root, &dst)
+        .args(["--dry-run", "--log-format", "json"])
+        .output();
     assert_ok(&out);
     let v = summary_json(&out);
     assert_eq!(v["dry_run"], true);
@@ -365,7 +369,7 @@ fn one_store_path_is_counted_in_the_singular() {
     let fx = build(&tmp.path().join("src"), 1);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = seed(&fx.root, &dst, &[]);
+    let out = Seed::new(&fx.root, &dst).output();
     assert_ok(&out);
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(
@@ -392,7 +396,7 @@ fn the_rate_counts_copying_time_not_lock_waits() {
         std::thread::sleep(std::time::Duration::from_secs(2));
         drop(gc);
     });
-    let out = seed(&fx.root, &dst, &["--log-format", "json"]);
+    let out = Seed::new(&fx.root, &dst).args(["--log-format", "json"]).output();
     release.join().unwrap();
     assert_ok(&out);
     let v = summary_json(&out);
@@ -426,7 +430,7 @@ fn verify_counts_store_paths_not_problem_lines() {
     std::fs::set_permissions(&file, mode).unwrap();
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    let out = seed(&fx.root, &dst, &["--verify"]);
+    let out = Seed::new(&fx.root, &dst).args(["--verify"]).output();
     assert_code(&out, 1);
     let err = stderr(&out);
     assert!(
@@ -468,13 +472,13 @@ fn a_database_lock_timeout_says_what_was_copied() {
     let fx = build(&tmp.path().join("src"), 20);
     let dst = tmp.path().join("dst");
     std::fs::create_dir(&dst).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     let lock = dst.join("var/nix/db/db.sqlite.lock");
     let added = support::fixture::add_paths(&fx.root, 3, 78);
 
     // Held before the seed starts: it gives up before copying anything.
     std::fs::create_dir(&lock).unwrap();
-    let out = seed(&fx.root, &dst, &["--lock-timeout", "3s"]);
+    let out = Seed::new(&fx.root, &dst).args(["--lock-timeout", "3s"]).output();
     assert_code(&out, 3);
     let err = stderr(&out);
     assert!(
@@ -485,12 +489,10 @@ fn a_database_lock_timeout_says_what_was_copied() {
     std::fs::remove_dir(&lock).unwrap();
 
     // Taken while the seed is stopped after copying: the copies wait for the next run.
-    let child = support::cmd::seed_cmd(&fx.root, &dst, &["--lock-timeout", "3s"])
-        .env("NIX_SEED_FAILPOINT", "copied=stop")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = Seed::new(&fx.root, &dst)
+        .args(["--lock-timeout", "3s"])
+        .failpoint("copied=stop")
+        .spawn();
     support::wait_stopped(child.id());
     std::fs::create_dir(&lock).unwrap();
     unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
@@ -502,6 +504,6 @@ fn a_database_lock_timeout_says_what_was_copied() {
         stderr(&out)
     );
     std::fs::remove_dir(&lock).unwrap();
-    assert_ok(&seed(&fx.root, &dst, &[]));
+    Seed::new(&fx.root, &dst).ok();
     assert_store_equal(&fx.root, &dst);
 }

@@ -31,12 +31,7 @@ fn file_and_ldd_say_static() {
     );
 }
 
-#[test]
-fn seeds_inside_an_empty_chroot() {
-    if !support::require_root("seeds_inside_an_empty_chroot (chroot needs root)") {
-        return;
-    }
-    let tmp = support::scratch();
+roottest!(seeds_inside_an_empty_chroot, |tmp| {
     let root = tmp.path().join("root");
     std::fs::create_dir_all(root.join("mnt/nix")).unwrap();
     std::fs::copy(support::bin(), root.join("nix-seed")).unwrap();
@@ -70,4 +65,4 @@ fn seeds_inside_an_empty_chroot() {
         "nothing but nix-seed, /nix and /mnt in the chroot"
     );
     support::compare::assert_store_equal(&fx.root, &root.join("mnt/nix"));
-}
+});

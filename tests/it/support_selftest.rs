@@ -249,12 +249,7 @@ fn fixture_is_deterministic() {
     assert!(b[..32].iter().all(|c| fixture::NIX_BASE32.contains(c)));
 }
 
-#[test]
-fn exact_copy_is_equal_and_every_mutation_is_detected() {
-    if !support::require_root("exact_copy_is_equal_and_every_mutation_is_detected") {
-        return;
-    }
-    let s = support::scratch();
+roottest!(exact_copy_is_equal_and_every_mutation_is_detected, |s| {
     let src = s.join("src");
     let fx = fixture::build(&src, &small_spec());
     let copy = |tag: &str| -> PathBuf {
@@ -379,7 +374,7 @@ fn exact_copy_is_equal_and_every_mutation_is_detected() {
     let d = copy("dir-mode");
     std::fs::set_permissions(d.join(&g).join("bin"), std::fs::Permissions::from_mode(0o755)).unwrap();
     expect_panic("dir mode", "mode 0555 != 0755", || assert_store_equal(&src, &d));
-}
+});
 
 #[test]
 fn var_and_temp_checks() {

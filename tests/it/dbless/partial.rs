@@ -6,13 +6,12 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::support;
-use crate::support::cmd::{assert_ok, stdout, text};
+use crate::support::cmd::{assert_ok, stdout, text, Seed};
 use crate::support::dbless::{
     assert_registered_as, images_original_registrations, path_ending, read_registrations, target_registrations, Regs,
     Source,
 };
-use crate::support::nix::{nix_available, real_store, seed};
+use crate::support::nix::real_store;
 
 use super::{assert_has_db, assert_pod_keeps, empty_target, has_number, status, status_json, warnings};
 
@@ -35,14 +34,9 @@ fn assert_all_registered(orig: &Regs, target: &Path, computed: &[String], what: 
     assert_registered_as(orig, &got, computed, Source::Computed, what);
 }
 
-/// One ValidPaths row (with its Refs) deleted, the path still in the store: exit 0, the
-/// path registered with the values Nix had, and one warning saying how many were computed.
-#[test]
-fn a_path_missing_from_the_image_database_is_computed() {
-    if !nix_available("dbless::a_path_missing_from_the_image_database_is_computed") {
-        return;
-    }
-    let tmp = support::scratch();
+// One ValidPaths row (with its Refs) deleted, the path still in the store: exit 0, the
+// path registered with the values Nix had, and one warning saying how many were computed.
+nixtest!(a_path_missing_from_the_image_database_is_computed, |tmp| {
     let root = real_store(&tmp.path().join("img"), "v1", false);
     let orig = images_original_registrations(&root);
     // The profile's user environment: it refers to others, nothing refers to it.
@@ -55,24 +49,19 @@ fn a_path_missing_from_the_image_database_is_computed() {
     drop(c);
 
     let target = empty_target(tmp.path());
-    let o = seed(&root, &target, &[]);
+    let o = Seed::image(&root, &target).output();
     assert_ok(&o);
     assert_all_registered(&orig, &target, std::slice::from_ref(&env), "one row deleted");
     let w: Vec<String> = warnings(&o).into_iter().filter(|l| l.contains("comput")).collect();
     assert_eq!(w.len(), 1, "one warning about computed registrations:\n{}", text(&o));
     assert!(has_number(&w[0], 1), "the warning says how many (1): {}", w[0]);
     assert_pod_keeps(&target, &orig.keys().cloned().collect::<Vec<_>>(), tmp.path());
-}
+});
 
-/// A referenced path's ValidPaths row deleted with foreign keys off, its Refs rows kept
-/// (they point at an id that is gone): exit 0, the path and its referrers registered as
-/// Nix had them.
-#[test]
-fn a_reference_to_a_missing_row_is_resolved() {
-    if !nix_available("dbless::a_reference_to_a_missing_row_is_resolved") {
-        return;
-    }
-    let tmp = support::scratch();
+// A referenced path's ValidPaths row deleted with foreign keys off, its Refs rows kept
+// (they point at an id that is gone): exit 0, the path and its referrers registered as
+// Nix had them.
+nixtest!(a_reference_to_a_missing_row_is_resolved, |tmp| {
     let root = real_store(&tmp.path().join("img"), "v1", false);
     let orig = images_original_registrations(&root);
     let libc = path_ending(&orig, "-seed-libc-1.0");
@@ -93,7 +82,7 @@ fn a_reference_to_a_missing_row_is_resolved() {
     drop(c);
 
     let target = empty_target(tmp.path());
-    assert_ok(&seed(&root, &target, &[]));
+    Seed::image(&root, &target).ok();
     assert_has_db(&target);
     let got = target_registrations(&target);
     // The referrers' rows may be taken or recomputed: hash, size and references must be
@@ -116,7 +105,7 @@ fn a_reference_to_a_missing_row_is_resolved() {
         "the deleted row",
     );
     assert_pod_keeps(&target, &orig.keys().cloned().collect::<Vec<_>>(), tmp.path());
-}
+});
 
 /// Move every second path's rows (ValidPaths, Refs, DerivationOutputs) of the WAL database
 /// `db` into its `-wal` only: deleted and checkpointed into the main file, then inserted
@@ -162,14 +151,9 @@ fn move_rows_into_wal(db: &Path) -> Vec<String> {
     moved
 }
 
-/// Rows committed only in `db.sqlite-wal`, no `db.sqlite-shm`: all of them are used (the
-/// registrations are the database's, none computed).
-#[test]
-fn rows_only_in_the_image_wal_are_used() {
-    if !nix_available("dbless::rows_only_in_the_image_wal_are_used") {
-        return;
-    }
-    let tmp = support::scratch();
+// Rows committed only in `db.sqlite-wal`, no `db.sqlite-shm`: all of them are used (the
+// registrations are the database's, none computed).
+nixtest!(rows_only_in_the_image_wal_are_used, |tmp| {
     let root = real_store(&tmp.path().join("img"), "v1", true);
     let orig = images_original_registrations(&root);
     let moved = move_rows_into_wal(&db(&root));
@@ -189,21 +173,16 @@ fn rows_only_in_the_image_wal_are_used() {
     assert!(wal.metadata().is_ok_and(|m| m.len() > 0), "no -wal");
 
     let target = empty_target(tmp.path());
-    let o = seed(&root, &target, &[]);
+    let o = Seed::image(&root, &target).output();
     assert_ok(&o);
     assert_all_registered(&orig, &target, &[], "rows only in the -wal");
     let s = status_json(&root.join("nix"), &target);
     assert_eq!(s["registrations"]["computed"], 0, "{s}");
-}
+});
 
-/// `lost+found` (with a file in it) and a stray file `junk` in the image's store: not
-/// copied, and `status` says seeded.
-#[test]
-fn lost_found_and_a_stray_file_in_the_image_store_are_not_copied() {
-    if !nix_available("dbless::lost_found_and_a_stray_file_in_the_image_store_are_not_copied") {
-        return;
-    }
-    let tmp = support::scratch();
+// `lost+found` (with a file in it) and a stray file `junk` in the image's store: not
+// copied, and `status` says seeded.
+nixtest!(lost_found_and_a_stray_file_in_the_image_store_are_not_copied, |tmp| {
     let root = real_store(&tmp.path().join("img"), "v1", false);
     let store = root.join("nix/store");
     std::fs::create_dir(store.join("lost+found")).unwrap();
@@ -211,7 +190,7 @@ fn lost_found_and_a_stray_file_in_the_image_store_are_not_copied() {
     std::fs::write(store.join("junk"), b"not a store path\n").unwrap();
 
     let target = empty_target(tmp.path());
-    assert_ok(&seed(&root, &target, &[]));
+    Seed::image(&root, &target).ok();
     for n in ["lost+found", "junk"] {
         assert!(
             target.join("store").join(n).symlink_metadata().is_err(),
@@ -225,4 +204,4 @@ fn lost_found_and_a_stray_file_in_the_image_store_are_not_copied() {
         "{}",
         text(&o)
     );
-}
+});

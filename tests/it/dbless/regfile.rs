@@ -3,13 +3,11 @@
 
 use std::path::Path;
 
-use crate::support;
-use crate::support::cmd::{assert_code, assert_ok, stderr, text};
+use crate::support::cmd::{assert_code, assert_ok, stderr, text, Seed};
 use crate::support::dbless::{
     assert_nix_loads, assert_registered_as, hash_to_base32, path_ending, registration_file, target_registrations,
     Source,
 };
-use crate::support::nix::{nix_available, seed};
 
 use super::{assert_pod_keeps, empty_target, status_json, stripped, Stripped};
 
@@ -25,15 +23,10 @@ fn assert_as_file(img: &Stripped, target: &Path, what: &str) {
     assert_registered_as(&img.orig, &got, &img.paths(), Source::Computed, what);
 }
 
-/// `--registration FILE`: exit 0, the registrations are the file's. The file is checked
-/// first: real Nix's `nix-store --load-db` accepts it for this image, and the base-32
-/// hashes are `nix-hash --to-base32`'s.
-#[test]
-fn a_registration_file_given_with_the_flag_is_used() {
-    if !nix_available("dbless::a_registration_file_given_with_the_flag_is_used") {
-        return;
-    }
-    let tmp = support::scratch();
+// `--registration FILE`: exit 0, the registrations are the file's. The file is checked
+// first: real Nix's `nix-store --load-db` accepts it for this image, and the base-32
+// hashes are `nix-hash --to-base32`'s.
+nixtest!(a_registration_file_given_with_the_flag_is_used, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let file = tmp.path().join("registration");
     write_file(&img, &file);
@@ -49,29 +42,26 @@ fn a_registration_file_given_with_the_flag_is_used() {
     assert_nix_loads(img.root(), &file, &img.orig, &tmp.path().join("load-db"));
 
     let target = empty_target(tmp.path());
-    let o = seed(img.root(), &target, &["--registration", file.to_str().unwrap()]);
+    let o = Seed::image(img.root(), &target)
+        .args(["--registration", file.to_str().unwrap()])
+        .output();
     assert_ok(&o);
     assert_as_file(&img, &target, "--registration");
     let s = status_json(&img.image, &target);
     assert_eq!(s["registrations"]["file"], img.orig.len(), "{s}");
-}
+});
 
-/// The same file at `IMG/nix-path-registration` (beside `IMG/nix`) is found without the flag.
-#[test]
-fn a_registration_file_beside_the_image_is_found() {
-    if !nix_available("dbless::a_registration_file_beside_the_image_is_found") {
-        return;
-    }
-    let tmp = support::scratch();
+// The same file at `IMG/nix-path-registration` (beside `IMG/nix`) is found without the flag.
+nixtest!(a_registration_file_beside_the_image_is_found, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     write_file(&img, &img.root().join("nix-path-registration"));
     let target = empty_target(tmp.path());
-    assert_ok(&seed(img.root(), &target, &[]));
+    Seed::image(img.root(), &target).ok();
     assert_as_file(&img, &target, "IMG/nix-path-registration");
     assert_pod_keeps(&target, &img.paths(), tmp.path());
     let s = status_json(&img.image, &target);
     assert_eq!(s["registrations"]["file"], img.orig.len(), "{s}");
-}
+});
 
 /// None of the image's paths is registered in `target` (or it has no database).
 fn assert_none_registered(img: &Stripped, target: &Path, o: &std::process::Output) {
@@ -84,14 +74,9 @@ fn assert_none_registered(img: &Stripped, target: &Path, o: &std::process::Outpu
     );
 }
 
-/// A file with one hash changed, with `--verify`: exit 1, stderr names the file, nothing
-/// of the image registered.
-#[test]
-fn a_lying_hash_in_the_registration_file_is_refused_with_verify() {
-    if !nix_available("dbless::a_lying_hash_in_the_registration_file_is_refused_with_verify") {
-        return;
-    }
-    let tmp = support::scratch();
+// A file with one hash changed, with `--verify`: exit 1, stderr names the file, nothing
+// of the image registered.
+nixtest!(a_lying_hash_in_the_registration_file_is_refused_with_verify, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let mut lying = img.orig.clone();
     let p = path_ending(&img.orig, "-seed-libc-1.0");
@@ -102,11 +87,9 @@ fn a_lying_hash_in_the_registration_file_is_refused_with_verify() {
     std::fs::write(&file, registration_file(&lying, false)).unwrap();
 
     let target = empty_target(tmp.path());
-    let o = seed(
-        img.root(),
-        &target,
-        &["--verify", "--registration", file.to_str().unwrap()],
-    );
+    let o = Seed::image(img.root(), &target)
+        .args(["--verify", "--registration", file.to_str().unwrap()])
+        .output();
     assert_code(&o, 1);
     assert!(
         stderr(&o).contains(file.to_str().unwrap()),
@@ -114,15 +97,10 @@ fn a_lying_hash_in_the_registration_file_is_refused_with_verify() {
         text(&o)
     );
     assert_none_registered(&img, &target, &o);
-}
+});
 
-/// A file listing a store path the image's store lacks: exit 1, stderr names the file.
-#[test]
-fn a_registration_file_listing_a_path_the_image_lacks_is_refused() {
-    if !nix_available("dbless::a_registration_file_listing_a_path_the_image_lacks_is_refused") {
-        return;
-    }
-    let tmp = support::scratch();
+// A file listing a store path the image's store lacks: exit 1, stderr names the file.
+nixtest!(a_registration_file_listing_a_path_the_image_lacks_is_refused, |tmp| {
     let img = stripped(&tmp.path().join("v1"), "v1");
     let mut lying = img.orig.clone();
     let (_, any) = img.orig.iter().next().unwrap();
@@ -132,11 +110,11 @@ fn a_registration_file_listing_a_path_the_image_lacks_is_refused() {
     std::fs::write(&file, registration_file(&lying, false)).unwrap();
 
     let target = empty_target(tmp.path());
-    let o = seed(img.root(), &target, &[]);
+    let o = Seed::image(img.root(), &target).output();
     assert_code(&o, 1);
     assert!(
         stderr(&o).contains("nix-path-registration"),
         "stderr names the file:\n{}",
         text(&o)
     );
-}
+});

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use crate::support;
-use crate::support::cmd::{seed_cmd, text};
+use crate::support::cmd::{text, Seed};
 use crate::support::compare::{assert_no_temp, assert_store_equal, assert_var_seeded};
 use crate::support::fixture::{self, Spec};
 use crate::support::netfs::{netfs, run_netfs_args, VolDir};
@@ -56,7 +56,7 @@ fn a_seed_on_a_volume_with_1ms_per_operation_is_exact_and_nix_accepts_it() {
     let files = count_files(&src.store());
     let t = VolDir::new(test, &mounts);
     let t0 = Instant::now();
-    let o = seed_cmd(&src.root, t.a(), &[]).output().unwrap();
+    let o = Seed::new(&src.root, t.a()).output();
     let secs = t0.elapsed().as_secs_f64();
     assert!(o.status.success(), "{}", text(&o));
     // No --jobs: the default for a network filesystem (GlusterFS is FUSE), said on the
@@ -80,7 +80,7 @@ fn a_seed_on_a_volume_with_1ms_per_operation_is_exact_and_nix_accepts_it() {
     if support::nix::nix_available(test) {
         let image = support::nix::real_store(&tmp.path().join("v1"), "v1", false).join("nix");
         let t = VolDir::new(&format!("{test}-nix"), &mounts);
-        let o = seed_cmd(&image, t.a(), &[]).output().unwrap();
+        let o = Seed::new(&image, t.a()).output();
         assert!(o.status.success(), "{}", text(&o));
         assert_store_equal(&image, t.b());
         super::assert_nix_accepts_batched(t.b(), &image, tmp.path());

@@ -1,7 +1,7 @@
 //! Running the nix-seed binary as users do.
 
-use std::ffi::OsStr;
-use std::path::Path;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 pub fn nix_seed() -> Command {
@@ -18,29 +18,116 @@ pub fn nix_seed() -> Command {
     c
 }
 
-/// `nix-seed seed --source SRC --target DST --allow-non-mountpoint ARGS...`
-pub fn seed_cmd(src: &Path, dst: &Path, args: &[&str]) -> Command {
-    let mut c = nix_seed();
-    c.arg("seed")
-        .arg("--source")
-        .arg(src)
-        .arg("--target")
-        .arg(dst)
-        .arg("--allow-non-mountpoint");
-    c.args(args);
-    c
+/// One `nix-seed seed` as the tests run it: `nix-seed seed --source SRC --target DST
+/// --allow-non-mountpoint ARGS...`, with the environment of [`nix_seed`] (no `NIX_SEED_*`
+/// of the caller's, no termination log) and stdin null.
+///
+/// ```ignore
+/// Seed::new(&fx.root, &dst).ok(); // exit 0, or the test fails with the exit code and output
+/// let out = Seed::new(&fx.root, &dst).args(["--verify"]).output();
+/// let child = Seed::new(&v2, &dst).failpoint("copied=stop").spawn(); // stdout, stderr piped
+/// let out = Seed::image(&real_store_root, &dst).env("NIX_SEED_PROFILES", "keep").output();
+/// ```
+pub struct Seed {
+    cmd: Command,
+    src: PathBuf,
+    dst: PathBuf,
+    args: Vec<OsString>,
+    allow_non_mountpoint: bool,
 }
 
-pub fn seed(src: &Path, dst: &Path, args: &[&str]) -> Output {
-    seed_cmd(src, dst, args).output().expect("run nix-seed")
-}
+impl Seed {
+    /// Seed the Nix root `src` (holding `store/` and `var/`) into `dst`.
+    pub fn new(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Seed {
+        Seed {
+            cmd: nix_seed(),
+            src: src.as_ref().to_path_buf(),
+            dst: dst.as_ref().to_path_buf(),
+            args: Vec::new(),
+            allow_non_mountpoint: true,
+        }
+    }
 
-pub fn spawn_seed(src: &Path, dst: &Path, args: &[&str]) -> Child {
-    seed_cmd(src, dst, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn nix-seed")
+    /// Seed the image `root/nix` (`root` as [`super::nix::real_store`] returns it).
+    pub fn image(root: impl AsRef<Path>, dst: impl AsRef<Path>) -> Seed {
+        Seed::new(root.as_ref().join("nix"), dst)
+    }
+
+    /// More arguments, after `--allow-non-mountpoint`.
+    pub fn args<I, S>(mut self, args: I) -> Seed
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_os_string()));
+        self
+    }
+
+    /// Without `--allow-non-mountpoint`: the target must be a mount point.
+    pub fn on_a_mount_point(mut self) -> Seed {
+        self.allow_non_mountpoint = false;
+        self
+    }
+
+    /// `NIX_SEED_FAILPOINT=spec` (`name=stop`, `name=kill`, `name:nth`, ...).
+    pub fn failpoint(self, spec: impl AsRef<OsStr>) -> Seed {
+        self.env("NIX_SEED_FAILPOINT", spec)
+    }
+
+    /// One more environment variable.
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Seed {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Run as user `uid` (the group stays root's unless [`Seed::gid`] sets it).
+    pub fn uid(mut self, uid: u32) -> Seed {
+        std::os::unix::process::CommandExt::uid(&mut self.cmd, uid);
+        self
+    }
+
+    /// Run with group `gid`.
+    pub fn gid(mut self, gid: u32) -> Seed {
+        std::os::unix::process::CommandExt::gid(&mut self.cmd, gid);
+        self
+    }
+
+    /// The command, for what the builder does not offer (stdout to a file, ...).
+    pub fn command(mut self) -> Command {
+        self.cmd
+            .arg("seed")
+            .arg("--source")
+            .arg(&self.src)
+            .arg("--target")
+            .arg(&self.dst);
+        if self.allow_non_mountpoint {
+            self.cmd.arg("--allow-non-mountpoint");
+        }
+        self.cmd.args(&self.args);
+        self.cmd
+    }
+
+    /// Run it to the end.
+    pub fn output(self) -> Output {
+        self.command().output().expect("run nix-seed")
+    }
+
+    /// Run it to the end and assert exit 0 (else fail with its exit code and output).
+    #[track_caller]
+    pub fn ok(self) -> Output {
+        let o = self.output();
+        assert_ok(&o);
+        o
+    }
+
+    /// Start it, stdout and stderr piped.
+    pub fn spawn(self) -> Child {
+        self.command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nix-seed")
+    }
 }
 
 pub fn status(src: &Path, dst: &Path) -> Output {

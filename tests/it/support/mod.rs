@@ -7,6 +7,8 @@
 //! * [`compare`]: exact store / var comparison, snapshots, temp-file checks.
 //! * [`mounts`]: loop-device filesystems (ext4, xfs, btrfs) and tmpfs, unmounted on drop.
 //! * [`netfs`]: the network-filesystem harness (GlusterFS, sshfs) and seeders run on it.
+//! * [`setup`]: `nixtest!`, `moderntest!`, `roottest!`: a test and what it needs, and its [`Setup`].
+//! * [`cmd`]: running nix-seed as users do; [`cmd::Seed`] builds every `nix-seed seed` of the tests.
 
 pub mod cmd;
 pub mod compare;
@@ -18,7 +20,11 @@ pub mod mounts;
 pub mod netfs;
 pub mod nix;
 pub mod profiles;
+#[macro_use]
+pub mod setup;
 pub mod storm;
+
+pub use setup::Setup;
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -54,11 +60,8 @@ fn skip_or_panic(test: &str, why: &str) -> bool {
 }
 
 /// `true` if running as root. Otherwise panics when `$CI` is set (non-empty), or prints
-/// `SKIPPED <test>: needs root` to stderr and returns `false`.
-///
-/// ```ignore
-/// if !crate::support::require_root("my_test") { return; }
-/// ```
+/// `SKIPPED <test>: needs root` to stderr and returns `false`. A test that needs root is
+/// declared with `roottest!` (or `nixtest!`, see [`setup`]), which calls this with its name.
 pub fn require_root(test: &str) -> bool {
     if is_root() {
         return true;

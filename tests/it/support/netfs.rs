@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::cmd::{seed_cmd, text};
+use super::cmd::{text, Seed};
 
 /// `scripts/netfs.sh` of this checkout.
 pub fn script() -> PathBuf {
@@ -174,11 +174,12 @@ impl Finished {
 
 impl Seeder {
     pub fn spawn(name: &str, src: &Path, dst: &Path, args: &[&str]) -> Seeder {
-        let mut c = seed_cmd(src, dst, args);
         // The lease names the pod ($HOSTNAME) and node ($NODE_NAME).
-        c.env("HOSTNAME", name).env("NODE_NAME", format!("node-of-{name}"));
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn nix-seed");
+        let mut child = Seed::new(src, dst)
+            .args(args)
+            .env("HOSTNAME", name)
+            .env("NODE_NAME", format!("node-of-{name}"))
+            .spawn();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let err = child.stderr.take().unwrap();
         let l2 = lines.clone();

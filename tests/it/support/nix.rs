@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::cmd::{seed_cmd, text};
+use super::cmd::text;
 
 pub fn nix_available(test: &str) -> bool {
     super::require_root(&format!("{test} (real Nix needs root)")) && super::require_tool("nix-store")
@@ -136,10 +136,6 @@ pub fn assert_contents_verify(target: &Path, copy: &Path) {
     );
     super::make_writable(copy);
     std::fs::remove_dir_all(copy).unwrap();
-}
-
-pub fn seed(image: &Path, target: &Path, args: &[&str]) -> Output {
-    seed_cmd(&image.join("nix"), target, args).output().unwrap()
 }
 
 pub fn db_dir_listing(nix: &Path) -> BTreeSet<String> {
