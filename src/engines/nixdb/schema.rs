@@ -26,6 +26,21 @@ pub struct ValidPath {
 }
 
 impl ValidPath {
+    /// The row read by a `SELECT path, hash, registrationTime, deriver, narSize, ultimate,
+    /// sigs, ca`, those columns starting at column `at`.
+    pub(super) fn from_row(r: &rusqlite::Row, at: usize) -> rusqlite::Result<ValidPath> {
+        Ok(ValidPath {
+            path: r.get(at)?,
+            hash: r.get(at + 1)?,
+            registration_time: r.get(at + 2)?,
+            deriver: r.get(at + 3)?,
+            nar_size: r.get(at + 4)?,
+            ultimate: r.get(at + 5)?,
+            sigs: r.get(at + 6)?,
+            ca: r.get(at + 7)?,
+        })
+    }
+
     /// The store path's name (`/nix/store/<name>`).
     pub fn name(&self) -> &str {
         crate::base::store_path::store_name(&self.path)

@@ -131,21 +131,7 @@ pub fn read_source(db_dir: &Path) -> Result<Option<SourceDb>> {
         ))
         .with_context(ctx)?;
     let (paths, path_extra): (Vec<_>, Vec<_>) = st
-        .query_map([], |r| {
-            Ok((
-                ValidPath {
-                    path: r.get(0)?,
-                    hash: r.get(1)?,
-                    registration_time: r.get(2)?,
-                    deriver: r.get(3)?,
-                    nar_size: r.get(4)?,
-                    ultimate: r.get(5)?,
-                    sigs: r.get(6)?,
-                    ca: r.get(7)?,
-                },
-                value(r, 8, xp.len())?,
-            ))
-        })?
+        .query_map([], |r| Ok((ValidPath::from_row(r, 0)?, value(r, 8, xp.len())?)))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(ctx)?
         .into_iter()

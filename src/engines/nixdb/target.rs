@@ -261,21 +261,7 @@ impl TargetDb {
                 .with_context(ctx)?;
             for p in paths {
                 let found = row
-                    .query_row([p], |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            ValidPath {
-                                path: r.get(1)?,
-                                hash: r.get(2)?,
-                                registration_time: r.get(3)?,
-                                deriver: r.get(4)?,
-                                nar_size: r.get(5)?,
-                                ultimate: r.get(6)?,
-                                sigs: r.get(7)?,
-                                ca: r.get(8)?,
-                            },
-                        ))
-                    })
+                    .query_row([p], |r| Ok((r.get::<_, i64>(0)?, ValidPath::from_row(r, 1)?)))
                     .optional()
                     .with_context(ctx)?;
                 let Some((id, v)) = found else { continue };
