@@ -55,6 +55,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("verbose", |a| a.help("Accepted for symmetry: images already prints everything it knows.")))]
 pub struct ImagesArgs {
     #[command(flatten)]
     pub target: Target,
@@ -67,6 +68,7 @@ pub struct ImagesArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("verbose", |a| a.help("More detail: name every store path a collection would then delete.")))]
 pub struct PruneArgs {
     #[command(flatten)]
     pub target: Target,
@@ -99,6 +101,7 @@ pub struct PruneArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("verbose", |a| a.help("Accepted for symmetry: verify already prints one line per problem.")))]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub target: Target,
@@ -143,6 +146,7 @@ pub struct Paths {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("verbose", |a| a.help("More detail: name every store path copied and every var/ entry added.")))]
 pub struct SeedArgs {
     #[command(flatten)]
     pub paths: Paths,
@@ -247,6 +251,7 @@ pub enum ProfilesMode {
 }
 
 #[derive(Debug, Args)]
+#[command(mut_arg("verbose", |a| a.help("More detail: name every store path of the image that is missing.")))]
 pub struct StatusArgs {
     #[command(flatten)]
     pub paths: Paths,
@@ -270,9 +275,7 @@ pub struct Output {
     #[arg(long, short = 'q', env = "NIX_SEED_QUIET", conflicts_with = "verbose", value_parser = parse_bool)]
     pub quiet: bool,
 
-    /// More detail: `seed` names every store path it copies and var/ entry it adds, `status`
-    /// every path missing, `prune` every path a collection would delete; `verify` and
-    /// `images` print nothing more.
+    /// More detail (each subcommand says which).
     #[arg(long, short = 'v', action = clap::ArgAction::SetTrue)]
     pub verbose: bool,
 }

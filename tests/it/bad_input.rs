@@ -338,6 +338,35 @@ fn help_and_version() {
     }
 }
 
+/// `-v` is explained per subcommand: what it adds there, or that it adds nothing.
+#[test]
+fn verbose_is_explained_per_subcommand() {
+    let mut seen = std::collections::BTreeSet::new();
+    for (cmd, says) in [
+        ("seed", "store path copied"),
+        ("status", "missing"),
+        ("prune", "collection would then delete"),
+        ("verify", "one line per problem"),
+        ("images", "everything it knows"),
+    ] {
+        let o = run([cmd, "--help"]);
+        assert_code(&o, 0);
+        let h = support::cmd::stdout(&o)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let at = h
+            .find("-v, --verbose")
+            .unwrap_or_else(|| panic!("{cmd} --help lacks -v"));
+        let line: String = h[at..].chars().take(120).collect();
+        assert!(line.contains(says), "{cmd}: {line}");
+        assert!(
+            seen.insert(line.clone()),
+            "{cmd} repeats another subcommand's -v help: {line}"
+        );
+    }
+}
+
 roottest!(
     a_target_too_small_is_refused_before_copying_naming_bytes_needed_and_free,
     |tmp| {
