@@ -371,7 +371,7 @@ impl Attack {
                 if self.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                self.swap(&v, n % 2 == 0, rng.below(8) as u64);
+                self.swap(&v, n.is_multiple_of(2), rng.below(8) as u64);
                 n += 1;
                 std::thread::yield_now();
             }
