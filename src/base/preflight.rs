@@ -80,7 +80,6 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         ));
     }
     let target_fd = open_root(&tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
-    no_planted_links(&tgt, target_fd.as_fd())?;
     if need_write {
         writable(&tgt, target_fd.as_fd())?;
     }
@@ -116,31 +115,6 @@ pub fn writable(tgt: &Path, target: BorrowedFd) -> Result<(), Invalid> {
             tgt.display(),
             nix::unistd::geteuid()
         ));
-    }
-    Ok(())
-}
-
-/// `store` and `var` in the target, when they exist, are directories: a symlink another
-/// pod planted there is refused before anything is written, as one at `.nix-seed` is.
-fn no_planted_links(tgt: &Path, target: BorrowedFd) -> Result<(), Invalid> {
-    for name in ["store", "var"] {
-        match nix::sys::stat::fstatat(target, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
-            Ok(st) => {
-                let what = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                    "a symlink"
-                } else {
-                    "not a directory"
-                };
-                return invalid(format!(
-                    "{}/{name} is {what}: refusing to follow it; remove it (nix-seed creates the directory), or \
-                     seed another target",
-                    tgt.display()
-                ));
-            }
-            Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return invalid(format!("cannot stat {}/{name}: {e}", tgt.display())),
-        }
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstat, fstatat, FileStat, Mode, SFlag};
 
 use crate::base::dirfd::{file_type, list, lstat_at, mkdir_open, open_dir, MkdirOpen};
+use crate::base::error::Invalid;
 use crate::base::preflight::Checked;
 use crate::base::store_path::{image_id, is_store_path_name};
 
@@ -79,7 +80,7 @@ impl Plan {
             missing,
             image_id,
             target_has_store,
-            target_has_var: lstat_at(c.target.as_fd(), "var")?.is_some(),
+            target_has_var: has_var(c)?,
             source_has_var: lstat_at(c.source.as_fd(), "var")?.is_some(),
             image_marked,
             marked_at,
@@ -243,16 +244,39 @@ pub fn open_target_store(c: &Checked) -> Result<Option<OwnedFd>> {
     }
 }
 
-/// Why `TARGET/store` cannot be opened, in words (not ENOENT: the callers handle that).
+/// Why `TARGET/store` cannot be opened, in words (not ENOENT: the callers handle that). A
+/// symlink or a file planted there is bad input (exit 2): refused, never followed.
 fn store_open_error(c: &Checked, e: io::Error) -> anyhow::Error {
-    if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) {
-        anyhow::anyhow!(
-            "{}/store is not a directory (a symlink or a file): refusing to follow it; \
-             remove it, or seed another target",
-            c.target_path.display()
-        )
-    } else {
-        anyhow::Error::new(e).context(format!("cannot open {}/store", c.target_path.display()))
+    match e.raw_os_error() {
+        // Opened with O_DIRECTORY | O_NOFOLLOW: a symlink gives ENOTDIR or ELOOP; one lstat,
+        // on this error path only, says which it is.
+        Some(libc::ELOOP | libc::ENOTDIR) => {
+            let link = lstat_at(c.target.as_fd(), "store")
+                .ok()
+                .flatten()
+                .is_some_and(|st| file_type(&st) == SFlag::S_IFLNK);
+            planted(c, "store", if link { "a symlink" } else { "not a directory" }).into()
+        }
+        _ => anyhow::Error::new(e).context(format!("cannot open {}/store", c.target_path.display())),
+    }
+}
+
+/// `TARGET/<name>` is `what` (a symlink, or not a directory) where nix-seed needs a directory.
+fn planted(c: &Checked, name: &str, what: &str) -> Invalid {
+    Invalid(format!(
+        "{}/{name} is {what}: refusing to follow it; remove it (nix-seed creates the directory), or seed \
+         another target",
+        c.target_path.display()
+    ))
+}
+
+/// Whether `TARGET/var` exists; anything there but a directory is refused like a planted store.
+fn has_var(c: &Checked) -> Result<bool> {
+    match lstat_at(c.target.as_fd(), "var")? {
+        None => Ok(false),
+        Some(st) if file_type(&st) == SFlag::S_IFDIR => Ok(true),
+        Some(st) if file_type(&st) == SFlag::S_IFLNK => Err(planted(c, "var", "a symlink").into()),
+        Some(_) => Err(planted(c, "var", "not a directory").into()),
     }
 }
 
