@@ -146,36 +146,23 @@ pub fn describe(c: &Checked, explicit: Option<&Path>, source: &[OsString]) -> Re
 /// Keep only the registrations of the paths `keep` holds (full store paths), with their
 /// references and derivation outputs; the extra columns' rows stay aligned.
 pub fn retain_paths(db: &mut SourceDb, keep: &dyn Fn(&str) -> bool) {
-    let keep_rows = |rows: &mut Vec<Vec<rusqlite::types::Value>>, mask: &[bool]| {
-        if rows.len() == mask.len() {
-            let mut i = 0;
-            rows.retain(|_| {
-                i += 1;
-                mask[i - 1]
-            });
-        }
-    };
     let mask: Vec<bool> = db.paths.iter().map(|p| keep(&p.path)).collect();
-    let mut i = 0;
-    db.paths.retain(|_| {
-        i += 1;
-        mask[i - 1]
-    });
-    keep_rows(&mut db.extra[0].rows, &mask);
+    retain_rows(&mut db.paths, &mut db.extra[0].rows, &mask);
     let mask: Vec<bool> = db.refs.iter().map(|(a, _)| keep(a)).collect();
-    let mut i = 0;
-    db.refs.retain(|_| {
-        i += 1;
-        mask[i - 1]
-    });
-    keep_rows(&mut db.extra[1].rows, &mask);
+    retain_rows(&mut db.refs, &mut db.extra[1].rows, &mask);
     let mask: Vec<bool> = db.outputs.iter().map(|(d, _, _)| keep(d)).collect();
-    let mut i = 0;
-    db.outputs.retain(|_| {
-        i += 1;
-        mask[i - 1]
-    });
-    keep_rows(&mut db.extra[2].rows, &mask);
+    retain_rows(&mut db.outputs, &mut db.extra[2].rows, &mask);
+}
+
+/// Keep the rows of `rows` where `mask` is true, and the same rows of `extra` (a table's
+/// extra columns, row by row with it, or empty).
+fn retain_rows<T>(rows: &mut Vec<T>, extra: &mut Vec<Vec<rusqlite::types::Value>>, mask: &[bool]) {
+    let mut keep = mask.iter().copied();
+    rows.retain(|_| keep.next().unwrap_or(true));
+    if extra.len() == mask.len() {
+        let mut keep = mask.iter().copied();
+        extra.retain(|_| keep.next().unwrap_or(true));
+    }
 }
 
 /// What the target knows of the image's paths that neither the database nor the file
