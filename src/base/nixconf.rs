@@ -196,7 +196,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 
 /// A size as Nix's `string2IntWithUnitPrefix` parses one: decimal digits, then optionally
 /// one of K, M, G, T (either case; powers of 1024). None when invalid or above 2^64 - 1.
-fn parse_size(s: &str) -> Option<u64> {
+pub fn parse_size(s: &str) -> Option<u64> {
     let (digits, shift) = match s.as_bytes().last()?.to_ascii_uppercase() {
         b'K' => (&s[..s.len() - 1], 10),
         b'M' => (&s[..s.len() - 1], 20),
