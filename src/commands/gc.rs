@@ -151,13 +151,23 @@ fn keep(o: &Options) -> Result<Keep> {
     })
 }
 
-fn collect(o: &Options, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Result<()> {
-    let keep = keep(o)?;
-    let disk = open(o)?;
-    let shown_var_nix = disk.path.join("var/nix");
-    // One collector, and no seed or prune, at a time: the seed lock first (prune takes it
-    // alone), then Nix's own locks.
-    let _seed_lock = if o.dry_run {
+/// The locks a collection holds, and the gc socket it serves meanwhile; released in
+/// reverse order (the socket first, gc.lock after it).
+struct Locked {
+    _seed_lock: Option<crate::engines::lock::Held>,
+    _nix_locks: NixLocks,
+    claims: Arc<Claims>,
+    _server: Option<Server>,
+    /// Set when another run took the seed lock over (this one stalled): stop.
+    lost: Option<Arc<AtomicBool>>,
+}
+
+/// One collector, and no seed or prune, at a time: the seed lock first (prune takes it
+/// alone), then Nix's own locks; then Nix's gc socket is served from right after gc.lock is
+/// taken until it is released, since a Nix process that cannot take gc.lock shared must
+/// find it. A dry run takes gc.lock shared only.
+fn lock(o: &Options, disk: &Disk, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Result<Locked> {
+    let seed_lock = if o.dry_run {
         None
     } else {
         let cfg = crate::engines::lock::Config {
@@ -172,32 +182,40 @@ fn collect(o: &Options, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Result<()> {
             stop,
         )?)
     };
-    let _nix_locks = NixLocks::collector(
-        disk.var_nix.as_fd(),
-        &shown_var_nix,
-        o.dry_run,
-        log,
-        stop,
-        o.lock_timeout,
-    )?;
-    failpoint::hit("gc-locked");
+    let shown = disk.path.join("var/nix");
+    let nix_locks = NixLocks::collector(disk.var_nix.as_fd(), &shown, o.dry_run, log, stop, o.lock_timeout)?;
     let claims = Claims::new(Default::default());
-    let _server = if o.dry_run {
+    let server = if o.dry_run {
         None
     } else {
         Some(Server::start(
             disk.var_nix.as_fd(),
-            &shown_var_nix,
+            &shown,
             claims.clone(),
             log.clone(),
         )?)
     };
-    if !o.dry_run {
-        finish_killed_run(&disk, log)?;
-    }
+    failpoint::hit("gc-locked");
+    Ok(Locked {
+        lost: seed_lock.as_ref().map(|h| h.lost.clone()),
+        _seed_lock: seed_lock,
+        _nix_locks: nix_locks,
+        claims,
+        _server: server,
+    })
+}
 
+fn collect(o: &Options, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Result<()> {
+    let keep = keep(o)?;
+    let disk = open(o)?;
+    let locked = lock(o, &disk, log, stop)?;
+    let claims = &locked.claims;
+    let entries = list(disk.store.as_fd()).with_context(|| format!("cannot list {}/store", disk.path.display()))?;
+    if !o.dry_run {
+        finish_killed_run(&disk, &entries, log);
+    }
     let roots = roots::find(disk.root.as_fd(), &disk.path)?;
-    let temps = temproots::read(disk.var_nix.as_fd(), &shown_var_nix, o.dry_run)?;
+    let temps = temproots::read(disk.var_nix.as_fd(), &disk.path.join("var/nix"), o.dry_run)?;
     for h in &temps.hashes {
         claims.add(h);
     }
@@ -206,36 +224,40 @@ fn collect(o: &Options, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Result<()> {
     let db_path = disk.path.join("var/nix/db");
     nixdb::set_busy_context(&db_path, o.lock_timeout, log.clone());
     let state = crate::base::layout::state_dir(disk.root.as_fd(), &disk.path)?;
-    let _window = if o.dry_run {
-        None
-    } else {
-        Some(nixdb::DbWindow::enter(state, Some(disk.db_dir.as_fd()), &db_path, log)?)
+    let _window = match o.dry_run {
+        true => None,
+        false => Some(nixdb::DbWindow::enter(state, Some(disk.db_dir.as_fd()), &db_path, log)?),
     };
     let mut db = nixdb::open_target(disk.db_dir.as_fd(), &db_path, o.dry_run)?;
     let regs = db.registrations()?;
-
-    let now = SystemTime::now();
-    let mut plan = decide(&disk, &regs, &roots, &claims, o, keep, now, log)?;
+    let mut plan = decide(&disk, &entries, &regs, &roots, claims, o, keep, SystemTime::now(), log)?;
     tell_kept(&regs, &plan, &roots, &temps, o, log);
 
-    let freed = if o.dry_run {
-        plan.would_free(&regs, log)
+    let (freed, links) = if o.dry_run {
+        (plan.would_free(&regs, log), (0, 0))
     } else {
-        delete(&disk, &mut db, &regs, &mut plan, &claims, o, keep, log, stop)?
+        let stopped =
+            || stop.load(Ordering::Relaxed) || locked.lost.as_ref().is_some_and(|l| l.load(Ordering::Relaxed));
+        let counters = Arc::new(crate::base::progress::Counters::default());
+        let total = plan.order.len() + plan.unregistered.len();
+        counters.paths_total.store(total as u64, Ordering::Relaxed);
+        let progress = crate::base::progress::start(log.clone(), counters.clone(), o.output.progress);
+        let freed = delete(
+            &disk, &mut db, &regs, &mut plan, claims, o, keep, log, &counters, &stopped,
+        );
+        progress.finish();
+        (freed?, clean_links(&disk, log)?)
     };
-    drop(_server);
-    let links = if o.dry_run { (0, 0) } else { clean_links(&disk, log)? };
     summary(&plan, &freed, links, &roots, &temps, o, log);
     Ok(())
 }
 
 /// What a killed collection left: its renamed paths (nix-seed's temporary names, which
 /// any nix-seed run under the locks may remove: a seed holds `gc.lock` shared while it
-/// has any, so none is being written now).
-fn finish_killed_run(disk: &Disk, log: &Log) -> Result<()> {
+/// has any, so none is being written now). `entries`: the store's listing.
+fn finish_killed_run(disk: &Disk, entries: &[crate::base::dirfd::Entry], log: &Log) {
     let shown = disk.path.join("store");
-    let (removed, problems) = crate::base::dirfd::remove_leftovers(disk.store.as_fd(), &shown)
-        .with_context(|| format!("cannot list {}", shown.display()))?;
+    let (removed, problems) = crate::base::dirfd::remove_listed_leftovers(disk.store.as_fd(), &shown, entries);
     for p in problems {
         log.warn(&p);
     }
@@ -246,7 +268,6 @@ fn finish_killed_run(disk: &Disk, log: &Log) -> Result<()> {
             shown.display()
         ));
     }
-    Ok(())
 }
 
 /// What lives and what goes.
@@ -273,6 +294,7 @@ fn within(t: SystemTime, now: SystemTime, age: Duration) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn decide(
     disk: &Disk,
+    entries: &[crate::base::dirfd::Entry],
     regs: &Registrations,
     roots: &Roots,
     claims: &Claims,
@@ -320,7 +342,7 @@ fn decide(
 
     let mut unregistered = Vec::new();
     let mut unregistered_kept = 0;
-    for e in list(disk.store.as_fd()).with_context(|| format!("cannot list {}/store", disk.path.display()))? {
+    for e in entries {
         let Some(name) = e.name.to_str() else { continue };
         if !is_store_path_name(name.as_bytes()) || index.contains_key(format!("/nix/store/{name}").as_str()) {
             continue;
@@ -328,7 +350,8 @@ fn decide(
         let Some(st) = lstat_at(disk.store.as_fd(), &e.name)? else {
             continue;
         };
-        let keep = claims.is_root(hash_part(name))
+        let keep = roots.names.contains_key(name)
+            || claims.is_root(hash_part(name))
             || sweep::lock_held(disk.store.as_fd(), name)
             || sweep::lock_held(disk.store.as_fd(), &format!("{name}.lock"))
             || within(sweep::ctime(&st), now, min_age);
@@ -478,7 +501,8 @@ fn delete(
     o: &Options,
     keep: Keep,
     log: &Log,
-    stop: &AtomicBool,
+    counters: &crate::base::progress::Counters,
+    stopped: &dyn Fn() -> bool,
 ) -> Result<Freed> {
     let mut f = Freed::default();
     if plan.order.is_empty() && plan.unregistered.is_empty() {
@@ -488,7 +512,7 @@ fn delete(
     let budget = o.max_freed.unwrap_or(u64::MAX);
     let mut next = 0;
     while next < plan.order.len() && f.bytes < budget {
-        if stop.load(Ordering::Relaxed) {
+        if stopped() {
             return Err(Stopped.into());
         }
         // The next batch: at most BATCH paths, and no more than the budget asks for.
@@ -527,6 +551,8 @@ fn delete(
                 let bytes = plan.usage.get(&i).map_or(0, |u| u.bytes);
                 f.paths += 1;
                 f.bytes += bytes;
+                counters.paths_done.fetch_add(1, Ordering::Relaxed);
+                counters.bytes.fetch_add(bytes, Ordering::Relaxed);
                 log.detail(
                     "deleted",
                     &format!("deleted {}", regs.paths[i]),
@@ -541,7 +567,7 @@ fn delete(
             f.limited = true;
             break;
         }
-        if stop.load(Ordering::Relaxed) {
+        if stopped() {
             return Err(Stopped.into());
         }
         if !claims.claim(&[hash_part(&name)]).is_empty() {
@@ -554,6 +580,8 @@ fn delete(
         if result?[0] {
             f.unregistered += 1;
             f.bytes += u.bytes;
+            counters.paths_done.fetch_add(1, Ordering::Relaxed);
+            counters.bytes.fetch_add(u.bytes, Ordering::Relaxed);
             log.detail(
                 "deleted",
                 &format!("deleted {path} (not registered)"),
