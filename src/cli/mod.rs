@@ -305,6 +305,12 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub paths: Paths,
 
+    /// The pods' nix.conf: a warning if it enables Nix's automatic garbage collection
+    /// (min-free above 0), unsafe on a shared store [default: $NIX_CONF_DIR/nix.conf if
+    /// NIX_CONF_DIR is set, else /etc/nix/nix.conf; if present].
+    #[arg(long, env = "NIX_SEED_NIX_CONF", value_name = "FILE")]
+    pub nix_conf: Option<PathBuf>,
+
     #[command(flatten)]
     pub output: Output,
 }
