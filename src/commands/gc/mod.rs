@@ -133,8 +133,9 @@ fn open(o: &Options) -> Result<Disk> {
     })
 }
 
-/// `keep-derivations` and `keep-outputs` from the pods' nix.conf (Nix's defaults without one).
-fn keep(o: &Options) -> Result<Keep> {
+/// `keep-derivations` and `keep-outputs` from the pods' nix.conf (Nix's defaults without
+/// one); a warning if it lets the pods' Nix collect garbage on its own.
+fn keep(o: &Options, log: &Log) -> Result<Keep> {
     let conf = match crate::base::nixconf::NixConf::locate(o.nix_conf.as_deref()) {
         Some(p) if o.nix_conf.is_some() && !p.exists() => {
             return Err(refuse(format!(
@@ -145,6 +146,12 @@ fn keep(o: &Options) -> Result<Keep> {
         Some(p) => crate::base::nixconf::NixConf::read(&p)?,
         None => crate::base::nixconf::NixConf::default(),
     };
+    if let Some(why) = conf.auto_gc() {
+        log.warn(&format!(
+            "{why}; on a shared store Nix's collector deletes what other pods use: set min-free = 0 in every \
+             pod's nix.conf and collect with nix-seed gc only"
+        ));
+    }
     Ok(Keep {
         derivations: conf.keep_derivations(),
         outputs: conf.keep_outputs(),
@@ -206,7 +213,7 @@ fn lock(o: &Options, disk: &Disk, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Res
 }
 
 fn collect(o: &Options, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Result<()> {
-    let keep = keep(o)?;
+    let keep = keep(o, log)?;
     let disk = open(o)?;
     let locked = lock(o, &disk, log, stop)?;
     let claims = &locked.claims;

@@ -26,6 +26,8 @@ pub(super) struct Plan {
     /// Dead paths on a cycle of references: kept.
     pub(super) cyclic: Vec<usize>,
     pub(super) usage: HashMap<usize, Usage>,
+    /// The paths kept because they were read within --min-age, and when.
+    pub(super) read_at: HashMap<usize, SystemTime>,
     /// Unregistered store entries to delete (in-progress builds and substitutions are
     /// temporary roots or young), with their usage.
     pub(super) unregistered: Vec<(String, Usage)>,
@@ -38,6 +40,7 @@ fn within(t: SystemTime, now: SystemTime, age: Duration) -> bool {
     now.duration_since(t).map_or(true, |d| d < age)
 }
 
+/// The plan: what lives, why, and what goes (see [`crate::engines::gc`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decide(
     disk: &Disk,
@@ -52,43 +55,70 @@ pub(super) fn decide(
 ) -> Result<Plan> {
     let index = regs.index();
     let n = regs.paths.len();
+    let name = |i: usize| crate::base::store_path::store_name(&regs.paths[i]);
     let mut alive = vec![None; n];
     let rooted = roots
         .names
         .keys()
         .filter_map(|name| index.get(format!("/nix/store/{name}").as_str()).copied());
     live::mark(regs, keep, &mut alive, rooted, Why::Rooted);
-    let temp = (0..n).filter(|&i| claims.is_root(hash_part(crate::base::store_path::store_name(&regs.paths[i]))));
-    live::mark(regs, keep, &mut alive, temp.collect::<Vec<_>>(), Why::TempRoot);
-    let min_age = o.min_age;
-    let young = (0..n).filter(|&i| {
-        within(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(regs.registered[i].max(0) as u64),
-            now,
-            min_age,
-        )
-    });
-    live::mark(regs, keep, &mut alive, young.collect::<Vec<_>>(), Why::Young);
+    let temp: Vec<usize> = (0..n).filter(|&i| claims.is_root(hash_part(name(i)))).collect();
+    live::mark(regs, keep, &mut alive, temp, Why::TempRoot);
+    let registered = |i: usize| SystemTime::UNIX_EPOCH + Duration::from_secs(regs.registered[i].max(0) as u64);
+    let young: Vec<usize> = (0..n).filter(|&i| within(registered(i), now, o.min_age)).collect();
+    live::mark(regs, keep, &mut alive, young, Why::Young);
 
-    // Access times, only where they mean something and only of what would die.
-    let reads = !min_age.is_zero() && !noatime(disk, log);
+    // Access times, only where they can mean something, and only of what would die.
+    let reads = !o.min_age.is_zero() && atimes_kept(disk, log);
     let mut usage = HashMap::new();
-    let mut read = Vec::new();
+    let mut read_at = HashMap::new();
     for i in (0..n).filter(|&i| alive[i].is_none()) {
-        let name = crate::base::store_path::store_name(&regs.paths[i]);
-        let u = sweep::usage(disk.store.as_fd(), std::ffi::OsStr::new(name), reads)
+        let u = sweep::usage(disk.store.as_fd(), std::ffi::OsStr::new(name(i)), reads)
             .with_context(|| format!("cannot read {}", regs.paths[i]))?;
-        if u.last_read.is_some_and(|t| within(t, now, min_age)) {
-            read.push(i);
+        match u.last_read {
+            Some(t) if within(t, now, o.min_age) => {
+                read_at.insert(i, t);
+            }
+            _ => {
+                usage.insert(i, u);
+            }
         }
-        usage.insert(i, u);
     }
-    live::mark(regs, keep, &mut alive, read, Why::RecentlyRead);
+    live::mark(
+        regs,
+        keep,
+        &mut alive,
+        read_at.keys().copied().collect::<Vec<_>>(),
+        Why::RecentlyRead,
+    );
     usage.retain(|i, _| alive[*i].is_none());
     let (order, cyclic) = live::deletion_order(regs, &alive);
+    let (unregistered, unregistered_kept) = unregistered(disk, entries, &index, roots, claims, o, now)?;
+    Ok(Plan {
+        alive,
+        order,
+        cyclic,
+        usage,
+        read_at,
+        unregistered,
+        unregistered_kept,
+    })
+}
 
-    let mut unregistered = Vec::new();
-    let mut unregistered_kept = 0;
+/// The store's entries named like store paths that are not registered: in-progress builds
+/// and substitutions (kept: a temporary root, a held lock, or young), leftovers of killed
+/// ones, and stale lock files (deleted). Returns those to delete, and how many are kept.
+fn unregistered(
+    disk: &Disk,
+    entries: &[crate::base::dirfd::Entry],
+    index: &HashMap<&str, usize>,
+    roots: &Roots,
+    claims: &Claims,
+    o: &Options,
+    now: SystemTime,
+) -> Result<(Vec<(String, Usage)>, usize)> {
+    let mut out = Vec::new();
+    let mut kept = 0;
     for e in entries {
         let Some(name) = e.name.to_str() else { continue };
         if !is_store_path_name(name.as_bytes()) || index.contains_key(format!("/nix/store/{name}").as_str()) {
@@ -101,39 +131,40 @@ pub(super) fn decide(
             || claims.is_root(hash_part(name))
             || sweep::lock_held(disk.store.as_fd(), name)
             || sweep::lock_held(disk.store.as_fd(), &format!("{name}.lock"))
-            || within(sweep::ctime(&st), now, min_age);
+            || within(sweep::ctime(&st), now, o.min_age);
         if keep {
-            unregistered_kept += 1;
+            kept += 1;
             continue;
         }
-        let u = sweep::usage(disk.store.as_fd(), &e.name, false)?;
-        unregistered.push((name.to_string(), u));
+        out.push((name.to_string(), sweep::usage(disk.store.as_fd(), &e.name, false)?));
     }
-    unregistered.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(Plan {
-        alive,
-        order,
-        cyclic,
-        usage,
-        unregistered,
-        unregistered_kept,
-    })
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((out, kept))
 }
 
-/// Whether the store is mounted `noatime` (access times say nothing there); warned once.
-fn noatime(disk: &Disk, log: &Log) -> bool {
+/// Whether access times can say a path was read: not on a `noatime` mount (warned). On a
+/// network filesystem they are what the server keeps: GlusterFS's defaults
+/// (`ctime.noatime`) never show a read to clients (measured: docs/network-filesystems.md).
+fn atimes_kept(disk: &Disk, log: &Log) -> bool {
     let Ok(vfs) = nix::sys::statvfs::fstatvfs(disk.store.as_fd()) else {
-        return false;
+        return true;
     };
-    let no = vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_NOATIME);
-    if no {
+    if vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_NOATIME) {
         log.warn(&format!(
             "{}/store is mounted noatime: a path read recently but registered before --min-age is not \
              recognised as in use (mount it relatime to protect such paths)",
             disk.path.display()
         ));
+        return false;
     }
-    no
+    if crate::base::dirfd::is_network_fs(disk.store.as_fd()) {
+        log.info(&format!(
+            "{}/store is on a network filesystem: a read counts as a use only if its server keeps access \
+             times (GlusterFS's defaults do not); --min-age since registration holds regardless",
+            disk.path.display()
+        ));
+    }
+    true
 }
 
 impl Plan {
@@ -202,6 +233,10 @@ pub(super) fn tell_kept(
                     SystemTime::UNIX_EPOCH + Duration::from_secs(regs.registered[i].max(0) as u64)
                 )
             ),
+            Why::RecentlyRead => match plan.read_at.get(&i) {
+                Some(t) => format!("recently read ({})", humantime::format_rfc3339_seconds(*t)),
+                None => "reached from a recently read path".to_string(),
+            },
             w => w.words().to_string(),
         };
         show(
