@@ -107,6 +107,19 @@ fn open(o: &Options) -> Result<Disk> {
     let var = sub(&root, "var", "var")?;
     let var_nix = sub(&var, "nix", "var/nix")?;
     let db_dir = sub(&var_nix, "db", "var/nix/db")?;
+    // Where the roots are read: directories or absent, never followed through a symlink.
+    for d in ["gcroots", "profiles", "temproots"] {
+        if let Some(st) = crate::base::dirfd::lstat_at(var_nix.as_fd(), d)? {
+            if crate::base::dirfd::file_type(&st) != nix::sys::stat::SFlag::S_IFDIR {
+                return Err(refuse(format!(
+                    "{}/var/nix/{d} is a {}, not a directory: nix-seed never follows symlinks in the target; \
+                     make it the directory Nix makes",
+                    path.display(),
+                    crate::base::dirfd::kind_name(&st)
+                )));
+            }
+        }
+    }
     if !crate::base::dirfd::has_file(db_dir.as_fd(), std::ffi::OsStr::new(nixdb::DB_FILE)) {
         return Err(refuse(format!(
             "{}/var/nix/db/{} is missing: nothing is registered, so every path would look like garbage; \
