@@ -243,10 +243,14 @@ fn collect(o: &Options, log: &Arc<Log>, stop: &Arc<AtomicBool>) -> Result<()> {
 
     let db_path = disk.path.join("var/nix/db");
     nixdb::set_busy_context(&db_path, o.lock_timeout, log.clone());
-    let state = crate::base::layout::state_dir(disk.root.as_fd(), &disk.path)?;
+    // The database is written inside the `.nix-seed/db-lock` window (a kill that leaves
+    // SQLite's lock behind is recovered by the next seed); a dry run only reads.
     let _window = match o.dry_run {
         true => None,
-        false => Some(nixdb::DbWindow::enter(state, Some(disk.db_dir.as_fd()), &db_path, log)?),
+        false => {
+            let state = crate::base::layout::state_dir(disk.root.as_fd(), &disk.path)?;
+            Some(nixdb::DbWindow::enter(state, Some(disk.db_dir.as_fd()), &db_path, log)?)
+        }
     };
     let mut db = nixdb::open_target(disk.db_dir.as_fd(), &db_path, o.dry_run)?;
     let regs = db.registrations()?;
