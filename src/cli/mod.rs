@@ -110,8 +110,9 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 #[command(mut_arg("verbose", |a| a.help("More detail: name every path deleted, and every path kept that no root reaches, with why.")))]
 pub struct GcArgs {
-    #[command(flatten)]
-    pub target: Target,
+    /// The shared store's root, holding store/ and var/ (where this container mounts it).
+    #[arg(long, env = "NIX_SEED_TARGET", default_value = "/nix", value_name = "DIR")]
+    pub target: PathBuf,
 
     /// Keep every path registered, or read, within DUR, and every unregistered entry of the
     /// store changed within DUR: what protects a pod's own results (their roots are in the

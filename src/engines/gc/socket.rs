@@ -126,7 +126,11 @@ fn bind(var_nix: BorrowedFd, shown: &Path) -> Result<UnixListener> {
     }
     // Through the directory's descriptor: no symlink on the way is followed, and the
     // address stays short whatever the target's path.
-    let at = format!("/proc/self/fd/{}/socket", dir.as_raw_fd());
+    // Without /proc (never in a pod), by its path, if that fits in a socket address.
+    let mut at = std::path::PathBuf::from(format!("/proc/self/fd/{}/socket", dir.as_raw_fd()));
+    if !Path::new("/proc/self/fd").exists() {
+        at = dir_shown.join("socket");
+    }
     let listener = UnixListener::bind(&at).with_context(|| format!("cannot bind {}/socket", dir_shown.display()))?;
     // Every Nix user connects to it, as to Nix's own.
     std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o666))
