@@ -47,10 +47,10 @@ pub enum Command {
     Install(InstallArgs),
     /// List the images seeded into the target: when seen, their store paths and sizes.
     Images(ImagesArgs),
-    /// Retire old images (their GC roots, markers, records), so Nix's GC may collect them.
+    /// Retire old images (their GC roots, markers, records), so `nix-seed gc` may collect them.
     ///
     /// Takes the seed lock. Never retires an image seen within --unused-for, nor one whose
-    /// profile generation is current; deletes no store path: run nix-collect-garbage after.
+    /// profile generation is current; deletes no store path: run `nix-seed gc` after.
     Prune(PruneArgs),
     /// Collect garbage in a store many pods share, safely beside them (no Nix needed).
     ///
@@ -304,6 +304,12 @@ pub enum ProfilesMode {
 pub struct StatusArgs {
     #[command(flatten)]
     pub paths: Paths,
+
+    /// The pods' nix.conf: a warning if it enables Nix's automatic garbage collection
+    /// (min-free above 0), unsafe on a shared store [default: $NIX_CONF_DIR/nix.conf if
+    /// NIX_CONF_DIR is set, else /etc/nix/nix.conf; if present].
+    #[arg(long, env = "NIX_SEED_NIX_CONF", value_name = "FILE")]
+    pub nix_conf: Option<PathBuf>,
 
     #[command(flatten)]
     pub output: Output,

@@ -75,6 +75,7 @@ impl From<&StatusArgs> for commands::status::Options {
             source: a.paths.source.clone(),
             target: a.paths.target.target.clone(),
             registration: a.paths.registration.clone(),
+            nix_conf: a.nix_conf.clone(),
             output: (&a.output).into(),
         }
     }

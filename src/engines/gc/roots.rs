@@ -61,6 +61,12 @@ pub fn normalize(p: &str) -> String {
 
 /// The roots in the disk whose root directory is `root` (shown as `shown`).
 pub fn find(root: BorrowedFd, shown: &std::path::Path) -> Result<Roots> {
+    find_except(root, shown, &|_| false)
+}
+
+/// [`find`], leaving out the entries `skip` names (as pods see them, `/nix/var/...`) and
+/// what is below them: the roots that would remain once those are removed.
+pub fn find_except(root: BorrowedFd, shown: &std::path::Path, skip: &dyn Fn(&str) -> bool) -> Result<Roots> {
     let mut out = Roots::default();
     let Some(var) = open_dir_if_exists(root, "var").with_context(|| format!("cannot open {}/var", shown.display()))?
     else {
@@ -71,7 +77,7 @@ pub fn find(root: BorrowedFd, shown: &std::path::Path) -> Result<Roots> {
     else {
         return Ok(out);
     };
-    let finder = Finder { root };
+    let finder = Finder { root, skip };
     for d in ["gcroots", "profiles"] {
         let at = || format!("cannot read the roots in {}/var/nix/{d}", shown.display());
         if let Some(fd) = open_dir_if_exists(nix_dir.as_fd(), d).with_context(at)? {
@@ -85,6 +91,7 @@ pub fn find(root: BorrowedFd, shown: &std::path::Path) -> Result<Roots> {
 
 struct Finder<'a> {
     root: BorrowedFd<'a>,
+    skip: &'a dyn Fn(&str) -> bool,
 }
 
 impl Finder<'_> {
@@ -95,6 +102,9 @@ impl Finder<'_> {
         for e in list(dir)? {
             let name = e.name.to_string_lossy();
             let child = format!("{vpath}/{name}");
+            if (self.skip)(&child) {
+                continue;
+            }
             let Some(st) = lstat_at(dir, &e.name)? else { continue };
             match file_type(&st) {
                 SFlag::S_IFDIR => match open_dir(dir, &e.name) {
