@@ -574,7 +574,7 @@ class Bench:
         cmed = sorted(cops, key=round_trips)[len(cops) // 2]
         top = lambda ops: ", ".join(f"{k} {v}" for k, v in sorted(ops.items(), key=lambda kv: -kv[1]) if v)
         L += [f"### 2. Nothing to delete, on GlusterFS", "",
-              f"The store phase 1 left ({n_paths:,} live paths, {entries:,} files and directories), copied to a "
+              f"What nix-seed gc left of phase 1's store ({n_paths:,} live paths, {entries:,} files and directories), copied to a "
               f"GlusterFS volume of its own ({VOL}: one brick, GlusterFS defaults, on this machine: no "
               f"network delay; `storage.gfid2path off` and `storage.max-hardlinks 0`: with the "
               f"defaults the brick refuses the store's hardlinks, ENOSPC from about 100 links to one file), "
