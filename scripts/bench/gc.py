@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 from .common import REPO, log, out, run
+from .latency import profile_ops
 
 B32 = "0123456789abcdfghijklmnpqrsvwxyz"
 NETFS = REPO / "scripts" / "netfs.sh"
@@ -678,15 +679,6 @@ class Bench:
                 f"{os.cpu_count()} CPUs shared with other work, load {os.getloadavg()[0]:.2f} at the end; "
                 f"nix-seed {out([self.bin, '--version']).split()[-1]}; took {self.took / 60:.0f} min).", ""]
         return "\n".join(head + self.lines).rstrip() + "\n"
-
-
-def profile_ops(text):
-    ops = {}
-    for line in text.splitlines():
-        m = re.match(r"^\s*[\d.]+\s+[\d.]+ [nu]s\s+[\d.]+ [nu]s\s+[\d.]+ [nu]s\s+(\d+)\s+([A-Z]+)\s*$", line)
-        if m:
-            ops[m.group(2)] = ops.get(m.group(2), 0) + int(m.group(1))
-    return ops
 
 
 def round_trips(ops):
