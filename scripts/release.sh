@@ -180,7 +180,9 @@ in_tree "$tree" /usr/bin/env -C /src \
 t_a64=$(secs "$t0" "$(now)")
 
 mkdir -p "$dist"
-install -m 0755 "$repo/target/x86_64-unknown-linux-gnu/release/nix-seed" "$dist/nix-seed-x86_64-linux"
+# The host build's target directory: $CARGO_TARGET_DIR if set (relative to the repository).
+host_target=$(cd "$repo" && realpath -m "${CARGO_TARGET_DIR:-target}")
+install -m 0755 "$host_target/x86_64-unknown-linux-gnu/release/nix-seed" "$dist/nix-seed-x86_64-linux"
 install -m 0755 "$repo/$cross_target_dir/$target_a64/release/nix-seed" "$dist/nix-seed-aarch64-linux"
 
 # Static and stripped, or no release.
@@ -204,7 +206,9 @@ if [ "$check" = 1 ]; then
   q=qemu-aarch64-static
   v=$("$q" "$dist/nix-seed-aarch64-linux" --version) || die "$q $dist/nix-seed-aarch64-linux --version failed"
   vx=$("$dist/nix-seed-x86_64-linux" --version)
-  [ "$v" = "$vx" ] || die "--version differs: aarch64 '$v', x86_64 '$vx'"
+  # The same version, each naming its own architecture: "nix-seed 0.1.0 (aarch64-linux)".
+  [ "$v" = "${vx% (x86_64-linux)} (aarch64-linux)" ] && [ "$v" != "$vx" ] ||
+    die "--version: aarch64 says '$v', x86_64 '$vx' (expected the same version, each with its architecture)"
   log "under $q: $v"
   work=$(mktemp -d "${TMPDIR:-/tmp}/nix-seed-release.XXXXXX")
   trap 'chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
