@@ -321,7 +321,11 @@ fn help_and_version() {
     // the aarch64 binary's).
     assert_eq!(
         support::cmd::stdout(&o),
-        format!("nix-seed {} ({}-linux)\n", env!("CARGO_PKG_VERSION"), std::env::consts::ARCH)
+        format!(
+            "nix-seed {} ({}-linux)\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        )
     );
     let o = run(["seed", "--help"]);
     assert_code(&o, 0);
