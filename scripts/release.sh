@@ -198,6 +198,12 @@ expect() {
 }
 expect "$dist/nix-seed-x86_64-linux" "x86-64"
 expect "$dist/nix-seed-aarch64-linux" "ARM aarch64"
+# The aarch64 binary is at most 1.2 times the x86_64 one's size.
+size_x86=$(stat -c %s "$dist/nix-seed-x86_64-linux")
+size_a64=$(stat -c %s "$dist/nix-seed-aarch64-linux")
+[ $((size_a64 * 10)) -le $((size_x86 * 12)) ] ||
+  die "nix-seed-aarch64-linux ($size_a64 bytes) is over 1.2 times nix-seed-x86_64-linux ($size_x86 bytes)"
+log "sizes: x86_64 $size_x86 bytes, aarch64 $size_a64 bytes ($(awk -v a="$size_a64" -v x="$size_x86" 'BEGIN { printf "%.2f", a / x }')x)"
 (cd "$dist" && sha256sum nix-seed-x86_64-linux nix-seed-aarch64-linux >SHA256SUMS)
 
 # --- check the aarch64 binary under qemu ---------------------------------------------------

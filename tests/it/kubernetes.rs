@@ -437,6 +437,8 @@ const NOT_FLAGS: &[(&str, &str)] = &[
     ("NIX_SEED_CROSS_TREE", "scripts/release.sh"),
     ("NIX_SEED_CROSS_SUITE", "scripts/release.sh"),
     ("NIX_SEED_APT_NO_VALID_UNTIL", "scripts/release.sh"),
+    ("NIX_SEED_AARCH64_BIN", "tests/it/arm64.rs"),
+    ("NIX_SEED_DEBIAN_MIRROR", "scripts/release.sh"),
     ("NIX_SEED_NETFS_BASE", "scripts/netfs.sh"),
     ("NIX_SEED_NETFS_GLUSTER_HOST", "scripts/netfs.sh"),
     ("NIX_SEED_NETFS_SSH_HOST", "scripts/netfs.sh"),
