@@ -8,7 +8,7 @@
 #   dist/nix-seed-aarch64-linux   cross-built in a Debian testing (forky) tree with Debian's
 #                                 rustc and cargo, libstd-rust-dev:arm64 (the aarch64
 #                                 standard library: rustup has no other targets here) and
-#                                 gcc-aarch64-linux-gnu, crt-static
+#                                 gcc-aarch64-linux-gnu, crt-static (.cargo/config.toml)
 #   dist/SHA256SUMS               sha256sum of both, `sha256sum -c` in dist/ checks them
 #
 # Then (unless --no-check) the aarch64 binary is run under qemu-aarch64-static (no binfmt):
@@ -172,7 +172,6 @@ log "aarch64: cargo build --release --locked --target $target_a64 in $tree"
 in_tree "$tree" /usr/bin/env -C /src \
   CARGO_TARGET_DIR="$cross_target_dir" \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
   AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
   cargo build --release --locked --offline --bin nix-seed --target "$target_a64" \
