@@ -116,6 +116,20 @@ pub(super) fn delete(
             claims.release();
             continue;
         }
+        // A lock file is taken, and marked stale as Nix marks one it deletes, before it
+        // goes: a Nix process that opened it meanwhile sees the mark once it gets the lock,
+        // and makes a new one. Held by someone: in use, kept.
+        let _held = if name.ends_with(".lock") {
+            match sweep::retire_lock_file(disk.store.as_fd(), &name) {
+                Some(held) => Some(held),
+                None => {
+                    claims.release();
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
         let path = format!("/nix/store/{name}");
         let result = take_away(disk, None, &[path.as_str()], log);
         claims.release();

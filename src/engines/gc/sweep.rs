@@ -138,3 +138,26 @@ pub fn lock_held(store: BorrowedFd, name: &str) -> bool {
     let shown = std::path::Path::new("/nix/store").join(name);
     !crate::engines::nixlocks::try_flock(&f, libc::LOCK_SH, &shown).unwrap_or(true)
 }
+
+/// Take the lock file `name` in `store` (a stale `.lock` of Nix's builder or substituter)
+/// and mark it stale, as Nix's `deleteLockFile` does (it writes `d`): a process that opened
+/// it before it goes sees, once it gets the lock, that it must make a new one. `None` when
+/// someone holds it (in use: not to be deleted). The lock is held until the file is dropped.
+pub fn retire_lock_file(store: BorrowedFd, name: &str) -> Option<std::fs::File> {
+    use nix::fcntl::{openat, OFlag};
+    use std::io::Write;
+    let fd = openat(
+        store,
+        name,
+        OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ok()?;
+    let mut f = std::fs::File::from(fd);
+    let shown = std::path::Path::new("/nix/store").join(name);
+    if !crate::engines::nixlocks::try_flock(&f, libc::LOCK_EX, &shown).ok()? {
+        return None;
+    }
+    let _ = f.write_all(b"d");
+    Some(f)
+}
