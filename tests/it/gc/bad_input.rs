@@ -1,1 +1,99 @@
-//! (being written)
+//! Bad input to `nix-seed gc`: exit 2, and nothing on the disk changed. Each case is run
+//! against a disk holding old garbage, so a gc that went ahead would show.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use super::{age_all, all, file, last_path, valid, Gc};
+use crate::support::cmd::{assert_code, text};
+use crate::support::compare::{assert_unchanged, snapshot};
+use crate::support::pods::Disk;
+
+/// A disk with one old, unrooted path (garbage for any gc that runs).
+fn disk_with_garbage(t: &Path) -> (Disk, String) {
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "junk", "junk\n");
+    let junk = last_path(&disk.pod("p").ok(&format!("exec nix-store --add {}", f.display())));
+    age_all(disk.nix(), 30);
+    (disk, junk)
+}
+
+#[track_caller]
+fn refused_and_unchanged(dir: &Path, gc: Gc, says: &str) {
+    let before = snapshot(dir);
+    let o = gc.output();
+    assert_code(&o, 2);
+    assert!(
+        all(&o).to_lowercase().contains(says),
+        "the error says {says:?}:\n{}",
+        text(&o)
+    );
+    let after = snapshot(dir);
+    assert_unchanged(&before, &after, |_| true);
+    let (b, a): (BTreeSet<_>, BTreeSet<_>) = (before.entries.keys().collect(), after.entries.keys().collect());
+    assert_eq!(b, a, "no entry added or removed:\n{}", text(&o));
+}
+
+// A --target that is not a Nix store: an empty directory, a regular file, a missing
+// path, a directory with store/ but no var/nix/db. Nothing is created in it.
+roottest!(a_target_that_is_not_a_nix_store_is_refused, |t| {
+    let empty = t.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    refused_and_unchanged(t, Gc::new(&empty).args(["--min-age", "0"]), "");
+    let regular = file(t, "regular", "not a store\n");
+    refused_and_unchanged(t, Gc::new(&regular).args(["--min-age", "0"]), "");
+    refused_and_unchanged(t, Gc::new(&t.join("missing")).args(["--min-age", "0"]), "");
+    let half = t.join("half");
+    std::fs::create_dir_all(half.join("store/0000000000000000000000000000000a-x")).unwrap();
+    refused_and_unchanged(t, Gc::new(&half).args(["--min-age", "0"]), "");
+    assert!(half.join("store/0000000000000000000000000000000a-x").exists());
+});
+
+// var/nix/gcroots (or var/nix/profiles) a symlink: roots would be read from elsewhere, or
+// not at all. Refused, naming it; the garbage is still there.
+nixtest!(a_symlinked_gcroots_or_profiles_is_refused_and_nothing_changes, |t| {
+    let (disk, junk) = disk_with_garbage(t);
+    for dir in ["gcroots", "profiles"] {
+        let real = disk.nix().join("var/nix").join(dir);
+        std::fs::create_dir_all(&real).unwrap();
+        let moved = t.join(format!("elsewhere-{dir}"));
+        std::fs::rename(&real, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &real).unwrap();
+        refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).args(["--min-age", "0"]), dir);
+        refused_and_unchanged(
+            disk.nix(),
+            Gc::new(disk.nix()).args(["--min-age", "0", "--dry-run"]),
+            dir,
+        );
+        assert!(valid(disk.nix()).contains(&junk));
+        std::fs::remove_file(&real).unwrap();
+        std::fs::rename(&moved, &real).unwrap();
+    }
+});
+
+// Garbage durations and sizes, on the command line and in the environment.
+nixtest!(a_garbage_min_age_or_max_freed_is_refused_and_nothing_changes, |t| {
+    let (disk, junk) = disk_with_garbage(t);
+    refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).args(["--min-age", ""]), "min-age");
+    for bad in ["ten days", "10x", "-1d", "1.5.2d", "d", "99999999999999999999d"] {
+        refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).args(["--min-age", bad]), "min-age");
+        refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).env("NIX_SEED_MIN_AGE", bad), "min-age");
+    }
+    for bad in ["", "12Q", "-5M", "lots"] {
+        refused_and_unchanged(
+            disk.nix(),
+            Gc::new(disk.nix()).args(["--min-age", "0", "--max-freed", bad]),
+            "max-freed",
+        );
+    }
+    refused_and_unchanged(
+        disk.nix(),
+        Gc::new(disk.nix()).args(["--min-age", "0", "--lock-timeout", "soon"]),
+        "lock-timeout",
+    );
+    assert!(valid(disk.nix()).contains(&junk));
+    // The same disk with good input: the garbage goes (the cases above were refused, not
+    // no-ops).
+    let o = Gc::new(disk.nix()).args(["--min-age", "0"]).ok();
+    assert!(!valid(disk.nix()).contains(&junk), "{}", text(&o));
+});

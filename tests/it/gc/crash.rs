@@ -1,1 +1,119 @@
-//! (being written)
+//! `nix-seed gc` killed (SIGKILL at a failpoint) at each step boundary: gc-locked,
+//! gc-roots-found, gc-invalidated, gc-renamed, gc-deleted, gc-links. Right after the kill
+//! real Nix finds the store consistent (no path registered but missing, no reference to a
+//! missing path, `--verify --check-contents` clean), and no store entry under its real
+//! name is half deleted (each is as it was before, or gone). A rerun then finishes: no
+//! `.nix-seed-gc-*` leftovers, and the same store, database and `.links` as a run that was
+//! never interrupted.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use super::collect::scene;
+use super::{assert_consistent, cp_a, leftovers, store_names, valid, Gc};
+use crate::support::cmd::text;
+use crate::support::pods::pod_config;
+
+/// What a finished collection leaves: store entries, valid paths, `.links` entries.
+#[derive(Debug, PartialEq, Eq)]
+struct End {
+    names: BTreeSet<String>,
+    valid: BTreeSet<String>,
+    links: BTreeSet<String>,
+}
+
+fn end(nix: &Path) -> End {
+    let links = std::fs::read_dir(nix.join("store/.links"))
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    End {
+        names: store_names(nix),
+        valid: valid(nix),
+        links,
+    }
+}
+
+/// Store entries under their real names that differ from the template's (`diff -r`):
+/// "Only in <template>" (deleted whole) and the gc's own dot-entries are fine.
+fn half_deleted(template: &Path, nix: &Path) -> Vec<String> {
+    let (a, b) = (template.join("store"), nix.join("store"));
+    let o = Command::new("diff")
+        .args(["-rq", "--no-dereference", "-x", ".links", "-x", ".nix-seed-gc-*"])
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    let whole_gone = format!("Only in {}: ", a.display());
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(&whole_gone))
+        .map(str::to_string)
+        .collect()
+}
+
+fn killed_at(t: &Path, point: &str) {
+    let s = scene(t, &pod_config());
+    let template = t.join("template/nix");
+    cp_a(s.disk.nix(), &template);
+
+    // The reference: an uninterrupted run on a copy.
+    let reference = t.join("reference/nix");
+    cp_a(&template, &reference);
+    let r = Gc::new(&reference).args(["-v", "--min-age", "0"]).ok();
+    assert!(!super::deleted(&r).is_empty(), "the scene has garbage:\n{}", text(&r));
+    let want = end(&reference);
+
+    let killed = Gc::new(s.disk.nix())
+        .args(["-v", "--min-age", "0"])
+        .failpoint(&format!("{point}=kill"))
+        .output();
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "killed at the failpoint {point} (else it was never reached):\n{}",
+        text(&killed)
+    );
+    let bad = half_deleted(&template, s.disk.nix());
+    assert!(
+        bad.is_empty(),
+        "killed at {point}: entries changed under their real names: {bad:#?}"
+    );
+    assert_consistent(&s.disk, t, false);
+    if matches!(point, "gc-locked" | "gc-roots-found") {
+        assert_eq!(
+            end(s.disk.nix()),
+            end(&template),
+            "killed at {point}: nothing deleted yet"
+        );
+    }
+
+    let again = Gc::new(s.disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    assert!(
+        leftovers(s.disk.nix()).is_empty(),
+        "after the rerun: {:?}\n{}",
+        leftovers(s.disk.nix()),
+        text(&again)
+    );
+    assert_eq!(
+        end(s.disk.nix()),
+        want,
+        "killed at {point} and rerun: not the end state of an uninterrupted run\n{}",
+        text(&again)
+    );
+    assert_consistent(&s.disk, t, true);
+}
+
+nixtest!(killed_at_gc_locked_then_rerun, |t| { killed_at(t, "gc-locked") });
+nixtest!(killed_at_gc_roots_found_then_rerun, |t| {
+    killed_at(t, "gc-roots-found")
+});
+nixtest!(killed_at_gc_invalidated_then_rerun, |t| {
+    killed_at(t, "gc-invalidated")
+});
+nixtest!(killed_at_gc_renamed_then_rerun, |t| { killed_at(t, "gc-renamed") });
+nixtest!(killed_at_gc_deleted_then_rerun, |t| { killed_at(t, "gc-deleted") });
+nixtest!(killed_at_gc_links_then_rerun, |t| { killed_at(t, "gc-links") });

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::{age, all, deleted, file, kept, valid, would_delete, Gc};
 use crate::support::cmd::text;
-use crate::support::pods::{Disk, GatedBuild, Pod};
+use crate::support::pods::{pod_config_sandbox, Disk, GatedBuild, Pod};
 
 struct Collided {
     disk: Disk,
@@ -23,9 +23,13 @@ struct Collided {
 
 /// Pod A's build waits at its gate, its input in `temproots/1`; pod B's `nix-store --add`,
 /// PID 1 too, unlinks `temproots/1` (asserted: otherwise the scenario shows nothing).
-fn collided(t: &Path, tag: &str) -> Collided {
-    let disk = Disk::new(&t.join("disk"));
-    let build = GatedBuild::new(&t.join("exprs"), tag);
+fn collided(t: &Path, tag: &str, sandbox: bool) -> Collided {
+    let exprs = t.join("exprs");
+    let mut disk = Disk::new(&t.join("disk"));
+    if sandbox {
+        disk = disk.with_config(&pod_config_sandbox(&exprs));
+    }
+    let build = GatedBuild::new(&exprs, tag);
     let a = disk.pod("a").start(&build.script(&t.join("a-result")));
     build.wait_started();
     let tr = disk.nix().join("var/nix/temproots/1");
@@ -44,11 +48,19 @@ fn collided(t: &Path, tag: &str) -> Collided {
     Collided { disk, build, a, dep }
 }
 
+/// The build's chroot (sandbox on): `<store>/<drv>.chroot`, unregistered.
+fn chroot(c: &Collided) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(c.disk.nix().join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".drv.chroot"))
+}
+
 // The control: Nix's collector (pod C) deletes A's input; A's build then fails reading it.
 nixtest!(
     nix_gc_deletes_the_input_of_a_build_whose_temp_roots_another_pod_unlinked,
     |t| {
-        let c = collided(t, "tr-ctl");
+        let c = collided(t, "tr-ctl", false);
         let gc = c.disk.pod("c").run("exec nix-store --gc");
         assert!(gc.status.success(), "{}", text(&gc));
         assert!(all(&gc).contains(&format!("deleting '{}'", c.dep)), "{}", text(&gc));
@@ -59,22 +71,49 @@ nixtest!(
     }
 );
 
+// The same with the sandbox on: Nix's collector also deletes A's build chroot.
+nixtest!(nix_gc_deletes_the_input_and_the_chroot_of_a_sandboxed_build, |t| {
+    let c = collided(t, "tr-ctl-sb", true);
+    let root = chroot(&c).expect("a sandboxed build has a chroot in the store");
+    let gc = c.disk.pod("c").run("exec nix-store --gc");
+    assert!(gc.status.success(), "{}", text(&gc));
+    assert!(all(&gc).contains(&format!("deleting '{}'", c.dep)), "{}", text(&gc));
+    assert!(!root.exists(), "the chroot was deleted:\n{}", text(&gc));
+    // A's builder lost its /bin with the chroot (and cannot see its gate): it never
+    // finishes. The pod is killed when `c` is dropped.
+});
+
+/// nix-seed gc keeps A's input (young) and its chroot, and A's build finishes with it.
+fn nix_seed_gc_keeps_the_collided_build(t: &Path, tag: &str, sandbox: bool) {
+    let c = collided(t, tag, sandbox);
+    let root = chroot(&c);
+    assert_eq!(root.is_some(), sandbox);
+    let gc = Gc::new(c.disk.nix()).args(["-v"]).ok();
+    assert!(!deleted(&gc).contains(&c.dep), "{}", text(&gc));
+    assert!(valid(c.disk.nix()).contains(&c.dep));
+    if let Some(root) = &root {
+        assert!(root.exists(), "the build's chroot is kept:\n{}", text(&gc));
+    }
+    c.build.gate.open();
+    let out = c.a.ok();
+    let result = super::last_path(&out);
+    let data = std::fs::read_to_string(c.disk.host(&result).join("data")).unwrap();
+    assert_eq!(data, format!("dep-data-{tag}\n"));
+    assert!(valid(c.disk.nix()).contains(&result));
+}
+
 // The fix: nix-seed gc keeps A's input (young), and A's build finishes with it.
 nixtest!(
     nix_seed_gc_keeps_the_input_of_a_build_whose_temp_roots_another_pod_unlinked,
     |t| {
-        let c = collided(t, "tr-fix");
-        let gc = Gc::new(c.disk.nix()).args(["-v"]).ok();
-        assert!(!deleted(&gc).contains(&c.dep), "{}", text(&gc));
-        assert!(valid(c.disk.nix()).contains(&c.dep));
-        c.build.gate.open();
-        let out = c.a.ok();
-        let result = super::last_path(&out);
-        let data = std::fs::read_to_string(c.disk.host(&result).join("data")).unwrap();
-        assert_eq!(data, "dep-data-tr-fix\n");
-        assert!(valid(c.disk.nix()).contains(&result));
+        nix_seed_gc_keeps_the_collided_build(t, "tr-fix", false);
     }
 );
+
+// The same with the sandbox on: the chroot is kept too.
+nixtest!(nix_seed_gc_keeps_the_input_and_the_chroot_of_a_sandboxed_build, |t| {
+    nix_seed_gc_keeps_the_collided_build(t, "tr-fix-sb", true);
+});
 
 /// A temp-roots file made by hand, its lock held by this process while it lives.
 struct HeldRoots {

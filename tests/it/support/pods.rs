@@ -14,7 +14,6 @@
 //! let oa = a.wait();
 //! ```
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,10 +27,14 @@ pub fn pod_config() -> String {
         .to_string()
 }
 
-/// The same with the sandbox on (root, /bin /usr /lib /lib64 of the host in the sandbox).
-pub fn pod_config_sandbox() -> String {
-    "substituters =\nbuild-users-group =\nexperimental-features = nix-command\nuse-sqlite-wal = false\nsandbox = true\nsandbox-paths = /bin /usr /lib /lib64\n"
-        .to_string()
+/// The same with the sandbox on (root builds in a chroot under the store, `<drv>.chroot`):
+/// /bin /usr /lib /lib64 of the host in it, and `gates` (where [`GatedBuild`]s keep their
+/// gates and markers).
+pub fn pod_config_sandbox(gates: &Path) -> String {
+    format!(
+        "substituters =\nbuild-users-group =\nexperimental-features = nix-command\nuse-sqlite-wal = false\nsandbox = true\nsandbox-paths = /bin /usr /lib /lib64 {}\n",
+        gates.display()
+    )
 }
 
 /// The shared disk: a directory holding `store/` and `var/` (made by the pods' Nix on first
@@ -77,13 +80,7 @@ impl Disk {
             disk: self.clone(),
             name: name.to_string(),
             binds: Vec::new(),
-            env: Vec::new(),
         }
-    }
-
-    /// `path` as a pod sees it: `/nix/...` for a path under the disk.
-    pub fn in_pod(&self, path: &Path) -> PathBuf {
-        Path::new("/nix").join(path.strip_prefix(&self.nix).expect("a path on the disk"))
     }
 
     /// A store path's location on the disk as the host sees it (`/nix/store/x` → `<disk>/store/x`).
@@ -96,7 +93,6 @@ pub struct PodBuilder {
     disk: Disk,
     name: String,
     binds: Vec<(PathBuf, PathBuf)>,
-    env: Vec<(OsString, OsString)>,
 }
 
 fn q(p: &Path) -> String {
@@ -110,11 +106,6 @@ impl PodBuilder {
         std::fs::create_dir_all(from).unwrap();
         std::fs::create_dir_all(at).unwrap();
         self.binds.push((from.to_path_buf(), at.to_path_buf()));
-        self
-    }
-
-    pub fn env(mut self, k: &str, v: &str) -> PodBuilder {
-        self.env.push((k.into(), v.into()));
         self
     }
 
@@ -144,9 +135,6 @@ impl PodBuilder {
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(out).unwrap())
         .stderr(std::fs::File::create(err).unwrap());
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
         c
     }
 
@@ -197,11 +185,6 @@ impl Pod {
     /// Whether the pod has exited.
     pub fn exited(&mut self) -> bool {
         self.child.as_mut().unwrap().try_wait().unwrap().is_some()
-    }
-
-    /// What the pod wrote to stderr so far.
-    pub fn stderr_so_far(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
     }
 
     /// Wait for the pod (at most 5 minutes: a hung pod fails the test).
@@ -276,7 +259,6 @@ pub struct GatedBuild {
     pub expr: PathBuf,
     pub started: PathBuf,
     pub gate: Gate,
-    pub tag: String,
 }
 
 impl GatedBuild {
@@ -307,12 +289,7 @@ in mk {{
             ),
         )
         .unwrap();
-        GatedBuild {
-            expr,
-            started,
-            gate,
-            tag: tag.to_string(),
-        }
+        GatedBuild { expr, started, gate }
     }
 
     /// The pod script: `exec nix-build` (PID 1) with the result link at `out_link`.
