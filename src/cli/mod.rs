@@ -47,11 +47,18 @@ pub enum Command {
     Install(InstallArgs),
     /// List the images seeded into the target: when seen, their store paths and sizes.
     Images(ImagesArgs),
-    /// Retire old images (their GC roots, markers, records), so Nix's GC may collect them.
+    /// Retire old images (their GC roots, markers, records), so `nix-seed gc` may collect them.
     ///
     /// Takes the seed lock. Never retires an image seen within --unused-for, nor one whose
-    /// profile generation is current; deletes no store path: run nix-collect-garbage after.
+    /// profile generation is current; deletes no store path: run `nix-seed gc` after.
     Prune(PruneArgs),
+    /// Collect garbage in a store many pods share, safely beside them (no Nix needed).
+    ///
+    /// Keeps what Nix's collector keeps (roots, profiles, temporary roots, their closures)
+    /// and, since other pods' roots and processes are invisible from here, every path
+    /// registered or read within --min-age. Takes the seed lock and Nix's gc.lock, and
+    /// serves Nix's gc socket meanwhile. Never run Nix's own collector on a shared store.
+    Gc(GcArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +105,48 @@ pub struct PruneArgs {
 
     #[command(flatten)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+#[command(mut_arg("verbose", |a| a.help("More detail: name every path deleted, and every path kept that no root reaches, with why.")))]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub target: Target,
+
+    /// Keep every path registered, or read, within DUR, and every unregistered entry of the
+    /// store changed within DUR: what protects a pod's own results (their roots are in the
+    /// pod, invisible here) and what processes in other pods use. The default covers a
+    /// working week, its weekend, and a long build. 0 keeps only what roots reach.
+    #[arg(long, env = "NIX_SEED_MIN_AGE", default_value = "10d", value_parser = parse_duration, value_name = "DUR")]
+    pub min_age: Duration,
+
+    /// Stop once this much is freed (bytes, or with K, M, G, T: powers of 1024).
+    #[arg(long, env = "NIX_SEED_MAX_FREED", value_parser = parse_size, value_name = "SIZE")]
+    pub max_freed: Option<u64>,
+
+    /// The pods' nix.conf, for keep-derivations and keep-outputs [default:
+    /// $NIX_CONF_DIR/nix.conf, else /etc/nix/nix.conf, if present; else Nix's defaults].
+    #[arg(long, env = "NIX_SEED_NIX_CONF", value_name = "FILE")]
+    pub nix_conf: Option<PathBuf>,
+
+    /// Print what would be deleted, and why each path no root reaches is kept; delete
+    /// nothing (waits for a running collection, takes no seed lock).
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = parse_bool)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub lock: LockTimeout,
+
+    #[command(flatten)]
+    pub stale: LockStale,
+
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// A size: bytes, or with K, M, G or T (powers of 1024), as Nix's `--max-freed` takes it.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    crate::base::nixconf::parse_size(s).ok_or_else(|| "expected a size: bytes, or a number with K, M, G or T".into())
 }
 
 #[derive(Debug, Args)]
