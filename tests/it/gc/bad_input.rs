@@ -76,13 +76,14 @@ nixtest!(a_garbage_min_age_or_max_freed_is_refused_and_nothing_changes, |t| {
     let (disk, junk) = disk_with_garbage(t);
     refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).args(["--min-age", ""]), "min-age");
     for bad in ["ten days", "10x", "-1d", "1.5.2d", "d", "99999999999999999999d"] {
-        refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).args(["--min-age", bad]), "min-age");
+        let arg = format!("--min-age={bad}");
+        refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).args([&arg]), "min-age");
         refused_and_unchanged(disk.nix(), Gc::new(disk.nix()).env("NIX_SEED_MIN_AGE", bad), "min-age");
     }
     for bad in ["", "12Q", "-5M", "lots"] {
         refused_and_unchanged(
             disk.nix(),
-            Gc::new(disk.nix()).args(["--min-age", "0", "--max-freed", bad]),
+            Gc::new(disk.nix()).args(["--min-age", "0", &format!("--max-freed={bad}")]),
             "max-freed",
         );
     }

@@ -3,7 +3,7 @@
 //! real Nix finds the store consistent (no path registered but missing, no reference to a
 //! missing path, `--verify --check-contents` clean), and no store entry under its real
 //! name is half deleted (each is as it was before, or gone). A rerun then finishes: no
-//! `.nix-seed-gc-*` leftovers, and the same store, database and `.links` as a run that was
+//! `.nix-seed-*` leftovers, and the same store, database and `.links` as a run that was
 //! never interrupted.
 
 use std::collections::BTreeSet;
@@ -38,11 +38,11 @@ fn end(nix: &Path) -> End {
 }
 
 /// Store entries under their real names that differ from the template's (`diff -r`):
-/// "Only in <template>" (deleted whole) and the gc's own dot-entries are fine.
+/// "Only in <template>" (deleted whole) and the gc's own `.nix-seed-*` entries are fine.
 fn half_deleted(template: &Path, nix: &Path) -> Vec<String> {
     let (a, b) = (template.join("store"), nix.join("store"));
     let o = Command::new("diff")
-        .args(["-rq", "--no-dereference", "-x", ".links", "-x", ".nix-seed-gc-*"])
+        .args(["-rq", "--no-dereference", "-x", ".links", "-x", ".nix-seed-*"])
         .arg(&a)
         .arg(&b)
         .output()

@@ -133,15 +133,20 @@ pub fn kept(o: &Output) -> BTreeMap<String, String> {
     named_after(o, "kept ")
 }
 
-/// `unresolved indirect root LINK -> TARGET` lines.
+/// The lines that name an unresolved indirect root: the design's `unresolved indirect
+/// root LINK -> TARGET`, or `kept LINK: an indirect root to TARGET, outside the disk ...`
+/// as the implementation words it. Each must name the link and its target.
 pub fn unresolved_roots(o: &Output) -> Vec<String> {
     all(o)
         .lines()
-        .filter_map(|l| l.find("unresolved indirect root ").map(|i| l[i..].to_string()))
+        .filter(|l| {
+            l.contains("unresolved indirect root ") || (l.contains("an indirect root to ") && l.contains("outside"))
+        })
+        .map(str::to_string)
         .collect()
 }
 
-/// Store entries of a Nix root by name (not the dot-files: .links, .nix-seed-gc-*).
+/// Store entries of a Nix root by name (not the dot-files: .links, .nix-seed-*).
 pub fn store_names(nix: &Path) -> BTreeSet<String> {
     std::fs::read_dir(nix.join("store"))
         .unwrap()
@@ -155,12 +160,14 @@ pub fn as_paths(names: &BTreeSet<String>) -> BTreeSet<String> {
     names.iter().map(|n| format!("/nix/store/{n}")).collect()
 }
 
-/// Leftovers of a gc run: `store/.nix-seed-gc-*`.
+/// Leftovers of a gc run (its renamed entries, `.nix-seed-gc-*` in the design; the
+/// implementation names them `.nix-seed-tmp-*` like the seeder's temporaries): every
+/// `store/.nix-seed-*`.
 pub fn leftovers(nix: &Path) -> Vec<String> {
     std::fs::read_dir(nix.join("store"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".nix-seed-gc-"))
+        .filter(|n| n.starts_with(".nix-seed-"))
         .collect()
 }
 
@@ -226,7 +233,7 @@ pub fn print_dead(disk: &Disk) -> BTreeSet<String> {
 /// * every registered path exists on the disk;
 /// * every reference of every valid path (`nix-store -q --references`) is valid;
 /// * `nix-store --verify --check-contents` finds nothing wrong (on a copy under `scratch`);
-/// * no `.nix-seed-gc-*` leftovers when `finished`.
+/// * no `.nix-seed-*` leftovers when `finished`.
 #[track_caller]
 pub fn assert_consistent(disk: &Disk, scratch: &Path, finished: bool) {
     let nix = disk.nix();
