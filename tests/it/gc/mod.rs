@@ -11,6 +11,7 @@
 //! * `crash`: killed at each failpoint, consistent, and a rerun finishes.
 //! * `concurrent`: beside a seed, pods adding paths, a second gc.
 //! * `netfs`: GlusterFS through two FUSE clients.
+//! * `modern`: Nix 2.26 as a second oracle, and as a client of the gc socket.
 //! * `bad_input`: exit 2, nothing changed.
 
 mod bad_input;
@@ -18,6 +19,7 @@ mod collect;
 mod concurrent;
 mod control;
 mod crash;
+mod modern;
 mod netfs;
 mod temproots;
 
