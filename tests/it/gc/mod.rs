@@ -12,6 +12,7 @@
 //! * `concurrent`: beside a seed, pods adding paths, a second gc.
 //! * `netfs`: GlusterFS through two FUSE clients.
 //! * `modern`: Nix 2.26 as a second oracle, and as a client of the gc socket.
+//! * `output`: --max-freed, the JSON event, the termination log.
 //! * `bad_input`: exit 2, nothing changed.
 
 mod bad_input;
@@ -21,6 +22,7 @@ mod control;
 mod crash;
 mod modern;
 mod netfs;
+mod output;
 mod temproots;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,8 +33,8 @@ use std::process::{Child, Command, Output, Stdio};
 use crate::support::cmd::{nix_seed, text};
 use crate::support::pods::Disk;
 
-/// One `nix-seed gc --target T --log-format text`, with the environment of
-/// [`nix_seed`] (no `NIX_SEED_*` of the caller's).
+/// One `nix-seed gc --target T`, with the environment of [`nix_seed`] (no `NIX_SEED_*`
+/// of the caller's: text logs).
 pub struct Gc {
     cmd: Command,
 }
@@ -40,7 +42,7 @@ pub struct Gc {
 impl Gc {
     pub fn new(target: &Path) -> Gc {
         let mut cmd = nix_seed();
-        cmd.arg("gc").arg("--target").arg(target).args(["--log-format", "text"]);
+        cmd.arg("gc").arg("--target").arg(target);
         Gc { cmd }
     }
 

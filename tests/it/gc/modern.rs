@@ -73,10 +73,10 @@ moderntest!(
         });
         let t0 = Instant::now();
         // The host's files are not in 2.26's tree: the same name and contents, made there.
-    let o = Nix::V2_26.pod(
-        disk.nix(),
-        "d=$(mktemp -d) && printf 're-added by Nix 2.26\\n' > $d/readd && nix-store --add $d/readd",
-    );
+        let o = Nix::V2_26.pod(
+            disk.nix(),
+            "d=$(mktemp -d) && printf 're-added by Nix 2.26\\n' > $d/readd && nix-store --add $d/readd",
+        );
         assert!(o.status.success(), "{}", text(&o));
         assert_eq!(last_path(&String::from_utf8_lossy(&o.stdout)), readd);
         assert!(
