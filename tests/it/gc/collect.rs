@@ -26,6 +26,8 @@ pub struct Scene {
     pub dups: [String; 2],
     /// The result rooted through /nix/var/keep/result (indirect, inside the disk).
     pub kept_result: String,
+    /// A `nix-store --add` path rooted by a regular file in gcroots named after it.
+    pub file_rooted: String,
 }
 
 /// The disk of this module's tests, pods configured with `config`.
@@ -43,6 +45,7 @@ pub fn scene(t: &Path, config: &str) -> Scene {
     let same = "the same bytes in two store paths\n".repeat(100);
     let fa = file(&t.join("files"), "dup-a", &same);
     let fb = file(&t.join("files"), "dup-b", &same);
+    let fr = file(&t.join("files"), "file-rooted", "rooted by a regular file\n");
     let script = format!(
         "set -e
 nix-build {gone} --no-out-link >/dev/null
@@ -52,6 +55,8 @@ nix-env -p /nix/var/nix/profiles/per-user/root/test --set $kept
 drvonly=$(nix-build {drvonly} --no-out-link)
 nix-instantiate {drvonly} --add-root /nix/var/keep/drvonly.drv --indirect >/dev/null
 nix-store --add {fa} {fb}
+fr=$(nix-store --add {fr})
+touch /nix/var/nix/gcroots/$(basename $fr)
 nix-store --optimise
 echo kept=$kept
 echo drvonly=$drvonly",
@@ -60,6 +65,7 @@ echo drvonly=$drvonly",
         drvonly = drvonly.expr.display(),
         fa = fa.display(),
         fb = fb.display(),
+        fr = fr.display(),
     );
     let out = disk.pod("user").ok(&script);
     let var = |k: &str| {
@@ -84,6 +90,7 @@ echo drvonly=$drvonly",
         drvonly_out: var("drvonly"),
         dups: [ending("-dup-a"), ending("-dup-b")],
         kept_result: var("kept"),
+        file_rooted: ending("-file-rooted"),
         disk,
         image,
     }
@@ -103,6 +110,7 @@ fn lonely_links(nix: &Path) -> Vec<String> {
 fn check_scene_shape(s: &Scene, dead: &BTreeSet<String>) {
     assert!(dead.is_superset(&s.gone), "Nix calls the unrooted build dead: {dead:?}");
     assert!(!dead.contains(&s.kept_result), "rooted in the disk: {dead:?}");
+    assert!(!dead.contains(&s.file_rooted), "rooted by a regular file: {dead:?}");
     assert!(dead.contains(&s.dups[0]) && dead.contains(&s.dups[1]));
     let image: BTreeSet<String> = valid(&s.image.join("nix"));
     assert!(dead.is_disjoint(&image), "the seeded image is rooted");
@@ -185,6 +193,23 @@ nixtest!(
             "with keep-outputs a rooted .drv's output lives"
         );
         let conf = file(&t.join("conf"), "nix.conf", "keep-outputs = true\n");
+        collect_all_and_compare(t, &s, &dead, &["--nix-conf", conf.to_str().unwrap()]);
+    }
+);
+
+// keep-derivations = false: the .drv of a live output is garbage too, as for Nix.
+nixtest!(
+    keep_derivations_false_in_nix_conf_collects_the_drvs_of_live_outputs_as_nix_does,
+    |t| {
+        let config = format!("{}keep-derivations = false\n", pod_config());
+        let s = scene(t, &config);
+        let dead = print_dead(&s.disk);
+        check_scene_shape(&s, &dead);
+        assert!(
+            dead.iter().any(|p| p.ends_with("-keep-result.drv")),
+            "without keep-derivations the rooted result's .drv is dead: {dead:?}"
+        );
+        let conf = file(&t.join("conf"), "nix.conf", "keep-derivations = false\n");
         collect_all_and_compare(t, &s, &dead, &["--nix-conf", conf.to_str().unwrap()]);
     }
 );

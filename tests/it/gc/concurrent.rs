@@ -210,3 +210,42 @@ nixtest!(a_second_gc_waits_or_times_out_with_exit_3, |t| {
     assert!(!valid(disk.nix()).contains(&junk));
     super::assert_consistent(&disk, t, true);
 });
+
+// Nix's own collector holds gc.lock (slowed by strace: 8 s before it reads the store):
+// nix-seed gc never runs beside it. With --lock-timeout 1s it exits 3; without, it waits
+// and runs after it; the store is consistent.
+nixtest!(gc_waits_for_nixs_own_collector, needs = &["strace"], |t| {
+    use crate::support::storm::{Gc as NixGc, Slow};
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "junk", "junk\n");
+    let g = file(&t.join("files"), "more", "more junk\n");
+    disk.pod("p")
+        .ok(&format!("exec nix-store --add {} {}", f.display(), g.display()));
+    let mut nix_gc = NixGc::start(
+        disk.nix(),
+        Slow {
+            flock_us: 8_000_000,
+            unlink_us: 0,
+        },
+    );
+    assert!(
+        nix_gc.wait_holding(Duration::from_secs(30)),
+        "Nix's collector holds gc.lock"
+    );
+    let quick = Gc::new(disk.nix())
+        .args(["--min-age", "0", "--lock-timeout", "1s"])
+        .output();
+    assert_code(&quick, 3);
+    assert!(all(&quick).contains("gc.lock"), "names gc.lock:\n{}", text(&quick));
+    let log = t.join("gc");
+    let mut gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).spawn(&log);
+    assert!(
+        still_running(&mut gc, 1) && !nix_gc.exited(),
+        "nix-seed gc waits while Nix's collector runs"
+    );
+    let nix_out = nix_gc.finish();
+    let o = finish(gc, &log);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(all(&nix_out).contains("deleting"), "Nix's collector deleted the junk");
+    super::assert_consistent(&disk, t, true);
+});

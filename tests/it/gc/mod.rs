@@ -13,6 +13,7 @@
 //! * `netfs`: GlusterFS through two FUSE clients.
 //! * `modern`: Nix 2.26 as a second oracle, and as a client of the gc socket.
 //! * `output`: --max-freed, the JSON event, the termination log.
+//! * `socket`: what a pod's Nix is told during the deletion holds.
 //! * `bad_input`: exit 2, nothing changed.
 
 mod bad_input;
@@ -23,6 +24,7 @@ mod crash;
 mod modern;
 mod netfs;
 mod output;
+mod socket;
 mod temproots;
 
 use std::collections::{BTreeMap, BTreeSet};
