@@ -391,6 +391,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_nix_conf_parses_and_keeps_automatic_gc_off() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes/nix.conf");
+        let c = NixConf::read(&path).unwrap();
+        assert_eq!(c.get("min-free"), Some("0"), "set explicitly, overriding anything else");
+        assert_eq!(c.auto_gc(), None);
+        assert_eq!(c.get("use-sqlite-wal"), Some("false"));
+        assert!(
+            c.keep_derivations() && !c.keep_outputs(),
+            "Nix's defaults unless the team changes them"
+        );
+    }
+
+    #[test]
     fn locate_explicit_then_nix_conf_dir() {
         // The only test in this binary that touches NIX_CONF_DIR.
         let dir = tempfile::tempdir().unwrap();

@@ -110,8 +110,9 @@ pub struct PruneArgs {
 #[derive(Debug, Args)]
 #[command(mut_arg("verbose", |a| a.help("More detail: name every path deleted, and every path kept that no root reaches, with why.")))]
 pub struct GcArgs {
-    #[command(flatten)]
-    pub target: Target,
+    /// The shared store's root, holding store/ and var/ (where this container mounts it).
+    #[arg(long, env = "NIX_SEED_TARGET", default_value = "/nix", value_name = "DIR")]
+    pub target: PathBuf,
 
     /// Keep every path registered, or read, within DUR, and every unregistered entry of the
     /// store changed within DUR: what protects a pod's own results (their roots are in the
@@ -304,6 +305,12 @@ pub enum ProfilesMode {
 pub struct StatusArgs {
     #[command(flatten)]
     pub paths: Paths,
+
+    /// The pods' nix.conf: a warning if it enables Nix's automatic garbage collection
+    /// (min-free above 0), unsafe on a shared store [default: $NIX_CONF_DIR/nix.conf if
+    /// NIX_CONF_DIR is set, else /etc/nix/nix.conf; if present].
+    #[arg(long, env = "NIX_SEED_NIX_CONF", value_name = "FILE")]
+    pub nix_conf: Option<PathBuf>,
 
     #[command(flatten)]
     pub output: Output,

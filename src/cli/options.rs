@@ -75,6 +75,7 @@ impl From<&StatusArgs> for commands::status::Options {
             source: a.paths.source.clone(),
             target: a.paths.target.target.clone(),
             registration: a.paths.registration.clone(),
+            nix_conf: a.nix_conf.clone(),
             output: (&a.output).into(),
         }
     }
@@ -119,7 +120,7 @@ impl From<&PruneArgs> for commands::prune::Options {
 impl From<&GcArgs> for commands::gc::Options {
     fn from(a: &GcArgs) -> Self {
         Self {
-            target: a.target.target.clone(),
+            target: a.target.clone(),
             min_age: a.min_age,
             max_freed: a.max_freed,
             nix_conf: a.nix_conf.clone(),

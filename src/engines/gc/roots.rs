@@ -19,8 +19,9 @@ use std::os::unix::ffi::OsStrExt;
 use anyhow::{Context, Result};
 use nix::sys::stat::SFlag;
 
-use crate::base::dirfd::{file_type, list, lstat_at, open_dir, open_dir_if_exists};
+use crate::base::dirfd::{file_type, list, lstat_at, open_dir, open_dir_if_exists, Entry, Listed};
 use crate::base::store_path::is_store_path_name;
+use nix::dir::Type;
 
 /// Where pods see the disk, and its store.
 pub const NIX: &str = "/nix";
@@ -61,6 +62,12 @@ pub fn normalize(p: &str) -> String {
 
 /// The roots in the disk whose root directory is `root` (shown as `shown`).
 pub fn find(root: BorrowedFd, shown: &std::path::Path) -> Result<Roots> {
+    find_except(root, shown, &|_| false)
+}
+
+/// [`find`], leaving out the entries `skip` names (as pods see them, `/nix/var/...`) and
+/// what is below them: the roots that would remain once those are removed.
+pub fn find_except(root: BorrowedFd, shown: &std::path::Path, skip: &dyn Fn(&str) -> bool) -> Result<Roots> {
     let mut out = Roots::default();
     let Some(var) = open_dir_if_exists(root, "var").with_context(|| format!("cannot open {}/var", shown.display()))?
     else {
@@ -71,7 +78,11 @@ pub fn find(root: BorrowedFd, shown: &std::path::Path) -> Result<Roots> {
     else {
         return Ok(out);
     };
-    let finder = Finder { root };
+    let finder = Finder {
+        root,
+        skip,
+        dirs: Default::default(),
+    };
     for d in ["gcroots", "profiles"] {
         let at = || format!("cannot read the roots in {}/var/nix/{d}", shown.display());
         if let Some(fd) = open_dir_if_exists(nix_dir.as_fd(), d).with_context(at)? {
@@ -85,20 +96,47 @@ pub fn find(root: BorrowedFd, shown: &std::path::Path) -> Result<Roots> {
 
 struct Finder<'a> {
     root: BorrowedFd<'a>,
+    skip: &'a dyn Fn(&str) -> bool,
+    /// Directories of the disk opened to resolve indirect roots, by relative path.
+    dirs: std::cell::RefCell<std::collections::HashMap<String, OwnedFd>>,
 }
 
 impl Finder<'_> {
     fn walk(&self, dir: BorrowedFd, vpath: &str, depth: usize, out: &mut Roots) -> Result<()> {
+        self.walk_entries(dir, &list(dir)?, vpath, depth, out)
+    }
+
+    fn walk_entries(
+        &self,
+        dir: BorrowedFd,
+        entries: &[Entry],
+        vpath: &str,
+        depth: usize,
+        out: &mut Roots,
+    ) -> Result<()> {
         if depth > MAX_DEPTH {
             return Ok(());
         }
-        for e in list(dir)? {
+        for e in entries {
             let name = e.name.to_string_lossy();
             let child = format!("{vpath}/{name}");
-            let Some(st) = lstat_at(dir, &e.name)? else { continue };
-            match file_type(&st) {
-                SFlag::S_IFDIR => match open_dir(dir, &e.name) {
-                    Ok(sub) => self.walk(sub.as_fd(), &child, depth + 1, out)?,
+            if (self.skip)(&child) {
+                continue;
+            }
+            // The type readdir gave, else one lstat: no second round trip when it is known.
+            let kind = match e.dtype {
+                Some(Type::Directory) => SFlag::S_IFDIR,
+                Some(Type::Symlink) => SFlag::S_IFLNK,
+                Some(Type::File) => SFlag::S_IFREG,
+                _ => match lstat_at(dir, &e.name)? {
+                    Some(st) => file_type(&st),
+                    None => continue,
+                },
+            };
+            match kind {
+                // Opened once, listed through that handle.
+                SFlag::S_IFDIR => match Listed::open(dir, &e.name) {
+                    Ok(sub) => self.walk_entries(sub.fd(), &sub.entries, &child, depth + 1, out)?,
                     // Nix skips what it cannot read, and so does this.
                     Err(_) => continue,
                 },
@@ -152,12 +190,8 @@ impl Finder<'_> {
     /// read without following any symlink on the way.
     fn link_in_disk(&self, abs: &str) -> Option<String> {
         let rel = abs.strip_prefix(NIX)?.trim_start_matches('/');
-        let mut parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
-        let last = parts.pop()?;
-        let mut d: OwnedFd = self.root.try_clone_to_owned().ok()?;
-        for p in parts {
-            d = open_dir(d.as_fd(), OsStr::from_bytes(p.as_bytes())).ok()?;
-        }
+        let (dir, last) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let d = self.dir_in_disk(dir)?;
         let st = lstat_at(d.as_fd(), last).ok()??;
         if file_type(&st) != SFlag::S_IFLNK {
             return None;
@@ -168,6 +202,25 @@ impl Finder<'_> {
                 .to_string_lossy()
                 .into_owned(),
         )
+    }
+
+    /// The directory `rel` of the disk (relative to its root), opened one component at a
+    /// time without following a symlink, and remembered: indirect roots often share their
+    /// directory, and on a network disk every open is a round trip.
+    fn dir_in_disk(&self, rel: &str) -> Option<OwnedFd> {
+        if let Some(d) = self.dirs.borrow().get(rel) {
+            return d.try_clone().ok();
+        }
+        let d = match rel.rsplit_once('/') {
+            _ if rel.is_empty() => self.root.try_clone_to_owned().ok()?,
+            Some((parent, name)) => {
+                open_dir(self.dir_in_disk(parent)?.as_fd(), OsStr::from_bytes(name.as_bytes())).ok()?
+            }
+            None => open_dir(self.root, OsStr::from_bytes(rel.as_bytes())).ok()?,
+        };
+        let copy = d.try_clone().ok()?;
+        self.dirs.borrow_mut().insert(rel.to_string(), d);
+        Some(copy)
     }
 }
 

@@ -126,7 +126,11 @@ fn bind(var_nix: BorrowedFd, shown: &Path) -> Result<UnixListener> {
     }
     // Through the directory's descriptor: no symlink on the way is followed, and the
     // address stays short whatever the target's path.
-    let at = format!("/proc/self/fd/{}/socket", dir.as_raw_fd());
+    // Without /proc (never in a pod), by its path, if that fits in a socket address.
+    let mut at = std::path::PathBuf::from(format!("/proc/self/fd/{}/socket", dir.as_raw_fd()));
+    if !Path::new("/proc/self/fd").exists() {
+        at = dir_shown.join("socket");
+    }
     let listener = UnixListener::bind(&at).with_context(|| format!("cannot bind {}/socket", dir_shown.display()))?;
     // Every Nix user connects to it, as to Nix's own.
     std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o666))
@@ -215,5 +219,70 @@ fn client(stream: UnixStream, claims: &Claims, log: &Log) {
         if out.write_all(b"1").is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+
+    const PATH: &str = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-hello";
+
+    /// What a Nix client does: one path and a newline, then wait for `1`.
+    fn send(socket: &Path, line: &str) -> u8 {
+        let mut s = UnixStream::connect(socket).unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
+        let mut c = [0u8];
+        s.read_exact(&mut c).unwrap();
+        c[0]
+    }
+
+    #[test]
+    fn a_client_root_is_kept_and_waits_for_a_deletion_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let var_nix = crate::base::dirfd::open_root(dir.path()).unwrap();
+        let log = Arc::new(Log::new(&crate::base::progress::Output {
+            progress: crate::base::progress::ProgressMode::None,
+            log_format: crate::base::progress::LogFormat::Text,
+            quiet: true,
+            verbose: false,
+        }));
+        let claims = Claims::new(HashSet::new());
+        let server = Server::start(var_nix.as_fd(), dir.path(), claims.clone(), log).unwrap();
+        let socket = dir.path().join("gc-socket/socket");
+        assert_eq!(send(&socket, PATH), b'1');
+        assert!(claims.is_root("0123456789abcdfghijklmnpqrsvwxyz"));
+
+        // A path being deleted: the client's answer waits for the deletion to be over.
+        let other = "/nix/store/1123456789abcdfghijklmnpqrsvwxyz-other";
+        assert!(claims.claim(&["1123456789abcdfghijklmnpqrsvwxyz"]).is_empty());
+        let t0 = Instant::now();
+        let s2 = socket.clone();
+        let client = std::thread::spawn(move || (send(&s2, other), Instant::now()));
+        std::thread::sleep(Duration::from_millis(300));
+        let released = Instant::now();
+        claims.release();
+        let (answer, answered) = client.join().unwrap();
+        assert_eq!(answer, b'1');
+        assert!(answered >= released && answered - t0 >= Duration::from_millis(300));
+        // And from then on it is a root: a later claim keeps it.
+        assert_eq!(claims.claim(&["1123456789abcdfghijklmnpqrsvwxyz"]), vec![0]);
+        claims.release();
+        drop(server);
+        // Stopped: nobody answers any more.
+        assert!(UnixStream::connect(&socket).is_err());
+    }
+
+    #[test]
+    fn a_planted_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("gc-socket")).unwrap();
+        std::fs::write(dir.path().join("gc-socket/socket"), "x").unwrap();
+        let var_nix = crate::base::dirfd::open_root(dir.path()).unwrap();
+        let e = bind(var_nix.as_fd(), dir.path()).unwrap_err();
+        assert!(e.downcast_ref::<crate::base::error::Invalid>().is_some(), "{e:#}");
+        assert_eq!(std::fs::read(dir.path().join("gc-socket/socket")).unwrap(), b"x");
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::stat::{FileStat, SFlag};
 
-use crate::base::dirfd::{file_type, list, lstat_at, open_dir, open_dir_if_exists};
+use crate::base::dirfd::{file_type, list, lstat_at, open_dir_if_exists, Listed};
 
 /// What a store path's files say.
 #[derive(Debug, Default, Clone, Copy)]
@@ -62,18 +62,17 @@ pub fn usage(dir: BorrowedFd, name: &OsStr, reads: bool) -> Result<Usage> {
 }
 
 fn walk(parent: BorrowedFd, name: &OsStr, reads: bool, u: &mut Usage) -> Result<()> {
-    let d = match open_dir(parent, name) {
+    // Opened once and listed through that handle: on a network disk each open is a round trip.
+    let d = match Listed::open(parent, name) {
         Ok(d) => d,
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    for e in list(d.as_fd())? {
-        let Some(st) = lstat_at(d.as_fd(), &e.name)? else {
-            continue;
-        };
+    for e in &d.entries {
+        let Some(st) = lstat_at(d.fd(), &e.name)? else { continue };
         add(u, &st, reads);
         if file_type(&st) == SFlag::S_IFDIR {
-            walk(d.as_fd(), &e.name, reads, u)?;
+            walk(d.fd(), &e.name, reads, u)?;
         }
     }
     Ok(())

@@ -97,3 +97,64 @@ pub fn read(var_nix: BorrowedFd, shown: &std::path::Path, dry_run: bool) -> Resu
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    const A: &str = "/nix/store/0123456789abcdfghijklmnpqrsvwxyz-a";
+    const B: &str = "/nix/store/1123456789abcdfghijklmnpqrsvwxyz-b.drv";
+
+    fn setup() -> (tempfile::TempDir, std::fs::File) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("temproots")).unwrap();
+        // Named like a pid of another pod's process: the name says nothing.
+        let p = dir.path().join("temproots/1");
+        std::fs::write(&p, format!("{A}\0{B}\0")).unwrap();
+        let held = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        (dir, held)
+    }
+
+    fn flock(f: &std::fs::File, op: libc::c_int) {
+        // SAFETY: flock on an open descriptor.
+        assert_eq!(unsafe { libc::flock(f.as_raw_fd(), op) }, 0);
+    }
+
+    #[test]
+    fn a_locked_file_is_live_whatever_its_name() {
+        let (dir, held) = setup();
+        flock(&held, libc::LOCK_EX);
+        let fd = crate::base::dirfd::open_root(dir.path()).unwrap();
+        let t = read(fd.as_fd(), dir.path(), false).unwrap();
+        assert_eq!((t.live_files, t.stale_files), (1, 0));
+        assert!(t.hashes.contains("0123456789abcdfghijklmnpqrsvwxyz"));
+        assert!(t.hashes.contains("1123456789abcdfghijklmnpqrsvwxyz"));
+        assert!(dir.path().join("temproots/1").exists());
+    }
+
+    #[test]
+    fn an_unlocked_file_is_stale_and_removed_except_in_a_dry_run() {
+        let (dir, held) = setup();
+        drop(held);
+        let fd = crate::base::dirfd::open_root(dir.path()).unwrap();
+        let t = read(fd.as_fd(), dir.path(), true).unwrap();
+        assert_eq!((t.live_files, t.stale_files, t.hashes.len()), (0, 1, 0));
+        assert!(dir.path().join("temproots/1").exists(), "a dry run removes nothing");
+        let t = read(fd.as_fd(), dir.path(), false).unwrap();
+        assert_eq!((t.live_files, t.stale_files), (0, 1));
+        assert!(!dir.path().join("temproots/1").exists());
+    }
+
+    #[test]
+    fn a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("temproots")).unwrap();
+        std::fs::write(dir.path().join("elsewhere"), format!("{A}\0")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("temproots/7")).unwrap();
+        let fd = crate::base::dirfd::open_root(dir.path()).unwrap();
+        let t = read(fd.as_fd(), dir.path(), false).unwrap();
+        assert_eq!((t.live_files, t.stale_files), (0, 0));
+        assert!(dir.path().join("temproots/7").symlink_metadata().is_ok());
+    }
+}
