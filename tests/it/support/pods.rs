@@ -227,8 +227,20 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // unshare --kill-child: its death kills the pod's PID 1, and with it the pod.
-            let _ = c.kill();
+            // SIGKILL to the pod's PID 1 (the child of unshare): the kernel kills and reaps
+            // everything else in its PID namespace before PID 1 is gone, and unshare exits
+            // once it has reaped PID 1. So when `wait` returns, no process of the pod holds
+            // a file or a lock any more. (Killing unshare first would leave PID 1 to die
+            // asynchronously of --kill-child's parent-death signal.)
+            let pid = c.id();
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            for k in children.split_whitespace().filter_map(|k| k.parse::<i32>().ok()) {
+                // SAFETY: kill(2) of the pod's PID 1, a child of our own child.
+                unsafe { libc::kill(k, libc::SIGKILL) };
+            }
+            if children.trim().is_empty() {
+                let _ = c.kill();
+            }
             let _ = c.wait();
         }
     }
