@@ -103,6 +103,19 @@ nixtest!(nix_gc_in_another_pod_deletes_a_pods_result, |t| {
     assert!(!a.status.success(), "pod A's result is lost:\n{}", text(&a));
 });
 
+// Even Nix's read-only-looking queries, run in pod B, remove pod A's root link as stale:
+// `nix-store --gc --print-dead` (and --print-roots) are not safe on a shared store either.
+nixtest!(nix_gc_print_dead_in_another_pod_removes_a_pods_root_link, |t| {
+    let b = built_in_pod_a(t);
+    let o = b.disk.pod("b").run("exec nix-store --gc --print-dead");
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(all(&o).contains("removing stale link"), "{}", text(&o));
+    assert!(b.auto_link.symlink_metadata().is_err(), "Nix removed A's root link");
+    for p in b.all_three() {
+        assert!(valid(b.disk.nix()).contains(p), "--print-dead deletes nothing itself");
+    }
+});
+
 // The same scenario with `nix-seed gc` run from pod C (the disk at /nix, A's directory
 // invisible): A's result, .drv and dependency are kept (young), the root link stays, and
 // pod A still uses its result. --dry-run first names the link as an unresolved indirect

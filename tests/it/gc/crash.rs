@@ -105,6 +105,11 @@ fn killed_at(t: &Path, point: &str) {
         text(&again)
     );
     assert_consistent(&s.disk, t, true);
+    let lonely = super::collect::lonely_links(s.disk.nix());
+    assert!(
+        lonely.is_empty(),
+        "killed at {point} and rerun: .links entries nothing else links: {lonely:?}"
+    );
 }
 
 nixtest!(killed_at_gc_locked_then_rerun, |t| { killed_at(t, "gc-locked") });
