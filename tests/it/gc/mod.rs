@@ -246,7 +246,7 @@ pub fn assert_consistent(disk: &Disk, scratch: &Path, finished: bool) {
     let valid = valid(nix);
     let missing: Vec<&String> = valid
         .iter()
-        .filter(|p| !disk.host(p).symlink_metadata().is_ok())
+        .filter(|p| disk.host(p).symlink_metadata().is_err())
         .collect();
     assert!(missing.is_empty(), "registered but missing from the store: {missing:?}");
     if !valid.is_empty() {
