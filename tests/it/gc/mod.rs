@@ -9,6 +9,7 @@
 //! * `collect`: old garbage is deleted, exactly what Nix's collector would delete in a
 //!   namespace where it is safe; real Nix then finds the store consistent.
 //! * `crash`: killed at each failpoint, consistent, and a rerun finishes.
+//! * `edges`: roots of unusual shapes, a WAL database, a missing dead path, non-store names.
 //! * `concurrent`: beside a seed, pods adding paths, a second gc.
 //! * `netfs`: GlusterFS through two FUSE clients.
 //! * `modern`: Nix 2.26 as a second oracle, and as a client of the gc socket.
@@ -21,6 +22,7 @@ mod collect;
 mod concurrent;
 mod control;
 mod crash;
+mod edges;
 mod modern;
 mod netfs;
 mod output;

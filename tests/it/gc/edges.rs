@@ -1,0 +1,137 @@
+//! Edge cases of a real shared disk, each against real Nix:
+//! * roots Nix finds in less common shapes: a link to a file inside a store path, a
+//!   relative indirect root, a chain of two links (which Nix does not follow), a link into
+//!   a per-user profile's generation: the same dead set as `nix-store --gc --print-dead`;
+//! * a database a pod with Nix's defaults turned to WAL mode;
+//! * a registered dead path already missing from the disk;
+//! * names in store/ that are not store paths (lost+found, stray files): never deleted.
+
+use std::collections::BTreeSet;
+
+use super::{age_all, assert_consistent, deleted, file, last_path, print_dead, store_names, valid, Gc};
+use crate::support::cmd::text;
+use crate::support::nix::nix_seed_db_is_wal;
+use crate::support::pods::{pod_config, Disk, GatedBuild};
+
+nixtest!(roots_of_every_shape_nix_knows_give_the_same_dead_set_as_nix, |t| {
+    let disk = Disk::new(&t.join("disk"));
+    let ex = t.join("exprs");
+    let sub = GatedBuild::new(&ex, "sub");
+    sub.gate.open();
+    let files = t.join("files");
+    let names = ["rel", "chain", "gen", "plain"];
+    let f: Vec<String> = names
+        .iter()
+        .map(|n| file(&files, n, &format!("{n}\n")).display().to_string())
+        .collect();
+    let out = disk.pod("user").ok(&format!(
+        "set -e
+sub=$(nix-build {sub} --no-out-link)
+set -- $(nix-store --add {files})
+rel=$1; chain=$2; gen=$3
+mkdir -p /nix/var/keep /nix/var/nix/gcroots/auto /nix/var/nix/profiles/per-user/alice
+ln -s $sub/data /nix/var/nix/gcroots/inside-a-path
+ln -s $rel /nix/var/keep/rel
+ln -s ../../../keep/rel /nix/var/nix/gcroots/auto/relative
+ln -s $chain /nix/var/keep/chain2
+ln -s /nix/var/keep/chain2 /nix/var/keep/chain1
+ln -s /nix/var/keep/chain1 /nix/var/nix/gcroots/auto/chain
+nix-env -p /nix/var/nix/profiles/per-user/alice/p --set $gen
+echo sub=$sub",
+        sub = sub.expr.display(),
+        files = f.join(" "),
+    ));
+    let sub_out = out.lines().find_map(|l| l.strip_prefix("sub=")).unwrap().to_string();
+    age_all(disk.nix(), 30);
+    let dead = print_dead(&disk);
+    let v = valid(disk.nix());
+    let ending = |s: &str| v.iter().find(|p| p.ends_with(s)).unwrap().clone();
+    assert!(!dead.contains(&sub_out), "a link into a store path roots it (Nix)");
+    assert!(!dead.contains(&ending("-gen")), "a per-user profile roots it (Nix)");
+    assert!(dead.contains(&ending("-plain")), "unrooted: dead");
+    eprintln!(
+        "Nix: relative indirect root {}, chain of two links {}",
+        if dead.contains(&ending("-rel")) {
+            "not followed"
+        } else {
+            "followed"
+        },
+        if dead.contains(&ending("-chain")) {
+            "not followed"
+        } else {
+            "followed"
+        },
+    );
+
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    assert_eq!(deleted(&gc), dead, "the same as Nix's --print-dead:\n{}", text(&gc));
+    assert_consistent(&disk, t, true);
+});
+
+// A pod that nobody configured (use-sqlite-wal on, Nix's default) turned the database to
+// WAL mode; nix-seed gc reads and writes it as Nix does: the dead set is Nix's, and Nix
+// finds the store consistent after.
+nixtest!(a_database_in_wal_mode_is_collected_as_nix_would, |t| {
+    let disk = Disk::new(&t.join("disk"))
+        .with_config(&pod_config().replace("use-sqlite-wal = false", "use-sqlite-wal = true"));
+    let b = GatedBuild::new(&t.join("exprs"), "wal");
+    b.gate.open();
+    let f = file(&t.join("files"), "walfile", "in a WAL database\n");
+    disk.pod("user").ok(&format!(
+        "set -e; nix-build {} --no-out-link; mkdir -p /nix/var/keep; nix-store --add {} >/dev/null; \
+         nix-build {} --out-link /nix/var/keep/result",
+        b.expr.display(),
+        f.display(),
+        b.expr.display()
+    ));
+    assert!(nix_seed_db_is_wal(disk.nix()), "the pod turned the database to WAL");
+    let f2 = file(&t.join("files"), "walfile2", "more\n");
+    disk.pod("user").ok(&format!("exec nix-store --add {}", f2.display()));
+    let dead = print_dead(&disk);
+    assert!(dead.len() >= 2, "{dead:?}");
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    assert_eq!(deleted(&gc), dead, "{}", text(&gc));
+    assert_eq!(print_dead(&disk), BTreeSet::new(), "Nix finds nothing more");
+    assert_consistent(&disk, t, true);
+});
+
+// A dead path registered but already gone from the disk (someone's rm -rf): the gc
+// unregisters it and succeeds; Nix agrees after.
+nixtest!(a_registered_dead_path_already_missing_is_unregistered, |t| {
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "lost", "lost\n");
+    let g = file(&t.join("files"), "kept", "kept\n");
+    let lost = last_path(&disk.pod("p").ok(&format!("exec nix-store --add {}", f.display())));
+    let kept = last_path(&disk.pod("p").ok(&format!(
+        "set -e; p=$(nix-store --add {}); ln -s $p /nix/var/nix/gcroots/kept; echo $p",
+        g.display()
+    )));
+    std::fs::remove_file(disk.host(&lost)).unwrap();
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    let v = valid(disk.nix());
+    assert!(!v.contains(&lost), "{}", text(&gc));
+    assert!(v.contains(&kept));
+    assert_consistent(&disk, t, true);
+});
+
+// lost+found (ext4's), a stray file and a stray directory whose names are not store
+// paths: never deleted, even with --min-age 0; the garbage beside them is.
+nixtest!(names_in_the_store_that_are_not_store_paths_are_never_deleted, |t| {
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "junk", "junk\n");
+    let junk = last_path(&disk.pod("p").ok(&format!("exec nix-store --add {}", f.display())));
+    let store = disk.nix().join("store");
+    std::fs::create_dir(store.join("lost+found")).unwrap();
+    std::fs::write(store.join("lost+found/#1234"), "fsck found this\n").unwrap();
+    std::fs::write(store.join("README"), "someone's note\n").unwrap();
+    std::fs::create_dir(store.join("tmp-not-a-hash")).unwrap();
+    std::fs::write(store.join("0123"), "short name\n").unwrap();
+    age_all(disk.nix(), 30);
+    let before = store_names(disk.nix());
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    assert!(deleted(&gc).contains(&junk), "{}", text(&gc));
+    let mut want = before;
+    want.remove(&junk["/nix/store/".len()..]);
+    assert_eq!(store_names(disk.nix()), want, "{}", text(&gc));
+    assert!(store.join("lost+found/#1234").exists());
+});
