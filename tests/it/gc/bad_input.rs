@@ -50,11 +50,11 @@ roottest!(a_target_that_is_not_a_nix_store_is_refused, |t| {
     assert!(half.join("store/0000000000000000000000000000000a-x").exists());
 });
 
-// var/nix/gcroots (or var/nix/profiles) a symlink: roots would be read from elsewhere, or
-// not at all. Refused, naming it; the garbage is still there.
+// var/nix/gcroots, profiles or temproots a symlink: roots would be read from elsewhere,
+// or not at all. Refused, naming it; the garbage is still there.
 nixtest!(a_symlinked_gcroots_or_profiles_is_refused_and_nothing_changes, |t| {
     let (disk, junk) = disk_with_garbage(t);
-    for dir in ["gcroots", "profiles"] {
+    for dir in ["gcroots", "profiles", "temproots"] {
         let real = disk.nix().join("var/nix").join(dir);
         std::fs::create_dir_all(&real).unwrap();
         let moved = t.join(format!("elsewhere-{dir}"));

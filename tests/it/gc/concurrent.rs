@@ -171,7 +171,8 @@ nixtest!(
 );
 
 // A second gc while one runs: with --lock-timeout it exits 3 naming the lock, changing
-// nothing; without, it waits for the first and then succeeds. The store is consistent.
+// nothing (a --dry-run too: it reads nothing half-deleted); without, it waits for the
+// first and then succeeds. The store is consistent.
 nixtest!(a_second_gc_waits_or_times_out_with_exit_3, |t| {
     let disk = Disk::new(&t.join("disk"));
     let f = file(&t.join("files"), "junk", "junk\n");
@@ -191,6 +192,10 @@ nixtest!(a_second_gc_waits_or_times_out_with_exit_3, |t| {
     assert!(t0.elapsed() >= Duration::from_millis(1900), "it waited --lock-timeout");
     assert!(all(&quick).contains("lock"), "{}", text(&quick));
     assert!(valid(disk.nix()).contains(&junk), "the timed-out gc deleted nothing");
+    let dry = Gc::new(disk.nix())
+        .args(["--dry-run", "--min-age", "0", "--lock-timeout", "1s"])
+        .output();
+    assert_code(&dry, 3);
 
     let log2 = t.join("gc2");
     let mut gc2 = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).spawn(&log2);

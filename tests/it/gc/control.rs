@@ -208,3 +208,34 @@ nixtest!(
         );
     }
 );
+
+// A result built long ago (registered 30 days back) that pod A still reads: its files'
+// access times are after their ctimes, within --min-age. Kept as recently read, with
+// what it refers to; --dry-run says so. One that nobody read since goes.
+nixtest!(an_old_result_a_pod_still_reads_is_kept_as_recently_read, |t| {
+    let b = built_in_pod_a(t);
+    super::age(b.disk.nix(), &b.all_three().into_iter().cloned().collect(), 30);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let a = b.pod_a_uses_result();
+    assert!(a.status.success(), "{}", text(&a));
+
+    let dry = Gc::new(b.disk.nix()).args(["--dry-run"]).ok();
+    assert!(
+        kept(&dry).get(&b.result).is_some_and(|w| w.contains("recently read")),
+        "{}",
+        text(&dry)
+    );
+    let gc = Gc::new(b.disk.nix()).args(["-v"]).ok();
+    assert!(valid(b.disk.nix()).contains(&b.result), "{}", text(&gc));
+    assert!(
+        valid(b.disk.nix()).contains(&b.dep),
+        "its reference too:\n{}",
+        text(&gc)
+    );
+    assert!(b.pod_a_uses_result().status.success());
+
+    // Made old again, and not read since: deleted.
+    super::age(b.disk.nix(), &[b.result.clone(), b.dep.clone()].into(), 30);
+    let gc = Gc::new(b.disk.nix()).args(["-v"]).ok();
+    assert!(deleted(&gc).contains(&b.result), "{}", text(&gc));
+});
