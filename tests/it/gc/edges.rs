@@ -135,3 +135,50 @@ nixtest!(names_in_the_store_that_are_not_store_paths_are_never_deleted, |t| {
     assert_eq!(store_names(disk.nix()), want, "{}", text(&gc));
     assert!(store.join("lost+found/#1234").exists());
 });
+
+// Garbage that is, or holds, symlinks to what must stay: a store path that is a symlink
+// to a directory outside the store, one that is a symlink to a rooted store path, and a
+// directory path holding a symlink to the outside directory and one to the rooted path.
+// Deleting them removes the links, never what they point to.
+nixtest!(deleting_garbage_symlinks_never_touches_what_they_point_to, |t| {
+    let disk = Disk::new(&t.join("disk"));
+    let precious = t.join("precious");
+    std::fs::create_dir_all(precious.join("sub")).unwrap();
+    std::fs::write(precious.join("sub/file"), "precious\n").unwrap();
+    let src = t.join("src");
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    let keep = file(&src, "keep", "rooted\n");
+    let out = disk.pod("user").ok(&format!(
+        "set -e
+k=$(nix-store --add {keep}); ln -s $k /nix/var/nix/gcroots/keep
+ln -s {precious} {src}/to-outside
+ln -s $k {src}/to-store
+ln -s {precious} {src}/dir/to-outside
+ln -s $k {src}/dir/to-store
+ln -s {precious}/sub {src}/dir/to-sub
+nix-store --add {src}/to-outside {src}/to-store {src}/dir
+echo keep=$k",
+        keep = keep.display(),
+        precious = precious.display(),
+        src = src.display()
+    ));
+    let k = out.lines().find_map(|l| l.strip_prefix("keep=")).unwrap().to_string();
+    let garbage: BTreeSet<String> = out
+        .lines()
+        .filter(|l| l.starts_with("/nix/store/"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(garbage.len(), 3, "{out}");
+    for g in &garbage {
+        assert!(disk.host(g).symlink_metadata().is_ok());
+    }
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    assert_eq!(deleted(&gc), garbage, "{}", text(&gc));
+    assert_eq!(
+        std::fs::read_to_string(precious.join("sub/file")).unwrap(),
+        "precious\n"
+    );
+    assert_eq!(std::fs::read_to_string(disk.host(&k)).unwrap(), "rooted\n");
+    assert!(valid(disk.nix()).contains(&k));
+    assert_consistent(&disk, t, true);
+});
