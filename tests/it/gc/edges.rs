@@ -182,3 +182,45 @@ echo keep=$k",
     assert!(valid(disk.nix()).contains(&k));
     assert_consistent(&disk, t, true);
 });
+
+// The CronJob's flow: images v1 then v2 seeded, `nix-seed prune --keep-last 1` retires
+// v1, `nix-seed gc --min-age 0` deletes exactly what Nix's collector then calls dead (v1's
+// own paths), and v2 is whole to real Nix.
+nixtest!(
+    prune_then_gc_deletes_the_retired_image_as_nix_would_and_keeps_the_current_one,
+    |t| {
+        use crate::support::cmd::{run, Seed};
+        use crate::support::nix::{assert_nix_accepts, real_store};
+        let v1 = real_store(&t.join("v1"), "v1", false);
+        let v2 = real_store(&t.join("v2"), "v2", false);
+        let disk = Disk::new(&t.join("disk"));
+        Seed::image(&v1, disk.nix()).ok();
+        let fresh = print_dead(&disk);
+        let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+        assert_eq!(deleted(&gc), fresh, "a freshly seeded disk: as Nix:\n{}", text(&gc));
+        assert_nix_accepts(disk.nix(), &v1.join("nix"));
+
+        Seed::image(&v2, disk.nix()).ok();
+        let o = run([
+            "prune".as_ref(),
+            "--target".as_ref(),
+            disk.nix().as_os_str(),
+            "--keep-last".as_ref(),
+            "1".as_ref(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let dead = print_dead(&disk);
+        let v1_only: BTreeSet<String> = valid(&v1.join("nix"))
+            .difference(&valid(&v2.join("nix")))
+            .cloned()
+            .collect();
+        assert!(
+            !dead.is_empty() && dead.iter().all(|p| v1_only.contains(p)),
+            "Nix: v1's own paths are dead: {dead:?}"
+        );
+        let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+        assert_eq!(deleted(&gc), dead, "{}", text(&gc));
+        assert_nix_accepts(disk.nix(), &v2.join("nix"));
+        assert_consistent(&disk, t, true);
+    }
+);
