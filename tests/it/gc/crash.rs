@@ -122,3 +122,45 @@ nixtest!(killed_at_gc_invalidated_then_rerun, |t| {
 nixtest!(killed_at_gc_renamed_then_rerun, |t| { killed_at(t, "gc-renamed") });
 nixtest!(killed_at_gc_deleted_then_rerun, |t| { killed_at(t, "gc-deleted") });
 nixtest!(killed_at_gc_links_then_rerun, |t| { killed_at(t, "gc-links") });
+
+// SIGTERM (Kubernetes stopping the CronJob's pod) while more than one batch is to be
+// deleted: the gc stops at the next batch boundary, exits 143, leaves no leftover and a
+// consistent store; a rerun deletes the rest.
+nixtest!(terminated_mid_deletion_exits_143_consistent_and_a_rerun_finishes, |t| {
+    let disk = crate::support::pods::Disk::new(&t.join("disk"));
+    let dir = t.join("files");
+    let files: Vec<String> = (0..300)
+        .map(|i| {
+            super::file(&dir, &format!("m{i:03}"), &format!("{i}\n"))
+                .display()
+                .to_string()
+        })
+        .collect();
+    let out = disk.pod("p").ok(&format!("exec nix-store --add {}", files.join(" ")));
+    let all: BTreeSet<String> = out.lines().map(str::to_string).collect();
+    let log = t.join("gc");
+    let gc = Gc::new(disk.nix())
+        .args(["-v", "--min-age", "0"])
+        .failpoint("gc-deleted=sleep5")
+        .spawn(&log);
+    crate::support::wait_for(60, "the gc deleting", || {
+        std::fs::read_to_string(log.with_extension("err")).is_ok_and(|e| e.contains("gc-deleted reached"))
+    });
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(gc.id() as i32, libc::SIGTERM) };
+    let o = super::finish(gc, &log);
+    assert_eq!(o.status.code(), Some(143), "{}", text(&o));
+    let first = super::deleted(&o);
+    assert!(
+        !first.is_empty() && first.len() < all.len(),
+        "stopped part way:\n{}",
+        text(&o)
+    );
+    assert!(leftovers(disk.nix()).is_empty(), "{:?}", leftovers(disk.nix()));
+    assert_consistent(&disk, t, false);
+    let again = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    let mut both = first.clone();
+    both.extend(super::deleted(&again));
+    assert_eq!(both, all, "the two runs deleted all the garbage once");
+    assert_consistent(&disk, t, true);
+});

@@ -204,3 +204,29 @@ nixtest!(a_stale_temp_roots_file_protects_nothing_and_is_removed, |t| {
     );
     assert!(!tr.exists(), "the stale temp-roots file is removed");
 });
+
+// Entries of temproots/ that are not temp-roots files: a symlink to a file outside the
+// disk, a FIFO, a directory. Not followed (what the link points to is untouched and
+// protects nothing), not blocked on; the gc finishes.
+nixtest!(odd_entries_in_temproots_are_neither_followed_nor_blocked_on, |t| {
+    let (disk, one, two) = two_old_paths(t);
+    let dir = disk.nix().join("var/nix/temproots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let outside = file(t, "outside", &format!("{one}\0"));
+    std::os::unix::fs::symlink(&outside, dir.join("666")).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(dir.join("777"))
+        .status()
+        .unwrap()
+        .success());
+    std::fs::create_dir(dir.join("888")).unwrap();
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).output();
+    assert!(gc.status.success(), "{}", text(&gc));
+    let d = deleted(&gc);
+    assert!(d.contains(&one) && d.contains(&two), "{}", text(&gc));
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), format!("{one}\0"));
+    assert!(
+        std::fs::symlink_metadata(dir.join("666")).is_ok_and(|m| m.file_type().is_symlink())
+            || !dir.join("666").exists()
+    );
+});
