@@ -179,8 +179,17 @@ pub fn leftovers(nix: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The disk's database, opened as Nix opens it: with a rollback journal (what pods on a
+/// shared disk use: `use-sqlite-wal = false`), Nix locks with SQLite's unix-dotfile VFS,
+/// so a writer here must too (POSIX locks alone would not keep a pod's Nix out).
 pub fn db(nix: &Path) -> rusqlite::Connection {
-    rusqlite::Connection::open(nix.join("var/nix/db/db.sqlite")).unwrap()
+    let path = nix.join("var/nix/db/db.sqlite");
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE;
+    if crate::support::nix::nix_seed_db_is_wal(nix) {
+        rusqlite::Connection::open_with_flags(&path, flags).unwrap()
+    } else {
+        rusqlite::Connection::open_with_flags_and_vfs(&path, flags, c"unix-dotfile").unwrap()
+    }
 }
 
 pub fn valid(nix: &Path) -> BTreeSet<String> {

@@ -128,3 +128,39 @@ fn gc_on_glusterfs(name: &str, volume: &str) {
     eprintln!("client 2 saw the gc's database after {:?}", t0.elapsed());
     assert_consistent(&node2, &t, true);
 }
+
+// A live temp-roots file held by a pod's Nix on node 2 (its build waiting at its gate)
+// is live to the gc on node 1: its lock, taken through client 2, is seen through client 1
+// (GlusterFS's posix-locks), so its input is kept with --min-age 0 and the
+// file is not removed as stale; the build then finishes.
+#[test]
+fn a_temp_roots_file_held_on_another_node_is_live() {
+    let name = "gc::netfs::a_temp_roots_file_held_on_another_node_is_live";
+    if !support::nix::nix_available(name) {
+        return;
+    }
+    let Some((_serial, n)) = netfs(name) else { return };
+    let t = support::scratch();
+    let vol = VolDir::new("gc-tr", &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")]);
+    let node2 = Disk::at(&vol.b().join("nix"), &t.join("logs"));
+    std::fs::create_dir_all(node2.nix()).unwrap();
+    let build = GatedBuild::new(&t.join("exprs"), "nf-live");
+    let a = node2.pod("a").start(&build.script(&t.join("a-result")));
+    build.wait_started();
+    let target = vol.a().join("nix");
+    let dep = valid(&target)
+        .into_iter()
+        .find(|p| p.ends_with("-nf-live-dep"))
+        .expect("A built its input");
+    let tr = target.join("var/nix/temproots/1");
+    assert!(tr.exists(), "A's Nix (PID 1) has temproots/1");
+
+    let gc = Gc::new(&target).args(["-v", "--min-age", "0"]).ok();
+    assert!(!deleted(&gc).contains(&dep), "{}", text(&gc));
+    assert!(valid(&target).contains(&dep));
+    assert!(tr.exists(), "a live temp-roots file is not removed as stale");
+    build.gate.open();
+    let out = a.ok();
+    let result = last_path(&out);
+    assert!(valid(node2.nix()).contains(&result));
+}
