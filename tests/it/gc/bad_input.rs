@@ -99,3 +99,32 @@ nixtest!(a_garbage_min_age_or_max_freed_is_refused_and_nothing_changes, |t| {
     let o = Gc::new(disk.nix()).args(["--min-age", "0"]).ok();
     assert!(!valid(disk.nix()).contains(&junk), "{}", text(&o));
 });
+
+// A disk mounted read-only (a bind mount remounted ro, in a namespace of the test's):
+// gc refuses, exit 2, saying so and pointing to --dry-run; a --dry-run there (what a
+// monitoring pod with a read-only mount would run) then works and names the garbage.
+nixtest!(a_read_only_disk_is_refused_and_a_dry_run_still_works_there, |t| {
+    let (disk, junk) = disk_with_garbage(t);
+    let ro = t.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let script = format!(
+        "mount --bind {d} {ro} && mount -o remount,bind,ro {ro} || exit 99
+{bin} gc --target {ro} --min-age 0; echo \"exit=$?\"
+{bin} gc --target {ro} --min-age 0 --dry-run; echo \"dry-exit=$?\"",
+        d = disk.nix().display(),
+        ro = ro.display(),
+        bin = crate::support::bin().display()
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("NIX_SEED_TERMINATION_LOG")
+        .output()
+        .unwrap();
+    let out = all(&o);
+    assert!(out.contains("exit=2") && out.contains("read-only"), "{out}");
+    assert!(valid(disk.nix()).contains(&junk));
+    assert!(
+        out.contains("dry-exit=0") && out.contains(&format!("would delete {junk}")),
+        "--dry-run on a read-only mount:\n{out}"
+    );
+});
