@@ -224,3 +224,31 @@ nixtest!(
         assert_consistent(&disk, t, true);
     }
 );
+
+// Nodes' clocks differ: a pod on a node whose clock runs an hour ahead registers a path
+// "in the future". It is young (by any --min-age), not garbage of a negative age.
+nixtest!(a_path_registered_by_a_node_whose_clock_runs_ahead_is_young, |t| {
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "ahead", "from a fast clock\n");
+    let g = file(&t.join("files"), "old", "old\n");
+    let out = disk
+        .pod("p")
+        .ok(&format!("exec nix-store --add {} {}", f.display(), g.display()));
+    let l: Vec<&str> = out.lines().collect();
+    let (ahead, old) = (l[0].to_string(), l[1].to_string());
+    age_all(disk.nix(), 30);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    super::db(disk.nix())
+        .execute(
+            "UPDATE ValidPaths SET registrationTime = ?1 WHERE path = ?2",
+            rusqlite::params![now + 3600, ahead],
+        )
+        .unwrap();
+    let gc = Gc::new(disk.nix()).args(["-v"]).ok();
+    let d = deleted(&gc);
+    assert!(d.contains(&old) && !d.contains(&ahead), "{}", text(&gc));
+    assert!(valid(disk.nix()).contains(&ahead));
+});
