@@ -164,3 +164,32 @@ nixtest!(terminated_mid_deletion_exits_143_consistent_and_a_rerun_finishes, |t| 
     assert_eq!(both, all, "the two runs deleted all the garbage once");
     assert_consistent(&disk, t, true);
 });
+
+// A seed killed after copying (its copies in the store, unregistered, maybe under
+// nix-seed's temporary names), then a gc with --min-age 0: it deletes the killed seed's
+// leftovers and copies (garbage: nothing registers or roots them), leaves a consistent
+// store, and the seed's rerun then brings the image in whole.
+nixtest!(a_gc_after_a_killed_seed_cleans_up_and_the_seed_rerun_is_whole, |t| {
+    use crate::support::cmd::Seed;
+    use crate::support::nix::{assert_nix_accepts, real_store};
+    let v1 = real_store(&t.join("v1"), "v1", false);
+    let v2 = real_store(&t.join("v2"), "v2", false);
+    let disk = crate::support::pods::Disk::new(&t.join("disk"));
+    Seed::image(&v1, disk.nix()).ok();
+    let killed = Seed::image(&v2, disk.nix()).failpoint("copied=kill").output();
+    assert_eq!(killed.status.code(), None, "killed at copied:\n{}", text(&killed));
+    let registered = valid(disk.nix());
+    let unregistered: BTreeSet<String> = store_names(disk.nix())
+        .into_iter()
+        .map(|n| format!("/nix/store/{n}"))
+        .filter(|p| !registered.contains(p))
+        .collect();
+    assert!(!unregistered.is_empty(), "the killed seed left its copies");
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+    assert!(unregistered.is_subset(&super::deleted(&gc)), "{}", text(&gc));
+    assert!(leftovers(disk.nix()).is_empty(), "{:?}", leftovers(disk.nix()));
+    assert_consistent(&disk, t, true);
+    assert_nix_accepts(disk.nix(), &v1.join("nix"));
+    Seed::image(&v2, disk.nix()).ok();
+    assert_nix_accepts(disk.nix(), &v2.join("nix"));
+});

@@ -185,7 +185,7 @@ echo keep=$k",
 
 // The CronJob's flow: images v1 then v2 seeded, `nix-seed prune --keep-last 1` retires
 // v1, `nix-seed gc --min-age 0` deletes exactly what Nix's collector then calls dead (v1's
-// own paths), and v2 is whole to real Nix.
+// own paths), and v2 is whole to real Nix; a rollback to v1 then seeds it whole again.
 nixtest!(
     prune_then_gc_deletes_the_retired_image_as_nix_would_and_keeps_the_current_one,
     |t| {
@@ -222,6 +222,10 @@ nixtest!(
         assert_eq!(deleted(&gc), dead, "{}", text(&gc));
         assert_nix_accepts(disk.nix(), &v2.join("nix"));
         assert_consistent(&disk, t, true);
+        // A pod starts with v1 again (a rollback): the seed brings back what gc deleted.
+        Seed::image(&v1, disk.nix()).ok();
+        assert_nix_accepts(disk.nix(), &v1.join("nix"));
+        assert_nix_accepts(disk.nix(), &v2.join("nix"));
     }
 );
 
