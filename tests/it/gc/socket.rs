@@ -104,3 +104,50 @@ nixtest!(what_a_pods_nix_was_told_is_valid_during_the_deletion_stays_valid, |t| 
     );
     super::assert_consistent(&disk, t, true);
 });
+
+// Clients of the gc socket that are not a well-behaved Nix: one that connects and never
+// sends, one that sends junk lines (not store paths, an over-long line), one that
+// disconnects in the middle of a line. The gc answers or drops them, is never blocked by
+// them, and finishes its collection as if they were not there.
+nixtest!(the_gc_socket_survives_silent_junk_and_vanishing_clients, |t| {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "junk", "junk\n");
+    let junk = last_path(&disk.pod("p").ok(&format!("exec nix-store --add {}", f.display())));
+    let log = t.join("gc");
+    let gc = Gc::new(disk.nix())
+        .args(["-v", "--min-age", "0"])
+        .failpoint("gc-roots-found=sleep5")
+        .spawn(&log);
+    support::wait_for(60, "the gc at gc-roots-found", || {
+        std::fs::read_to_string(log.with_extension("err")).is_ok_and(|e| e.contains("gc-roots-found reached"))
+    });
+    let socket = disk.nix().join("var/nix/gc-socket/socket");
+    let silent = UnixStream::connect(&socket).expect("the gc serves its socket");
+    let mut talker = UnixStream::connect(&socket).unwrap();
+    talker
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    for line in [
+        "not a store path\n".to_string(),
+        format!("/nix/store/{}\n", "x".repeat(100_000)),
+    ] {
+        if talker.write_all(line.as_bytes()).is_err() {
+            break; // dropped: fine
+        }
+        let mut c = [0u8; 1];
+        match talker.read(&mut c) {
+            Ok(1) => assert_eq!(&c, b"1", "Nix's protocol: the reply is '1'"),
+            _ => break, // closed, or no answer to junk: fine, as long as the gc goes on
+        }
+    }
+    let mut half = UnixStream::connect(&socket).unwrap();
+    half.write_all(b"/nix/store/abc").unwrap();
+    drop(half);
+    let o = finish(gc, &log);
+    drop(silent);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(deleted(&o).contains(&junk), "{}", text(&o));
+    super::assert_consistent(&disk, t, true);
+});
