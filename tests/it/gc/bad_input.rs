@@ -30,7 +30,13 @@ fn refused_and_unchanged(dir: &Path, gc: Gc, says: &str) {
     );
     let after = snapshot(dir);
     assert_unchanged(&before, &after, |_| true);
-    let (b, a): (BTreeSet<_>, BTreeSet<_>) = (before.entries.keys().collect(), after.entries.keys().collect());
+    let names = |s: &crate::support::compare::Snapshot| -> BTreeSet<String> {
+        s.entries
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    };
+    let (b, a) = (names(&before), names(&after));
     assert_eq!(b, a, "no entry added or removed:\n{}", text(&o));
 }
 
@@ -50,11 +56,12 @@ roottest!(a_target_that_is_not_a_nix_store_is_refused, |t| {
     assert!(half.join("store/0000000000000000000000000000000a-x").exists());
 });
 
-// var/nix/gcroots, profiles or temproots a symlink: roots would be read from elsewhere,
-// or not at all. Refused, naming it; the garbage is still there.
+// var/nix/gcroots, profiles, temproots or gc-socket a symlink: roots would be read from
+// elsewhere, or not at all (or the socket bound elsewhere). Refused, naming it, nothing
+// created; the garbage is still there.
 nixtest!(a_symlinked_gcroots_or_profiles_is_refused_and_nothing_changes, |t| {
     let (disk, junk) = disk_with_garbage(t);
-    for dir in ["gcroots", "profiles", "temproots"] {
+    for dir in ["gcroots", "profiles", "temproots", "gc-socket"] {
         let real = disk.nix().join("var/nix").join(dir);
         std::fs::create_dir_all(&real).unwrap();
         let moved = t.join(format!("elsewhere-{dir}"));
