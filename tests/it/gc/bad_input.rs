@@ -135,3 +135,48 @@ nixtest!(a_read_only_disk_is_refused_and_a_dry_run_still_works_there, |t| {
         "--dry-run on a read-only mount:\n{out}"
     );
 });
+
+// A pod may plant symlinks on the shared disk, and gc runs as root: store, store/.links,
+// var, var/nix/db made symlinks to a directory outside the disk that holds copies of the
+// store's entries and files of link count 1 (what a .links cleanup deletes). gc refuses
+// or fails, and never deletes or changes anything outside the disk.
+nixtest!(symlinks_planted_on_the_disk_never_lead_gc_outside_it, |t| {
+    for (what, planted) in [
+        ("store", "store"),
+        ("store/.links", "store/.links"),
+        ("var", "var"),
+        ("var/nix/db", "var/nix/db"),
+    ] {
+        let t = t.join(what.replace('/', "-"));
+        let (disk, _junk) = disk_with_garbage(&t);
+        let victim = t.join("victim");
+        std::fs::create_dir_all(&victim).unwrap();
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", disk.nix().join("store").display()))
+            .arg(&victim)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(victim.join("lonely-file"), "link count 1\n").unwrap();
+        let real = disk.nix().join(planted);
+        let moved = t.join("moved");
+        std::fs::rename(&real, &moved).unwrap();
+        std::os::unix::fs::symlink(&victim, &real).unwrap();
+        let before = snapshot(&victim);
+        let o = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).output();
+        assert!(
+            !o.status.success(),
+            "{what} a symlink: refused or failed:\n{}",
+            text(&o)
+        );
+        let after = snapshot(&victim);
+        assert_unchanged(&before, &after, |_| true);
+        assert_eq!(
+            before.entries.keys().collect::<Vec<_>>(),
+            after.entries.keys().collect::<Vec<_>>(),
+            "{what} a symlink: nothing outside the disk changed:\n{}",
+            text(&o)
+        );
+    }
+});
