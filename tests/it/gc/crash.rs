@@ -193,3 +193,63 @@ nixtest!(a_gc_after_a_killed_seed_cleans_up_and_the_seed_rerun_is_whole, |t| {
     Seed::image(&v2, disk.nix()).ok();
     assert_nix_accepts(disk.nix(), &v2.join("nix"));
 });
+
+// A pod swaps symlinks in while the gc deletes (the gc stopped right after renaming its
+// batch away): a directory inside a renamed path, and a renamed path itself, replaced by
+// symlinks to a directory outside the disk. The gc removes the links, never follows them.
+nixtest!(symlinks_swapped_in_during_the_deletion_are_not_followed, |t| {
+    let disk = crate::support::pods::Disk::new(&t.join("disk"));
+    let src = t.join("src");
+    for d in ["one/sub", "two/sub"] {
+        std::fs::create_dir_all(src.join(d)).unwrap();
+        std::fs::write(src.join(d).join("f"), d).unwrap();
+    }
+    let out = disk.pod("p").ok(&format!(
+        "exec nix-store --add {} {}",
+        src.join("one").display(),
+        src.join("two").display()
+    ));
+    assert_eq!(out.lines().count(), 2);
+    let victim = t.join("victim");
+    std::fs::create_dir_all(victim.join("deep")).unwrap();
+    std::fs::write(victim.join("deep/file"), "outside the disk\n").unwrap();
+    std::fs::write(victim.join("file"), "outside the disk\n").unwrap();
+    let before = crate::support::compare::snapshot(&victim);
+
+    let log = t.join("gc");
+    let gc = Gc::new(disk.nix())
+        .args(["-v", "--min-age", "0"])
+        .failpoint("gc-renamed=stop")
+        .spawn(&log);
+    crate::support::wait_stopped(gc.id());
+    let store = disk.nix().join("store");
+    let renamed: Vec<std::path::PathBuf> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".nix-seed-"))
+        .collect();
+    assert_eq!(renamed.len(), 2, "both paths renamed away: {renamed:?}");
+    crate::support::make_writable(&store);
+    for (k, r) in renamed.iter().enumerate() {
+        if k == 0 {
+            std::fs::remove_dir_all(r.join("sub")).unwrap();
+            std::os::unix::fs::symlink(&victim, r.join("sub")).unwrap();
+        } else {
+            std::fs::remove_dir_all(r).unwrap();
+            std::os::unix::fs::symlink(&victim, r).unwrap();
+        }
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(gc.id() as i32, libc::SIGCONT) };
+    let o = super::finish(gc, &log);
+    let after = crate::support::compare::snapshot(&victim);
+    crate::support::compare::assert_unchanged(&before, &after, |_| true);
+    assert_eq!(
+        before.entries.keys().collect::<Vec<_>>(),
+        after.entries.keys().collect::<Vec<_>>(),
+        "nothing outside the disk deleted:\n{}",
+        text(&o)
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(leftovers(disk.nix()).is_empty(), "{:?}", leftovers(disk.nix()));
+});
