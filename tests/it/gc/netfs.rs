@@ -164,3 +164,39 @@ fn a_temp_roots_file_held_on_another_node_is_live() {
     let result = last_path(&out);
     assert!(valid(node2.nix()).contains(&result));
 }
+
+// Two gcs on two nodes: the second, through client 2, waits for the first (held at
+// gc-locked through client 1): with --lock-timeout 2s it exits 3; once the first is done
+// it runs.
+#[test]
+fn a_second_gc_on_another_node_waits() {
+    let name = "gc::netfs::a_second_gc_on_another_node_waits";
+    if !support::nix::nix_available(name) {
+        return;
+    }
+    let Some((_serial, n)) = netfs(name) else { return };
+    let t = support::scratch();
+    let vol = VolDir::new("gc-2", &[n.mount("GLUSTER_DEFAULT_A"), n.mount("GLUSTER_DEFAULT_B")]);
+    let node1 = Disk::at(&vol.a().join("nix"), &t.join("logs"));
+    std::fs::create_dir_all(node1.nix()).unwrap();
+    let f = file(&t.join("files"), "nf2-junk", "junk\n");
+    let junk = last_path(&node1.pod("p").ok(&format!("exec nix-store --add {}", f.display())));
+    let log = t.join("gc1");
+    let gc1 = Gc::new(node1.nix())
+        .args(["-v", "--min-age", "0"])
+        .failpoint("gc-locked=stop")
+        .spawn(&log);
+    support::wait_stopped(gc1.id());
+    let node2 = vol.b().join("nix");
+    let quick = Gc::new(&node2)
+        .args(["--min-age", "0", "--lock-timeout", "2s"])
+        .output();
+    assert_eq!(quick.status.code(), Some(3), "{}", text(&quick));
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(gc1.id() as i32, libc::SIGCONT) };
+    let o1 = super::finish(gc1, &log);
+    assert!(o1.status.success(), "{}", text(&o1));
+    assert!(deleted(&o1).contains(&junk));
+    let o2 = Gc::new(&node2).args(["-v", "--min-age", "0"]).ok();
+    assert!(deleted(&o2).is_empty(), "{}", text(&o2));
+}
