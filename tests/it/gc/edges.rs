@@ -256,3 +256,39 @@ nixtest!(a_path_registered_by_a_node_whose_clock_runs_ahead_is_young, |t| {
     assert!(d.contains(&old) && !d.contains(&ahead), "{}", text(&gc));
     assert!(valid(disk.nix()).contains(&ahead));
 });
+
+// An indirect root whose target, inside the disk, is reached through a symlinked
+// directory (`/nix/var/keep-alias -> /nix/var/keep`, a link to
+// `/nix/var/keep-alias/result`): Nix resolves it as the kernel does and keeps the result;
+// so must nix-seed gc (keeping less than Nix would be deleting a root's path), whether it
+// follows the directory link or counts the root as unresolved.
+nixtest!(
+    an_indirect_root_through_a_symlinked_directory_in_the_disk_is_kept_as_nix_keeps_it,
+    |t| {
+        let disk = Disk::new(&t.join("disk"));
+        let b = GatedBuild::new(&t.join("exprs"), "alias");
+        b.gate.open();
+        let out = disk.pod("user").ok(&format!(
+            "set -e
+mkdir -p /nix/var/keep
+ln -s /nix/var/keep /nix/var/keep-alias
+nix-build {} --out-link /nix/var/keep-alias/result",
+            b.expr.display()
+        ));
+        let result = last_path(&out);
+        let auto: Vec<_> = std::fs::read_dir(disk.nix().join("var/nix/gcroots/auto"))
+            .unwrap()
+            .map(|e| std::fs::read_link(e.unwrap().path()).unwrap())
+            .collect();
+        assert_eq!(auto, [std::path::PathBuf::from("/nix/var/keep-alias/result")]);
+        let dead = print_dead(&disk);
+        assert!(!dead.contains(&result), "Nix keeps it: {dead:?}");
+        let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+        assert!(
+            valid(disk.nix()).contains(&result),
+            "nix-seed gc deleted a rooted result:\n{}",
+            text(&gc)
+        );
+        assert_eq!(deleted(&gc), dead, "{}", text(&gc));
+    }
+);
