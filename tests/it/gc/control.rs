@@ -148,6 +148,19 @@ nixtest!(nix_seed_gc_in_another_pod_keeps_a_pods_result_and_its_root_link, |t| {
         );
     }
     assert_eq!(store_names(b.disk.nix()), before, "--dry-run changed the store");
+    let json = Gc::new(b.disk.nix()).args(["--dry-run", "--log-format", "json"]).ok();
+    let event: serde_json::Value = all(&json)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "gc")
+        .unwrap_or_else(|| panic!("a gc event:\n{}", text(&json)));
+    assert_eq!(event["unresolved_indirect_roots"], 1, "{event}");
+    assert_eq!(
+        event["kept_young"],
+        valid_before.len() as u64,
+        "all kept as young: {event}"
+    );
+    assert_eq!(event["deleted"], 0, "{event}");
 
     // From pod C, as a CronJob would run it: --target /nix.
     let gc = b.disk.pod("c").run(&format!(
