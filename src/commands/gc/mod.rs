@@ -108,7 +108,7 @@ fn open(o: &Options) -> Result<Disk> {
     let var_nix = sub(&var, "nix", "var/nix")?;
     let db_dir = sub(&var_nix, "db", "var/nix/db")?;
     // Where the roots are read: directories or absent, never followed through a symlink.
-    for d in ["gcroots", "profiles", "temproots"] {
+    for d in ["gcroots", "profiles", "temproots", "gc-socket"] {
         if let Some(st) = crate::base::dirfd::lstat_at(var_nix.as_fd(), d)? {
             if crate::base::dirfd::file_type(&st) != nix::sys::stat::SFlag::S_IFDIR {
                 return Err(refuse(format!(
@@ -132,7 +132,7 @@ fn open(o: &Options) -> Result<Disk> {
         let vfs = nix::sys::statvfs::fstatvfs(root.as_fd())?;
         if vfs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY) {
             return Err(refuse(format!(
-                "{} is on a read-only filesystem: mount the volume read-write (or pass --dry-run)",
+                "{} is on a read-only filesystem: mount the volume read-write",
                 path.display()
             )));
         }

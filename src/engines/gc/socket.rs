@@ -106,10 +106,13 @@ pub struct Server {
 fn bind(var_nix: BorrowedFd, shown: &Path) -> Result<UnixListener> {
     let dir_shown = shown.join("gc-socket");
     let (dir, _) = mkdir_open(var_nix, "gc-socket", Mode::from_bits_truncate(0o755)).map_err(|e| {
-        crate::base::error::Invalid(format!(
-            "cannot open {} ({e:?}): it must be a directory, not a symlink; remove it",
-            dir_shown.display()
-        ))
+        let why = match e {
+            crate::base::dirfd::MkdirOpen::Create(e) => format!("cannot create it: {e}"),
+            crate::base::dirfd::MkdirOpen::Open { err, .. } => {
+                format!("{err}: it must be a directory, not a symlink; remove it")
+            }
+        };
+        crate::base::error::Invalid(format!("{}: {why}", dir_shown.display()))
     })?;
     if let Some(st) = lstat_at(dir.as_fd(), "socket")? {
         if file_type(&st) != SFlag::S_IFSOCK {
