@@ -292,3 +292,24 @@ nix-build {} --out-link /nix/var/keep-alias/result",
         assert_eq!(deleted(&gc), dead, "{}", text(&gc));
     }
 );
+
+// A root 40 directories deep under gcroots (Nix walks any depth, directories cannot
+// loop: symlinks to them are not followed): Nix keeps its path; nix-seed gc must not
+// delete it (keep it, or refuse the run).
+nixtest!(a_root_deep_in_gcroots_is_kept_as_nix_keeps_it, |t| {
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "deep", "rooted deep down\n");
+    let p = last_path(&disk.pod("user").ok(&format!(
+        "set -e; p=$(nix-store --add {}); d=/nix/var/nix/gcroots/per-user/deep
+for i in $(seq 1 40); do d=$d/l$i; done; mkdir -p $d; ln -s $p $d/root; echo $p",
+        f.display()
+    )));
+    let dead = print_dead(&disk);
+    assert!(!dead.contains(&p), "Nix keeps it: {dead:?}");
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).output();
+    assert!(
+        valid(disk.nix()).contains(&p) && disk.host(&p).exists(),
+        "nix-seed gc deleted a rooted path:\n{}",
+        text(&gc)
+    );
+});
