@@ -313,3 +313,25 @@ for i in $(seq 1 40); do d=$d/l$i; done; mkdir -p $d; ln -s $p $d/root; echo $p"
         text(&gc)
     );
 });
+
+// An indirect root whose target inside the disk has a name that is not UTF-8 (a Latin-1
+// directory name, `/nix/var/keep/\xff\xfe/result`): Nix keeps the path; nix-seed gc must
+// not delete it.
+nixtest!(an_indirect_root_through_a_non_utf8_name_is_kept_as_nix_keeps_it, |t| {
+    let disk = Disk::new(&t.join("disk"));
+    let f = file(&t.join("files"), "latin1", "behind a Latin-1 name\n");
+    let p = last_path(&disk.pod("user").ok(&format!(
+        "set -e; p=$(nix-store --add {}); d=/nix/var/keep/$(printf '\\377\\376')
+mkdir -p \"$d\" /nix/var/nix/gcroots/auto; ln -s $p \"$d/result\"
+ln -s \"$d/result\" /nix/var/nix/gcroots/auto/latin1; echo $p",
+        f.display()
+    )));
+    let dead = print_dead(&disk);
+    assert!(!dead.contains(&p), "Nix keeps it: {dead:?}");
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).output();
+    assert!(
+        valid(disk.nix()).contains(&p) && disk.host(&p).exists(),
+        "nix-seed gc deleted a rooted path:\n{}",
+        text(&gc)
+    );
+});
