@@ -1,6 +1,6 @@
-//! `nix-seed gc` (issue #20, contract in docs/notes or the issue): a collector safe on a
-//! store shared by pods. Pods are simulated by mount and PID namespaces on one shared root
-//! (`support::pods`), with real Nix 2.8 (and 2.26 where cheap) as the oracle.
+//! `nix-seed gc` (issue #20; docs/gc.md): a collector safe on a store shared by pods.
+//! Pods are simulated by mount and PID namespaces on one shared root (`support::pods`),
+//! with real Nix 2.8 (and 2.26 where cheap) as the oracle.
 //!
 //! * `control`: Nix's own collector, run from another pod, deletes a pod's build result
 //!   (indirect root) and an in-flight build's input (temp roots unlinked by PID); the same
@@ -9,13 +9,17 @@
 //! * `collect`: old garbage is deleted, exactly what Nix's collector would delete in a
 //!   namespace where it is safe; real Nix then finds the store consistent.
 //! * `crash`: killed at each failpoint, consistent, and a rerun finishes.
-//! * `edges`: roots of unusual shapes, a WAL database, a missing dead path, non-store names.
+//! * `edges`: roots of unusual shapes (as Nix finds them), a WAL database, a missing dead
+//!   path, non-store names, garbage symlinks, prune then gc, clocks ahead.
 //! * `concurrent`: beside a seed, pods adding paths, a second gc.
 //! * `netfs`: GlusterFS through two FUSE clients.
 //! * `modern`: Nix 2.26 as a second oracle, and as a client of the gc socket.
 //! * `output`: --max-freed, the JSON event, the termination log.
 //! * `socket`: what a pod's Nix is told during the deletion holds.
-//! * `bad_input`: exit 2, nothing changed.
+//! * `bad_input`: exit 2, nothing changed; planted symlinks never lead gc outside the disk.
+//!
+//! `cargo test --test it gc::` runs them all (about 2.5 minutes on 2 cores; `gc::netfs`
+//! brings the GlusterFS harness up if it is not, and leaves it up).
 
 mod bad_input;
 mod collect;
