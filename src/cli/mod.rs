@@ -5,6 +5,7 @@
 //! once (`From<&…Args>`), and nothing below knows the command line.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -16,10 +17,21 @@ mod usage;
 
 pub use usage::print_usage_error;
 
+/// `--version`: the version and the architecture the binary was built for, e.g.
+/// `nix-seed 0.1.0 (aarch64-linux)`: a hand-off image must carry the node's architecture.
+pub static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} ({}-{})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nix-seed",
-    version,
+    version = VERSION.as_str(),
     about = "Seed a shared /nix (network disk) from an image's /nix: only missing store paths, \
              each atomically, with exact metadata, one seeder at a time.",
     after_help = "Exit codes: 0 success (also: nothing to do), 1 failure, 2 usage error or invalid \
