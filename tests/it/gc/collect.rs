@@ -261,3 +261,38 @@ nixtest!(only_garbage_older_than_min_age_and_not_read_since_is_deleted, |t| {
     assert_consistent(&s.disk, t, true);
     assert_nix_accepts(s.disk.nix(), &s.image.join("nix"));
 });
+
+// The disk mounted noatime (a bind mount of it, in a namespace of the test's): access
+// times mean nothing there, so "recently read" is off, with a warning; an old path read
+// just now is deleted like any old garbage, and the young rule still holds.
+nixtest!(on_a_noatime_mount_recently_read_is_off_with_a_warning, |t| {
+    let s = scene(t, &pod_config());
+    age(s.disk.nix(), &s.gone, 30);
+    age(s.disk.nix(), &[s.dups[0].clone()].into(), 30);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let _ = std::fs::read(s.disk.host(&s.dups[0])).unwrap();
+    let mnt = t.join("noatime");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let script = format!(
+        "mount --bind {d} {m} && mount -o remount,bind,noatime {m} || exit 99
+exec {bin} gc --target {m} -v",
+        d = s.disk.nix().display(),
+        m = mnt.display(),
+        bin = crate::support::bin().display()
+    );
+    let o = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .env_remove("NIX_SEED_TERMINATION_LOG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        super::all(&o).contains("noatime"),
+        "a warning names noatime:\n{}",
+        text(&o)
+    );
+    let mut want = s.gone.clone();
+    want.insert(s.dups[0].clone());
+    assert_eq!(deleted(&o), want, "{}", text(&o));
+    assert!(valid(s.disk.nix()).contains(&s.dups[1]), "young stays");
+});
