@@ -123,3 +123,37 @@ nixtest!(the_json_gc_event_and_the_termination_log_count_what_was_done, |t| {
     let again = Gc::new(s.disk.nix()).args(["--min-age", "0"]).ok();
     assert!(would_delete(&again).is_empty() && deleted(&again).is_empty());
 });
+
+// The pods' nix.conf, found as Nix finds it ($NIX_CONF_DIR/nix.conf when --nix-conf is
+// not given): keep-outputs there is honoured like --nix-conf's; min-free there (Nix's
+// automatic collection, which must not run on a shared store) draws a warning.
+nixtest!(nix_conf_dir_is_read_and_automatic_collection_is_warned_about, |t| {
+    let config = format!("{}keep-outputs = true\n", pod_config());
+    let s = scene(t, &config);
+    let dead = print_dead(&s.disk);
+    assert!(!dead.contains(&s.drvonly_out));
+    let dir = t.join("conf-dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("nix.conf"), "keep-outputs = true\nmin-free = 1G\n").unwrap();
+    let dry = Gc::new(s.disk.nix())
+        .args(["--dry-run", "--min-age", "0"])
+        .env("NIX_CONF_DIR", &dir)
+        .ok();
+    assert_eq!(
+        would_delete(&dry),
+        dead,
+        "keep-outputs from $NIX_CONF_DIR:\n{}",
+        text(&dry)
+    );
+    assert!(
+        all(&dry).contains("min-free"),
+        "a warning names min-free:\n{}",
+        text(&dry)
+    );
+    std::fs::write(dir.join("nix.conf"), "keep-outputs = true\n").unwrap();
+    let quiet = Gc::new(s.disk.nix())
+        .args(["--dry-run", "--min-age", "0"])
+        .env("NIX_CONF_DIR", &dir)
+        .ok();
+    assert!(!all(&quiet).contains("min-free"), "{}", text(&quiet));
+});
