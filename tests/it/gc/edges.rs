@@ -1,10 +1,14 @@
 //! Edge cases of a real shared disk, each against real Nix:
 //! * roots Nix finds in less common shapes: a link to a file inside a store path, a
 //!   relative indirect root, a chain of two links (which Nix does not follow), a link into
-//!   a per-user profile's generation: the same dead set as `nix-store --gc --print-dead`;
+//!   a per-user profile's generation, a target through a symlinked directory or a name
+//!   that is not UTF-8, a root 40 directories deep: kept exactly as Nix keeps them;
 //! * a database a pod with Nix's defaults turned to WAL mode;
 //! * a registered dead path already missing from the disk;
-//! * names in store/ that are not store paths (lost+found, stray files): never deleted.
+//! * names in store/ that are not store paths (lost+found, stray files): never deleted;
+//! * garbage that is or holds symlinks, or shares inodes with a live path: what it points
+//!   to or shares is untouched;
+//! * prune then gc, a rollback after it; a node whose clock runs ahead.
 
 use std::collections::BTreeSet;
 
@@ -335,3 +339,41 @@ ln -s \"$d/result\" /nix/var/nix/gcroots/auto/latin1; echo $p",
         text(&gc)
     );
 });
+
+// After `nix-store --optimise` a garbage path and a rooted one share files (one inode,
+// through .links): deleting the garbage must not change the rooted path's files (mode,
+// owner, contents, times but the link count's ctime), nor its .links entry.
+nixtest!(
+    deleting_garbage_that_shares_inodes_with_a_live_path_leaves_it_as_it_was,
+    |t| {
+        use crate::support::compare::{assert_unchanged_but_links, snapshot};
+        let disk = Disk::new(&t.join("disk"));
+        let src = t.join("src");
+        for side in ["live", "dead"] {
+            std::fs::create_dir_all(src.join(side).join("bin")).unwrap();
+            std::fs::write(src.join(side).join("data"), "shared bytes\n".repeat(50)).unwrap();
+            std::fs::write(src.join(side).join("bin/run"), "#!/bin/sh\necho shared\n").unwrap();
+            assert!(std::process::Command::new("chmod")
+                .arg("+x")
+                .arg(src.join(side).join("bin/run"))
+                .status()
+                .unwrap()
+                .success());
+        }
+        let out = disk.pod("user").ok(&format!(
+            "set -e; l=$(nix-store --add {live}); ln -s $l /nix/var/nix/gcroots/live
+d=$(nix-store --add {dead}); nix-store --optimise; echo live=$l; echo dead=$d",
+            live = src.join("live").display(),
+            dead = src.join("dead").display()
+        ));
+        let get = |k: &str| out.lines().find_map(|l| l.strip_prefix(k)).unwrap().to_string();
+        let (live, dead) = (get("live="), get("dead="));
+        let before = snapshot(&disk.host(&live));
+        let links_before = snapshot(&disk.nix().join("store/.links"));
+        let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).ok();
+        assert!(deleted(&gc).contains(&dead), "{}", text(&gc));
+        assert_unchanged_but_links(&before, &snapshot(&disk.host(&live)), |_| true);
+        assert_unchanged_but_links(&links_before, &snapshot(&disk.nix().join("store/.links")), |_| true);
+        assert_consistent(&disk, t, true);
+    }
+);
