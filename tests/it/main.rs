@@ -21,6 +21,7 @@ mod concurrency;
 mod crash;
 mod dbless;
 mod filesystems;
+mod gc;
 mod hostile;
 mod images;
 mod install;

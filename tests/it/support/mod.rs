@@ -19,6 +19,7 @@ pub mod modern;
 pub mod mounts;
 pub mod netfs;
 pub mod nix;
+pub mod pods;
 pub mod profiles;
 #[macro_use]
 pub mod setup;
