@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use indicatif::HumanBytes;
 use serde_json::json;
 
-use super::plan::Plan;
+use super::plan::{Freed, Plan};
 use super::{Disk, Options, BATCH, LINKS_PENDING};
 use crate::base::dirfd::lstat_at;
 use crate::base::error::Stopped;
@@ -19,16 +19,6 @@ use crate::engines::gc::sweep;
 use crate::engines::gc::temproots::{self, hash_part};
 use crate::engines::gc::{live, Claims, Keep, Roots, Why};
 use crate::engines::nixdb::{Registrations, TargetDb};
-
-/// What was (or would be) freed.
-#[derive(Debug, Default)]
-pub(super) struct Freed {
-    pub(super) paths: u64,
-    pub(super) unregistered: u64,
-    pub(super) bytes: u64,
-    /// Stopped at --max-freed.
-    pub(super) limited: bool,
-}
 
 /// Delete the plan's dead paths, referrers first, in batches: each batch claimed (a path a
 /// client made a temporary root meanwhile lives, with its closure), unregistered in one

@@ -40,6 +40,16 @@ fn within(t: SystemTime, now: SystemTime, age: Duration) -> bool {
     now.duration_since(t).map_or(true, |d| d < age)
 }
 
+/// What was (or would be) freed.
+#[derive(Debug, Default)]
+pub(super) struct Freed {
+    pub(super) paths: u64,
+    pub(super) unregistered: u64,
+    pub(super) bytes: u64,
+    /// Stopped at --max-freed.
+    pub(super) limited: bool,
+}
+
 /// The plan: what lives, why, and what goes (see [`crate::engines::gc`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decide(
@@ -169,8 +179,8 @@ fn atimes_kept(disk: &Disk, log: &Log) -> bool {
 
 impl Plan {
     /// The dry run's listing: what would go, as the real run would take it.
-    pub(super) fn would_free(&self, regs: &Registrations, log: &Log) -> super::delete::Freed {
-        let mut f = super::delete::Freed::default();
+    pub(super) fn would_free(&self, regs: &Registrations, log: &Log) -> Freed {
+        let mut f = Freed::default();
         for &i in &self.order {
             let u = self.usage.get(&i).copied().unwrap_or_default();
             f.paths += 1;
