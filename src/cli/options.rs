@@ -64,6 +64,7 @@ impl From<&SeedArgs> for commands::seed::Options {
             allow_non_mountpoint: a.allow_non_mountpoint,
             profiles: a.profiles.into(),
             name: a.name.clone(),
+            platform: a.paths.platform.clone(),
             output: (&a.output).into(),
         }
     }

@@ -50,6 +50,8 @@ pub struct Options {
     pub profiles: crate::steps::profiles::Mode,
     /// `--name`: what `images` shows beside the image's id.
     pub name: Option<String>,
+    /// `--platform`: which image of a multi-platform archive or layout (`os/arch[/variant]`).
+    pub platform: Option<String>,
     pub output: progress::Output,
 }
 
@@ -94,6 +96,9 @@ pub fn run(o: &Options, cx: &Ctx) -> Result<Done> {
 
 pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
+    if let crate::engines::image::Source::Image(spec) = crate::engines::image::classify(&o.source) {
+        return seed_image(o, &spec, log, interrupted, t0);
+    }
     let c = preflight::check(&o.source, &o.target, !o.allow_non_mountpoint, !o.dry_run)?;
     if o.dry_run {
         return dry_run(&c, o, log, t0);
@@ -156,16 +161,100 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
     Ok(report.finished(t0))
 }
 
+/// A seed from an image (an archive, an OCI layout, standard input): there is no lock-free
+/// fast path, since which store paths the image holds is only known once its layers are
+/// read; under the locks, the image is read into a stage in the target
+/// ([`crate::steps::stage`]) that the usual steps then take as their source.
+fn seed_image(
+    o: &Options,
+    spec: &crate::engines::image::Spec,
+    log: &Arc<Log>,
+    interrupted: &Arc<std::sync::atomic::AtomicBool>,
+    t0: Instant,
+) -> Result<Report> {
+    use crate::base::error::Invalid;
+    if o.dry_run {
+        return Err(Invalid(format!(
+            "--dry-run: not available with an image as the source ({}): the image would have to be read \
+             into the target; seed its unpacked /nix instead, or run status",
+            spec.shown()
+        ))
+        .into());
+    }
+    if let Some(p) = &spec.path {
+        if !p.exists() {
+            return Err(Invalid(format!("source image {} does not exist", p.display())).into());
+        }
+    }
+    let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, true)?;
+    let held = lock::acquire(
+        target.as_fd(),
+        &target_path,
+        &lock::Config {
+            timeout: o.lock_timeout,
+            stale: o.lock_stale,
+        },
+        log,
+        interrupted,
+    )?;
+    failpoint::hit("locked");
+    let stage = crate::steps::stage::Stage::make(target.as_fd(), &target_path)?;
+    let (nix_path, nix) = stage.nix()?;
+    let mut c = Checked::staged(nix_path, nix, (target_path, target), spec.shown())?;
+    let nix_locks = NixLocks::acquire(&c, log, interrupted, o.lock_timeout)?;
+    failpoint::hit("nix-locks");
+    let un = crate::steps::stage::unpack(&c, &stage, spec, o.platform.as_deref(), o.lock_timeout, log)?;
+    c.source_label = un.label.clone();
+    failpoint::hit("unpacked");
+    let plan = Plan::compute(&c)?;
+    if !held.still_ours() {
+        return Err(lock::lost(&held));
+    }
+    if plan.is_complete() && !o.recheck {
+        if plan.db_lock_left {
+            crate::engines::nixdb::recover_db_lock(&c, o.lock_timeout, log)?;
+        }
+        crate::steps::state::touch_seen(c.target.as_fd(), &plan.image_id, std::time::SystemTime::now(), log);
+        let mut report = Report::new(&c, &plan);
+        report.locked = true;
+        return Ok(report.finished(t0));
+    }
+    let described = registrations::describe(&c, o.registration.as_deref(), &plan.source)?;
+    let settings = o.settings(c.target.as_fd());
+    failpoint::hit("planned");
+    let mut run = Run::start(c, &settings, log, &held, interrupted, plan)?;
+    run.staged = Some(un.stats);
+    let counters = run.counters.clone();
+    let report = steps(run, described).map_err(|e| db_busy(e, &o.target, o.lock_timeout, &counters))?;
+    failpoint::hit("marked");
+    drop(stage);
+    drop(nix_locks);
+    drop(held);
+    Ok(report.finished(t0))
+}
+
 /// The slow path's steps, in order, under the locks; each returns what the next ones use.
+/// From a stage, the registrations are completed before the store paths are moved out of
+/// it (the computation reads the source; nothing between the two changes the target's
+/// database).
 fn steps(mut run: Run<'_>, described: registrations::Described) -> Result<Report> {
     failpoint::hit("unmarked");
     run.check_space()?;
     failpoint::hit("space-checked");
     let store = run.prepare_store()?;
-    let copied = run.copy(store.as_fd())?;
-    failpoint::hit("copied");
-    let regs = run.complete_registrations(described)?;
-    failpoint::hit("computed");
+    let (copied, regs) = if run.staged.is_some() {
+        let regs = run.complete_registrations(described)?;
+        failpoint::hit("computed");
+        let copied = run.copy(store.as_fd())?;
+        failpoint::hit("copied");
+        (copied, regs)
+    } else {
+        let copied = run.copy(store.as_fd())?;
+        failpoint::hit("copied");
+        let regs = run.complete_registrations(described)?;
+        failpoint::hit("computed");
+        (copied, regs)
+    };
     let present = run.check_contents(store.as_fd(), &regs, &copied)?;
     failpoint::hit("verified");
     let var = run.seed_var(&regs, &present)?;

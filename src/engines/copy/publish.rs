@@ -145,3 +145,43 @@ pub fn replace(eng: &Engine, dir: BorrowedFd, tmp: &OsStr, fin: &OsStr) -> io::R
         )
     }))
 }
+
+/// Move `name` from `src` (a stage on the same filesystem) to the same name in `dst`,
+/// never replacing what is there: `renameat2(RENAME_NOREPLACE)`, or where the filesystem
+/// lacks it, a check that the name is free and a plain rename (which fails on a non-empty
+/// directory there). What was there first wins; the staged one is removed.
+pub fn move_in(eng: &Engine, src: BorrowedFd, dst: BorrowedFd, name: &OsStr) -> io::Result<Published> {
+    let discard = || -> io::Result<Published> {
+        remove_tree_at(src, name)?;
+        Ok(Published::AlreadyThere)
+    };
+    if eng.fs.noreplace() {
+        match renameat2(src, name, dst, name, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(Published::Yes),
+            Err(Errno::EEXIST) => return discard(),
+            Err(Errno::EINVAL) | Err(Errno::ENOSYS) | Err(Errno::ENOTSUP) => eng.fs.without_noreplace(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if lstat_at(dst, name)?.is_some() {
+        return discard();
+    }
+    // A file or symlink: a link fails on an existing name, where a rename would replace.
+    let is_dir =
+        lstat_at(src, name)?.is_some_and(|st| crate::base::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFDIR);
+    if !is_dir {
+        return match linkat(src, name, dst, name, AtFlags::empty()) {
+            Ok(()) => {
+                unlinkat(src, name, UnlinkatFlags::NoRemoveDir)?;
+                Ok(Published::Yes)
+            }
+            Err(Errno::EEXIST) => discard(),
+            Err(e) => Err(e.into()),
+        };
+    }
+    match renameat(src, name, dst, name) {
+        Ok(()) => Ok(Published::Yes),
+        Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) | Err(Errno::ENOTDIR) | Err(Errno::EISDIR) => discard(),
+        Err(e) => Err(e.into()),
+    }
+}
