@@ -16,6 +16,7 @@ mod support;
 
 mod bad_input;
 mod big_paths;
+mod archive;
 mod concurrency;
 mod crash;
 mod dbless;

@@ -337,7 +337,7 @@ fn digest_of_name(name: &str) -> Option<String> {
 }
 
 fn blob_name(digest: &str) -> String {
-    digest.replacen(':', "/", 1)
+    format!("blobs/{}", digest.replacen(':', "/", 1))
 }
 
 fn check_digest(spec: &Spec, what: &str, want: &str, bytes: &[u8]) -> Result<()> {

@@ -14,7 +14,8 @@ Layers (--layers): `per-path` (one layer per store path, then one for var/, as d
 streamLayeredImage), or `one`. --compress none|gzip|zstd compresses each layer;
 --whole-gzip compresses the whole archive. --split-hardlinks writes every hardlinked file
 as a file of its own (dockerTools); --mtime N sets every mtime. --append-layer DIR adds a
-layer made of DIR's tree (whiteout files included, as they are). --reverse writes the
+layer made of DIR's tree (whiteout files included, as they are); --raw-layer TAR adds the
+tar file TAR as a layer, as it is. --reverse writes the
 layers in the archive in reverse order (for stream-order tests). --tag REPO:TAG.
 """
 import argparse
@@ -36,6 +37,7 @@ p.add_argument("--whole-gzip", action="store_true")
 p.add_argument("--split-hardlinks", action="store_true")
 p.add_argument("--mtime", type=int)
 p.add_argument("--append-layer", action="append", default=[])
+p.add_argument("--raw-layer", action="append", default=[])
 p.add_argument("--reverse", action="store_true")
 p.add_argument("--tag", default="example.com/nix-image:1")
 p.add_argument("--arch", default="amd64")
@@ -91,9 +93,15 @@ for extra in a.append_layer:
     groups.append((extra, sorted(os.path.relpath(os.path.join(d, f), extra)
                                  for d, ds, fs in os.walk(extra) for f in ds + fs)))
 
+for raw in a.raw_layer:
+    groups.append(("raw", raw))
+
 raw_layers = []  # (uncompressed tar bytes, blob bytes, media type)
 for g in groups:
-    if isinstance(g, tuple):
+    if isinstance(g, tuple) and g[0] == "raw":
+        with open(g[1], "rb") as f:
+            tb = f.read()
+    elif isinstance(g, tuple):
         tb = layer_tar(g[0], g[1], False)
     else:
         tb = layer_tar(root, g, a.split_hardlinks)
