@@ -110,6 +110,16 @@ pub fn run(o: &Options, cx: &super::Ctx) -> Result<super::Done> {
 }
 
 fn status(o: &Options, log: &Log) -> Result<bool> {
+    if let crate::engines::image::Source::Image(spec) = crate::engines::image::classify(&o.source) {
+        return Err(crate::base::error::Invalid(format!(
+            "status: {} is an image, not a directory: status reads without writing, and an image's store \
+             paths are only known once its layers are applied; pass its unpacked /nix (or mount it as an \
+             image volume), or see `nix-seed images`, which names images seeded from archives by reference \
+             and digest",
+            spec.shown()
+        ))
+        .into());
+    }
     let c = preflight::check(&o.source, &o.target, false, false)?;
     let plan = Plan::compute(&c)?;
     // Registration: what the target's database says about its store.

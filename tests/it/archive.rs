@@ -70,7 +70,11 @@ fn only_image(target: &Path) -> (String, String) {
 /// Nothing of the image published: no store path, no database, no temporary left.
 #[track_caller]
 fn assert_nothing_published(t: &Path) {
-    assert!(names(&t.join("store")).is_empty(), "store paths published: {:?}", names(&t.join("store")));
+    assert!(
+        names(&t.join("store")).is_empty(),
+        "store paths published: {:?}",
+        names(&t.join("store"))
+    );
     assert!(!t.join("var/nix/db/db.sqlite").exists(), "a database was created");
     assert_no_temp(t);
     let stray: Vec<String> = std::fs::read_dir(t)
@@ -88,7 +92,11 @@ fn assert_nothing_published(t: &Path) {
 nixtest!(a_docker_archive_seeds_what_its_directory_seeds, |tmp| {
     let real = real_store(&tmp.path().join("real"), "v1", false);
     let img = tmp.path().join("img.tar");
-    mkimage(&real, &img, &["--format", "docker", "--layers", "one", "--tag", "example.com/app:1"]);
+    mkimage(
+        &real,
+        &img,
+        &["--format", "docker", "--layers", "one", "--tag", "example.com/app:1"],
+    );
     let by_dir = target(tmp.path(), "dir");
     Seed::image(&real, &by_dir).ok();
     let t = target(tmp.path(), "arc");
@@ -115,10 +123,26 @@ nixtest!(oci_layouts_archives_compressions_and_stdin, needs = &["zstd"], |tmp| {
     let d = tmp.path();
     let cases: Vec<(&str, Vec<&str>, String)> = vec![
         ("oci-zstd", vec!["--format", "oci", "--compress", "zstd"], String::new()),
-        ("oci-ref", vec!["--format", "oci", "--tag", "example.com/app:v7"], "oci:".into()),
-        ("oci-archive-gzip", vec!["--format", "oci-archive", "--compress", "gzip"], String::new()),
-        ("docker25", vec!["--format", "docker25", "--layers", "one"], "docker-archive:".into()),
-        ("docker-whole-gzip", vec!["--format", "docker", "--whole-gzip"], String::new()),
+        (
+            "oci-ref",
+            vec!["--format", "oci", "--tag", "example.com/app:v7"],
+            "oci:".into(),
+        ),
+        (
+            "oci-archive-gzip",
+            vec!["--format", "oci-archive", "--compress", "gzip"],
+            String::new(),
+        ),
+        (
+            "docker25",
+            vec!["--format", "docker25", "--layers", "one"],
+            "docker-archive:".into(),
+        ),
+        (
+            "docker-whole-gzip",
+            vec!["--format", "docker", "--whole-gzip"],
+            String::new(),
+        ),
     ];
     for (name, args, prefix) in cases {
         let img = d.join(name);
@@ -155,24 +179,30 @@ nixtest!(oci_layouts_archives_compressions_and_stdin, needs = &["zstd"], |tmp| {
 // dockerTools' default: no Nix database, hardlinks split, mtime 1, one layer per store
 // path, plain and gzip-compressed whole. Registrations are computed as real Nix
 // registered them; a pod's Nix keeps every path through a collection.
-nixtest!(a_dockertools_archive_without_a_database_is_registered_as_nix_did, |tmp| {
-    let img = crate::dbless::stripped(&tmp.path().join("v1"), "v1");
-    for (name, args) in [
-        ("plain.tar", vec!["--split-hardlinks", "--mtime", "1"]),
-        ("whole.tar.gz", vec!["--split-hardlinks", "--mtime", "1", "--whole-gzip"]),
-    ] {
-        let out = tmp.path().join(name);
-        mkimage(img.root(), &out, &[&["--format", "docker"], args.as_slice()].concat());
-        let t = target(tmp.path(), &format!("t-{name}"));
-        let by_dir = target(tmp.path(), &format!("d-{name}"));
-        Seed::new(&img.image, &by_dir).ok();
-        Seed::new(&out, &t).ok();
-        assert_same_store(&by_dir, &t);
-        let got = target_registrations(&t);
-        assert_registered_as(&img.orig, &got, &img.paths(), Source::Computed, name);
-        crate::dbless::assert_pod_keeps(&t, &img.paths(), tmp.path());
+nixtest!(
+    a_dockertools_archive_without_a_database_is_registered_as_nix_did,
+    |tmp| {
+        let img = crate::dbless::stripped(&tmp.path().join("v1"), "v1");
+        for (name, args) in [
+            ("plain.tar", vec!["--split-hardlinks", "--mtime", "1"]),
+            (
+                "whole.tar.gz",
+                vec!["--split-hardlinks", "--mtime", "1", "--whole-gzip"],
+            ),
+        ] {
+            let out = tmp.path().join(name);
+            mkimage(img.root(), &out, &[&["--format", "docker"], args.as_slice()].concat());
+            let t = target(tmp.path(), &format!("t-{name}"));
+            let by_dir = target(tmp.path(), &format!("d-{name}"));
+            Seed::new(&img.image, &by_dir).ok();
+            Seed::new(&out, &t).ok();
+            assert_same_store(&by_dir, &t);
+            let got = target_registrations(&t);
+            assert_registered_as(&img.orig, &got, &img.paths(), Source::Computed, name);
+            crate::dbless::assert_pod_keeps(&t, &img.paths(), tmp.path());
+        }
     }
-});
+);
 
 /// A store path of `regs` that no other one refers to.
 fn unreferenced(regs: &crate::support::dbless::Regs) -> String {
@@ -198,7 +228,11 @@ nixtest!(whiteouts_delete_a_store_path_and_hide_nix_var, |tmp| {
     std::fs::create_dir_all(wh.join("nix/store")).unwrap();
     std::fs::write(wh.join("nix/store").join(format!(".wh.{gone_name}")), "").unwrap();
     let out = d.join("wh.tar");
-    mkimage(img.root(), &out, &["--format", "docker", "--append-layer", wh.to_str().unwrap()]);
+    mkimage(
+        img.root(),
+        &out,
+        &["--format", "docker", "--append-layer", wh.to_str().unwrap()],
+    );
     let t = target(d, "t");
     Seed::new(&out, &t).ok();
     let want: BTreeSet<String> = names(&img.image.join("store"))
@@ -215,11 +249,18 @@ nixtest!(whiteouts_delete_a_store_path_and_hide_nix_var, |tmp| {
     std::fs::create_dir_all(opq.join("nix/var")).unwrap();
     std::fs::write(opq.join("nix/var/.wh..wh..opq"), "").unwrap();
     let out = d.join("opq.tar");
-    mkimage(&real, &out, &["--format", "docker", "--append-layer", opq.to_str().unwrap()]);
+    mkimage(
+        &real,
+        &out,
+        &["--format", "docker", "--append-layer", opq.to_str().unwrap()],
+    );
     let t = target(d, "t-opq");
     let o = Seed::new(&out, &t).ok();
     assert!(stderr(&o).contains("the image has no Nix database"), "{}", text(&o));
-    assert!(!t.join("var/nix/profiles/default").exists(), "the hidden var/'s profile was seeded");
+    assert!(
+        !t.join("var/nix/profiles/default").exists(),
+        "the hidden var/'s profile was seeded"
+    );
     assert_eq!(names(&t.join("store")), names(&real.join("nix/store")));
 });
 
@@ -266,7 +307,11 @@ nixtest!(bad_and_hostile_archives_are_refused_with_nothing_published, |tmp| {
         .max_by_key(|p| p.metadata().unwrap().len())
         .unwrap();
     let mut b = std::fs::read(&biggest).unwrap();
-    let at = b.windows(8).position(|w| w == b"#!/bin/s").expect("a script in the layer") + 3;
+    let at = b
+        .windows(8)
+        .position(|w| w == b"#!/bin/s")
+        .expect("a script in the layer")
+        + 3;
     b[at] ^= 1;
     std::fs::write(&biggest, &b).unwrap();
     let t = target(d, "t-digest");
@@ -278,7 +323,10 @@ nixtest!(bad_and_hostile_archives_are_refused_with_nothing_published, |tmp| {
     let name = names(&real.join("nix/store")).into_iter().next().unwrap();
     let cases = [
         ("dotdot", "f('nix/store/../../etc/evil')".to_owned()),
-        ("abs-hardlink", "f('nix/store/x'); l('nix/store/y', '/etc/passwd', True)".to_owned()),
+        (
+            "abs-hardlink",
+            "f('nix/store/x'); l('nix/store/y', '/etc/passwd', True)".to_owned(),
+        ),
         ("symlinked-nix", "l('nix', '/tmp')".to_owned()),
         (
             "through-symlink",
@@ -288,7 +336,18 @@ nixtest!(bad_and_hostile_archives_are_refused_with_nothing_published, |tmp| {
     for (case, script) in cases {
         let layer = hostile_layer(d, case, &script);
         let img = d.join(format!("{case}.tar"));
-        mkimage(&real, &img, &["--format", "docker", "--layers", "one", "--raw-layer", layer.to_str().unwrap()]);
+        mkimage(
+            &real,
+            &img,
+            &[
+                "--format",
+                "docker",
+                "--layers",
+                "one",
+                "--raw-layer",
+                layer.to_str().unwrap(),
+            ],
+        );
         let t = target(d, &format!("t-{case}"));
         let o = Seed::new(&img, &t).output();
         assert_code(&o, 2);
@@ -358,45 +417,63 @@ fn run_ok(c: &mut Command) -> String {
 // Images built by buildah from a real-Nix store, saved by podman as a docker-archive and
 // an OCI archive, and copied by skopeo to an OCI layout: each seeds exactly what seeding
 // the image's unpacked /nix (`podman image mount`) seeds, and real Nix accepts it.
-nixtest!(podman_saved_images_equal_their_mounted_nix, needs = &["buildah", "podman", "skopeo"], |tmp| {
-    let d = tmp.path();
-    let real = real_store(&d.join("real"), "v1", false);
-    let tar = d.join("nix.tar");
-    run_ok(Command::new("tar").arg("-C").arg(&real).arg("-cf").arg(&tar).arg("nix"));
-    let c = run_ok(tool(d, "buildah").args(["from", "scratch"]));
-    // Unpacked by GNU tar into the container (buildah add refuses a hardlink whose target
-    // it has not written yet).
-    let root = run_ok(tool(d, "buildah").args(["mount", &c]));
-    run_ok(Command::new("tar").arg("-C").arg(&root).arg("-xpf").arg(&tar));
-    run_ok(tool(d, "buildah").args(["commit", "-q", &c, "localhost/nix-app:1"]));
-    let mnt = run_ok(tool(d, "podman").args(["image", "mount", "localhost/nix-app:1"]));
-    let by_mount = target(d, "mount");
-    Seed::new(Path::new(&mnt).join("nix"), &by_mount).ok();
-    run_ok(tool(d, "podman").args(["image", "unmount", "localhost/nix-app:1"]));
+nixtest!(
+    podman_saved_images_equal_their_mounted_nix,
+    needs = &["buildah", "podman", "skopeo"],
+    |tmp| {
+        let d = tmp.path();
+        let real = real_store(&d.join("real"), "v1", false);
+        let tar = d.join("nix.tar");
+        run_ok(Command::new("tar").arg("-C").arg(&real).arg("-cf").arg(&tar).arg("nix"));
+        let c = run_ok(tool(d, "buildah").args(["from", "scratch"]));
+        // Unpacked by GNU tar into the container (buildah add refuses a hardlink whose target
+        // it has not written yet).
+        let root = run_ok(tool(d, "buildah").args(["mount", &c]));
+        run_ok(Command::new("tar").arg("-C").arg(&root).arg("-xpf").arg(&tar));
+        run_ok(tool(d, "buildah").args(["commit", "-q", &c, "localhost/nix-app:1"]));
+        let mnt = run_ok(tool(d, "podman").args(["image", "mount", "localhost/nix-app:1"]));
+        let by_mount = target(d, "mount");
+        Seed::new(Path::new(&mnt).join("nix"), &by_mount).ok();
+        run_ok(tool(d, "podman").args(["image", "unmount", "localhost/nix-app:1"]));
 
-    let docker = d.join("docker.tar");
-    let oci_ar = d.join("oci.tar");
-    let layout = d.join("layout");
-    run_ok(tool(d, "podman").args(["save", "-q", "--format", "docker-archive", "-o"]).arg(&docker).arg("localhost/nix-app:1"));
-    run_ok(tool(d, "podman").args(["save", "-q", "--format", "oci-archive", "-o"]).arg(&oci_ar).arg("localhost/nix-app:1"));
-    let storage = format!(
-        "containers-storage:[vfs@{}+{}]localhost/nix-app:1",
-        d.join("containers/root").display(),
-        d.join("containers/run").display()
-    );
-    run_ok(Command::new("skopeo").args(["copy", "-q", &storage]).arg(format!("oci:{}:1", layout.display())));
-    for (name, src) in [
-        ("docker", format!("docker-archive:{}", docker.display())),
-        ("oci-archive", oci_ar.display().to_string()),
-        ("layout", format!("oci:{}:1", layout.display())),
-    ] {
-        let t = target(d, &format!("t-{name}"));
-        Seed::new(&src, &t).ok();
-        assert_same_store(&by_mount, &t);
-        assert_nix_accepts(&t, &real.join("nix"));
-        let (_, label) = only_image(&t);
-        // skopeo's layout names the image by its tag alone (`1`), podman's archives by name.
-        let want = if name == "layout" { "1@sha256:" } else { "nix-app" };
-        assert!(label.contains(want), "{name}: {label}");
+        let docker = d.join("docker.tar");
+        let oci_ar = d.join("oci.tar");
+        let layout = d.join("layout");
+        run_ok(
+            tool(d, "podman")
+                .args(["save", "-q", "--format", "docker-archive", "-o"])
+                .arg(&docker)
+                .arg("localhost/nix-app:1"),
+        );
+        run_ok(
+            tool(d, "podman")
+                .args(["save", "-q", "--format", "oci-archive", "-o"])
+                .arg(&oci_ar)
+                .arg("localhost/nix-app:1"),
+        );
+        let storage = format!(
+            "containers-storage:[vfs@{}+{}]localhost/nix-app:1",
+            d.join("containers/root").display(),
+            d.join("containers/run").display()
+        );
+        run_ok(
+            Command::new("skopeo")
+                .args(["copy", "-q", &storage])
+                .arg(format!("oci:{}:1", layout.display())),
+        );
+        for (name, src) in [
+            ("docker", format!("docker-archive:{}", docker.display())),
+            ("oci-archive", oci_ar.display().to_string()),
+            ("layout", format!("oci:{}:1", layout.display())),
+        ] {
+            let t = target(d, &format!("t-{name}"));
+            Seed::new(&src, &t).ok();
+            assert_same_store(&by_mount, &t);
+            assert_nix_accepts(&t, &real.join("nix"));
+            let (_, label) = only_image(&t);
+            // skopeo's layout names the image by its tag alone (`1`), podman's archives by name.
+            let want = if name == "layout" { "1@sha256:" } else { "nix-app" };
+            assert!(label.contains(want), "{name}: {label}");
+        }
     }
-});
+);

@@ -14,9 +14,9 @@
 #[macro_use]
 mod support;
 
+mod archive;
 mod bad_input;
 mod big_paths;
-mod archive;
 mod concurrency;
 mod crash;
 mod dbless;

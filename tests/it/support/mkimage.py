@@ -24,8 +24,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
+import tempfile
 
 p = argparse.ArgumentParser()
 p.add_argument("root")
@@ -44,10 +46,9 @@ p.add_argument("--arch", default="amd64")
 a = p.parse_args()
 
 
-def layer_tar(base, members, split):
-    """A tar (bytes) of `members` (paths relative to base, in order), not following links."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+def layer_tar(base, members, split, path):
+    """Write a tar of `members` (paths relative to base, in order) to `path`, not following links."""
+    with tarfile.open(path, mode="w", format=tarfile.PAX_FORMAT) as t:
         if split:
             t.inodes = None
         for m in members:
@@ -65,7 +66,16 @@ def layer_tar(base, members, split):
                     t.addfile(ti, f)
             else:
                 t.addfile(ti)
-    return buf.getvalue()
+
+
+def sha_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(1 << 20)
+            if not b:
+                return "sha256:" + h.hexdigest()
+            h.update(b)
 
 
 def walk(base, top):
@@ -96,23 +106,28 @@ for extra in a.append_layer:
 for raw in a.raw_layer:
     groups.append(("raw", raw))
 
-raw_layers = []  # (uncompressed tar bytes, blob bytes, media type)
-for g in groups:
+work = tempfile.mkdtemp(prefix="mkimage-", dir=os.path.dirname(os.path.abspath(a.out)))
+raw_layers = []  # (uncompressed tar digest, blob path, blob digest, media type)
+for i, g in enumerate(groups):
+    tpath = os.path.join(work, f"{i}.tar")
     if isinstance(g, tuple) and g[0] == "raw":
-        with open(g[1], "rb") as f:
-            tb = f.read()
+        shutil.copyfile(g[1], tpath)
     elif isinstance(g, tuple):
-        tb = layer_tar(g[0], g[1], False)
+        layer_tar(g[0], g[1], False, tpath)
     else:
-        tb = layer_tar(root, g, a.split_hardlinks)
+        layer_tar(root, g, a.split_hardlinks, tpath)
+    diff = sha_file(tpath)
     if a.compress == "gzip":
-        blob, mt = gzip.compress(tb, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip"
+        bpath, mt = tpath + ".gz", "application/vnd.oci.image.layer.v1.tar+gzip"
+        with open(tpath, "rb") as fi, gzip.GzipFile(bpath, "wb", mtime=0, compresslevel=6) as fo:
+            shutil.copyfileobj(fi, fo, 1 << 20)
+        os.unlink(tpath)
     elif a.compress == "zstd":
-        blob = subprocess.run(["zstd", "-q", "-c"], input=tb, stdout=subprocess.PIPE, check=True).stdout
-        mt = "application/vnd.oci.image.layer.v1.tar+zstd"
+        bpath, mt = tpath + ".zst", "application/vnd.oci.image.layer.v1.tar+zstd"
+        subprocess.run(["zstd", "-q", "--rm", tpath, "-o", bpath], check=True)
     else:
-        blob, mt = tb, "application/vnd.oci.image.layer.v1.tar"
-    raw_layers.append((tb, blob, mt))
+        bpath, mt = tpath, "application/vnd.oci.image.layer.v1.tar"
+    raw_layers.append((diff, bpath, sha_file(bpath), mt))
 
 
 def sha(b):
@@ -121,15 +136,15 @@ def sha(b):
 
 config = json.dumps({
     "architecture": a.arch, "os": "linux", "config": {},
-    "rootfs": {"type": "layers", "diff_ids": [sha(tb) for tb, _, _ in raw_layers]},
+    "rootfs": {"type": "layers", "diff_ids": [diff for diff, _, _, _ in raw_layers]},
 }).encode()
-files = []  # (name, bytes), in archive order
+files = []  # (name, bytes or a path), in archive order
 if a.format == "docker":
     names = []
-    for tb, blob, _ in raw_layers:
-        n = hashlib.sha256(blob).hexdigest() + "/layer.tar"
+    for _, bpath, bd, _ in raw_layers:
+        n = bd[7:] + "/layer.tar"
         names.append(n)
-        files.append((n, blob))
+        files.append((n, bpath))
     cfg = hashlib.sha256(config).hexdigest() + ".json"
     files.append((cfg, config))
     files.append(("manifest.json", json.dumps([{"Config": cfg, "RepoTags": [a.tag], "Layers": names}]).encode()))
@@ -137,10 +152,10 @@ else:
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config), "size": len(config)},
-        "layers": [{"mediaType": mt, "digest": sha(blob), "size": len(blob)} for _, blob, mt in raw_layers],
+        "layers": [{"mediaType": mt, "digest": bd, "size": os.path.getsize(bp)} for _, bp, bd, mt in raw_layers],
     }).encode()
-    for _, blob, _ in raw_layers:
-        files.append(("blobs/sha256/" + sha(blob)[7:], blob))
+    for _, bp, bd, _ in raw_layers:
+        files.append(("blobs/sha256/" + bd[7:], bp))
     files.append(("blobs/sha256/" + sha(config)[7:], config))
     files.append(("blobs/sha256/" + sha(manifest)[7:], manifest))
     index = {"schemaVersion": 2, "manifests": [{
@@ -153,28 +168,33 @@ else:
     if a.format == "docker25":
         files.append(("manifest.json", json.dumps([{
             "Config": "blobs/sha256/" + sha(config)[7:], "RepoTags": [a.tag],
-            "Layers": ["blobs/sha256/" + sha(b)[7:] for _, b, _ in raw_layers]}]).encode()))
+            "Layers": ["blobs/sha256/" + bd[7:] for _, _, bd, _ in raw_layers]}]).encode()))
 
 if a.reverse:
-    layers = [f for f in files if f[1] in [b for _, b, _ in raw_layers]]
-    rest = [f for f in files if f not in layers]
+    layers = [f for f in files if isinstance(f[1], str)]
+    rest = [f for f in files if not isinstance(f[1], str)]
     files = layers[::-1] + rest
 
 if a.format == "oci":
     for n, b in files:
         path = os.path.join(a.out, n)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(b)
+        if isinstance(b, str):
+            shutil.move(b, path)
+        else:
+            with open(path, "wb") as f:
+                f.write(b)
 else:
-    out = gzip.open(a.out, "wb") if a.whole_gzip else open(a.out, "wb")
+    out = gzip.open(a.out, "wb", compresslevel=6) if a.whole_gzip else open(a.out, "wb")
     with out, tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as t:
-        seen = set()
         for n, b in files:
-            d = os.path.dirname(n)
-            if d and d not in seen and a.format != "docker":
-                seen.add(d)
             ti = tarfile.TarInfo(n)
-            ti.size = len(b)
             ti.mtime = 1
-            t.addfile(ti, io.BytesIO(b))
+            if isinstance(b, str):
+                ti.size = os.path.getsize(b)
+                with open(b, "rb") as f:
+                    t.addfile(ti, f)
+            else:
+                ti.size = len(b)
+                t.addfile(ti, io.BytesIO(b))
+shutil.rmtree(work)
