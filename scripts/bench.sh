@@ -29,6 +29,11 @@
 # --dbless: an image without a Nix database against the same image with one seeded with
 # --verify, the scanner's throughput and peak RSS (scripts/bench/dbless.sh; ~5 minutes).
 #
+#   scripts/bench.sh --archive [--runs N] [--paths N] [--files N] [--bytes N] [--into FILE]
+#
+# --archive: seeding from an image archive against `tar -xf`/`tar -xzf` of its layers,
+# and peak RSS for a 2 GiB image (scripts/bench/archive.sh; ~10 minutes).
+#
 # The benchmark itself is the Python package scripts/bench/ (run, fs, report; standard
 # library only), run as `python3 -m bench` with PYTHONPATH=scripts.
 #
@@ -41,12 +46,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --dbless: issue 18's benchmark, images without a Nix database (scripts/bench/dbless.sh).
+# --dbless: issue 18's benchmark, images without a Nix database (scripts/bench/dbless.sh);
+# --archive: issue 21's, seeding from an image archive (scripts/bench/archive.sh).
 for a in "$@"; do
-  if [ "$a" = --dbless ]; then
+  if [ "$a" = --dbless ] || [ "$a" = --archive ]; then
     rest=()
-    for b in "$@"; do [ "$b" = --dbless ] || rest+=("$b"); done
-    exec bash scripts/bench/dbless.sh "${rest[@]}"
+    for b in "$@"; do [ "$b" = "$a" ] || rest+=("$b"); done
+    exec bash "scripts/bench/${a#--}.sh" "${rest[@]}"
   fi
 done
 
