@@ -661,7 +661,115 @@ fn copy(r: &mut impl Read, w: &mut File, buf: &mut [u8]) -> Result<u64, Copy> {
 
 #[cfg(test)]
 mod tests {
-    use super::components;
+    use super::*;
+
+    /// A layer: (name, kind, content or link target), as a tar in memory; names written
+    /// into the header as they are (`..` and absolute ones too).
+    fn layer(entries: &[(&str, char, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_old();
+            h.set_mode(if *kind == 'd' { 0o555 } else { 0o444 });
+            h.set_mtime(1);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_size(0);
+            h.set_entry_type(match kind {
+                'd' => tar::EntryType::Directory,
+                'l' => tar::EntryType::Symlink,
+                'h' => tar::EntryType::Link,
+                _ => tar::EntryType::Regular,
+            });
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            let body = if matches!(kind, 'l' | 'h') {
+                old.linkname[..data.len()].copy_from_slice(data.as_bytes());
+                ""
+            } else {
+                data
+            };
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            b.append(&h, body.as_bytes()).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    const A: &str = "nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a";
+    const B: &str = "nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b";
+
+    fn apply(layers: &[Vec<u8>], skip: &dyn Fn(&[u8]) -> bool) -> (tempfile::TempDir, Result<Vec<Vec<u8>>>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("nix/store")).unwrap();
+        let top = crate::base::dirfd::open_root(dir.path()).unwrap();
+        let root = open_dir(top.as_fd(), "nix").unwrap();
+        let mut ap = Applier::new(top.as_fd(), root.as_fd(), skip, None);
+        let r = (|| {
+            for (i, l) in layers.iter().enumerate() {
+                ap.layer(&i.to_string(), l.as_slice())?;
+            }
+            Ok(ap.finish()?.0)
+        })();
+        (dir, r)
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_directories_hide_lower_layers_only() {
+        let l0 = layer(&[
+            (A, 'd', ""),
+            (&format!("{A}/f"), 'f', "a"),
+            (B, 'd', ""),
+            (&format!("{B}/old"), 'f', "o"),
+        ]);
+        // The opaque marker after a sibling of its own layer: the sibling stays.
+        let l1 = layer(&[
+            (&format!("{B}/new"), 'f', "n"),
+            (&format!("{B}/.wh..wh..opq"), 'f', ""),
+            (&format!("nix/store/.wh.{}", &A[10..]), 'f', ""),
+        ]);
+        let (dir, names) = apply(&[l0, l1], &|_| false);
+        let names = names.unwrap();
+        assert_eq!(names, vec![B[10..].as_bytes().to_vec()]);
+        let b = dir.path().join(B);
+        assert!(b.join("new").exists() && !b.join("old").exists());
+        assert!(!dir.path().join(A).exists());
+        let m = std::fs::metadata(&b).unwrap();
+        assert_eq!((m.permissions().mode() & 0o7777, m.mtime()), (0o555, 1));
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    }
+
+    #[test]
+    fn skipped_paths_are_placeholders_and_hostile_names_are_refused() {
+        let l0 = layer(&[
+            (A, 'd', ""),
+            (&format!("{A}/f"), 'f', "a"),
+            (&format!("{B}/h"), 'h', &format!("{A}/f")),
+        ]);
+        let skip_a = |n: &[u8]| n == &A.as_bytes()[10..];
+        // A hardlink into a skipped path, with no target store to copy from: refused.
+        let (_d, r) = apply(&[l0.clone()], &skip_a);
+        assert!(r.unwrap_err().downcast_ref::<Invalid>().is_some());
+        let (dir, r) = apply(&[layer(&[(A, 'd', ""), (&format!("{A}/f"), 'f', "a")])], &skip_a);
+        assert_eq!(r.unwrap().len(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(A)).unwrap().count(),
+            0,
+            "a placeholder"
+        );
+        for bad in [
+            layer(&[("nix/store/../../x", 'f', "")]),
+            layer(&[("nix", 'l', "/tmp")]),
+            layer(&[
+                (A, 'd', ""),
+                (&format!("{A}/l"), 'l', "/etc"),
+                (&format!("{A}/l/x"), 'f', ""),
+            ]),
+            layer(&[(&format!("{A}/h"), 'h', "/etc/passwd")]),
+        ] {
+            let (_d, r) = apply(&[bad], &|_| false);
+            assert!(r.unwrap_err().downcast_ref::<Invalid>().is_some());
+        }
+    }
 
     #[test]
     fn names_are_normalised_or_refused() {
