@@ -171,7 +171,7 @@ nixtest!(oci_layouts_archives_compressions_and_stdin, needs = &["zstd"], |tmp| {
     assert_same_store_split(&by_dir, &t);
     // A reference the layout does not hold: exit 2.
     let img = d.join("oci-ref");
-    let o = Seed::new(format!("oci:{}:nope", img.display()), &target(d, "t-noref")).output();
+    let o = Seed::new(format!("oci:{}:nope", img.display()), target(d, "t-noref")).output();
     assert_code(&o, 2);
     assert!(stderr(&o).contains("holds no image named nope"), "{}", text(&o));
 });

@@ -729,7 +729,7 @@ mod tests {
         ]);
         let (dir, names) = apply(&[l0, l1], &|_| false);
         let names = names.unwrap();
-        assert_eq!(names, vec![B[10..].as_bytes().to_vec()]);
+        assert_eq!(names, vec![B.as_bytes()[10..].to_vec()]);
         let b = dir.path().join(B);
         assert!(b.join("new").exists() && !b.join("old").exists());
         assert!(!dir.path().join(A).exists());
@@ -747,7 +747,7 @@ mod tests {
         ]);
         let skip_a = |n: &[u8]| n == &A.as_bytes()[10..];
         // A hardlink into a skipped path, with no target store to copy from: refused.
-        let (_d, r) = apply(&[l0.clone()], &skip_a);
+        let (_d, r) = apply(std::slice::from_ref(&l0), &skip_a);
         assert!(r.unwrap_err().downcast_ref::<Invalid>().is_some());
         let (dir, r) = apply(&[layer(&[(A, 'd', ""), (&format!("{A}/f"), 'f', "a")])], &skip_a);
         assert_eq!(r.unwrap().len(), 1);
