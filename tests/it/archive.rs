@@ -477,3 +477,48 @@ nixtest!(
         }
     }
 );
+
+// An OCI layout whose index holds the image for two platforms: by default the one for
+// this machine's architecture, `--platform linux/arm64` the other (its manifest digest in
+// the image's name), an absent platform exit 2 listing the ones there are.
+nixtest!(a_multi_platform_index_is_chosen_by_platform, |tmp| {
+    let d = tmp.path();
+    let real = real_store(&d.join("real"), "v1", false);
+    let (amd, arm) = (d.join("amd"), d.join("arm"));
+    mkimage(&real, &amd, &["--format", "oci", "--layers", "one", "--arch", "amd64"]);
+    mkimage(&real, &arm, &["--format", "oci", "--layers", "one", "--arch", "arm64"]);
+    // One layout: arm64's blobs added to amd64's, both manifests in one index.
+    for e in std::fs::read_dir(arm.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), amd.join("blobs/sha256").join(e.file_name())).unwrap();
+    }
+    let index = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.join("index.json")).unwrap()).unwrap()
+    };
+    let (mut both, arm_index) = (index(&amd), index(&arm));
+    let arm_digest = arm_index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    both["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(arm_index["manifests"][0].clone());
+    std::fs::write(amd.join("index.json"), both.to_string()).unwrap();
+    assert_eq!(std::env::consts::ARCH, "x86_64", "the test assumes an x86_64 host");
+
+    let t = target(d, "t-default");
+    Seed::new(&amd, &t).ok();
+    let (_, label) = only_image(&t);
+    assert!(!label.contains(&arm_digest), "{label}");
+    let t = target(d, "t-arm");
+    Seed::new(&amd, &t).args(["--platform", "linux/arm64"]).ok();
+    let (_, label) = only_image(&t);
+    assert!(label.contains(&arm_digest), "{label}");
+    let o = Seed::new(&amd, target(d, "t-none"))
+        .args(["--platform", "linux/s390x"])
+        .output();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("linux/amd64, linux/arm64") || stderr(&o).contains("linux/arm64, linux/amd64"),
+        "{}",
+        text(&o)
+    );
+});
