@@ -522,3 +522,27 @@ nixtest!(a_multi_platform_index_is_chosen_by_platform, |tmp| {
         text(&o)
     );
 });
+
+// A gzip-compressed archive whose layers come in another order than the image's (as
+// `docker save | gzip` can write them): as a file it is read again in the image's order
+// and seeds the same store; on standard input, where it cannot be read twice, exit 2
+// with nothing published.
+nixtest!(a_compressed_archive_with_layers_out_of_order, |tmp| {
+    let d = tmp.path();
+    let real = real_store(&d.join("real"), "v1", false);
+    let by_dir = target(d, "dir");
+    Seed::image(&real, &by_dir).ok();
+    let img = d.join("reversed.tar.gz");
+    mkimage(&real, &img, &["--format", "docker", "--whole-gzip", "--reverse"]);
+    let t = target(d, "t-file");
+    Seed::new(&img, &t).ok();
+    assert_same_store_split(&by_dir, &t);
+    assert_nix_accepts(&t, &real.join("nix"));
+    let t = target(d, "t-stdin");
+    let mut c = Seed::new("-", &t).command();
+    c.stdin(Stdio::from(std::fs::File::open(&img).unwrap()));
+    let o = c.output().unwrap();
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("must come in the image's order"), "{}", text(&o));
+    assert_nothing_published(&t);
+});

@@ -142,6 +142,25 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Forget every layer applied: the stage is as it was made (an empty `store/`).
+    pub fn reset(&mut self) -> Result<()> {
+        self.cache = None;
+        // store/ is emptied, not replaced: the seed holds it open as its source's store.
+        let store = open_dir(self.root, "store")?;
+        for e in crate::base::dirfd::list(store.as_fd())? {
+            remove_tree_at(store.as_fd(), &e.name)?;
+        }
+        remove_tree_at(self.root, "var")?;
+        for n in REGISTRATION_FILES {
+            self.clear(self.top, n)?;
+        }
+        self.names.clear();
+        self.dirs.retain(|k, _| k == b"store");
+        self.layer_written.clear();
+        self.stats = Stats::default();
+        Ok(())
+    }
+
     /// Apply one layer (an uncompressed tar stream).
     pub fn layer<R: Read>(&mut self, name: &str, tar: R) -> Result<()> {
         self.layer = name.to_owned();

@@ -148,7 +148,14 @@ pub fn unpack(
             let n = read_up_to(&mut f, &mut head)?;
             f.seek(SeekFrom::Start(0))?;
             if compression(&head[..n]).is_some() {
-                stream(decompress(Box::new(BufReader::new(f)))?, spec, platform, &mut ap)?
+                match stream(decompress(Box::new(BufReader::new(f)))?, spec, platform, &mut ap)? {
+                    Streamed::Done(label, n) => (label, n),
+                    Streamed::OutOfOrder(r, _) => {
+                        ap.reset()?;
+                        passes(p, &r, spec, &mut ap)?;
+                        (r.label, r.layers.len())
+                    }
+                }
             } else {
                 let mut blobs =
                     TarBlobs::index(f).map_err(|e| invalid(spec, format!("not a readable archive: {e}")))?;
@@ -157,12 +164,23 @@ pub fn unpack(
                 (r.label, r.layers.len())
             }
         }
-        None => stream(
+        None => match stream(
             decompress(Box::new(BufReader::with_capacity(1 << 20, io::stdin().lock())))?,
             spec,
             platform,
             &mut ap,
-        )?,
+        )? {
+            Streamed::Done(label, n) => (label, n),
+            Streamed::OutOfOrder(_, what) => {
+                return Err(invalid(
+                    spec,
+                    format!(
+                        "on standard input, the layers must come in the image's order and no others ({what}); \
+                         pass the archive as a file"
+                    ),
+                ))
+            }
+        },
     };
     let (names, stats) = ap.finish()?;
     Ok(Unpacked {
@@ -624,12 +642,7 @@ fn apply_in_order(b: &mut dyn Blobs, r: &Resolved, spec: &Spec, ap: &mut apply::
 /// One pass over a stream (stdin, a compressed archive): JSON documents are kept, layers
 /// applied in the order they come and checked, once the manifest is known, to be the
 /// image's layers in its order.
-fn stream(
-    r: Box<dyn Read + '_>,
-    spec: &Spec,
-    platform: Option<&str>,
-    ap: &mut apply::Applier,
-) -> Result<(String, usize)> {
+fn stream(r: Box<dyn Read + '_>, spec: &Spec, platform: Option<&str>, ap: &mut apply::Applier) -> Result<Streamed> {
     let mut ar = tar::Archive::new(r);
     let mut docs = HashMap::new();
     let mut applied: Vec<(String, String, String)> = Vec::new();
@@ -655,7 +668,7 @@ fn stream(
                 return Err(invalid(spec, format!("{name} is larger than {MAX_JSON} bytes")));
             }
             docs.insert(name, v);
-        } else if !first.is_empty() {
+        } else if !first.is_empty() && looks_like_layer(&name) {
             let (blob, diff) = apply_layer(&mut whole, &name, ap)?;
             applied.push((name, blob, diff));
         }
@@ -664,19 +677,54 @@ fn stream(
     let names: Vec<&str> = applied.iter().map(|(n, ..)| n.as_str()).collect();
     let want: Vec<&str> = r.layers.iter().map(|l| l.name.as_str()).collect();
     if names != want {
-        return Err(invalid(
-            spec,
-            format!(
-                "read as a stream (standard input, or a compressed archive), its layers must come in the \
-                 image's order and no others: it has {names:?}, the image {want:?}; pass the archive \
-                 uncompressed as a file, or an OCI layout directory"
-            ),
-        ));
+        let what = format!("it has {names:?}, the image {want:?}");
+        return Ok(Streamed::OutOfOrder(r, what));
     }
     for (l, (_, blob, diff)) in r.layers.iter().zip(&applied) {
         check_layer(spec, l, blob, diff)?;
     }
-    Ok((r.label, r.layers.len()))
+    Ok(Streamed::Done(r.label, r.layers.len()))
+}
+
+/// How [`stream`] ended: the image applied, or layers that came in another order than the
+/// image's (or other images' layers among them): the stage holds nothing valid.
+enum Streamed {
+    Done(String, usize),
+    OutOfOrder(Resolved, String),
+}
+
+/// A member a stream may hold a layer in: docker-archive's `ID/layer.tar`, an OCI blob
+/// (other members, such as legacy docker-archives' `ID/VERSION`, are read past).
+fn looks_like_layer(name: &str) -> bool {
+    name.ends_with("layer.tar") || name.starts_with("blobs/") || name.ends_with(".tar")
+}
+
+/// A compressed archive file whose layers are not in the image's order: read again, as
+/// many times as it takes, each pass applying the layers that come in order.
+fn passes(path: &Path, r: &Resolved, spec: &Spec, ap: &mut apply::Applier) -> Result<()> {
+    let bad = |e: io::Error| invalid(spec, format!("not a readable archive: {e}: truncated or corrupt"));
+    let mut next = 0;
+    while next < r.layers.len() {
+        let before = next;
+        let f = File::open(path).with_context(|| format!("cannot open image {}", path.display()))?;
+        let mut ar = tar::Archive::new(decompress(Box::new(BufReader::new(f))).map_err(bad)?);
+        for e in ar.entries().map_err(bad)? {
+            let mut e = e.map_err(bad)?;
+            let l = &r.layers[next];
+            if e.header().entry_type().is_file() && member_name(&e.path_bytes()) == l.name {
+                let (blob, diff) = apply_layer(&mut e, &l.name, ap)?;
+                check_layer(spec, l, &blob, &diff)?;
+                next += 1;
+                if next == r.layers.len() {
+                    break;
+                }
+            }
+        }
+        if next == before {
+            return Err(invalid(spec, format!("layer {} is missing", r.layers[next].name)));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
