@@ -176,7 +176,7 @@ fn seed_image(
     if o.dry_run {
         return Err(Invalid(format!(
             "--dry-run: not available with an image as the source ({}): the image would have to be read \
-             into the target; seed its unpacked /nix instead, or run status",
+             into the target; pass its unpacked /nix (e.g. from `podman image mount`) with --dry-run instead",
             spec.shown()
         ))
         .into());

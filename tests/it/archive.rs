@@ -280,7 +280,8 @@ fn hostile_layer(dir: &Path, name: &str, script: &str) -> PathBuf {
     out
 }
 
-// Bad archives, exit 2, nothing published and no stage left: a truncated archive, a layer
+// `--dry-run` and `status` with an image: exit 2, nothing written. Bad archives, exit 2,
+// nothing published and no stage left: a truncated archive, a layer
 // whose bytes do not match its digest, and hostile entries (`..`, an absolute hardlink
 // name, a symlinked `nix/`, a write through a symlink in a store path).
 nixtest!(bad_and_hostile_archives_are_refused_with_nothing_published, |tmp| {
@@ -288,6 +289,13 @@ nixtest!(bad_and_hostile_archives_are_refused_with_nothing_published, |tmp| {
     let real = real_store(&d.join("real"), "v1", false);
     let whole = d.join("whole.tar");
     mkimage(&real, &whole, &["--format", "docker", "--layers", "one"]);
+    // --dry-run and status promise to write nothing, which reading an image cannot keep.
+    let t = target(d, "t-dry");
+    let o = Seed::new(&whole, &t).args(["--dry-run"]).output();
+    assert_code(&o, 2);
+    let o = crate::support::cmd::status(&whole, &t);
+    assert_code(&o, 2);
+    assert_eq!(std::fs::read_dir(&t).unwrap().count(), 0, "something was written");
     let bytes = std::fs::read(&whole).unwrap();
     let cut = d.join("cut.tar");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
