@@ -58,14 +58,15 @@ n_files=$(find "$work/img/nix/store" -mindepth 2 ! -type d | wc -l)
 mib=$(du -sm --apparent-size "$work/img/nix/store" | cut -f1)
 python3 "$mkimage" "$work/img" "$work/a.tar" --format docker
 python3 "$mkimage" "$work/img" "$work/b.tar" --format docker --compress gzip
+python3 "$mkimage" "$work/img" "$work/c.tar" --format docker --layers one
 # The layers, taken out of each archive in the manifest's order (untimed).
-for x in a b; do
+for x in a b c; do
   mkdir -p "$work/$x.layers"
   tar -C "$work/$x.layers" -xf "$work/$x.tar"
   python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))[0]["Layers"]))' \
     "$work/$x.layers/manifest.json" >"$work/$x.order"
 done
-cat "$work/a.tar" "$work/b.tar" "$work"/a.layers/*/layer.tar "$work"/b.layers/*/layer.tar >/dev/null # warm
+cat "$work"/[abc].tar "$work"/[abc].layers/*/layer.tar >/dev/null # warm
 
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 # One seed of archive $1: prints "seconds peak_rss_kib".
@@ -86,11 +87,12 @@ untar() {
   t1=$(date +%s.%N)
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", b - a}'
 }
-: >"$work/sa.txt"; : >"$work/ta.txt"; : >"$work/sb.txt"; : >"$work/tb.txt"
+: >"$work/sa.txt"; : >"$work/ta.txt"; : >"$work/sb.txt"; : >"$work/tb.txt"; : >"$work/sc.txt"; : >"$work/tc.txt"
 for r in $(seq "$runs"); do
   seed "$work/a.tar" >>"$work/sa.txt"; untar a -xf >>"$work/ta.txt"
   seed "$work/b.tar" >>"$work/sb.txt"; untar b -xzf >>"$work/tb.txt"
-  echo "round $r: A seed $(tail -1 "$work/sa.txt"), tar -xf $(tail -1 "$work/ta.txt"); B seed $(tail -1 "$work/sb.txt"), tar -xzf $(tail -1 "$work/tb.txt")" >&2
+  seed "$work/c.tar" >>"$work/sc.txt"; untar c -xf >>"$work/tc.txt"
+  echo "round $r: A seed $(tail -1 "$work/sa.txt"), tar -xf $(tail -1 "$work/ta.txt"); B seed $(tail -1 "$work/sb.txt"), tar -xzf $(tail -1 "$work/tb.txt"); C seed $(tail -1 "$work/sc.txt"), tar -xf $(tail -1 "$work/tc.txt")" >&2
 done
 # The seed wrote what tar unpacked (the benchmark measures correct work).
 diff <(cd "$work/t/untar/nix/store" && find . -mindepth 1 -printf '%p %y %m %U %G %T@ %s %l\n' | sort) \
@@ -98,14 +100,17 @@ diff <(cd "$work/t/untar/nix/store" && find . -mindepth 1 -printf '%p %y %m %U %
   || { echo "archive bench: the seeded store differs from the unpacked one" >&2; exit 1; }
 sa=$(cut -d' ' -f1 "$work/sa.txt" | median); ta=$(median <"$work/ta.txt")
 sb=$(cut -d' ' -f1 "$work/sb.txt" | median); tb=$(median <"$work/tb.txt")
+sc=$(cut -d' ' -f1 "$work/sc.txt" | median); tc=$(median <"$work/tc.txt")
 ra=$(cut -d' ' -f2 "$work/sa.txt" | sort -n | tail -1); rb=$(cut -d' ' -f2 "$work/sb.txt" | sort -n | tail -1)
+rc=$(cut -d' ' -f2 "$work/sc.txt" | sort -n | tail -1)
 qa=$(awk -v a="$sa" -v b="$ta" 'BEGIN {printf "%.2f", a / b}')
 qb=$(awk -v a="$sb" -v b="$tb" 'BEGIN {printf "%.2f", a / b}')
+qc=$(awk -v a="$sc" -v b="$tc" 'BEGIN {printf "%.2f", a / b}')
 
 rss_row=""
 if [[ ",$skip," != *,rss,* ]]; then
-  rm -rf "$work/t/seed" "$work/t/untar" "$work/img" "$work"/a.* "$work"/b.*
-  "$ex/bench_store" "$work/big/nix" --paths 200 --files 2000 --bytes "$big" >&2
+  rm -rf "$work/t/seed" "$work/t/untar" "$work/img" "$work"/[abc].*
+  "$ex/bench_store" "$work/big/nix" --paths 300 --files 10000 --bytes "$big" >&2
   python3 "$mkimage" "$work/big" "$work/big.tar" --format docker --layers one
   rm -rf "$work/big"
   big_mib=$(( $(stat -c %s "$work/big.tar") / 1024 / 1024 ))
@@ -121,12 +126,16 @@ $(cut -d' ' -f1 /proc/loadavg)): one store of $n_paths store paths, $n_files fil
 docker-archive with one layer per store path (dockerTools' streamLayeredImage), into empty
 directories on a tmpfs, the archive warm; medians of $runs rounds (seconds per round: seed A
 $(cut -d' ' -f1 "$work/sa.txt" | paste -sd' '), tar -xf $(paste -sd' ' "$work/ta.txt"); seed B
-$(cut -d' ' -f1 "$work/sb.txt" | paste -sd' '), tar -xzf $(paste -sd' ' "$work/tb.txt")).
+$(cut -d' ' -f1 "$work/sb.txt" | paste -sd' '), tar -xzf $(paste -sd' ' "$work/tb.txt"); seed C
+$(cut -d' ' -f1 "$work/sc.txt" | paste -sd' '), tar -xf $(paste -sd' ' "$work/tc.txt")). A and B's
+tar is one \`tar\` process per layer (1 per store path), as unpacking them takes; C is the
+same store in one layer, one \`tar -xf\`: the bare cost of unpacking without that overhead.
 
 | archive | nix-seed seed (median) | tar of its layers (median) | ratio | peak RSS |
 |---|---|---|---|---|
 | A: uncompressed layers | $sa s | $ta s (\`tar -xf\`) | **$qa** (target: at most 1.5) | $((ra / 1024)) MiB |
 | B: gzip layers | $sb s | $tb s (\`tar -xzf\`) | **$qb** (target: at most 1.5) | $((rb / 1024)) MiB |
+| C: one uncompressed layer | $sc s | $tc s (\`tar -xf\`) | **$qc** | $((rc / 1024)) MiB |
 
 The seeded store was checked equal to the unpacked one (type, mode, owner, mtime, size,
 symlink target of every entry). The seed also verifies every layer's digest, registers

@@ -235,17 +235,25 @@ impl<'a> Applier<'a> {
                 self.names.insert(name.to_vec());
                 if (self.skip)(name) {
                     self.stats.skipped_entries += 1;
+                    self.written(&rel[..2]);
                     return Ok(());
                 }
             }
         }
-        let key = join(rel);
         // Counted as the copy engine counts: entries of store paths.
         let counted = rel[0] == b"store" && is_store_path_name(rel[1]);
         if self.write(rel, raw, e, counted)? {
-            self.layer_written.insert(key);
+            self.written(rel);
         }
         Ok(())
+    }
+
+    /// Note that this layer holds `rel`, and so its directories: an opaque marker of this
+    /// layer leaves them.
+    fn written(&mut self, rel: &[&[u8]]) {
+        for i in 1..=rel.len() {
+            self.layer_written.insert(join(&rel[..i]));
+        }
     }
 
     /// Create the entry `e` at `rel`; false if it is of a kind that is left out.
@@ -755,6 +763,26 @@ mod tests {
         let m = std::fs::metadata(&b).unwrap();
         assert_eq!((m.permissions().mode() & 0o7777, m.mtime()), (0o555, 1));
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    }
+
+    #[test]
+    fn an_opaque_store_keeps_what_its_layer_holds_even_without_directory_entries() {
+        let l0 = layer(&[
+            (A, 'd', ""),
+            (&format!("{A}/f"), 'f', "a"),
+            (B, 'd', ""),
+            (&format!("{B}/f"), 'f', "b"),
+        ]);
+        let l1 = layer(&[(&format!("{A}/g"), 'f', "g"), ("nix/store/.wh..wh..opq", 'f', "")]);
+        let (dir, names) = apply(&[l0, l1], &|_| false);
+        assert_eq!(names.unwrap(), vec![A.as_bytes()[10..].to_vec()]);
+        assert!(dir.path().join(A).join("f").exists() && dir.path().join(A).join("g").exists());
+        assert!(!dir.path().join(B).exists());
+        // A skipped path the opaque layer brings again stays one of the image's.
+        let l0 = layer(&[(A, 'd', ""), (B, 'd', "")]);
+        let l1 = layer(&[(A, 'd', ""), ("nix/store/.wh..wh..opq", 'f', "")]);
+        let (_dir, names) = apply(&[l0, l1], &|n| n == &A.as_bytes()[10..]);
+        assert_eq!(names.unwrap(), vec![A.as_bytes()[10..].to_vec()]);
     }
 
     #[test]
