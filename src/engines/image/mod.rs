@@ -19,7 +19,7 @@ mod digest;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -590,7 +590,15 @@ fn ref_name(d: &oci_spec::image::Descriptor) -> Option<String> {
 
 /// Apply one layer blob read from `r`; returns its (blob, uncompressed) digests.
 fn apply_layer(r: &mut dyn Read, name: &str, ap: &mut apply::Applier) -> Result<(String, String)> {
+    let mut r = BufReader::with_capacity(256 << 10, r);
+    let compressed = compression(r.fill_buf().map_err(|e| truncated(name, e))?).is_some();
     let mut raw = Hashing::new(r);
+    if !compressed {
+        // Uncompressed: the blob is the tar, one digest serves as both.
+        ap.layer(name, &mut raw)?;
+        let d = raw.finish().map_err(|e| truncated(name, e))?;
+        return Ok((d.clone(), d));
+    }
     let diff = {
         let dec = decompress(Box::new(&mut raw)).with_context(|| format!("cannot read image layer {name}"))?;
         let mut un = Hashing::new(dec);
