@@ -198,6 +198,17 @@ fn seed_image(
         interrupted,
     )?;
     failpoint::hit("locked");
+    // The stage a killed run left (an image seed that ends with nothing to do never gets
+    // to the store's preparation, which removes the other leftovers): the lock is held.
+    let (removed, problems) = crate::base::dirfd::remove_leftovers(target.as_fd(), &target_path)?;
+    for p in problems {
+        log.warn(&p);
+    }
+    if removed > 0 {
+        log.info(&format!(
+            "removed {removed} temporary entries left by an interrupted earlier run"
+        ));
+    }
     let stage = crate::steps::stage::Stage::make(target.as_fd(), &target_path)?;
     let (nix_path, nix) = stage.nix()?;
     let mut c = Checked::staged(nix_path, nix, (target_path, target), spec.shown())?;

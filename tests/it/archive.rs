@@ -554,3 +554,51 @@ nixtest!(a_compressed_archive_with_layers_out_of_order, |tmp| {
     assert!(stderr(&o).contains("must come in the image's order"), "{}", text(&o));
     assert_nothing_published(&t);
 });
+
+// Killed (SIGKILL) at every step boundary of a seed from an archive, then rerun: the rerun
+// exits 0, leaves no stage or temporary, the store is the directory's, and `status` of
+// the image's directory form (the same image id) says seeded, as does real Nix.
+nixtest!(
+    killed_at_every_step_an_archive_seed_is_repaired_by_the_next_run,
+    |tmp| {
+        let d = tmp.path();
+        let real = real_store(&d.join("real"), "v1", false);
+        let img = d.join("img.tar");
+        mkimage(&real, &img, &["--format", "docker", "--layers", "one"]);
+        let by_dir = target(d, "dir");
+        Seed::image(&real, &by_dir).ok();
+        for point in [
+            "locked",
+            "nix-locks",
+            "unpacked",
+            "planned",
+            "unmarked",
+            "space-checked",
+            "computed",
+            "published",
+            "copied",
+            "verified",
+            "var-seeded",
+            "registered",
+            "rooted",
+            "profiles-followed",
+            "marked",
+        ] {
+            let t = target(d, &format!("t-{point}"));
+            let o = Seed::new(&img, &t).failpoint(format!("{point}=kill")).output();
+            assert!(!o.status.success(), "{point}: not killed: {}", text(&o));
+            let o = Seed::new(&img, &t).output();
+            assert_ok(&o);
+            assert_same_store(&by_dir, &t);
+            assert_no_temp(&t);
+            let o = crate::support::cmd::status(&real.join("nix"), &t);
+            assert_ok(&o);
+            assert!(
+                !crate::support::cmd::stdout(&o).contains("not seeded"),
+                "{point}: {}",
+                text(&o)
+            );
+        }
+        assert_nix_accepts(&target(d, "t-marked"), &real.join("nix"));
+    }
+);
