@@ -12,13 +12,14 @@
 # against `tar -xf` of A's layers, one after the other, into a directory (the bare cost of
 # unpacking, the layers taken out of the archive beforehand, untimed), and the same for B
 # against `tar -xzf`; medians of --runs rounds (default 3), the ratios (target: at most
-# 1.5). Then peak RSS (GNU time) of seeding a --big-bytes image (default 2 GiB, one
-# layer; target: under 100 MiB). Prints a markdown section; --into FILE puts it between
+# 1.5); C and D: the same store in one layer, uncompressed and gzip. Then peak RSS (GNU
+# time) of seeding a --big-bytes image (default 2400 MiB asked of bench_store, which
+# makes a little over 2 GiB; one layer; target: under 100 MiB). Prints a markdown section; --into FILE puts it between
 # FILE's `<!-- archive:begin -->` and `<!-- archive:end -->` markers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-paths=1200 files=30000 bytes=$((600 * 1024 * 1024)) runs=3 big=$((2048 * 1024 * 1024)) build=1 into="" skip=""
+paths=1200 files=30000 bytes=$((600 * 1024 * 1024)) runs=3 big=$((2400 * 1024 * 1024)) build=1 into="" skip=""
 work="${TMPDIR:-/tmp}/nix-seed-bench-archive"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -59,14 +60,15 @@ mib=$(du -sm --apparent-size "$work/img/nix/store" | cut -f1)
 python3 "$mkimage" "$work/img" "$work/a.tar" --format docker
 python3 "$mkimage" "$work/img" "$work/b.tar" --format docker --compress gzip
 python3 "$mkimage" "$work/img" "$work/c.tar" --format docker --layers one
+python3 "$mkimage" "$work/img" "$work/d.tar" --format docker --layers one --compress gzip
 # The layers, taken out of each archive in the manifest's order (untimed).
-for x in a b c; do
+for x in a b c d; do
   mkdir -p "$work/$x.layers"
   tar -C "$work/$x.layers" -xf "$work/$x.tar"
   python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))[0]["Layers"]))' \
     "$work/$x.layers/manifest.json" >"$work/$x.order"
 done
-cat "$work"/[abc].tar "$work"/[abc].layers/*/layer.tar >/dev/null # warm
+cat "$work"/[abcd].tar "$work"/[abcd].layers/*/layer.tar >/dev/null # warm
 
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 # One seed of archive $1: prints "seconds peak_rss_kib".
@@ -87,12 +89,13 @@ untar() {
   t1=$(date +%s.%N)
   awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f\n", b - a}'
 }
-: >"$work/sa.txt"; : >"$work/ta.txt"; : >"$work/sb.txt"; : >"$work/tb.txt"; : >"$work/sc.txt"; : >"$work/tc.txt"
+: >"$work/sa.txt"; : >"$work/ta.txt"; : >"$work/sb.txt"; : >"$work/tb.txt"; : >"$work/sc.txt"; : >"$work/tc.txt"; : >"$work/sd.txt"; : >"$work/td.txt"
 for r in $(seq "$runs"); do
   seed "$work/a.tar" >>"$work/sa.txt"; untar a -xf >>"$work/ta.txt"
   seed "$work/b.tar" >>"$work/sb.txt"; untar b -xzf >>"$work/tb.txt"
+  seed "$work/d.tar" >>"$work/sd.txt"; untar d -xzf >>"$work/td.txt"
   seed "$work/c.tar" >>"$work/sc.txt"; untar c -xf >>"$work/tc.txt"
-  echo "round $r: A seed $(tail -1 "$work/sa.txt"), tar -xf $(tail -1 "$work/ta.txt"); B seed $(tail -1 "$work/sb.txt"), tar -xzf $(tail -1 "$work/tb.txt"); C seed $(tail -1 "$work/sc.txt"), tar -xf $(tail -1 "$work/tc.txt")" >&2
+  echo "round $r: A seed $(tail -1 "$work/sa.txt"), tar -xf $(tail -1 "$work/ta.txt"); B seed $(tail -1 "$work/sb.txt"), tar -xzf $(tail -1 "$work/tb.txt"); C seed $(tail -1 "$work/sc.txt"), tar -xf $(tail -1 "$work/tc.txt"); D seed $(tail -1 "$work/sd.txt"), tar -xzf $(tail -1 "$work/td.txt")" >&2
 done
 # The seed wrote what tar unpacked (the benchmark measures correct work).
 # (nix-seed copies store paths only: not store/.links, which a one-layer image carries.)
@@ -102,6 +105,9 @@ diff <(cd "$work/t/untar/nix/store" && find . -mindepth 1 -path ./.links -prune 
 sa=$(cut -d' ' -f1 "$work/sa.txt" | median); ta=$(median <"$work/ta.txt")
 sb=$(cut -d' ' -f1 "$work/sb.txt" | median); tb=$(median <"$work/tb.txt")
 sc=$(cut -d' ' -f1 "$work/sc.txt" | median); tc=$(median <"$work/tc.txt")
+sd=$(cut -d' ' -f1 "$work/sd.txt" | median); td=$(median <"$work/td.txt")
+rd=$(cut -d' ' -f2 "$work/sd.txt" | sort -n | tail -1)
+qd=$(awk -v a="$sd" -v b="$td" 'BEGIN {printf "%.2f", a / b}')
 ra=$(cut -d' ' -f2 "$work/sa.txt" | sort -n | tail -1); rb=$(cut -d' ' -f2 "$work/sb.txt" | sort -n | tail -1)
 rc=$(cut -d' ' -f2 "$work/sc.txt" | sort -n | tail -1)
 qa=$(awk -v a="$sa" -v b="$ta" 'BEGIN {printf "%.2f", a / b}')
@@ -110,7 +116,7 @@ qc=$(awk -v a="$sc" -v b="$tc" 'BEGIN {printf "%.2f", a / b}')
 
 rss_row=""
 if [[ ",$skip," != *,rss,* ]]; then
-  rm -rf "$work/t/seed" "$work/t/untar" "$work/img" "$work"/[abc].*
+  rm -rf "$work/t/seed" "$work/t/untar" "$work/img" "$work"/[abcd].*
   "$ex/bench_store" "$work/big/nix" --paths 300 --files 10000 --bytes "$big" >&2
   python3 "$mkimage" "$work/big" "$work/big.tar" --format docker --layers one
   rm -rf "$work/big"
@@ -128,15 +134,18 @@ docker-archive with one layer per store path (dockerTools' streamLayeredImage), 
 directories on a tmpfs, the archive warm; medians of $runs rounds (seconds per round: seed A
 $(cut -d' ' -f1 "$work/sa.txt" | paste -sd' '), tar -xf $(paste -sd' ' "$work/ta.txt"); seed B
 $(cut -d' ' -f1 "$work/sb.txt" | paste -sd' '), tar -xzf $(paste -sd' ' "$work/tb.txt"); seed C
-$(cut -d' ' -f1 "$work/sc.txt" | paste -sd' '), tar -xf $(paste -sd' ' "$work/tc.txt")). A and B's
-tar is one \`tar\` process per layer (1 per store path), as unpacking them takes; C is the
-same store in one layer, one \`tar -xf\`: the bare cost of unpacking without that overhead.
+$(cut -d' ' -f1 "$work/sc.txt" | paste -sd' '), tar -xf $(paste -sd' ' "$work/tc.txt"); seed D
+$(cut -d' ' -f1 "$work/sd.txt" | paste -sd' '), tar -xzf $(paste -sd' ' "$work/td.txt")). A and B's
+tar is one \`tar\` process per layer (1 per store path), as unpacking them takes; C and D
+are the same store in one layer, one \`tar\`: the bare cost of unpacking without that
+overhead.
 
 | archive | nix-seed seed (median) | tar of its layers (median) | ratio | peak RSS |
 |---|---|---|---|---|
 | A: uncompressed layers | $sa s | $ta s (\`tar -xf\`) | **$qa** (target: at most 1.5) | $((ra / 1024)) MiB |
 | B: gzip layers | $sb s | $tb s (\`tar -xzf\`) | **$qb** (target: at most 1.5) | $((rb / 1024)) MiB |
 | C: one uncompressed layer | $sc s | $tc s (\`tar -xf\`) | **$qc** | $((rc / 1024)) MiB |
+| D: one gzip layer | $sd s | $td s (\`tar -xzf\`) | **$qd** | $((rd / 1024)) MiB |
 
 The seeded store was checked equal to the unpacked one (type, mode, owner, mtime, size,
 symlink target of every entry). The seed also verifies every layer's digest, registers
