@@ -38,18 +38,26 @@ pub fn check_target(target: &Path, require_mountpoint: bool, need_write: bool) -
         "target",
         "mount the shared volume there (the directory pods mount at /nix) and pass it as --target",
     )?;
-    if require_mountpoint && !is_mount_point(&tgt) {
+    let target_fd = open_target(&tgt, require_mountpoint, need_write)?;
+    Ok((tgt, target_fd))
+}
+
+/// The canonical target `tgt`, a mount point if required, opened, writable if required.
+fn open_target(tgt: &Path, require_mountpoint: bool, need_write: bool) -> Result<OwnedFd, Invalid> {
+    // First: a forgotten volume on a read-only root filesystem (readOnlyRootFilesystem)
+    // is a missing mount, not a read-only one.
+    if require_mountpoint && !is_mount_point(tgt) {
         return invalid(format!(
             "target {} is not a mount point: in a pod this means the volume is not mounted and \
              the copy would vanish with the pod; mount it, or pass --allow-non-mountpoint",
             tgt.display()
         ));
     }
-    let target_fd = open_root(&tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
+    let target_fd = open_root(tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
     if need_write {
-        writable(&tgt, target_fd.as_fd())?;
+        writable(tgt, target_fd.as_fd())?;
     }
-    Ok((tgt, target_fd))
+    Ok(target_fd)
 }
 
 impl Checked {
@@ -118,19 +126,7 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         ));
     }
 
-    // First: a forgotten volume on a read-only root filesystem (readOnlyRootFilesystem)
-    // is a missing mount, not a read-only one.
-    if require_mountpoint && !is_mount_point(&tgt) {
-        return invalid(format!(
-            "target {} is not a mount point: in a pod this means the volume is not mounted and \
-             the copy would vanish with the pod; mount it, or pass --allow-non-mountpoint",
-            tgt.display()
-        ));
-    }
-    let target_fd = open_root(&tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
-    if need_write {
-        writable(&tgt, target_fd.as_fd())?;
-    }
+    let target_fd = open_target(&tgt, require_mountpoint, need_write)?;
 
     let source_fd = open_root(&src).map_err(|e| Invalid(format!("cannot open source {}: {e}", src.display())))?;
     let store_fd = open_dir(source_fd.as_fd(), "store")
