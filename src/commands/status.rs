@@ -146,6 +146,9 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
     // The verdict, and the exit code: every store path of the image present, registered
     // and rooted, and the image marked (so that the next `seed` is a no-op that tells the
     // truth).
+    // What the image is known by (its name, and the source of its last complete seed:
+    // an archive's reference and digest), as `images` shows it.
+    let label = crate::steps::state::label(c.target.as_fd(), &plan.image_id, record.as_ref());
     let not_registered = image_unregistered.unwrap_or(plan.source.len());
     let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
     let verdict = verdict(&plan, not_registered, roots_missing.len(), seeded);
@@ -162,6 +165,8 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
         "registrations": registrations,
         "gc_roots_missing": roots_missing,
         "image_id": plan.image_id,
+        "image_name": label.name,
+        "image_source": label.source,
         "image_marked": plan.image_marked,
         "image_seeded": seeded,
     });
@@ -171,7 +176,7 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
          image paths not registered in the target: {}\n\
          target paths present but not registered: {}\n\
          target paths registered but missing: {}\njournal mode: {}\nregistrations: {}\n\
-         GC roots missing: {}\nimage {}: {}",
+         GC roots missing: {}\nimage {}{}: {}",
         c.source_path.display(),
         plan.source.len(),
         c.target_path.display(),
@@ -184,6 +189,7 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
         registrations.text(),
         roots_missing.len(),
         plan.image_id,
+        label.text(),
         verdict
     );
     log.report(&text, fields);

@@ -107,6 +107,14 @@ nixtest!(a_docker_archive_seeds_what_its_directory_seeds, |tmp| {
     let (id, label) = only_image(&t);
     assert_eq!(id, only_image(&by_dir).0, "the image id is the directory's");
     assert!(label.contains("example.com/app:1 (config sha256:"), "{label}");
+    // `status`, asked about the image's unpacked /nix, names it as the archive seeded it.
+    let o = crate::support::cmd::status(&real.join("nix"), &t);
+    assert_ok(&o);
+    assert!(
+        crate::support::cmd::stdout(&o).contains("source example.com/app:1 (config sha256:"),
+        "{}",
+        text(&o)
+    );
     assert_no_temp(&t);
     let o = Seed::new(&img, &t).ok();
     assert!(stderr(&o).contains("26 already in"), "{}", text(&o));
