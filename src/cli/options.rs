@@ -74,6 +74,7 @@ impl From<&StatusArgs> for commands::status::Options {
     fn from(a: &StatusArgs) -> Self {
         Self {
             source: a.paths.source.clone(),
+            platform: a.paths.platform.clone(),
             target: a.paths.target.target.clone(),
             registration: a.paths.registration.clone(),
             output: (&a.output).into(),

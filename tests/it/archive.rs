@@ -107,14 +107,17 @@ nixtest!(a_docker_archive_seeds_what_its_directory_seeds, |tmp| {
     let (id, label) = only_image(&t);
     assert_eq!(id, only_image(&by_dir).0, "the image id is the directory's");
     assert!(label.contains("example.com/app:1 (config sha256:"), "{label}");
-    // `status`, asked about the image's unpacked /nix, names it as the archive seeded it.
-    let o = crate::support::cmd::status(&real.join("nix"), &t);
-    assert_ok(&o);
-    assert!(
-        crate::support::cmd::stdout(&o).contains("source example.com/app:1 (config sha256:"),
-        "{}",
-        text(&o)
-    );
+    // `status`, asked about the image's unpacked /nix or about the archive, names it as
+    // the archive seeded it, and says seeded.
+    for src in [real.join("nix"), img.clone()] {
+        let o = crate::support::cmd::status(&src, &t);
+        assert_ok(&o);
+        assert!(
+            crate::support::cmd::stdout(&o).contains("source example.com/app:1 (config sha256:"),
+            "{}",
+            text(&o)
+        );
+    }
     assert_no_temp(&t);
     let o = Seed::new(&img, &t).ok();
     assert!(stderr(&o).contains("26 already in"), "{}", text(&o));
@@ -250,6 +253,8 @@ nixtest!(whiteouts_delete_a_store_path_and_hide_nix_var, |tmp| {
     assert_eq!(names(&t.join("store")), want);
     let kept: Vec<String> = img.paths().into_iter().filter(|p| *p != gone).collect();
     crate::dbless::assert_pod_keeps(&t, &kept, d);
+    // `status` reads the same names from the archive (its whiteouts applied to the list).
+    assert_ok(&crate::support::cmd::status(&out, &t));
 
     // A store with var/ (database, profiles), then a layer making nix/var opaque.
     let real = real_store(&d.join("real"), "v1", false);
@@ -270,6 +275,7 @@ nixtest!(whiteouts_delete_a_store_path_and_hide_nix_var, |tmp| {
         "the hidden var/'s profile was seeded"
     );
     assert_eq!(names(&t.join("store")), names(&real.join("nix/store")));
+    assert_ok(&crate::support::cmd::status(&out, &t));
 });
 
 /// A layer tar holding the entries `script` (Python, with `t` an open tarfile) adds.
@@ -288,7 +294,7 @@ fn hostile_layer(dir: &Path, name: &str, script: &str) -> PathBuf {
     out
 }
 
-// `--dry-run` and `status` with an image: exit 2, nothing written. Bad archives, exit 2,
+// `--dry-run` with an image: exit 2; `status`: exit 1 (not seeded); nothing written. Bad archives, exit 2,
 // nothing published and no stage left: a truncated archive, a layer
 // whose bytes do not match its digest, and hostile entries (`..`, an absolute hardlink
 // name, a symlinked `nix/`, a write through a symlink in a store path).
@@ -297,12 +303,19 @@ nixtest!(bad_and_hostile_archives_are_refused_with_nothing_published, |tmp| {
     let real = real_store(&d.join("real"), "v1", false);
     let whole = d.join("whole.tar");
     mkimage(&real, &whole, &["--format", "docker", "--layers", "one"]);
-    // --dry-run and status promise to write nothing, which reading an image cannot keep.
+    // --dry-run promises to write nothing, which reading an image into a stage cannot
+    // keep: exit 2; status reads the image's names only: not seeded (exit 1), nothing
+    // written either.
     let t = target(d, "t-dry");
     let o = Seed::new(&whole, &t).args(["--dry-run"]).output();
     assert_code(&o, 2);
     let o = crate::support::cmd::status(&whole, &t);
-    assert_code(&o, 2);
+    assert_code(&o, 1);
+    assert!(
+        crate::support::cmd::stdout(&o).contains("26 store paths missing"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(std::fs::read_dir(&t).unwrap().count(), 0, "something was written");
     let bytes = std::fs::read(&whole).unwrap();
     let cut = d.join("cut.tar");

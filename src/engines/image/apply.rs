@@ -32,8 +32,8 @@ use crate::base::dirfd::{file_type, lstat_at, open_dir, remove_tree_at};
 use crate::base::error::Invalid;
 use crate::base::store_path::is_store_path_name;
 
-const WHITEOUT: &[u8] = b".wh.";
-const OPAQUE: &[u8] = b".wh..wh..opq";
+pub(super) const WHITEOUT: &[u8] = b".wh.";
+pub(super) const OPAQUE: &[u8] = b".wh..wh..opq";
 /// Registration files a Nix image may keep beside `nix/` (see `steps::registrations`).
 const REGISTRATION_FILES: &[&[u8]] = &[b"nix-path-registration", b".reginfo"];
 
@@ -87,7 +87,7 @@ fn bad(what: &str, name: &[u8], layer: &str) -> anyhow::Error {
 
 /// An archive name as components, with `./` and empty components dropped; `None` for an
 /// absolute name or one holding `..`.
-fn components(name: &[u8]) -> Option<Vec<&[u8]>> {
+pub(super) fn components(name: &[u8]) -> Option<Vec<&[u8]>> {
     if name.starts_with(b"/") {
         return None;
     }

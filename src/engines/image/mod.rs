@@ -15,6 +15,7 @@
 
 pub mod apply;
 mod digest;
+mod scan;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -135,11 +136,55 @@ pub fn unpack(
     target_store: Option<BorrowedFd>,
 ) -> Result<Unpacked> {
     let mut ap = apply::Applier::new(top, root, skip, target_store);
-    let (label, layers) = match &spec.path {
+    let (label, layers) = read(spec, platform, &mut ap)?;
+    let (names, stats) = ap.finish()?;
+    Ok(Unpacked {
+        names: names.into_iter().map(OsString::from_vec).collect(),
+        stats,
+        label,
+        layers,
+    })
+}
+
+/// Which store paths the image holds, and its name, read (digests checked) without
+/// writing anything: for `status` and `--dry-run`.
+pub fn scan(spec: &Spec, platform: Option<&str>) -> Result<Unpacked> {
+    let mut sc = scan::NameScan::default();
+    let (label, layers) = read(spec, platform, &mut sc)?;
+    Ok(Unpacked {
+        names: sc.names.into_iter().map(OsString::from_vec).collect(),
+        stats: Stats::default(),
+        label,
+        layers,
+    })
+}
+
+/// What the layers are applied to: the stage ([`apply::Applier`]), or only the list of
+/// store paths ([`scan::NameScan`]).
+pub trait Sink {
+    /// Apply one layer, an uncompressed tar stream named `name` in messages.
+    fn layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<()>;
+    /// Forget every layer applied.
+    fn reset(&mut self) -> Result<()>;
+}
+
+impl Sink for apply::Applier<'_> {
+    fn layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<()> {
+        apply::Applier::layer(self, name, tar)
+    }
+    fn reset(&mut self) -> Result<()> {
+        apply::Applier::reset(self)
+    }
+}
+
+/// The image's layers, found and checked, applied in order to `ap`: its label and number
+/// of layers.
+fn read(spec: &Spec, platform: Option<&str>, ap: &mut dyn Sink) -> Result<(String, usize)> {
+    Ok(match &spec.path {
         Some(p) if p.is_dir() => {
             let mut blobs = DirBlobs(p.clone());
             let r = resolve(&mut blobs, spec, platform)?;
-            apply_in_order(&mut blobs, &r, spec, &mut ap)?;
+            apply_in_order(&mut blobs, &r, spec, ap)?;
             (r.label, r.layers.len())
         }
         Some(p) => {
@@ -148,11 +193,11 @@ pub fn unpack(
             let n = read_up_to(&mut f, &mut head)?;
             f.seek(SeekFrom::Start(0))?;
             if compression(&head[..n]).is_some() {
-                match stream(decompress(Box::new(BufReader::new(f)))?, spec, platform, &mut ap)? {
+                match stream(decompress(Box::new(BufReader::new(f)))?, spec, platform, ap)? {
                     Streamed::Done(label, n) => (label, n),
                     Streamed::OutOfOrder(r, _) => {
                         ap.reset()?;
-                        passes(p, &r, spec, &mut ap)?;
+                        passes(p, &r, spec, ap)?;
                         (r.label, r.layers.len())
                     }
                 }
@@ -160,7 +205,7 @@ pub fn unpack(
                 let mut blobs =
                     TarBlobs::index(f).map_err(|e| invalid(spec, format!("not a readable archive: {e}")))?;
                 let r = resolve(&mut blobs, spec, platform)?;
-                apply_in_order(&mut blobs, &r, spec, &mut ap)?;
+                apply_in_order(&mut blobs, &r, spec, ap)?;
                 (r.label, r.layers.len())
             }
         }
@@ -168,7 +213,7 @@ pub fn unpack(
             decompress(Box::new(BufReader::with_capacity(1 << 20, io::stdin().lock())))?,
             spec,
             platform,
-            &mut ap,
+            ap,
         )? {
             Streamed::Done(label, n) => (label, n),
             Streamed::OutOfOrder(_, what) => {
@@ -181,13 +226,6 @@ pub fn unpack(
                 ))
             }
         },
-    };
-    let (names, stats) = ap.finish()?;
-    Ok(Unpacked {
-        names: names.into_iter().map(OsString::from_vec).collect(),
-        stats,
-        label,
-        layers,
     })
 }
 
@@ -589,7 +627,7 @@ fn ref_name(d: &oci_spec::image::Descriptor) -> Option<String> {
 }
 
 /// Apply one layer blob read from `r`; returns its (blob, uncompressed) digests.
-fn apply_layer(r: &mut dyn Read, name: &str, ap: &mut apply::Applier) -> Result<(String, String)> {
+fn apply_layer(r: &mut dyn Read, name: &str, ap: &mut dyn Sink) -> Result<(String, String)> {
     let mut r = BufReader::with_capacity(256 << 10, r);
     let compressed = compression(r.fill_buf().map_err(|e| truncated(name, e))?).is_some();
     let mut raw = Hashing::new(r);
@@ -636,7 +674,7 @@ fn check_layer(spec: &Spec, l: &LayerRef, blob: &str, diff: &str) -> Result<()> 
     Ok(())
 }
 
-fn apply_in_order(b: &mut dyn Blobs, r: &Resolved, spec: &Spec, ap: &mut apply::Applier) -> Result<()> {
+fn apply_in_order(b: &mut dyn Blobs, r: &Resolved, spec: &Spec, ap: &mut dyn Sink) -> Result<()> {
     for l in &r.layers {
         let mut rd = b
             .open(&l.name)?
@@ -650,7 +688,7 @@ fn apply_in_order(b: &mut dyn Blobs, r: &Resolved, spec: &Spec, ap: &mut apply::
 /// One pass over a stream (stdin, a compressed archive): JSON documents are kept, layers
 /// applied in the order they come and checked, once the manifest is known, to be the
 /// image's layers in its order.
-fn stream(r: Box<dyn Read + '_>, spec: &Spec, platform: Option<&str>, ap: &mut apply::Applier) -> Result<Streamed> {
+fn stream(r: Box<dyn Read + '_>, spec: &Spec, platform: Option<&str>, ap: &mut dyn Sink) -> Result<Streamed> {
     let mut ar = tar::Archive::new(r);
     let mut docs = HashMap::new();
     let mut applied: Vec<(String, String, String)> = Vec::new();
@@ -709,7 +747,7 @@ fn looks_like_layer(name: &str) -> bool {
 
 /// A compressed archive file whose layers are not in the image's order: read again, as
 /// many times as it takes, each pass applying the layers that come in order.
-fn passes(path: &Path, r: &Resolved, spec: &Spec, ap: &mut apply::Applier) -> Result<()> {
+fn passes(path: &Path, r: &Resolved, spec: &Spec, ap: &mut dyn Sink) -> Result<()> {
     let bad = |e: io::Error| invalid(spec, format!("not a readable archive: {e}: truncated or corrupt"));
     let mut next = 0;
     while next < r.layers.len() {
