@@ -72,6 +72,11 @@ impl Options {
 /// `nix-seed seed`: print what was done, or fail with an error that names a path (a bare
 /// errno gets the target) and says a database lock wait that ran out as a lock timeout.
 pub fn run(o: &Options, cx: &Ctx) -> Result<Done> {
+    if o.dry_run {
+        if let crate::engines::image::Source::Image(spec) = crate::engines::image::classify(&o.source) {
+            return dry_run_image(o, &spec, cx.log);
+        }
+    }
     match seed(o, cx.log, cx.stop) {
         Ok(r) => {
             r.print(cx.log);
@@ -173,14 +178,6 @@ fn seed_image(
     t0: Instant,
 ) -> Result<Report> {
     use crate::base::error::Invalid;
-    if o.dry_run {
-        return Err(Invalid(format!(
-            "--dry-run: not available with an image as the source ({}): the image would have to be read \
-             into the target; pass its unpacked /nix (e.g. from `podman image mount`) with --dry-run instead",
-            spec.shown()
-        ))
-        .into());
-    }
     if let Some(p) = &spec.path {
         if !p.exists() {
             return Err(Invalid(format!("source image {} does not exist", p.display())).into());
@@ -361,5 +358,57 @@ fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
             "dry run: the seed would fail: {}",
             no_room.unwrap_or_default()
         )),
+    }
+}
+
+/// `--dry-run` with an image: its store path names read (digests checked, nothing written,
+/// no lock), what the target lacks of them, and whether the seed would refuse the target.
+/// What they take is not known before their layers are unpacked: no space estimate.
+fn dry_run_image(o: &Options, spec: &crate::engines::image::Spec, log: &Arc<Log>) -> Result<Done> {
+    use std::collections::HashSet;
+    use std::ffi::OsString;
+    let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, false)?;
+    let un = crate::engines::image::scan(spec, o.platform.as_deref())?;
+    let present: HashSet<OsString> = match crate::base::dirfd::open_dir_if_exists(target.as_fd(), "store")? {
+        Some(fd) => crate::base::dirfd::list(fd.as_fd())?
+            .into_iter()
+            .map(|e| e.name)
+            .collect(),
+        None => HashSet::new(),
+    };
+    let missing: Vec<&OsString> = un.names.iter().filter(|n| !present.contains(*n)).collect();
+    for n in &missing {
+        log.event(
+            progress::Level::Info,
+            "would-copy",
+            &format!("would copy {}", n.to_string_lossy()),
+            json!({"path": n.to_string_lossy()}),
+        );
+    }
+    let refused = preflight::writable(&target_path, target.as_fd()).err();
+    let text = format!(
+        "dry run: image {} ({}): {} store paths in {} layers, {} missing from {}; {}",
+        spec.shown(),
+        un.label,
+        un.names.len(),
+        un.layers,
+        missing.len(),
+        target_path.display(),
+        match &refused {
+            Some(why) => format!("the seed would refuse it: {why}"),
+            None => "the seed would read the image into a stage there and publish them (no space estimate \
+                     before the layers are unpacked)"
+                .to_owned(),
+        }
+    );
+    log.report(
+        &text,
+        json!({"event": "dry-run", "image": un.label, "store_paths": un.names.len(), "layers": un.layers,
+               "missing": missing.len(), "target": target_path.to_string_lossy(),
+               "refused": refused.as_ref().map(|r| r.to_string())}),
+    );
+    match refused {
+        Some(why) => Err(crate::base::error::Invalid(format!("dry run: the seed would refuse: {why}")).into()),
+        None => Ok(Done::Success),
     }
 }
