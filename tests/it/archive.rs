@@ -625,3 +625,52 @@ nixtest!(
         assert_nix_accepts(&target(d, "t-marked"), &real.join("nix"));
     }
 );
+
+// A user seeding, from an archive, a store it owns (single-user Nix): an exact copy, no
+// ownership warning; from a root-owned one: one warning, modes, times and content exact.
+roottest!(a_user_seeds_an_archive_as_it_seeds_a_directory, |tmp| {
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let d = tmp.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, owned) in [("own", true), ("root", false)] {
+        let root = d.join(name).join("img");
+        let fx = crate::support::fixture::build(
+            &root.join("nix"),
+            &crate::support::fixture::Spec {
+                paths: 40,
+                owners: false,
+                ..Default::default()
+            },
+        );
+        if owned {
+            for e in walkdir::WalkDir::new(&fx.root) {
+                std::os::unix::fs::lchown(e.unwrap().path(), Some(NOBODY), Some(NOBODY)).unwrap();
+            }
+        }
+        let img = d.join(name).join("img.tar");
+        mkimage(&root, &img, &["--format", "docker", "--layers", "one"]);
+        std::fs::set_permissions(d.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dst = d.join(name).join("dst");
+        std::fs::create_dir(&dst).unwrap();
+        std::os::unix::fs::chown(&dst, Some(NOBODY), Some(NOBODY)).unwrap();
+        let o = Seed::new(&img, &dst).uid(NOBODY).gid(NOBODY).output();
+        assert_ok(&o);
+        assert_eq!(
+            stderr(&o).matches("cannot set file ownership").count(),
+            usize::from(!owned),
+            "{}",
+            text(&o)
+        );
+        if owned {
+            assert_store_equal(&fx.root, &dst);
+        } else {
+            let by_dir = d.join(name).join("by-dir");
+            std::fs::create_dir(&by_dir).unwrap();
+            std::os::unix::fs::chown(&by_dir, Some(NOBODY), Some(NOBODY)).unwrap();
+            Seed::new(&fx.root, &by_dir).uid(NOBODY).gid(NOBODY).ok();
+            assert_same_store(&by_dir, &dst);
+        }
+        assert_no_temp(&dst);
+    }
+});

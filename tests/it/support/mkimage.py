@@ -54,6 +54,8 @@ def layer_tar(base, members, split, path):
         for m in members:
             full = os.path.join(base, m)
             ti = t.gettarinfo(full, arcname=m)
+            if ti is None:  # a socket: no tar holds one
+                continue
             if split and ti.type == tarfile.LNKTYPE:
                 ti.type = tarfile.REGTYPE
             if split:
