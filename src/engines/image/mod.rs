@@ -10,8 +10,10 @@
 //! their first bytes. Every blob's SHA-256 is computed while it is read and compared with
 //! the manifest (layers, configuration, manifests) or the configuration's `diff_ids`.
 //!
-//! Memory stays bounded: blobs are streamed, never held; only JSON documents (manifests,
-//! configurations) are kept whole, up to [`MAX_JSON`] each.
+//! Memory stays bounded by the image's metadata, not its data: blobs are streamed, never
+//! held; JSON documents (manifests, configurations) are kept whole, up to [`MAX_JSON`]
+//! each; the stage's directories (their metadata is set last) and the current layer's
+//! entries (for its opaque markers) are kept by name.
 
 pub mod apply;
 mod digest;
