@@ -29,6 +29,15 @@
 # --dbless: an image without a Nix database against the same image with one seeded with
 # --verify, the scanner's throughput and peak RSS (scripts/bench/dbless.sh; ~5 minutes).
 #
+#   scripts/bench.sh --gc [--paths N] [--runs N] [--gluster-runs N] [--big N] [--rss-runs N]
+#                         [--skip gluster,rss] [--workdir DIR] [--no-build] [--into BENCHMARKS.md]
+#
+# --gc: issue 20's benchmark (scripts/bench/gc.py; about 15 minutes): `nix-seed gc` against
+# `nix-store --gc` on copies of one store of 10,000 paths made by real Nix, half of them
+# garbage (fails unless both delete the same paths); `gc` with nothing to delete on a
+# GlusterFS volume of its own (round trips at the brick, time); peak RSS of `gc` and
+# `gc --dry-run` at 100,000 registered paths. `scripts/bench.sh --gc --help` lists its options.
+#
 #   scripts/bench.sh --archive [--runs N] [--paths N] [--files N] [--bytes N] [--into FILE]
 #
 # --archive: seeding from an image archive against `tar -xf`/`tar -xzf` of its layers,
@@ -53,6 +62,34 @@ for a in "$@"; do
     rest=()
     for b in "$@"; do [ "$b" = "$a" ] || rest+=("$b"); done
     exec bash "scripts/bench/${a#--}.sh" "${rest[@]}"
+  fi
+done
+
+# --gc: issue 20's benchmark, nix-seed gc against nix-store --gc (scripts/bench/gc.py).
+for a in "$@"; do
+  if [ "$a" = --gc ]; then
+    rest=() build=1
+    for b in "$@"; do
+      case "$b" in --gc) ;; --no-build) build=0 ;; *) rest+=("$b") ;; esac
+    done
+    case " ${rest[*]-} " in *" -h "*|*" --help "*) PYTHONPATH=scripts exec python3 -m bench.gc --bin /dev/null --help ;; esac
+    [ "$(id -u)" = 0 ] || { echo "bench: must run as root (mount namespaces, GlusterFS)" >&2; exit 1; }
+    need=()
+    [ -x /usr/bin/time ] || need+=(time)
+    command -v strace >/dev/null || need+=(strace)
+    command -v nix-store >/dev/null || need+=(nix-bin)
+    command -v sqlite3 >/dev/null || need+=(sqlite3)
+    if [ ${#need[@]} -gt 0 ]; then
+      echo "bench: installing ${need[*]}" >&2
+      apt-get -o DPkg::Lock::Timeout=600 update -qq >&2
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${need[@]}" >&2
+    fi
+    [ "$build" = 0 ] || cargo build --release --bin nix-seed >&2
+    bin="${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nix-seed"
+    [ -x "$bin" ] || { echo "bench: $bin is missing (cargo build --release --bin nix-seed)" >&2; exit 1; }
+    orig=""
+    [ ${#rest[@]} -eq 0 ] || orig=$(printf '%q ' "${rest[@]}")
+    PYTHONPATH=scripts exec python3 -m bench.gc --bin "$bin" "--argv=$orig" ${rest[@]+"${rest[@]}"}
   fi
 done
 

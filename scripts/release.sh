@@ -8,7 +8,7 @@
 #   dist/nix-seed-aarch64-linux   cross-built in a Debian testing (forky) tree with Debian's
 #                                 rustc and cargo, libstd-rust-dev:arm64 (the aarch64
 #                                 standard library: rustup has no other targets here) and
-#                                 gcc-aarch64-linux-gnu, crt-static
+#                                 gcc-aarch64-linux-gnu, crt-static (.cargo/config.toml)
 #   dist/SHA256SUMS               sha256sum of both, `sha256sum -c` in dist/ checks them
 #
 # Then (unless --no-check) the aarch64 binary is run under qemu-aarch64-static (no binfmt):
@@ -172,7 +172,6 @@ log "aarch64: cargo build --release --locked --target $target_a64 in $tree"
 in_tree "$tree" /usr/bin/env -C /src \
   CARGO_TARGET_DIR="$cross_target_dir" \
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
-  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
   CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc \
   AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
   cargo build --release --locked --offline --bin nix-seed --target "$target_a64" \
@@ -180,7 +179,9 @@ in_tree "$tree" /usr/bin/env -C /src \
 t_a64=$(secs "$t0" "$(now)")
 
 mkdir -p "$dist"
-install -m 0755 "$repo/target/x86_64-unknown-linux-gnu/release/nix-seed" "$dist/nix-seed-x86_64-linux"
+# The host build's target directory: $CARGO_TARGET_DIR if set (relative to the repository).
+host_target=$(cd "$repo" && realpath -m "${CARGO_TARGET_DIR:-target}")
+install -m 0755 "$host_target/x86_64-unknown-linux-gnu/release/nix-seed" "$dist/nix-seed-x86_64-linux"
 install -m 0755 "$repo/$cross_target_dir/$target_a64/release/nix-seed" "$dist/nix-seed-aarch64-linux"
 
 # Static and stripped, or no release.
@@ -196,6 +197,12 @@ expect() {
 }
 expect "$dist/nix-seed-x86_64-linux" "x86-64"
 expect "$dist/nix-seed-aarch64-linux" "ARM aarch64"
+# The aarch64 binary is at most 1.2 times the x86_64 one's size.
+size_x86=$(stat -c %s "$dist/nix-seed-x86_64-linux")
+size_a64=$(stat -c %s "$dist/nix-seed-aarch64-linux")
+[ $((size_a64 * 10)) -le $((size_x86 * 12)) ] ||
+  die "nix-seed-aarch64-linux ($size_a64 bytes) is over 1.2 times nix-seed-x86_64-linux ($size_x86 bytes)"
+log "sizes: x86_64 $size_x86 bytes, aarch64 $size_a64 bytes ($(awk -v a="$size_a64" -v x="$size_x86" 'BEGIN { printf "%.2f", a / x }')x)"
 (cd "$dist" && sha256sum nix-seed-x86_64-linux nix-seed-aarch64-linux >SHA256SUMS)
 
 # --- check the aarch64 binary under qemu ---------------------------------------------------
@@ -204,7 +211,9 @@ if [ "$check" = 1 ]; then
   q=qemu-aarch64-static
   v=$("$q" "$dist/nix-seed-aarch64-linux" --version) || die "$q $dist/nix-seed-aarch64-linux --version failed"
   vx=$("$dist/nix-seed-x86_64-linux" --version)
-  [ "$v" = "$vx" ] || die "--version differs: aarch64 '$v', x86_64 '$vx'"
+  # The same version, each naming its own architecture: "nix-seed 0.1.0 (aarch64-linux)".
+  [ "$v" = "${vx% (x86_64-linux)} (aarch64-linux)" ] && [ "$v" != "$vx" ] ||
+    die "--version: aarch64 says '$v', x86_64 '$vx' (expected the same version, each with its architecture)"
   log "under $q: $v"
   work=$(mktemp -d "${TMPDIR:-/tmp}/nix-seed-release.XXXXXX")
   trap 'chmod -R u+w "$work" 2>/dev/null || true; rm -rf "$work"' EXIT

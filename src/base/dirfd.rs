@@ -79,9 +79,15 @@ pub fn is_own_temp_name(name: &[u8]) -> bool {
 /// the temporary name*) fail with ENOENT, so a copy being emptied can never be published
 /// half-way. Of two cleaners, only the one whose rename succeeds removes the entry.
 pub fn remove_leftovers(dir: BorrowedFd, dir_path: &Path) -> io::Result<(usize, Vec<String>)> {
+    Ok(remove_listed_leftovers(dir, dir_path, &list(dir)?))
+}
+
+/// [`remove_leftovers`] of `dir` listed already (`entries`): one listing for a caller
+/// that needs it anyway (a large store on a network disk).
+pub fn remove_listed_leftovers(dir: BorrowedFd, dir_path: &Path, entries: &[Entry]) -> (usize, Vec<String>) {
     let mut removed = 0;
     let mut problems = Vec::new();
-    for e in list(dir)? {
+    for e in entries {
         let name = e.name.as_bytes();
         if !is_temp_name(name) || is_own_temp_name(name) {
             continue;
@@ -109,7 +115,7 @@ pub fn remove_leftovers(dir: BorrowedFd, dir_path: &Path) -> io::Result<(usize, 
             )),
         }
     }
-    Ok((removed, problems))
+    (removed, problems)
 }
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY

@@ -5,6 +5,7 @@ pub mod error;
 pub mod failpoint;
 pub mod jobs;
 pub mod layout;
+pub mod nixconf;
 pub(crate) mod pool;
 pub mod preflight;
 pub mod progress;

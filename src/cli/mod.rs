@@ -5,6 +5,7 @@
 //! once (`From<&…Args>`), and nothing below knows the command line.
 
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -16,10 +17,21 @@ mod usage;
 
 pub use usage::print_usage_error;
 
+/// `--version`: the version and the architecture the binary was built for, e.g.
+/// `nix-seed 0.1.0 (aarch64-linux)`: a hand-off image must carry the node's architecture.
+pub static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} ({}-{})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
+});
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nix-seed",
-    version,
+    version = VERSION.as_str(),
     about = "Seed a shared /nix (network disk) from an image's /nix: only missing store paths, \
              each atomically, with exact metadata, one seeder at a time.",
     after_help = "Exit codes: 0 success (also: nothing to do), 1 failure, 2 usage error or invalid \
@@ -47,11 +59,18 @@ pub enum Command {
     Install(InstallArgs),
     /// List the images seeded into the target: when seen, their store paths and sizes.
     Images(ImagesArgs),
-    /// Retire old images (their GC roots, markers, records), so Nix's GC may collect them.
+    /// Retire old images (their GC roots, markers, records), so `nix-seed gc` may collect them.
     ///
     /// Takes the seed lock. Never retires an image seen within --unused-for, nor one whose
-    /// profile generation is current; deletes no store path: run nix-collect-garbage after.
+    /// profile generation is current; deletes no store path: run `nix-seed gc` after.
     Prune(PruneArgs),
+    /// Collect garbage in a store many pods share, safely beside them (no Nix needed).
+    ///
+    /// Keeps what Nix's collector keeps (roots, profiles, temporary roots, their closures)
+    /// and, since other pods' roots and processes are invisible from here, every path
+    /// registered or read within --min-age. Takes the seed lock and Nix's gc.lock, and
+    /// serves Nix's gc socket meanwhile. Never run Nix's own collector on a shared store.
+    Gc(GcArgs),
 }
 
 #[derive(Debug, Args)]
@@ -98,6 +117,49 @@ pub struct PruneArgs {
 
     #[command(flatten)]
     pub output: Output,
+}
+
+#[derive(Debug, Args)]
+#[command(mut_arg("verbose", |a| a.help("More detail: name every path deleted, and every path kept that no root reaches, with why.")))]
+pub struct GcArgs {
+    /// The shared store's root, holding store/ and var/ (where this container mounts it).
+    #[arg(long, env = "NIX_SEED_TARGET", default_value = "/nix", value_name = "DIR")]
+    pub target: PathBuf,
+
+    /// Keep every path registered, or read, within DUR, and every unregistered entry of the
+    /// store changed within DUR: what protects a pod's own results (their roots are in the
+    /// pod, invisible here) and what processes in other pods use. The default covers a
+    /// working week, its weekend, and a long build. 0 keeps only what roots reach.
+    #[arg(long, env = "NIX_SEED_MIN_AGE", default_value = "10d", value_parser = parse_duration, value_name = "DUR")]
+    pub min_age: Duration,
+
+    /// Stop once this much is freed (bytes, or with K, M, G, T: powers of 1024).
+    #[arg(long, env = "NIX_SEED_MAX_FREED", value_parser = parse_size, value_name = "SIZE")]
+    pub max_freed: Option<u64>,
+
+    /// The pods' nix.conf, for keep-derivations and keep-outputs [default:
+    /// $NIX_CONF_DIR/nix.conf, else /etc/nix/nix.conf, if present; else Nix's defaults].
+    #[arg(long, env = "NIX_SEED_NIX_CONF", value_name = "FILE")]
+    pub nix_conf: Option<PathBuf>,
+
+    /// Print what would be deleted, and why each path no root reaches is kept; delete
+    /// nothing (waits for a running collection, takes no seed lock).
+    #[arg(long, env = "NIX_SEED_DRY_RUN", value_parser = parse_bool)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub lock: LockTimeout,
+
+    #[command(flatten)]
+    pub stale: LockStale,
+
+    #[command(flatten)]
+    pub output: Output,
+}
+
+/// A size: bytes, or with K, M, G or T (powers of 1024), as Nix's `--max-freed` takes it.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    crate::base::nixconf::parse_size(s).ok_or_else(|| "expected a size: bytes, or a number with K, M, G or T".into())
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +325,12 @@ pub enum ProfilesMode {
 pub struct StatusArgs {
     #[command(flatten)]
     pub paths: Paths,
+
+    /// The pods' nix.conf: a warning if it enables Nix's automatic garbage collection
+    /// (min-free above 0), unsafe on a shared store [default: $NIX_CONF_DIR/nix.conf if
+    /// NIX_CONF_DIR is set, else /etc/nix/nix.conf; if present].
+    #[arg(long, env = "NIX_SEED_NIX_CONF", value_name = "FILE")]
+    pub nix_conf: Option<PathBuf>,
 
     #[command(flatten)]
     pub output: Output,

@@ -2,8 +2,8 @@
 //! so that nothing below the face knows the command line.
 
 use super::{
-    Command, ImagesArgs, InstallArgs, LogFormat, Output, ProfilesMode, ProgressMode, PruneArgs, SeedArgs, StatusArgs,
-    VerifyArgs,
+    Command, GcArgs, ImagesArgs, InstallArgs, LogFormat, Output, ProfilesMode, ProgressMode, PruneArgs, SeedArgs,
+    StatusArgs, VerifyArgs,
 };
 use crate::base::progress;
 use crate::commands;
@@ -77,6 +77,7 @@ impl From<&StatusArgs> for commands::status::Options {
             platform: a.paths.platform.clone(),
             target: a.paths.target.target.clone(),
             registration: a.paths.registration.clone(),
+            nix_conf: a.nix_conf.clone(),
             output: (&a.output).into(),
         }
     }
@@ -118,6 +119,21 @@ impl From<&PruneArgs> for commands::prune::Options {
     }
 }
 
+impl From<&GcArgs> for commands::gc::Options {
+    fn from(a: &GcArgs) -> Self {
+        Self {
+            target: a.target.clone(),
+            min_age: a.min_age,
+            max_freed: a.max_freed,
+            nix_conf: a.nix_conf.clone(),
+            dry_run: a.dry_run,
+            lock_timeout: a.lock.lock_timeout,
+            lock_stale: a.stale.lock_stale,
+            output: (&a.output).into(),
+        }
+    }
+}
+
 impl From<&InstallArgs> for commands::install::Options {
     fn from(a: &InstallArgs) -> Self {
         Self { dest: a.dest.clone() }
@@ -133,6 +149,7 @@ impl Command {
             Command::Verify(a) => (&a.output).into(),
             Command::Images(a) => (&a.output).into(),
             Command::Prune(a) => (&a.output).into(),
+            Command::Gc(a) => (&a.output).into(),
             Command::Install(a) => progress::Output {
                 progress: progress::ProgressMode::None,
                 log_format: a.log_format.into(),
@@ -150,6 +167,7 @@ impl Command {
             Command::Verify(a) => commands::verify::run(&a.into(), cx),
             Command::Images(a) => commands::images::run(&a.into(), cx),
             Command::Prune(a) => commands::prune::run(&a.into(), cx),
+            Command::Gc(a) => commands::gc::run(&a.into(), cx),
             Command::Install(a) => commands::install::run(&a.into(), cx),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::base::progress::Log;
 
+pub mod gc;
 pub mod images;
 pub mod install;
 pub mod prune;

@@ -1,11 +1,11 @@
-//! `nix-seed prune`: retire the images no pod needs any more, so that Nix's garbage
-//! collector may delete their paths. Retiring removes only what nix-seed wrote for an
+//! `nix-seed prune`: retire the images no pod needs any more, so that `nix-seed gc` may
+//! delete their paths. Retiring removes only what nix-seed wrote for an
 //! image: its marker first (so no pod start trusts it any more: a pod that starts it again
 //! takes the slow path and seeds it again), then its GC root directory (renamed to a
 //! temporary name, then removed: the roots go in one step), the profile generations
 //! nix-seed wrote for it that no profile points to (only a link that still points where its
 //! record says), and its record last. Store paths are never deleted here: that stays with
-//! Nix's garbage collector, and prune says what a collection would free.
+//! `nix-seed gc` ([`crate::commands::gc`]), and prune says what a collection would free.
 //!
 //! What is never retired: an image seen within `--unused-for` (with "last seen"'s
 //! resolution added, see [`crate::steps::state::SEEN_RESOLUTION`]), an image whose generation a
@@ -393,7 +393,7 @@ fn prune(args: &Options, log: &Arc<Log>, interrupted: &Arc<AtomicBool>) -> Resul
     log.out(
         "prune",
         &format!(
-            "{verb} {} of {}; a garbage collection (nix-collect-garbage in a pod) would now free at most {} \
+            "{verb} {} of {}; `nix-seed gc` would now free at most {} \
              ({}) of theirs: an upper bound, since roots outside the disk (pods' own) are invisible here",
             count(chosen.len() as u64, "image", "images"),
             disk.images.len(),

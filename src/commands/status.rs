@@ -7,11 +7,13 @@ use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use anyhow::Result;
 use serde_json::json;
 
 use crate::base::dirfd::open_dir;
+use crate::base::nixconf::NixConf;
 use crate::base::preflight;
 use crate::base::progress::Log;
 use crate::engines::nixdb;
@@ -102,6 +104,35 @@ fn verdict(plan: &Plan, not_registered: usize, roots_missing: usize, seeded: boo
     format!("not seeded ({}): run `{fix}` to repair", why.join(", "))
 }
 
+/// The warning for a nix.conf that lets the pods' Nix collect garbage on its own, if it
+/// does. The nix.conf is `explicit`, else the one Nix reads here. An explicit one that is
+/// missing or malformed is an error (exit 2, before anything else); the default one is
+/// only warned about: `status` reports on the disk, whatever this container's Nix setup.
+fn auto_gc(explicit: Option<&Path>, log: &Log) -> Result<Option<String>> {
+    let Some(path) = NixConf::locate(explicit) else {
+        return Ok(None);
+    };
+    let conf = match NixConf::read(&path) {
+        Ok(conf) => conf,
+        Err(e) if explicit.is_some() => return Err(e),
+        Err(e) => {
+            log.warn(&format!(
+                "{e:#}: not checked for automatic garbage collection (--nix-conf FILE names the pods' nix.conf)"
+            ));
+            return Ok(None);
+        }
+    };
+    Ok(conf.auto_gc().map(|why| {
+        format!(
+            "{why}. Nix's collector is unsafe on a store shared by pods: it resolves other pods' \
+             indirect roots (their result links) in its own pod and deletes what they protect, and \
+             a Nix process removes the temporary roots of another pod's process with the same PID. \
+             Set min-free = 0 (or leave it unset) in every pod's nix.conf, and collect garbage with \
+             `nix-seed gc` from one place (docs/gc.md)"
+        )
+    }))
+}
+
 /// What `status` is asked about.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -110,6 +141,8 @@ pub struct Options {
     pub platform: Option<String>,
     pub target: std::path::PathBuf,
     pub registration: Option<std::path::PathBuf>,
+    /// The pods' nix.conf (`--nix-conf`); None: where Nix looks ([`NixConf::locate`]).
+    pub nix_conf: Option<std::path::PathBuf>,
     pub output: crate::base::progress::Output,
 }
 
@@ -119,6 +152,9 @@ pub fn run(o: &Options, cx: &super::Ctx) -> Result<super::Done> {
 }
 
 fn status(o: &Options, log: &Log) -> Result<bool> {
+    if let Some(warning) = auto_gc(o.nix_conf.as_deref(), log)? {
+        log.warn(&warning);
+    }
     if let crate::engines::image::Source::Image(spec) = crate::engines::image::classify(&o.source) {
         return status_image(o, &spec, log);
     }

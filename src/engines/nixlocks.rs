@@ -30,13 +30,17 @@ pub struct NixLocks {
     _held: Vec<File>,
 }
 
-/// `LOCK_SH` on `name`, waiting at most `timeout` for `what` (the exclusive holder) to
-/// finish; then [`crate::base::error::Timeout`] (exit 3) names the file and what to do.
-fn shared_lock(
+/// `op` (`LOCK_SH` or `LOCK_EX`) on `name`, waiting at most `timeout` for `what` (the
+/// holder) to finish; then [`crate::base::error::Timeout`] (exit 3) names the file and what
+/// to do, `outcome` saying what giving up left.
+#[allow(clippy::too_many_arguments)]
+fn take(
     dir: BorrowedFd,
     name: &str,
     shown: &Path,
     what: &str,
+    op: libc::c_int,
+    outcome: &str,
     log: &Log,
     stop: &AtomicBool,
     timeout: Duration,
@@ -54,7 +58,7 @@ fn shared_lock(
         timeout,
         stop,
         |_| {
-            Ok(if try_flock(&f, libc::LOCK_SH, shown)? {
+            Ok(if try_flock(&f, op, shown)? {
                 Tried::Got(())
             } else {
                 Tried::Held(())
@@ -69,8 +73,7 @@ fn shared_lock(
         },
         |(), waited| {
             format!(
-                "gave up after {} waiting for {what} to finish: {} is held exclusively; nothing was \
-             copied; run the seed when it has finished, or raise --lock-timeout",
+                "gave up after {} waiting for {what} to finish: {} is held; {outcome}",
                 humantime::format_duration(Duration::from_secs(waited.as_secs())),
                 shown.display()
             )
@@ -91,7 +94,62 @@ pub(crate) fn try_flock(f: &File, op: libc::c_int, shown: &Path) -> Result<bool>
     }
 }
 
+const SEED_OUTCOME: &str = "nothing was copied; run the seed when it has finished, or raise --lock-timeout";
+
 impl NixLocks {
+    /// A collection's locks in `var_nix` (the target's `var/nix`, shown as `shown`):
+    /// `gc.lock`, exclusive (`LOCK_SH` for a dry run, which only reads: it waits for a
+    /// running collection, and lets Nix processes add roots meanwhile), then
+    /// `db/big-lock` shared. Each wait gives up after `timeout`.
+    pub fn collector(
+        var_nix: BorrowedFd,
+        shown: &Path,
+        dry_run: bool,
+        log: &Log,
+        stop: &AtomicBool,
+        timeout: Duration,
+    ) -> Result<NixLocks> {
+        let outcome = "nothing was deleted; run it again later, or raise --lock-timeout";
+        let (op, what) = if dry_run {
+            (
+                libc::LOCK_SH,
+                "a garbage collection (nix-seed gc, nix-collect-garbage, nix store gc)",
+            )
+        } else {
+            (libc::LOCK_EX, "a garbage collection or a seed (each holds it)")
+        };
+        let mut held = vec![take(
+            var_nix,
+            "gc.lock",
+            &shown.join("gc.lock"),
+            what,
+            op,
+            outcome,
+            log,
+            stop,
+            timeout,
+        )?];
+        if let Some(db) = open_dir_if_exists(var_nix, "db").with_context(|| {
+            format!(
+                "cannot open {}/db (must be a directory, not a symlink)",
+                shown.display()
+            )
+        })? {
+            held.push(take(
+                db.as_fd(),
+                "big-lock",
+                &shown.join("db/big-lock"),
+                "a Nix database migration",
+                libc::LOCK_SH,
+                outcome,
+                log,
+                stop,
+                timeout,
+            )?);
+        }
+        Ok(NixLocks { _held: held })
+    }
+
     /// Take `LOCK_SH` on `var/nix/gc.lock` and, if the database directory exists,
     /// `var/nix/db/big-lock`. `var/nix` is created first when missing (with the image's
     /// modes and owners): a Nix started in a pod just after a check for it would otherwise
@@ -102,11 +160,13 @@ impl NixLocks {
         let var = ensure_dir(c.target.as_fd(), c.source.as_fd(), "var", &c.layout.var)?;
         let nix_dir = ensure_dir(var.as_fd(), c.source.as_fd(), "var/nix", &c.target_path.join("var/nix"))?;
         let shown = c.target_path.join("var/nix/gc.lock");
-        held.push(shared_lock(
+        held.push(take(
             nix_dir.as_fd(),
             "gc.lock",
             &shown,
-            "a garbage collection (nix-collect-garbage, nix store gc)",
+            "a garbage collection (nix-seed gc, nix-collect-garbage, nix store gc)",
+            libc::LOCK_SH,
+            SEED_OUTCOME,
             log,
             stop,
             timeout,
@@ -117,11 +177,13 @@ impl NixLocks {
         );
         if let Some(db) = open_dir_if_exists(nix_dir.as_fd(), "db").context(not_symlink)? {
             let shown = c.target_path.join("var/nix/db/big-lock");
-            held.push(shared_lock(
+            held.push(take(
                 db.as_fd(),
                 "big-lock",
                 &shown,
                 "a Nix database migration",
+                libc::LOCK_SH,
+                SEED_OUTCOME,
                 log,
                 stop,
                 timeout,

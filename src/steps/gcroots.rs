@@ -1,7 +1,7 @@
 //! GC roots for each seeded image: `var/nix/gcroots/nix-seed/<image id>/<name>` →
 //! `/nix/store/<name>` (the path pods see, not the mount path), one link for each top of
 //! the image's closure (a valid path no other valid path refers to). Nix's garbage
-//! collector keeps everything reachable from a root, so a `nix-collect-garbage` in any pod
+//! collector (and `nix-seed gc`) keeps everything reachable from a root, so a collection
 //! cannot delete what another image needs.
 //!
 //! The directory appears whole (built under a temporary name, then renamed), and every

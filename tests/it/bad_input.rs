@@ -317,7 +317,16 @@ fn env_vars_configure_every_flag() {
 fn help_and_version() {
     let o = run(["--version"]);
     assert_code(&o, 0);
-    assert!(support::cmd::stdout(&o).starts_with("nix-seed "));
+    // The version and the architecture the binary was built for (tests/it/arm64.rs checks
+    // the aarch64 binary's).
+    assert_eq!(
+        support::cmd::stdout(&o),
+        format!(
+            "nix-seed {} ({}-linux)\n",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH
+        )
+    );
     let o = run(["seed", "--help"]);
     assert_code(&o, 0);
     let h = support::cmd::stdout(&o);

@@ -15,12 +15,14 @@
 mod support;
 
 mod archive;
+mod arm64;
 mod bad_input;
 mod big_paths;
 mod concurrency;
 mod crash;
 mod dbless;
 mod filesystems;
+mod gc;
 mod hostile;
 mod images;
 mod install;

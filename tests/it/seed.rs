@@ -507,3 +507,103 @@ fn a_database_lock_timeout_says_what_was_copied() {
     Seed::new(&fx.root, &dst).ok();
     assert_store_equal(&fx.root, &dst);
 }
+
+/// `status` warns when the pods' nix.conf lets Nix collect garbage on its own (min-free > 0):
+/// Nix's collector is unsafe on a shared store. The file is `--nix-conf`, `NIX_SEED_NIX_CONF`,
+/// or where Nix looks (`$NIX_CONF_DIR/nix.conf`); the warning changes nothing else.
+#[test]
+fn status_warns_when_the_nix_conf_enables_automatic_gc() {
+    let tmp = support::scratch();
+    let fx = build(&tmp.path().join("src"), 5);
+    let dst = tmp.path().join("dst");
+    std::fs::create_dir(&dst).unwrap();
+    Seed::new(&fx.root, &dst).ok();
+    let conf_dir = tmp.path().join("etc-nix");
+    std::fs::create_dir(&conf_dir).unwrap();
+    let conf = conf_dir.join("nix.conf");
+    let status_with = |args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]| {
+        let mut c = support::cmd::nix_seed();
+        c.arg("status").arg("--source").arg(&fx.root).arg("--target").arg(&dst);
+        c.args(args).env_remove("NIX_CONF_DIR");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let conf_arg: [&std::ffi::OsStr; 2] = ["--nix-conf".as_ref(), conf.as_os_str()];
+    let warned = |o: &std::process::Output| {
+        let err = stderr(o);
+        err.contains("min-free = 2G")
+            && err.contains(&format!("{}:2", conf.display()))
+            && err.contains("min-free = 0")
+            && err.contains("nix-seed gc")
+    };
+
+    std::fs::write(
+        &conf,
+        "use-sqlite-wal = false\nmin-free = 2G  # when the disk looks full\n",
+    )
+    .unwrap();
+    for o in [
+        status_with(&conf_arg, &[]),
+        status_with(&[], &[("NIX_SEED_NIX_CONF", conf.as_os_str())]),
+        status_with(&[], &[("NIX_CONF_DIR", conf_dir.as_os_str())]),
+    ] {
+        assert_code(&o, 0);
+        assert!(warned(&o), "{}", support::cmd::text(&o));
+        assert!(stdout(&o).contains("seeded"), "{}", support::cmd::text(&o));
+    }
+    let json = status_with(
+        &[&conf_arg[..], &["--log-format".as_ref(), "json".as_ref()]].concat(),
+        &[],
+    );
+    assert_code(&json, 0);
+    let warning = stderr(&json)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["msg"].as_str().is_some_and(|m| m.contains("min-free = 2G")))
+        .unwrap_or_else(|| panic!("{}", support::cmd::text(&json)));
+    assert_eq!(warning["level"], "warning", "{warning}");
+
+    // Off: no warning.
+    for text in [
+        "min-free = 0\n",
+        "min-free = 2G\nmin-free = 0\n",
+        "keep-outputs = true\n",
+    ] {
+        std::fs::write(&conf, text).unwrap();
+        for o in [
+            status_with(&conf_arg, &[]),
+            status_with(&[], &[("NIX_CONF_DIR", conf_dir.as_os_str())]),
+        ] {
+            assert_code(&o, 0);
+            assert!(!stderr(&o).contains("min-free"), "{text:?}: {}", support::cmd::text(&o));
+        }
+    }
+
+    // A nix.conf named but missing, or malformed: exit 2, naming it. Found by the default
+    // lookup, a malformed one is only warned about.
+    std::fs::remove_file(&conf).unwrap();
+    let o = status_with(&conf_arg, &[]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains(&conf.display().to_string()),
+        "{}",
+        support::cmd::text(&o)
+    );
+    std::fs::write(&conf, "sandbox = false\nmin-free=2G\n").unwrap();
+    let o = status_with(&conf_arg, &[]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains(&format!("{}:2", conf.display())),
+        "{}",
+        support::cmd::text(&o)
+    );
+    let o = status_with(&[], &[("NIX_CONF_DIR", conf_dir.as_os_str())]);
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains(&format!("{}:2", conf.display())) && stderr(&o).contains("not checked"),
+        "{}",
+        support::cmd::text(&o)
+    );
+}

@@ -30,8 +30,6 @@ mod roots;
 
 pub use list::{run, Options};
 
-/// Where pods see the disk: link targets are read against it.
-const NIX: &str = "/nix/";
 const STORE: &str = "/nix/store/";
 
 /// An image id as [`crate::base::store_path::image_id`] makes it: 32 lowercase hex digits. Anything

@@ -155,7 +155,7 @@ impl DbWindow {
                 // The very lock the dead seeder recorded holding: remove it now.
                 match nix::unistd::unlinkat(db, lock_name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
                     Ok(()) | Err(nix::errno::Errno::ENOENT) => log.warn(&format!(
-                        "removed {}/{lock_name}: left by a seeder killed while it held the Nix database \
+                        "removed {}/{lock_name}: left by a nix-seed run (seed, prune or gc) killed while it held the Nix database \
                          (it recorded holding that lock in .nix-seed/{DB_WINDOW_RECORD})",
                         db_path.display()
                     )),
@@ -190,7 +190,7 @@ impl DbWindow {
                 if !gone {
                     match nix::unistd::unlinkat(db, lock_name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
                         Ok(()) | Err(nix::errno::Errno::ENOENT) => log.warn(&format!(
-                            "removed {}/{lock_name}: left by a seeder killed while it held the Nix database \
+                            "removed {}/{lock_name}: left by a nix-seed run (seed, prune or gc) killed while it held the Nix database \
                              (it recorded that in .nix-seed/{DB_WINDOW_RECORD})",
                             db_path.display()
                         )),

@@ -36,6 +36,7 @@
 
 use std::path::Path;
 
+mod collect;
 mod empty;
 mod lock;
 mod open;
@@ -49,6 +50,7 @@ mod tests;
 mod vfs;
 mod walcopy;
 
+pub use collect::Registrations;
 pub use empty::{create_empty, write_schema_file, NIX_SCHEMA_SQL};
 pub use lock::{set_busy_context, DbWindow, DB_WINDOW_RECORD};
 pub use open::{busy_as_timeout, open_existing_db, recover_db_lock, refusal, with_db_dir, with_target_db};

@@ -5,7 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 pub fn nix_seed() -> Command {
-    let mut c = Command::new(super::bin());
+    as_tests_run(Command::new(super::bin()))
+}
+
+/// `c`, a nix-seed command (this build's binary, or another architecture's under an
+/// emulator: tests/it/arm64.rs), with the environment the tests run nix-seed in: no
+/// `NIX_SEED_*` of the caller's, no termination log, stdin null.
+pub fn as_tests_run(mut c: Command) -> Command {
     // Tests must not depend on the caller's environment.
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("NIX_SEED_") && k != "NIX_SEED_TEST_DIR" {
@@ -39,8 +45,13 @@ pub struct Seed {
 impl Seed {
     /// Seed the Nix root `src` (holding `store/` and `var/`) into `dst`.
     pub fn new(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Seed {
+        Seed::with(nix_seed(), src, dst)
+    }
+
+    /// [`Seed::new`] run by `cmd` (made by [`as_tests_run`]) instead of this build's binary.
+    pub fn with(cmd: Command, src: impl AsRef<Path>, dst: impl AsRef<Path>) -> Seed {
         Seed {
-            cmd: nix_seed(),
+            cmd,
             src: src.as_ref().to_path_buf(),
             dst: dst.as_ref().to_path_buf(),
             args: Vec::new(),

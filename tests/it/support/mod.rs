@@ -19,6 +19,7 @@ pub mod modern;
 pub mod mounts;
 pub mod netfs;
 pub mod nix;
+pub mod pods;
 pub mod profiles;
 #[macro_use]
 pub mod setup;
@@ -48,7 +49,7 @@ fn in_ci() -> bool {
 
 /// Skip policy shared by `require_*`: in CI a missing requirement is a hard failure,
 /// locally the test prints a loud SKIPPED line and the caller returns early.
-fn skip_or_panic(test: &str, why: &str) -> bool {
+pub fn skip_or_panic(test: &str, why: &str) -> bool {
     if in_ci() {
         panic!("{test}: {why}, and CI is set: CI must run these tests as root with all tools installed");
     }
