@@ -154,6 +154,17 @@ nixtest!(oci_layouts_archives_compressions_and_stdin, needs = &["zstd"], |tmp| {
             vec!["--format", "docker", "--whole-gzip"],
             String::new(),
         ),
+        // Read as a stream (compressed whole), its layers compressed too.
+        (
+            "oci-archive-zstd-whole-gzip",
+            vec!["--format", "oci-archive", "--compress", "zstd", "--whole-gzip"],
+            String::new(),
+        ),
+        (
+            "docker-gzip-whole-gzip",
+            vec!["--format", "docker", "--compress", "gzip", "--whole-gzip"],
+            String::new(),
+        ),
     ];
     for (name, args, prefix) in cases {
         let img = d.join(name);
@@ -171,9 +182,9 @@ nixtest!(oci_layouts_archives_compressions_and_stdin, needs = &["zstd"], |tmp| {
             assert!(label.contains("@sha256:"), "{name}: {label}");
         }
     }
-    // Standard input: a plain docker-archive piped in.
+    // Standard input: a docker-archive with gzip layers piped in.
     let img = d.join("piped.tar");
-    mkimage(&real, &img, &["--format", "docker"]);
+    mkimage(&real, &img, &["--format", "docker", "--compress", "gzip"]);
     let t = target(d, "t-stdin");
     let mut c = Seed::new("-", &t).command();
     c.stdin(Stdio::from(std::fs::File::open(&img).unwrap()));

@@ -22,7 +22,7 @@ mod scan;
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -231,7 +231,7 @@ fn read(spec: &Spec, platform: Option<&str>, ap: &mut dyn Sink) -> Result<(Strin
     })
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+fn read_up_to(r: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..])? {
@@ -630,9 +630,15 @@ fn ref_name(d: &oci_spec::image::Descriptor) -> Option<String> {
 
 /// Apply one layer blob read from `r`; returns its (blob, uncompressed) digests.
 fn apply_layer(r: &mut dyn Read, name: &str, ap: &mut dyn Sink) -> Result<(String, String)> {
-    let mut r = BufReader::with_capacity(256 << 10, r);
-    let compressed = compression(r.fill_buf().map_err(|e| truncated(name, e))?).is_some();
-    let mut raw = Hashing::new(r);
+    // The first bytes say the compression; a read may give fewer than asked (a stream's
+    // first read can be 1 byte), so read until there are 4.
+    let mut head = [0u8; 4];
+    let n = read_up_to(r, &mut head).map_err(|e| truncated(name, e))?;
+    let compressed = compression(&head[..n]).is_some();
+    let mut raw = Hashing::new(BufReader::with_capacity(
+        256 << 10,
+        Cursor::new(head[..n].to_vec()).chain(r),
+    ));
     if !compressed {
         // Uncompressed: the blob is the tar, one digest serves as both.
         ap.layer(name, &mut raw)?;
