@@ -222,7 +222,9 @@ fn seed_image(
         if plan.db_lock_left {
             crate::engines::nixdb::recover_db_lock(&c, o.lock_timeout, log)?;
         }
-        crate::steps::state::touch_seen(c.target.as_fd(), &plan.image_id, std::time::SystemTime::now(), log);
+        if let Some(at) = plan.marked_at {
+            crate::steps::state::touch_seen(c.target.as_fd(), &plan.image_id, at, log);
+        }
         let mut report = Report::new(&c, &plan);
         report.locked = true;
         return Ok(report.finished(t0));

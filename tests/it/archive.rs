@@ -119,9 +119,16 @@ nixtest!(a_docker_archive_seeds_what_its_directory_seeds, |tmp| {
         );
     }
     assert_no_temp(&t);
+    // A later seed finds it complete, publishes nothing, and bumps "last seen" as a pod
+    // start does (the marker's mtime, when 2 hours old).
+    let marker = crate::support::images::marker(&t, &id);
+    let old = crate::support::images::now() - 7200;
+    crate::support::fixture::set_times_nofollow(&marker, old);
     let o = Seed::new(&img, &t).ok();
     assert!(stderr(&o).contains("26 already in"), "{}", text(&o));
     assert!(!stderr(&o).contains("publishing"), "{}", text(&o));
+    use std::os::unix::fs::MetadataExt;
+    assert!(marker.metadata().unwrap().mtime() > old + 3600, "last seen not bumped");
 });
 
 // Every container format and compression: an OCI layout with zstd layers (and by
