@@ -38,6 +38,11 @@
 # GlusterFS volume of its own (round trips at the brick, time); peak RSS of `gc` and
 # `gc --dry-run` at 100,000 registered paths. `scripts/bench.sh --gc --help` lists its options.
 #
+#   scripts/bench.sh --archive [--runs N] [--paths N] [--files N] [--bytes N] [--into FILE]
+#
+# --archive: seeding from an image archive against `tar -xf`/`tar -xzf` of its layers,
+# and peak RSS for a 2 GiB image (scripts/bench/archive.sh; ~10 minutes).
+#
 # The benchmark itself is the Python package scripts/bench/ (run, fs, report; standard
 # library only), run as `python3 -m bench` with PYTHONPATH=scripts.
 #
@@ -50,12 +55,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --dbless: issue 18's benchmark, images without a Nix database (scripts/bench/dbless.sh).
+# --dbless: issue 18's benchmark, images without a Nix database (scripts/bench/dbless.sh);
+# --archive: issue 21's, seeding from an image archive (scripts/bench/archive.sh).
 for a in "$@"; do
-  if [ "$a" = --dbless ]; then
+  if [ "$a" = --dbless ] || [ "$a" = --archive ]; then
     rest=()
-    for b in "$@"; do [ "$b" = --dbless ] || rest+=("$b"); done
-    exec bash scripts/bench/dbless.sh "${rest[@]}"
+    for b in "$@"; do [ "$b" = "$a" ] || rest+=("$b"); done
+    exec bash "scripts/bench/${a#--}.sh" "${rest[@]}"
   fi
 done
 

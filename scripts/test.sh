@@ -25,6 +25,12 @@ command -v unshare    >/dev/null || need_pkgs+=(util-linux)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap debian-archive-keyring)
 command -v strace     >/dev/null || need_pkgs+=(strace)      # tests/it/live_store.rs: a slowed-down garbage collection
 command -v qemu-aarch64-static >/dev/null || need_pkgs+=(qemu-user-static) # tests/it/arm64.rs: the aarch64 binary
+# Container images for tests/it/archive.rs: built by buildah, saved by podman, copied by
+# skopeo; zstd-compressed layers.
+command -v buildah    >/dev/null || need_pkgs+=(buildah)
+command -v podman     >/dev/null || need_pkgs+=(podman)
+command -v skopeo     >/dev/null || need_pkgs+=(skopeo)
+command -v zstd       >/dev/null || need_pkgs+=(zstd)
 # GlusterFS and sshfs for tests/it/netfs.rs (scripts/netfs.sh brings them up on loopback).
 command -v glusterd   >/dev/null || need_pkgs+=(glusterfs-server)
 command -v glusterfs  >/dev/null || need_pkgs+=(glusterfs-client)

@@ -25,6 +25,62 @@ pub struct Checked {
     pub target: OwnedFd,
     /// The target's entries, as messages show them.
     pub layout: crate::base::layout::Layout,
+    /// What names the source in the image's record: the image's reference and digest when
+    /// it was read from an image (the source directory is then a stage), else the source.
+    pub source_label: String,
+}
+
+/// The target alone, checked as [`check`] checks it: for a source that is an image (an
+/// archive, an OCI layout), whose stage is made later, under the seed lock.
+pub fn check_target(target: &Path, require_mountpoint: bool, need_write: bool) -> Result<(PathBuf, OwnedFd), Invalid> {
+    let tgt = canonical_dir(
+        target,
+        "target",
+        "mount the shared volume there (the directory pods mount at /nix) and pass it as --target",
+    )?;
+    let target_fd = open_target(&tgt, require_mountpoint, need_write)?;
+    Ok((tgt, target_fd))
+}
+
+/// The canonical target `tgt`, a mount point if required, opened, writable if required.
+fn open_target(tgt: &Path, require_mountpoint: bool, need_write: bool) -> Result<OwnedFd, Invalid> {
+    // First: a forgotten volume on a read-only root filesystem (readOnlyRootFilesystem)
+    // is a missing mount, not a read-only one.
+    if require_mountpoint && !is_mount_point(tgt) {
+        return invalid(format!(
+            "target {} is not a mount point: in a pod this means the volume is not mounted and \
+             the copy would vanish with the pod; mount it, or pass --allow-non-mountpoint",
+            tgt.display()
+        ));
+    }
+    let target_fd = open_root(tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
+    if need_write {
+        writable(tgt, target_fd.as_fd())?;
+    }
+    Ok(target_fd)
+}
+
+impl Checked {
+    /// A source that is a stage the image engine fills (`stage_path`, holding `store/`),
+    /// in the target checked by [`check_target`].
+    pub fn staged(
+        stage_path: PathBuf,
+        stage: OwnedFd,
+        (target_path, target): (PathBuf, OwnedFd),
+        label: String,
+    ) -> std::io::Result<Checked> {
+        let store = open_dir(stage.as_fd(), "store")?;
+        Ok(Checked {
+            source_store_path: stage_path.join(crate::base::layout::STORE),
+            source_path: stage_path,
+            source: stage,
+            source_store: store,
+            layout: crate::base::layout::Layout::new(&target_path),
+            target_path,
+            target,
+            source_label: label,
+        })
+    }
 }
 
 pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write: bool) -> Result<Checked, Invalid> {
@@ -70,25 +126,14 @@ pub fn check(source: &Path, target: &Path, require_mountpoint: bool, need_write:
         ));
     }
 
-    // First: a forgotten volume on a read-only root filesystem (readOnlyRootFilesystem)
-    // is a missing mount, not a read-only one.
-    if require_mountpoint && !is_mount_point(&tgt) {
-        return invalid(format!(
-            "target {} is not a mount point: in a pod this means the volume is not mounted and \
-             the copy would vanish with the pod; mount it, or pass --allow-non-mountpoint",
-            tgt.display()
-        ));
-    }
-    let target_fd = open_root(&tgt).map_err(|e| Invalid(format!("cannot open target {}: {e}", tgt.display())))?;
-    if need_write {
-        writable(&tgt, target_fd.as_fd())?;
-    }
+    let target_fd = open_target(&tgt, require_mountpoint, need_write)?;
 
     let source_fd = open_root(&src).map_err(|e| Invalid(format!("cannot open source {}: {e}", src.display())))?;
     let store_fd = open_dir(source_fd.as_fd(), "store")
         .or_else(|_| open_root(&src_store_path))
         .map_err(|e| Invalid(format!("cannot open {}: {e}", src_store_path.display())))?;
     Ok(Checked {
+        source_label: src.to_string_lossy().into_owned(),
         source_path: src,
         source: source_fd,
         source_store_path: src_store_path,

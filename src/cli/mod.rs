@@ -192,9 +192,17 @@ pub struct InstallArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct Paths {
-    /// The image's Nix root (holds store/ and var/).
-    #[arg(long, env = "NIX_SEED_SOURCE", default_value = "/nix", value_name = "DIR")]
+    /// The image's Nix root (holds store/ and var/), or the image itself: an OCI layout
+    /// directory, an archive file (docker-archive, OCI archive, either gzip-compressed), `-`
+    /// for standard input, or `oci:PATH[:REF]`, `oci-archive:PATH[:REF]`,
+    /// `docker-archive:PATH[:REF]`.
+    #[arg(long, env = "NIX_SEED_SOURCE", default_value = "/nix", value_name = "DIR|IMAGE")]
     pub source: PathBuf,
+
+    /// Which image of an archive or layout that holds several: `os/arch[/variant]`
+    /// (default: linux and this machine's architecture).
+    #[arg(long, env = "NIX_SEED_PLATFORM", value_name = "OS/ARCH")]
+    pub platform: Option<String>,
 
     #[command(flatten)]
     pub target: Target,

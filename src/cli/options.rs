@@ -64,6 +64,7 @@ impl From<&SeedArgs> for commands::seed::Options {
             allow_non_mountpoint: a.allow_non_mountpoint,
             profiles: a.profiles.into(),
             name: a.name.clone(),
+            platform: a.paths.platform.clone(),
             output: (&a.output).into(),
         }
     }
@@ -73,6 +74,7 @@ impl From<&StatusArgs> for commands::status::Options {
     fn from(a: &StatusArgs) -> Self {
         Self {
             source: a.paths.source.clone(),
+            platform: a.paths.platform.clone(),
             target: a.paths.target.target.clone(),
             registration: a.paths.registration.clone(),
             nix_conf: a.nix_conf.clone(),

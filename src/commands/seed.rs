@@ -50,6 +50,8 @@ pub struct Options {
     pub profiles: crate::steps::profiles::Mode,
     /// `--name`: what `images` shows beside the image's id.
     pub name: Option<String>,
+    /// `--platform`: which image of a multi-platform archive or layout (`os/arch[/variant]`).
+    pub platform: Option<String>,
     pub output: progress::Output,
 }
 
@@ -70,6 +72,11 @@ impl Options {
 /// `nix-seed seed`: print what was done, or fail with an error that names a path (a bare
 /// errno gets the target) and says a database lock wait that ran out as a lock timeout.
 pub fn run(o: &Options, cx: &Ctx) -> Result<Done> {
+    if o.dry_run {
+        if let crate::engines::image::Source::Image(spec) = crate::engines::image::classify(&o.source) {
+            return dry_run_image(o, &spec, cx.log);
+        }
+    }
     match seed(o, cx.log, cx.stop) {
         Ok(r) => {
             r.print(cx.log);
@@ -94,6 +101,9 @@ pub fn run(o: &Options, cx: &Ctx) -> Result<Done> {
 
 pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::AtomicBool>) -> Result<Report> {
     let t0 = Instant::now();
+    if let crate::engines::image::Source::Image(spec) = crate::engines::image::classify(&o.source) {
+        return seed_image(o, &spec, log, interrupted, t0);
+    }
     let c = preflight::check(&o.source, &o.target, !o.allow_non_mountpoint, !o.dry_run)?;
     if o.dry_run {
         return dry_run(&c, o, log, t0);
@@ -156,16 +166,105 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
     Ok(report.finished(t0))
 }
 
+/// A seed from an image (an archive, an OCI layout, standard input): there is no lock-free
+/// fast path, since which store paths the image holds is only known once its layers are
+/// read; under the locks, the image is read into a stage in the target
+/// ([`crate::steps::stage`]) that the usual steps then take as their source.
+fn seed_image(
+    o: &Options,
+    spec: &crate::engines::image::Spec,
+    log: &Arc<Log>,
+    interrupted: &Arc<std::sync::atomic::AtomicBool>,
+    t0: Instant,
+) -> Result<Report> {
+    use crate::base::error::Invalid;
+    if let Some(p) = &spec.path {
+        if !p.exists() {
+            return Err(Invalid(format!("source image {} does not exist", p.display())).into());
+        }
+    }
+    let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, true)?;
+    let held = lock::acquire(
+        target.as_fd(),
+        &target_path,
+        &lock::Config {
+            timeout: o.lock_timeout,
+            stale: o.lock_stale,
+        },
+        log,
+        interrupted,
+    )?;
+    failpoint::hit("locked");
+    // The stage a killed run left (an image seed that ends with nothing to do never gets
+    // to the store's preparation, which removes the other leftovers): the lock is held.
+    let (removed, problems) = crate::base::dirfd::remove_leftovers(target.as_fd(), &target_path)?;
+    for p in problems {
+        log.warn(&p);
+    }
+    if removed > 0 {
+        log.info(&format!(
+            "removed {removed} temporary entries left by an interrupted earlier run"
+        ));
+    }
+    let stage = crate::steps::stage::Stage::make(target.as_fd(), &target_path)?;
+    let (nix_path, nix) = stage.nix()?;
+    let mut c = Checked::staged(nix_path, nix, (target_path, target), spec.shown())?;
+    let nix_locks = NixLocks::acquire(&c, log, interrupted, o.lock_timeout)?;
+    failpoint::hit("nix-locks");
+    let un = crate::steps::stage::unpack(&c, &stage, spec, o.platform.as_deref(), o.lock_timeout, log)?;
+    c.source_label = un.label.clone();
+    failpoint::hit("unpacked");
+    let plan = Plan::compute(&c)?;
+    if !held.still_ours() {
+        return Err(lock::lost(&held));
+    }
+    if plan.is_complete() && !o.recheck {
+        if plan.db_lock_left {
+            crate::engines::nixdb::recover_db_lock(&c, o.lock_timeout, log)?;
+        }
+        if let Some(at) = plan.marked_at {
+            crate::steps::state::touch_seen(c.target.as_fd(), &plan.image_id, at, log);
+        }
+        let mut report = Report::new(&c, &plan);
+        report.locked = true;
+        return Ok(report.finished(t0));
+    }
+    let described = registrations::describe(&c, o.registration.as_deref(), &plan.source)?;
+    let settings = o.settings(c.target.as_fd());
+    failpoint::hit("planned");
+    let mut run = Run::start(c, &settings, log, &held, interrupted, plan)?;
+    run.staged = Some(un.stats);
+    let counters = run.counters.clone();
+    let report = steps(run, described).map_err(|e| db_busy(e, &o.target, o.lock_timeout, &counters))?;
+    failpoint::hit("marked");
+    drop(stage);
+    drop(nix_locks);
+    drop(held);
+    Ok(report.finished(t0))
+}
+
 /// The slow path's steps, in order, under the locks; each returns what the next ones use.
+/// From a stage, the registrations are completed before the store paths are moved out of
+/// it (the computation reads the source; nothing between the two changes the target's
+/// database).
 fn steps(mut run: Run<'_>, described: registrations::Described) -> Result<Report> {
     failpoint::hit("unmarked");
     run.check_space()?;
     failpoint::hit("space-checked");
     let store = run.prepare_store()?;
-    let copied = run.copy(store.as_fd())?;
-    failpoint::hit("copied");
-    let regs = run.complete_registrations(described)?;
-    failpoint::hit("computed");
+    let (copied, regs) = if run.staged.is_some() {
+        let regs = run.complete_registrations(described)?;
+        failpoint::hit("computed");
+        let copied = run.copy(store.as_fd())?;
+        failpoint::hit("copied");
+        (copied, regs)
+    } else {
+        let copied = run.copy(store.as_fd())?;
+        failpoint::hit("copied");
+        let regs = run.complete_registrations(described)?;
+        failpoint::hit("computed");
+        (copied, regs)
+    };
     let present = run.check_contents(store.as_fd(), &regs, &copied)?;
     failpoint::hit("verified");
     let var = run.seed_var(&regs, &present)?;
@@ -261,5 +360,57 @@ fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
             "dry run: the seed would fail: {}",
             no_room.unwrap_or_default()
         )),
+    }
+}
+
+/// `--dry-run` with an image: its store path names read (digests checked, nothing written,
+/// no lock), what the target lacks of them, and whether the seed would refuse the target.
+/// What they take is not known before their layers are unpacked: no space estimate.
+fn dry_run_image(o: &Options, spec: &crate::engines::image::Spec, log: &Arc<Log>) -> Result<Done> {
+    use std::collections::HashSet;
+    use std::ffi::OsString;
+    let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, false)?;
+    let un = crate::engines::image::scan(spec, o.platform.as_deref())?;
+    let present: HashSet<OsString> = match crate::base::dirfd::open_dir_if_exists(target.as_fd(), "store")? {
+        Some(fd) => crate::base::dirfd::list(fd.as_fd())?
+            .into_iter()
+            .map(|e| e.name)
+            .collect(),
+        None => HashSet::new(),
+    };
+    let missing: Vec<&OsString> = un.names.iter().filter(|n| !present.contains(*n)).collect();
+    for n in &missing {
+        log.event(
+            progress::Level::Info,
+            "would-copy",
+            &format!("would copy {}", n.to_string_lossy()),
+            json!({"path": n.to_string_lossy()}),
+        );
+    }
+    let refused = preflight::writable(&target_path, target.as_fd()).err();
+    let text = format!(
+        "dry run: image {} ({}): {} store paths in {} layers, {} missing from {}; {}",
+        spec.shown(),
+        un.label,
+        un.names.len(),
+        un.layers,
+        missing.len(),
+        target_path.display(),
+        match &refused {
+            Some(why) => format!("the seed would refuse it: {why}"),
+            None => "the seed would read the image into a stage there and publish them (no space estimate \
+                     before the layers are unpacked)"
+                .to_owned(),
+        }
+    );
+    log.report(
+        &text,
+        json!({"event": "dry-run", "image": un.label, "store_paths": un.names.len(), "layers": un.layers,
+               "missing": missing.len(), "target": target_path.to_string_lossy(),
+               "refused": refused.as_ref().map(|r| r.to_string())}),
+    );
+    match refused {
+        Some(why) => Err(crate::base::error::Invalid(format!("dry run: the seed would refuse: {why}")).into()),
+        None => Ok(Done::Success),
     }
 }

@@ -4,8 +4,9 @@
 //! seed made. Its verdict and its exit code always agree.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
-use std::os::fd::AsFd;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use anyhow::Result;
@@ -13,10 +14,10 @@ use serde_json::json;
 
 use crate::base::dirfd::open_dir;
 use crate::base::nixconf::NixConf;
-use crate::base::preflight::{self, Checked};
+use crate::base::preflight;
 use crate::base::progress::Log;
 use crate::engines::nixdb;
-use crate::steps::plan::{self, Plan};
+use crate::steps::plan::Plan;
 use crate::steps::registrations;
 
 /// What the target's database says about its store and the image; all `None` without a
@@ -32,13 +33,19 @@ struct Registration {
     journal_mode: Option<&'static str>,
 }
 
-/// Read the target's database (read-only), if it has one.
-fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
+/// Read the target's database (read-only), if it has one; `source`: the image's store
+/// path names.
+fn registration(
+    target: BorrowedFd,
+    layout: &crate::base::layout::Layout,
+    source: &[OsString],
+    log: &Log,
+) -> Result<Registration> {
     let mut r = Registration::default();
-    let Ok(var) = open_dir(c.target.as_fd(), "var") else {
+    let Ok(var) = open_dir(target, "var") else {
         return Ok(r);
     };
-    let var_path = c.layout.var.clone();
+    let var_path = layout.var.clone();
     let Some(d) = nixdb::open_db_dir(var.as_fd(), &var_path)? else {
         return Ok(r);
     };
@@ -51,7 +58,7 @@ fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
         log.warn(&crate::engines::nixdb::wal_on_network_fs(&db.path));
     }
     let registered = db.registered()?;
-    let present: HashSet<String> = match plan::open_target_store(c)? {
+    let present: HashSet<String> = match crate::base::dirfd::open_dir_if_exists(target, "store")? {
         Some(fd) => crate::base::dirfd::list(fd.as_fd())?
             .into_iter()
             .filter_map(|e| e.name.into_string().ok())
@@ -62,7 +69,7 @@ fn registration(c: &Checked, plan: &Plan, log: &Log) -> Result<Registration> {
     r.unregistered = Some(present.iter().filter(|n| !registered.contains(*n)).count());
     r.missing_registered = Some(registered.iter().filter(|n| !present.contains(*n)).count());
     r.image_unregistered = Some(
-        plan.source
+        source
             .iter()
             .filter(|n| n.to_str().is_some_and(|n| !registered.contains(n)))
             .count(),
@@ -130,6 +137,8 @@ fn auto_gc(explicit: Option<&Path>, log: &Log) -> Result<Option<String>> {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub source: std::path::PathBuf,
+    /// `--platform`, for an image source holding several.
+    pub platform: Option<String>,
     pub target: std::path::PathBuf,
     pub registration: Option<std::path::PathBuf>,
     /// The pods' nix.conf (`--nix-conf`); None: where Nix looks ([`NixConf::locate`]).
@@ -146,6 +155,9 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
     if let Some(warning) = auto_gc(o.nix_conf.as_deref(), log)? {
         log.warn(&warning);
     }
+    if let crate::engines::image::Source::Image(spec) = crate::engines::image::classify(&o.source) {
+        return status_image(o, &spec, log);
+    }
     let c = preflight::check(&o.source, &o.target, false, false)?;
     let plan = Plan::compute(&c)?;
     // Registration: what the target's database says about its store.
@@ -154,7 +166,7 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
         missing_registered,
         image_unregistered,
         journal_mode,
-    } = registration(&c, &plan, log)?;
+    } = registration(c.target.as_fd(), &c.layout, &plan.source, log)?;
     // Where the registrations came from (or would come from), and the roots the last
     // complete seed made, each still there.
     let record = crate::steps::state::read_record(c.target.as_fd(), &c.target_path, &plan.image_id)?;
@@ -172,6 +184,9 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
     // The verdict, and the exit code: every store path of the image present, registered
     // and rooted, and the image marked (so that the next `seed` is a no-op that tells the
     // truth).
+    // What the image is known by (its name, and the source of its last complete seed:
+    // an archive's reference and digest), as `images` shows it.
+    let label = crate::steps::state::label(c.target.as_fd(), &plan.image_id, record.as_ref());
     let not_registered = image_unregistered.unwrap_or(plan.source.len());
     let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
     let verdict = verdict(&plan, not_registered, roots_missing.len(), seeded);
@@ -188,6 +203,8 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
         "registrations": registrations,
         "gc_roots_missing": roots_missing,
         "image_id": plan.image_id,
+        "image_name": label.name,
+        "image_source": label.source,
         "image_marked": plan.image_marked,
         "image_seeded": seeded,
     });
@@ -197,7 +214,7 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
          image paths not registered in the target: {}\n\
          target paths present but not registered: {}\n\
          target paths registered but missing: {}\njournal mode: {}\nregistrations: {}\n\
-         GC roots missing: {}\nimage {}: {}",
+         GC roots missing: {}\nimage {}{}: {}",
         c.source_path.display(),
         plan.source.len(),
         c.target_path.display(),
@@ -210,6 +227,105 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
         registrations.text(),
         roots_missing.len(),
         plan.image_id,
+        label.text(),
+        verdict
+    );
+    log.report(&text, fields);
+    for n in &plan.missing {
+        log.detail(
+            "missing",
+            &format!("missing {}", n.to_string_lossy()),
+            json!({"path": n.to_string_lossy()}),
+        );
+    }
+    Ok(seeded)
+}
+
+/// `status` of an image (an archive, a layout, standard input): its layers are read, and
+/// their digests checked, for the names of its store paths, without writing anything. Where
+/// the registrations would come from is not known without its database: not reported.
+fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> Result<bool> {
+    use crate::steps::state;
+    let (target_path, target) = preflight::check_target(&o.target, false, false)?;
+    let layout = crate::base::layout::Layout::new(&target_path);
+    let un = crate::engines::image::scan(spec, o.platform.as_deref())?;
+    let source = un.names;
+    let image_id = crate::base::store_path::image_id(&source);
+    let present: HashSet<OsString> = match crate::base::dirfd::open_dir_if_exists(target.as_fd(), "store")? {
+        Some(fd) => crate::base::dirfd::list(fd.as_fd())?
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| crate::base::store_path::is_store_path_name(n.as_bytes()))
+            .collect(),
+        None => HashSet::new(),
+    };
+    let look = state::look(target.as_fd(), &image_id)?;
+    let plan = Plan {
+        missing: source.iter().filter(|n| !present.contains(*n)).cloned().collect(),
+        target_count: present.len(),
+        image_id,
+        target_has_store: !present.is_empty(),
+        target_has_var: crate::base::dirfd::lstat_at(target.as_fd(), "var")?.is_some(),
+        source_has_var: false,
+        image_marked: look.marked_at.is_some(),
+        marked_at: look.marked_at,
+        db_lock_left: look.db_lock_left,
+        source,
+    };
+    let Registration {
+        unregistered,
+        missing_registered,
+        image_unregistered,
+        journal_mode,
+    } = registration(target.as_fd(), &layout, &plan.source, log)?;
+    let record = state::read_record(target.as_fd(), &target_path, &plan.image_id)?;
+    let roots_missing = match record.as_ref().and_then(|r| r.roots.as_ref()) {
+        Some(names) => crate::steps::gcroots::missing(target.as_fd(), &plan.image_id, names)?,
+        None => Vec::new(),
+    };
+    let label = state::label(target.as_fd(), &plan.image_id, record.as_ref());
+    let not_registered = image_unregistered.unwrap_or(plan.source.len());
+    let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
+    let verdict = verdict(&plan, not_registered, roots_missing.len(), seeded);
+    let fields = json!({
+        "source": spec.shown(),
+        "source_image": un.label,
+        "source_store_paths": plan.source.len(),
+        "target": target_path.to_string_lossy(),
+        "target_store_paths": plan.target_count,
+        "missing_store_paths": plan.missing.len(),
+        "image_unregistered": image_unregistered,
+        "present_unregistered": unregistered,
+        "registered_missing": missing_registered,
+        "journal_mode": journal_mode,
+        "gc_roots_missing": roots_missing,
+        "image_id": plan.image_id,
+        "image_name": label.name,
+        "image_source": label.source,
+        "image_marked": plan.image_marked,
+        "image_seeded": seeded,
+    });
+    let count = |o: Option<usize>| o.map_or("- (no database)".to_string(), |n| n.to_string());
+    let text = format!(
+        "source: {} ({}, {} store paths in {} layers)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
+         image paths not registered in the target: {}\n\
+         target paths present but not registered: {}\n\
+         target paths registered but missing: {}\njournal mode: {}\n\
+         GC roots missing: {}\nimage {}{}: {}",
+        spec.shown(),
+        un.label,
+        plan.source.len(),
+        un.layers,
+        target_path.display(),
+        plan.target_count,
+        plan.missing.len(),
+        count(image_unregistered),
+        count(unregistered),
+        count(missing_registered),
+        journal_mode.unwrap_or("- (no database)"),
+        roots_missing.len(),
+        plan.image_id,
+        label.text(),
         verdict
     );
     log.report(&text, fields);

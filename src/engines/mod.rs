@@ -5,6 +5,7 @@
 pub mod copy;
 pub mod derivation;
 pub mod gc;
+pub mod image;
 pub mod lock;
 pub mod nar;
 pub mod nixdb;

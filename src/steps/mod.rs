@@ -10,6 +10,7 @@ pub mod registrations;
 pub(crate) mod repair;
 pub mod report;
 pub mod run;
+pub mod stage;
 pub mod state;
 pub(crate) mod valid;
 pub(crate) mod var;

@@ -51,6 +51,9 @@ pub(crate) struct Run<'a> {
     pub(crate) report: Report,
     /// What the content checks found, for the report.
     pub(crate) checks: repair::Outcome,
+    /// The source is a stage an image was read into (see `steps::stage`): the missing
+    /// store paths are there complete, on the target's filesystem, and are moved in.
+    pub(crate) staged: Option<crate::engines::image::Stats>,
 }
 
 impl<'a> Run<'a> {
@@ -89,6 +92,7 @@ impl<'a> Run<'a> {
             engine,
             report,
             checks: repair::Outcome::default(),
+            staged: None,
         })
     }
 
@@ -100,6 +104,23 @@ impl<'a> Run<'a> {
     /// then one line saying what will be copied (a long first seed is otherwise silent
     /// until the first progress line).
     pub(crate) fn check_space(&mut self) -> Result<()> {
+        if let Some(st) = self.staged {
+            // Already written, in the target's filesystem: what remains is renames.
+            if !self.plan.missing.is_empty() {
+                self.log.event(
+                    progress::Level::Info,
+                    "start",
+                    &format!(
+                        "publishing {} of {} read from the image into {}",
+                        progress::count(self.plan.missing.len() as u64, "store path", "store paths"),
+                        self.plan.source.len(),
+                        self.c.target_path.display()
+                    ),
+                    json!({"paths": self.plan.missing.len(), "files": st.files, "bytes": st.bytes}),
+                );
+            }
+            return Ok(());
+        }
         let c = &self.c;
         let block = nix::sys::statvfs::fstatvfs(c.target.as_fd())
             .with_context(|| format!("cannot statfs {}", c.target_path.display()))?
@@ -162,6 +183,22 @@ impl<'a> Run<'a> {
         let store_path = self.c.layout.store.clone();
         let t0 = Instant::now();
         let bar = progress::start(self.log.clone(), self.counters.clone(), self.args.progress);
+        if let Some(st) = self.staged {
+            let moved = self.engine.move_store_paths(
+                self.c.source_store.as_fd(),
+                (&store_path, store),
+                &self.plan.missing,
+                &PathEvents(self.log),
+            );
+            bar.finish();
+            if !self.plan.missing.is_empty() {
+                self.counters.files.fetch_add(st.files, Ordering::Relaxed);
+                self.counters.bytes.fetch_add(st.bytes, Ordering::Relaxed);
+            }
+            self.report.copy_seconds = t0.elapsed().as_secs_f64();
+            self.report.take_counters(&self.counters);
+            return Ok(moved?.into_iter().collect());
+        }
         let copied = self.engine.copy_store_paths(
             (&self.c.source_store_path, self.c.source_store.as_fd()),
             (&store_path, store),

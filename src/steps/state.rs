@@ -159,7 +159,7 @@ pub fn mark(c: &Checked, id: &str, store_paths: usize) -> Result<()> {
     }
     let body = json!({
         "image_id": id,
-        "source": c.source_path.to_string_lossy(),
+        "source": c.source_label,
         "store_paths": store_paths,
         "seeded_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         "host": nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),

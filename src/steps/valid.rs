@@ -199,7 +199,7 @@ impl Run<'_> {
         let counts = Some(regs.counts);
         let label = state::Label {
             name: self.args.name.clone(),
-            source: Some(self.c.source_path.to_string_lossy().into_owned()),
+            source: Some(self.c.source_label.clone()),
             profile: profiles::default_name(&var.profiles),
         };
         state::record_seeded(&self.c, &self.plan.image_id, counts, roots, label)?;

@@ -26,6 +26,11 @@ use serde_json::Value;
 /// Oldest and newest schema versions that kubernetes-validate 1.37.0 ships.
 const KUBERNETES_VERSIONS: &[&str] = &["1.25.0", "1.37.0"];
 
+/// Examples that need a newer Kubernetes than the oldest above: the first schema version
+/// that knows their fields (image volumes: `volumes[].image`, alpha in 1.31, beta in 1.33),
+/// and the last one that does not, which must refuse them (so the check can fail).
+const NEWER: &[(&str, &str, &str)] = &[("pod-image-volume.yaml", "1.31.0", "1.30.0")];
+
 /// The files a user is told about in the README; none may go missing.
 const EXPECTED_YAML: &[&str] = &[
     "cronjob-prune.yaml",
@@ -34,6 +39,7 @@ const EXPECTED_YAML: &[&str] = &[
     "nix-conf-configmap.yaml",
     "pod-handoff.yaml",
     "pod-hostpath.yaml",
+    "pod-image-volume.yaml",
 ];
 
 fn root() -> PathBuf {
@@ -239,8 +245,30 @@ fn manifests_pass_kubernetes_validate() {
     if !support::require_tool("kubernetes-validate") {
         return;
     }
-    let files = yaml_files();
+    let all = yaml_files();
+    let newer = |f: &PathBuf| NEWER.iter().find(|(n, _, _)| name(f) == *n);
+    let files: Vec<PathBuf> = all.iter().filter(|f| newer(f).is_none()).cloned().collect();
     let resources: usize = files.iter().map(|f| load_yaml(f).len()).sum();
+    for (file, first, older) in NEWER {
+        let f = examples().join(file);
+        let n = load_yaml(&f).len();
+        for version in [first, "1.37.0"] {
+            let out = run(Command::new("kubernetes-validate")
+                .args(["--strict", "--kubernetes-version", version])
+                .arg(&f));
+            let t = text(&out);
+            assert!(out.status.success(), "kubernetes-validate {version} {file}: {t}");
+            let passed = t.lines().filter(|l| l.contains(" passed for resource ")).count();
+            assert_eq!(passed, n, "kubernetes-validate {version} {file}: {t}");
+        }
+        let out = run(Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", older])
+            .arg(&f));
+        assert!(
+            !out.status.success(),
+            "kubernetes-validate {older} accepted {file}, which needs {first}: the check checks nothing"
+        );
+    }
     for version in KUBERNETES_VERSIONS {
         let out = run(Command::new("kubernetes-validate")
             .args(["--strict", "--kubernetes-version", version])

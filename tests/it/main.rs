@@ -14,6 +14,7 @@
 #[macro_use]
 mod support;
 
+mod archive;
 mod arm64;
 mod bad_input;
 mod big_paths;

@@ -128,6 +128,43 @@ impl Engine {
         Ok(q.published.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Move `names` from `src_store`, a stage on the target's own filesystem where each was
+    /// built complete (an image's layers applied, see `engines::image`), into `dst_store`:
+    /// each is published by one rename that never replaces (see [`publish::move_in`]), as
+    /// [`Engine::copy_store_paths`] publishes its copies.
+    pub fn move_store_paths(
+        &self,
+        src_store: BorrowedFd,
+        (dst_root, dst_store): (&Path, BorrowedFd),
+        names: &[OsString],
+        events: &dyn Events,
+    ) -> Result<Vec<OsString>> {
+        self.counters
+            .paths_total
+            .fetch_add(names.len() as u64, Ordering::Relaxed);
+        let mut published = Vec::new();
+        for name in names {
+            if self.should_stop() {
+                return Err(Stopped.into());
+            }
+            match publish::move_in(self, src_store, dst_store, name)
+                .with_context(|| format!("cannot publish {}", dst_root.join(name).display()))?
+            {
+                Published::Yes => {
+                    crate::base::failpoint::hit("published");
+                    self.counters.paths_done.fetch_add(1, Ordering::Relaxed);
+                    events.path_copied(name, 0, 0);
+                    published.push(name.clone());
+                }
+                Published::AlreadyThere => {
+                    self.counters.paths_skipped.fetch_add(1, Ordering::Relaxed);
+                    events.path_skipped(name, "appeared in the target while the image was read");
+                }
+            }
+        }
+        Ok(published)
+    }
+
     /// One store path of [`Engine::copy_store_paths`], with its events and counters.
     fn copy_one(&self, q: &PathQueue, name: &OsString) -> Result<()> {
         let r = self.copy_store_path(q.src_store, q.dst_store, name);

@@ -19,7 +19,7 @@ use std::io;
 use nix::errno::Errno;
 use nix::fcntl::{renameat, renameat2, AtFlags, RenameFlags};
 use nix::unistd::{linkat, unlinkat, UnlinkatFlags};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::{Engine, TopEntry};
 use crate::base::dirfd::{lstat_at, remove_tree_at};
@@ -144,4 +144,70 @@ pub fn replace(eng: &Engine, dir: BorrowedFd, tmp: &OsStr, fin: &OsStr) -> io::R
             crate::base::dirfd::show(&old)
         )
     }))
+}
+
+/// Move `name` from `src` (a stage on the same filesystem) to the same name in `dst`,
+/// never replacing what is there: `renameat2(RENAME_NOREPLACE)`, or where the filesystem
+/// lacks it, a check that the name is free and a plain rename (which fails on a non-empty
+/// directory there). What was there first wins; the staged one is removed.
+///
+/// Moving a directory to another parent rewrites its `..`, which needs write permission on
+/// it: a read-only one (0555, as store paths are) is refused to a user without
+/// CAP_DAC_OVERRIDE (not root). Then it is made owner-writable for the move and given its
+/// mode back at once after, through the new name (a reader may see the write bit for that
+/// moment; a kill there leaves it, which `nix-seed verify` reports).
+pub fn move_in(eng: &Engine, src: BorrowedFd, dst: BorrowedFd, name: &OsStr) -> io::Result<Published> {
+    match move_once(eng, src, dst, name) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {}
+        r => return r,
+    }
+    let dir = crate::base::dirfd::open_dir(src, name).map_err(|_| io::Error::from_raw_os_error(libc::EACCES))?;
+    let mode = nix::sys::stat::fstat(dir.as_fd())?.st_mode & 0o7777;
+    if mode & 0o200 != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EACCES));
+    }
+    let set = |m: u32| nix::sys::stat::fchmod(dir.as_fd(), nix::sys::stat::Mode::from_bits_truncate(m));
+    set(mode | 0o200)?;
+    let r = move_once(eng, src, dst, name);
+    if matches!(r, Ok(Published::Yes)) || r.is_err() {
+        // The descriptor follows the directory, wherever it now is.
+        set(mode)?;
+    }
+    r
+}
+
+fn move_once(eng: &Engine, src: BorrowedFd, dst: BorrowedFd, name: &OsStr) -> io::Result<Published> {
+    let discard = || -> io::Result<Published> {
+        remove_tree_at(src, name)?;
+        Ok(Published::AlreadyThere)
+    };
+    if eng.fs.noreplace() {
+        match renameat2(src, name, dst, name, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(Published::Yes),
+            Err(Errno::EEXIST) => return discard(),
+            Err(Errno::EINVAL) | Err(Errno::ENOSYS) | Err(Errno::ENOTSUP) => eng.fs.without_noreplace(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if lstat_at(dst, name)?.is_some() {
+        return discard();
+    }
+    // A file or symlink: a link fails on an existing name, where a rename would replace.
+    let is_dir =
+        lstat_at(src, name)?.is_some_and(|st| crate::base::dirfd::file_type(&st) == nix::sys::stat::SFlag::S_IFDIR);
+    if !is_dir {
+        return match linkat(src, name, dst, name, AtFlags::empty()) {
+            Ok(()) => {
+                unlinkat(src, name, UnlinkatFlags::NoRemoveDir)?;
+                Ok(Published::Yes)
+            }
+            Err(Errno::EEXIST) => discard(),
+            Err(e) => Err(e.into()),
+        };
+    }
+    match renameat(src, name, dst, name) {
+        Ok(()) => Ok(Published::Yes),
+        Err(Errno::ENOTEMPTY) | Err(Errno::EEXIST) | Err(Errno::ENOTDIR) | Err(Errno::EISDIR) => discard(),
+        Err(e) => Err(e.into()),
+    }
 }
