@@ -450,10 +450,29 @@ fn tool(dir: &Path, name: &str) -> Command {
     c.arg("--root")
         .arg(dir.join("containers/root"))
         .arg("--runroot")
-        .arg(dir.join("containers/run"))
+        .arg(runroot(dir))
         .arg("--storage-driver")
         .arg("vfs");
     c
+}
+
+/// The containers' run root for the test whose directory is `dir`: podman refuses one
+/// longer than 50 characters, and a clone's scratch directory may be longer, so a short
+/// one in /tmp named after `dir` (removed by [`RunRoot`]).
+fn runroot(dir: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    PathBuf::from(format!("/tmp/nsr-{:016x}", h.finish()))
+}
+
+/// Removes the run root of [`runroot`] when the test ends, however it ends.
+struct RunRoot(PathBuf);
+
+impl Drop for RunRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[track_caller]
@@ -471,6 +490,7 @@ nixtest!(
     needs = &["buildah", "podman", "skopeo"],
     |tmp| {
         let d = tmp.path();
+        let _run = RunRoot(runroot(d));
         let real = real_store(&d.join("real"), "v1", false);
         let tar = d.join("nix.tar");
         run_ok(Command::new("tar").arg("-C").arg(&real).arg("-cf").arg(&tar).arg("nix"));
@@ -503,7 +523,7 @@ nixtest!(
         let storage = format!(
             "containers-storage:[vfs@{}+{}]localhost/nix-app:1",
             d.join("containers/root").display(),
-            d.join("containers/run").display()
+            runroot(d).display()
         );
         run_ok(
             Command::new("skopeo")
