@@ -125,16 +125,7 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
     let settings = o.settings(c.target.as_fd());
 
     // Lock: one seeder at a time, then Nix's own locks: no collection from here on.
-    let held = lock::acquire(
-        c.target.as_fd(),
-        &c.target_path,
-        &lock::Config {
-            timeout: o.lock_timeout,
-            stale: o.lock_stale,
-        },
-        log,
-        interrupted,
-    )?;
+    let held = seed_lock(c.target.as_fd(), &c.target_path, o, log, interrupted)?;
     failpoint::hit("locked");
     let nix_locks = NixLocks::acquire(&c, log, interrupted, o.lock_timeout)?;
     failpoint::hit("nix-locks");
@@ -184,16 +175,7 @@ fn seed_image(
         }
     }
     let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, true)?;
-    let held = lock::acquire(
-        target.as_fd(),
-        &target_path,
-        &lock::Config {
-            timeout: o.lock_timeout,
-            stale: o.lock_stale,
-        },
-        log,
-        interrupted,
-    )?;
+    let held = seed_lock(target.as_fd(), &target_path, o, log, interrupted)?;
     failpoint::hit("locked");
     // The stage a killed run left (an image seed that ends with nothing to do never gets
     // to the store's preparation, which removes the other leftovers): the lock is held.
@@ -241,6 +223,21 @@ fn seed_image(
     drop(nix_locks);
     drop(held);
     Ok(report.finished(t0))
+}
+
+/// The seed lock on the target, waited for as `--lock-timeout` and `--lock-stale` say.
+fn seed_lock(
+    target: std::os::fd::BorrowedFd,
+    target_path: &std::path::Path,
+    o: &Options,
+    log: &Arc<Log>,
+    interrupted: &std::sync::atomic::AtomicBool,
+) -> Result<lock::Held> {
+    let cfg = lock::Config {
+        timeout: o.lock_timeout,
+        stale: o.lock_stale,
+    };
+    lock::acquire(target, target_path, &cfg, log, interrupted)
 }
 
 /// The slow path's steps, in order, under the locks; each returns what the next ones use.

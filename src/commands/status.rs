@@ -177,10 +177,7 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
             &plan.source,
         ),
     };
-    let roots_missing = match record.as_ref().and_then(|r| r.roots.as_ref()) {
-        Some(names) => crate::steps::gcroots::missing(c.target.as_fd(), &plan.image_id, names)?,
-        None => Vec::new(),
-    };
+    let roots_missing = roots_missing(c.target.as_fd(), &plan, record.as_ref())?;
     // The verdict, and the exit code: every store path of the image present, registered
     // and rooted, and the image marked (so that the next `seed` is a no-op that tells the
     // truth).
@@ -231,13 +228,7 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
         verdict
     );
     log.report(&text, fields);
-    for n in &plan.missing {
-        log.detail(
-            "missing",
-            &format!("missing {}", n.to_string_lossy()),
-            json!({"path": n.to_string_lossy()}),
-        );
-    }
+    tell_missing(&plan, log);
     Ok(seeded)
 }
 
@@ -279,10 +270,7 @@ fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> R
         journal_mode,
     } = registration(target.as_fd(), &layout, &plan.source, log)?;
     let record = state::read_record(target.as_fd(), &target_path, &plan.image_id)?;
-    let roots_missing = match record.as_ref().and_then(|r| r.roots.as_ref()) {
-        Some(names) => crate::steps::gcroots::missing(target.as_fd(), &plan.image_id, names)?,
-        None => Vec::new(),
-    };
+    let roots_missing = roots_missing(target.as_fd(), &plan, record.as_ref())?;
     let label = state::label(target.as_fd(), &plan.image_id, record.as_ref());
     let not_registered = image_unregistered.unwrap_or(plan.source.len());
     let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
@@ -329,6 +317,24 @@ fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> R
         verdict
     );
     log.report(&text, fields);
+    tell_missing(&plan, log);
+    Ok(seeded)
+}
+
+/// The GC roots the image's last complete seed recorded that are gone now.
+fn roots_missing(
+    target: std::os::fd::BorrowedFd,
+    plan: &Plan,
+    record: Option<&crate::steps::state::Record>,
+) -> Result<Vec<String>> {
+    match record.and_then(|r| r.roots.as_ref()) {
+        Some(names) => crate::steps::gcroots::missing(target, &plan.image_id, names),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// With -v, each store path of the image the target lacks.
+fn tell_missing(plan: &Plan, log: &Log) {
     for n in &plan.missing {
         log.detail(
             "missing",
@@ -336,5 +342,4 @@ fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> R
             json!({"path": n.to_string_lossy()}),
         );
     }
-    Ok(seeded)
 }
