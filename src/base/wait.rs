@@ -103,6 +103,8 @@ pub struct Waiting {
     backoff: Backoff,
     said_at: Option<Instant>,
     recheck: Option<Duration>,
+    /// Do not say what is waited for after this attempt ([`Waiting::say_not_yet`]).
+    quiet_once: bool,
 }
 
 /// What to do after an attempt that did not get the lock.
@@ -128,6 +130,7 @@ impl Waiting {
             backoff: Backoff::new(),
             said_at: None,
             recheck: None,
+            quiet_once: false,
         }
     }
 
@@ -142,6 +145,12 @@ impl Waiting {
         self.backoff.reset();
     }
 
+    /// Say nothing after this attempt: what it found is about to change (a holder that
+    /// has just taken the lock and not yet written who it is). The next attempt may say.
+    pub fn say_not_yet(&mut self) {
+        self.quiet_once = true;
+    }
+
     /// Try again no later than `d` from now (this once), whatever the back-off says.
     pub fn recheck_within(&mut self, d: Duration) {
         self.recheck = Some(self.recheck.map_or(d, |r| r.min(d)));
@@ -154,7 +163,8 @@ impl Waiting {
         if waited >= self.timeout {
             return Step::GiveUp { waited };
         }
-        let say = self.said_at.is_none_or(|t| t.elapsed() >= SAY_EVERY);
+        let quiet = std::mem::take(&mut self.quiet_once);
+        let say = !quiet && self.said_at.is_none_or(|t| t.elapsed() >= SAY_EVERY);
         if say {
             self.said_at = Some(Instant::now());
         }
@@ -314,6 +324,15 @@ mod tests {
         w.said_at = Some(Instant::now() - SAY_EVERY);
         assert!(matches!(w.next_step(), Step::Retry { say: true, .. }));
         let mut w = Waiting::new(Instant::now(), Duration::from_secs(60)).say_later();
+        assert!(matches!(w.next_step(), Step::Retry { say: false, .. }));
+    }
+
+    #[test]
+    fn a_wait_told_not_yet_says_at_the_next_attempt_instead() {
+        let mut w = Waiting::new(Instant::now(), Duration::from_secs(60));
+        w.say_not_yet();
+        assert!(matches!(w.next_step(), Step::Retry { say: false, .. }));
+        assert!(matches!(w.next_step(), Step::Retry { say: true, .. }));
         assert!(matches!(w.next_step(), Step::Retry { say: false, .. }));
     }
 

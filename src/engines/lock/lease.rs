@@ -60,8 +60,13 @@ impl Lease {
         Lease::parse(raw).map(|l| Lease { heartbeat: None, ..l })
     }
 
+    /// Nothing written yet (a holder that has just taken the lock).
+    pub(super) fn is_blank(raw: &[u8]) -> bool {
+        raw.iter().all(|b| b.is_ascii_whitespace())
+    }
+
     pub fn describe(raw: &[u8]) -> String {
-        if raw.iter().all(|b| b.is_ascii_whitespace()) {
+        if Lease::is_blank(raw) {
             return "an unknown holder (no lease written yet)".into();
         }
         let Some(l) = Lease::parse(raw) else {

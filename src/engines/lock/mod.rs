@@ -83,6 +83,9 @@ use lease::{read_lease, Me};
 
 pub use crate::base::layout::LOCK_NAME;
 
+/// How long a waiter that finds the lock held with no lease yet (its holder has just
+/// taken it) keeps quiet, so that its first message can name the holder.
+const LEASE_GRACE: Duration = Duration::from_secs(1);
 /// The holder rewrites its lease every `--lock-stale`/6, within these bounds.
 pub const HEARTBEAT_MIN: Duration = Duration::from_millis(500);
 pub const HEARTBEAT_MAX: Duration = Duration::from_secs(5);
@@ -260,6 +263,11 @@ pub fn acquire(
                 return take(f).map(Tried::Got);
             }
             changed_at = Instant::now();
+        }
+        // A holder that has just taken the lock writes its lease next: name it rather
+        // than "an unknown holder", unless it is still unwritten after LEASE_GRACE.
+        if Lease::is_blank(&raw) && t0.elapsed() < LEASE_GRACE {
+            w.say_not_yet();
         }
         // Look again when the lease would become stale, whatever the back-off.
         w.recheck_within(stale.saturating_sub(changed_at.elapsed()));
