@@ -191,12 +191,14 @@ fn seed_image(
     let stage = crate::steps::stage::Stage::make(target.as_fd(), &target_path)?;
     let (nix_path, nix) = stage.nix()?;
     let mut c = Checked::staged(nix_path, nix, (target_path, target), spec.shown())?;
-    let nix_locks = NixLocks::acquire(&c, log, interrupted, o.lock_timeout)?;
-    failpoint::hit("nix-locks");
-    let un = crate::steps::stage::unpack(&c, &stage, spec, o.platform.as_deref(), o.lock_timeout, log)?;
+    // Read before Nix's locks are taken: an image refused half-way leaves var/ as it was.
+    let (un, kept) = crate::steps::stage::unpack(&c, &stage, spec, o.platform.as_deref(), o.lock_timeout, log)?;
     c.source_label = un.label.clone();
     failpoint::hit("unpacked");
+    let nix_locks = NixLocks::acquire(&c, log, interrupted, o.lock_timeout)?;
+    failpoint::hit("nix-locks");
     let plan = Plan::compute(&c)?;
+    crate::steps::stage::check_kept(&c, &plan, &kept, o.lock_timeout, log)?;
     if !held.still_ours() {
         return Err(lock::lost(&held));
     }

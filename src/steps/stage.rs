@@ -6,8 +6,14 @@
 //!
 //! Store paths the target already holds *and* has registered are not written: the image's
 //! copy of them is read (for the digest checks) and dropped, and an empty placeholder keeps
-//! their name in the stage's store so the image's list of store paths is whole. Decided
-//! while Nix's `gc.lock` is held, like every decision about the target.
+//! their name in the stage's store so the image's list of store paths is whole.
+//!
+//! The image is read under the seed lock only, and Nix's locks are taken after it: an
+//! image refused half-way (a digest that does not match, a truncated archive, a hostile
+//! entry: exit 2) leaves the disk's `var/` as it was. So the decision to leave a store path
+//! out is made before `gc.lock` is held, and is checked again under it ([`check_kept`]): a
+//! path some collector deleted meanwhile fails the seed (nothing published; the next run
+//! reads it from the image) rather than letting a placeholder be published.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -68,7 +74,8 @@ impl Drop for Stage {
 }
 
 /// Apply the image's layers to the stage that is `c`'s source, skipping the store paths
-/// the target holds and has registered.
+/// the target holds and has registered. Returns what was read, and the names of the store
+/// paths left out (placeholders in the stage), sorted.
 pub fn unpack(
     c: &Checked,
     stage: &Stage,
@@ -76,7 +83,7 @@ pub fn unpack(
     platform: Option<&str>,
     lock_timeout: std::time::Duration,
     log: &Arc<Log>,
-) -> Result<Unpacked> {
+) -> Result<(Unpacked, Vec<OsString>)> {
     let t0 = std::time::Instant::now();
     let target_store = crate::steps::plan::open_target_store(c)?;
     let present: HashSet<OsString> = match &target_store {
@@ -98,7 +105,7 @@ pub fn unpack(
         &skip,
         target_store.as_ref().map(|s| s.as_fd()),
     )?;
-    let kept = un.names.iter().filter(|n| skip(n.as_bytes())).count();
+    let kept: Vec<OsString> = un.names.iter().filter(|n| skip(n.as_bytes())).cloned().collect();
     log.event(
         progress::Level::Info,
         "image-read",
@@ -108,13 +115,13 @@ pub fn unpack(
             un.label,
             progress::count(un.names.len() as u64, "store path", "store paths"),
             progress::count(un.layers as u64, "layer", "layers"),
-            kept,
+            kept.len(),
             c.target_path.display(),
             progress::count(un.stats.files, "file", "files"),
             indicatif::HumanBytes(un.stats.bytes),
             t0.elapsed().as_secs_f64()
         ),
-        json!({"image": un.label, "store_paths": un.names.len(), "layers": un.layers, "present": kept,
+        json!({"image": un.label, "store_paths": un.names.len(), "layers": un.layers, "present": kept.len(),
                "files": un.stats.files, "bytes": un.stats.bytes}),
     );
     if un.stats.chown_denied {
@@ -124,5 +131,38 @@ pub fn unpack(
             c.target_path.display()
         ));
     }
-    Ok(un)
+    Ok((un, kept))
+}
+
+/// Under Nix's locks, with `plan` computed under them: every store path [`unpack`] left out
+/// of the stage is still in the target and registered there. One that is not was deleted
+/// while the image was read (a collector ran before this seed took `gc.lock`): the stage
+/// holds only its placeholder, so the seed stops before publishing anything.
+pub fn check_kept(
+    c: &Checked,
+    plan: &crate::steps::plan::Plan,
+    kept: &[OsString],
+    lock_timeout: std::time::Duration,
+    log: &Arc<Log>,
+) -> Result<()> {
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let registered = with_target_db(c, lock_timeout, log, |db| match db {
+        Some(db) => db.registered(),
+        None => Ok(HashSet::new()),
+    })?;
+    let gone = kept
+        .iter()
+        .find(|n| plan.missing.binary_search(n).is_ok() || n.to_str().is_none_or(|s| !registered.contains(s)));
+    match gone {
+        None => Ok(()),
+        Some(n) => anyhow::bail!(
+            "store path {} was in {} when the image was read, and was deleted (or unregistered) before this \
+             seed took gc.lock: a garbage collection ran meanwhile. Nothing was published; run the seed again, \
+             and it reads that path from the image",
+            n.to_string_lossy(),
+            c.target_path.join("store").display()
+        ),
+    }
 }

@@ -67,7 +67,8 @@ fn only_image(target: &Path) -> (String, String) {
     (id, v.to_string())
 }
 
-/// Nothing of the image published: no store path, no database, no temporary left.
+/// Nothing of the image published into an empty target: no store path, no database, no
+/// temporary, nothing at all but the seed lock's file.
 #[track_caller]
 fn assert_nothing_published(t: &Path) {
     assert!(
@@ -77,6 +78,14 @@ fn assert_nothing_published(t: &Path) {
     );
     assert!(!t.join("var/nix/db/db.sqlite").exists(), "a database was created");
     assert_no_temp(t);
+    // The target was empty: only the seed lock's file is left, not even Nix's gc.lock.
+    let left: Vec<String> = walkdir::WalkDir::new(t)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().path().strip_prefix(t).unwrap().display().to_string())
+        .filter(|p| p != ".nix-seed" && p != ".nix-seed/lock")
+        .collect();
+    assert!(left.is_empty(), "left in the target: {left:?}");
     let stray: Vec<String> = std::fs::read_dir(t)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -406,6 +415,57 @@ nixtest!(bad_and_hostile_archives_are_refused_with_nothing_published, |tmp| {
     assert!(!Path::new("/etc/evil").exists() && !Path::new("/tmp/store").exists());
 });
 
+// A store path the target held when the image was read, deleted by another collector
+// before the seed took gc.lock (the seed is stopped between the two; real Nix deletes
+// it): the seed fails and publishes nothing (never the stage's empty placeholder for that
+// path); the next run reads the path from the image, and the store is the directory's.
+nixtest!(
+    a_path_collected_while_the_image_was_read_fails_the_seed_and_the_rerun_restores_it,
+    |tmp| {
+        let d = tmp.path();
+        let real = real_store(&d.join("real"), "v1", false);
+        let img = d.join("img.tar");
+        mkimage(&real, &img, &["--format", "docker", "--layers", "one"]);
+        let by_dir = target(d, "dir");
+        Seed::image(&real, &by_dir).ok();
+        let t = target(d, "t");
+        Seed::image(&real, &t).ok();
+        // A path nothing refers to: real Nix deletes it once liveness is ignored.
+        let db = rusqlite::Connection::open(t.join("var/nix/db/db.sqlite")).unwrap();
+        let victim: String = db
+            .query_row(
+                "SELECT path FROM ValidPaths WHERE id NOT IN \
+             (SELECT reference FROM Refs WHERE referrer != reference) ORDER BY path LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(db);
+        let name = victim.rsplit('/').next().unwrap().to_owned();
+
+        let child = Seed::new(&img, &t).failpoint("unpacked=stop").spawn();
+        crate::support::wait_stopped(child.id());
+        let o = crate::support::nix::in_pod(&t, &format!("nix-store --delete --ignore-liveness {victim}"));
+        assert!(o.status.success(), "real Nix could not delete {victim}: {}", text(&o));
+        assert!(!t.join("store").join(&name).exists());
+        crate::support::cont(child.id());
+        let o = child.wait_with_output().unwrap();
+        assert_code(&o, 1);
+        assert!(
+            stderr(&o).contains(&format!("store path {name} was in")),
+            "{}",
+            text(&o)
+        );
+        assert!(!t.join("store").join(&name).exists(), "a placeholder was published");
+        assert_no_temp(&t);
+
+        let o = Seed::new(&img, &t).output();
+        assert_ok(&o);
+        assert_same_store(&by_dir, &t);
+        assert_nix_accepts(&t, &real.join("nix"));
+    }
+);
+
 // Killed after some store paths were published: the next run removes the stage left
 // behind and completes; two seeders of one archive at once: one reads it, the other
 // waits and finds it done.
@@ -630,8 +690,8 @@ nixtest!(
         Seed::image(&real, &by_dir).ok();
         for point in [
             "locked",
-            "nix-locks",
             "unpacked",
+            "nix-locks",
             "planned",
             "unmarked",
             "space-checked",

@@ -61,11 +61,6 @@ impl Images {
     }
 }
 
-fn cont(child: &std::process::Child) {
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
-}
-
 /// The exit code is honest: 0 only with everything Nix needs in place.
 #[track_caller]
 fn assert_seeded(out: &Output, target: &Path, images: &[&Path], what: &str) {
@@ -188,7 +183,7 @@ nixtest!(
         let mut gc = Gc::start(&target, Slow::NONE);
         // Unfixed, the GC runs at once; with nix-seed holding gc.lock it waits: give it time.
         let gc_ran = gc.wait_exit(Duration::from_secs(5));
-        cont(&child);
+        support::cont(child.id());
         let out = child.wait_with_output().unwrap();
         let gc_out = gc.finish();
         eprintln!(
@@ -257,7 +252,7 @@ nixtest!(
         );
         let libc_ = store_path(&im.v1, "-seed-libc-1.0");
         let o = in_pod_wal(&target, &format!("nix-store --check-validity {libc_}"), true);
-        cont(&child);
+        support::cont(child.id());
         assert!(o.status.success(), "{}", text(&o));
         assert!(
             nix_seed_db_is_wal(&target),

@@ -454,7 +454,7 @@ moderntest!(a_nix_2_26_pod_switches_the_target_to_wal_during_a_seed, |tmp| {
     );
     let during = stdout(&o).trim().to_string();
     let wal_now = nix_seed_db_is_wal(&target);
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    crate::support::cont(child.id());
     let out = child.wait_with_output().unwrap();
     std::fs::remove_file(&big).unwrap();
     assert!(

@@ -141,7 +141,7 @@ nixtest!(killed_between_copy_and_register_then_rerun, |tmp| {
     );
     let lock = target.join("var/nix/db/db.sqlite.lock");
     std::fs::create_dir(&lock).unwrap();
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    crate::support::cont(child.id());
     std::thread::sleep(std::time::Duration::from_millis(1500));
     unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
     child.wait().unwrap();

@@ -288,8 +288,7 @@ nixtest!(nix_env_waits_for_the_profile_lock_nix_seed_holds, |_| {
         "{}",
         text(&o)
     );
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    crate::support::cont(child.id());
     let o = child.wait_with_output().unwrap();
     assert_ok(&o);
     assert_eq!(current(&t), env(v2));

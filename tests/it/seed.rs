@@ -495,7 +495,7 @@ fn a_database_lock_timeout_says_what_was_copied() {
         .spawn();
     support::wait_stopped(child.id());
     std::fs::create_dir(&lock).unwrap();
-    unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+    crate::support::cont(child.id());
     let out = child.wait_with_output().unwrap();
     assert_code(&out, 3);
     assert!(

@@ -13,11 +13,6 @@ use crate::support::cmd::{assert_code, text, Seed};
 use crate::support::nix::{assert_nix_accepts, real_store};
 use crate::support::pods::{Disk, GatedBuild};
 
-fn cont(pid: u32) {
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-}
-
 fn still_running(child: &mut std::process::Child, secs: u64) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(secs) {
@@ -58,7 +53,7 @@ nixtest!(gc_waits_for_a_running_seed_and_the_seeded_image_is_whole, |t| {
     let log = t.join("gc");
     let mut gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).spawn(&log);
     assert!(still_running(&mut gc, 3), "the gc waits for the seed");
-    cont(seed.id());
+    support::cont(seed.id());
     let s = seed.wait_with_output().unwrap();
     assert!(s.status.success(), "{}", text(&s));
     let g = finish(gc, &log);
@@ -80,7 +75,7 @@ nixtest!(a_seed_waits_for_a_running_gc_and_is_whole_after, |t| {
     support::wait_stopped(gc.id());
     let mut seed = Seed::image(&v2, disk.nix()).spawn();
     assert!(still_running(&mut seed, 3), "the seed waits for the gc");
-    cont(gc.id());
+    support::cont(gc.id());
     let g = finish(gc, &log);
     assert!(g.status.success(), "{}", text(&g));
     let s = seed.wait_with_output().unwrap();
@@ -200,7 +195,7 @@ nixtest!(a_second_gc_waits_or_times_out_with_exit_3, |t| {
     let log2 = t.join("gc2");
     let mut gc2 = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).spawn(&log2);
     assert!(still_running(&mut gc2, 3), "the second gc waits");
-    cont(gc1.id());
+    support::cont(gc1.id());
     let o1 = finish(gc1, &log1);
     assert!(o1.status.success(), "{}", text(&o1));
     let o2 = finish(gc2, &log2);

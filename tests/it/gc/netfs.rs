@@ -192,8 +192,7 @@ fn a_second_gc_on_another_node_waits() {
         .args(["--min-age", "0", "--lock-timeout", "2s"])
         .output();
     assert_eq!(quick.status.code(), Some(3), "{}", text(&quick));
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(gc1.id() as i32, libc::SIGCONT) };
+    crate::support::cont(gc1.id());
     let o1 = super::finish(gc1, &log);
     assert!(o1.status.success(), "{}", text(&o1));
     assert!(deleted(&o1).contains(&junk));

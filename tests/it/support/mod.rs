@@ -218,6 +218,12 @@ pub fn wait_stopped(pid: u32) {
     }
 }
 
+/// Let process `pid` (a child stopped at a failpoint: [`wait_stopped`]) go on.
+pub fn cont(pid: u32) {
+    // SAFETY: a signal to a process of this test.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+}
+
 /// Wait until `cond` holds (polled every 5 ms), or panic after `secs`.
 #[track_caller]
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
