@@ -160,81 +160,25 @@ fn status(o: &Options, log: &Log) -> Result<bool> {
     }
     let c = preflight::check(&o.source, &o.target, false, false)?;
     let plan = Plan::compute(&c)?;
-    // Registration: what the target's database says about its store.
-    let Registration {
-        unregistered,
-        missing_registered,
-        image_unregistered,
-        journal_mode,
-    } = registration(c.target.as_fd(), &c.layout, &plan.source, log)?;
-    // Where the registrations came from (or would come from), and the roots the last
-    // complete seed made, each still there.
-    let record = crate::steps::state::read_record(c.target.as_fd(), &c.target_path, &plan.image_id)?;
-    let registrations = match record.as_ref().and_then(|r| r.registrations) {
-        Some(r) if plan.image_marked => r,
-        _ => registrations::expected(
-            &registrations::describe(&c, o.registration.as_deref(), &plan.source)?,
-            &plan.source,
-        ),
+    let source = Described {
+        line: format!("{} ({} store paths)", c.source_path.display(), plan.source.len()),
+        fields: json!({"source": c.source_path.to_string_lossy()}),
+        // Where an image not (completely) seeded would get its registrations from: its
+        // database, a registration file, or computed.
+        registrations: Some(&|| {
+            Ok(registrations::expected(
+                &registrations::describe(&c, o.registration.as_deref(), &plan.source)?,
+                &plan.source,
+            ))
+        }),
     };
-    let roots_missing = roots_missing(c.target.as_fd(), &plan, record.as_ref())?;
-    // The verdict, and the exit code: every store path of the image present, registered
-    // and rooted, and the image marked (so that the next `seed` is a no-op that tells the
-    // truth).
-    // What the image is known by (its name, and the source of its last complete seed:
-    // an archive's reference and digest), as `images` shows it.
-    let label = crate::steps::state::label(c.target.as_fd(), &plan.image_id, record.as_ref());
-    let not_registered = image_unregistered.unwrap_or(plan.source.len());
-    let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
-    let verdict = verdict(&plan, not_registered, roots_missing.len(), seeded);
-    let fields = json!({
-        "source": c.source_path.to_string_lossy(),
-        "source_store_paths": plan.source.len(),
-        "target": c.target_path.to_string_lossy(),
-        "target_store_paths": plan.target_count,
-        "missing_store_paths": plan.missing.len(),
-        "image_unregistered": image_unregistered,
-        "present_unregistered": unregistered,
-        "registered_missing": missing_registered,
-        "journal_mode": journal_mode,
-        "registrations": registrations,
-        "gc_roots_missing": roots_missing,
-        "image_id": plan.image_id,
-        "image_name": label.name,
-        "image_source": label.source,
-        "image_marked": plan.image_marked,
-        "image_seeded": seeded,
-    });
-    let count = |o: Option<usize>| o.map_or("- (no database)".to_string(), |n| n.to_string());
-    let text = format!(
-        "source: {} ({} store paths)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
-         image paths not registered in the target: {}\n\
-         target paths present but not registered: {}\n\
-         target paths registered but missing: {}\njournal mode: {}\nregistrations: {}\n\
-         GC roots missing: {}\nimage {}{}: {}",
-        c.source_path.display(),
-        plan.source.len(),
-        c.target_path.display(),
-        plan.target_count,
-        plan.missing.len(),
-        count(image_unregistered),
-        count(unregistered),
-        count(missing_registered),
-        journal_mode.unwrap_or("- (no database)"),
-        registrations.text(),
-        roots_missing.len(),
-        plan.image_id,
-        label.text(),
-        verdict
-    );
-    log.report(&text, fields);
-    tell_missing(&plan, log);
-    Ok(seeded)
+    tell((c.target.as_fd(), &c.target_path), &c.layout, &plan, source, log)
 }
 
 /// `status` of an image (an archive, a layout, standard input): its layers are read, and
 /// their digests checked, for the names of its store paths, without writing anything. Where
-/// the registrations would come from is not known without its database: not reported.
+/// the registrations would come from is not known without its database: reported only
+/// once a seed recorded it.
 fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> Result<bool> {
     use crate::steps::state;
     let (target_path, target) = preflight::check_target(&o.target, false, false)?;
@@ -263,47 +207,97 @@ fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> R
         db_lock_left: look.db_lock_left,
         source,
     };
+    let described = Described {
+        line: format!(
+            "{} ({}, {} store paths in {} layers)",
+            spec.shown(),
+            un.label,
+            plan.source.len(),
+            un.layers
+        ),
+        fields: json!({"source": spec.shown(), "source_image": un.label}),
+        registrations: None,
+    };
+    tell((target.as_fd(), &target_path), &layout, &plan, described, log)
+}
+
+/// The source as `status` shows it.
+struct Described<'a> {
+    /// After "source: ".
+    line: String,
+    /// The JSON fields of this kind of source.
+    fields: serde_json::Value,
+    /// Where the registrations of an image not yet seeded would come from, if that can
+    /// be known.
+    registrations: Option<&'a dyn Fn() -> Result<registrations::Counts>>,
+}
+
+/// The report and the verdict, whatever the source: every store path of the image present,
+/// registered and rooted, and the image marked (so that the next `seed` is a no-op that
+/// tells the truth). True when seeded.
+fn tell(
+    (target, target_path): (BorrowedFd, &Path),
+    layout: &crate::base::layout::Layout,
+    plan: &Plan,
+    source: Described,
+    log: &Log,
+) -> Result<bool> {
+    use crate::steps::state;
+    // Registration: what the target's database says about its store.
     let Registration {
         unregistered,
         missing_registered,
         image_unregistered,
         journal_mode,
-    } = registration(target.as_fd(), &layout, &plan.source, log)?;
-    let record = state::read_record(target.as_fd(), &target_path, &plan.image_id)?;
-    let roots_missing = roots_missing(target.as_fd(), &plan, record.as_ref())?;
-    let label = state::label(target.as_fd(), &plan.image_id, record.as_ref());
+    } = registration(target, layout, &plan.source, log)?;
+    // Where the registrations came from (or would come from), and the roots the last
+    // complete seed made, each still there.
+    let record = state::read_record(target, target_path, &plan.image_id)?;
+    let registrations = match (record.as_ref().and_then(|r| r.registrations), source.registrations) {
+        (Some(r), _) if plan.image_marked => Some(r),
+        (_, Some(expected)) => Some(expected()?),
+        _ => None,
+    };
+    let roots_missing = roots_missing(target, plan, record.as_ref())?;
+    // What the image is known by (its name, and the source of its last complete seed:
+    // an archive's reference and digest), as `images` shows it.
+    let label = state::label(target, &plan.image_id, record.as_ref());
     let not_registered = image_unregistered.unwrap_or(plan.source.len());
     let seeded = plan.missing.is_empty() && not_registered == 0 && roots_missing.is_empty() && plan.image_marked;
-    let verdict = verdict(&plan, not_registered, roots_missing.len(), seeded);
-    let fields = json!({
-        "source": spec.shown(),
-        "source_image": un.label,
-        "source_store_paths": plan.source.len(),
-        "target": target_path.to_string_lossy(),
-        "target_store_paths": plan.target_count,
-        "missing_store_paths": plan.missing.len(),
-        "image_unregistered": image_unregistered,
-        "present_unregistered": unregistered,
-        "registered_missing": missing_registered,
-        "journal_mode": journal_mode,
-        "gc_roots_missing": roots_missing,
-        "image_id": plan.image_id,
-        "image_name": label.name,
-        "image_source": label.source,
-        "image_marked": plan.image_marked,
-        "image_seeded": seeded,
-    });
+    let verdict = verdict(plan, not_registered, roots_missing.len(), seeded);
+    let mut fields = source.fields;
+    fields.as_object_mut().expect("an object").extend(
+        json!({
+            "source_store_paths": plan.source.len(),
+            "target": target_path.to_string_lossy(),
+            "target_store_paths": plan.target_count,
+            "missing_store_paths": plan.missing.len(),
+            "image_unregistered": image_unregistered,
+            "present_unregistered": unregistered,
+            "registered_missing": missing_registered,
+            "journal_mode": journal_mode,
+            "gc_roots_missing": roots_missing,
+            "image_id": plan.image_id,
+            "image_name": label.name,
+            "image_source": label.source,
+            "image_marked": plan.image_marked,
+            "image_seeded": seeded,
+        })
+        .as_object()
+        .expect("an object")
+        .clone(),
+    );
+    if let Some(r) = &registrations {
+        fields["registrations"] = json!(r);
+    }
     let count = |o: Option<usize>| o.map_or("- (no database)".to_string(), |n| n.to_string());
     let text = format!(
-        "source: {} ({}, {} store paths in {} layers)\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
+        "source: {}\ntarget: {} ({} store paths)\nmissing: {} store paths\n\
          image paths not registered in the target: {}\n\
          target paths present but not registered: {}\n\
-         target paths registered but missing: {}\njournal mode: {}\n\
+         target paths registered but missing: {}\njournal mode: {}\n{}\
          GC roots missing: {}\nimage {}{}: {}",
-        spec.shown(),
-        un.label,
-        plan.source.len(),
-        un.layers,
+        source.line,
         target_path.display(),
         plan.target_count,
         plan.missing.len(),
@@ -311,13 +305,14 @@ fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> R
         count(unregistered),
         count(missing_registered),
         journal_mode.unwrap_or("- (no database)"),
+        registrations.map_or(String::new(), |r| format!("registrations: {}\n", r.text())),
         roots_missing.len(),
         plan.image_id,
         label.text(),
         verdict
     );
     log.report(&text, fields);
-    tell_missing(&plan, log);
+    tell_missing(plan, log);
     Ok(seeded)
 }
 
