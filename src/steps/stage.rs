@@ -110,7 +110,7 @@ pub fn unpack(
         progress::Level::Info,
         "image-read",
         &format!(
-            "read image {} ({}): {} in {}, {} already in {}; staged {} ({}) in {:.2}s",
+            "read image {} ({}): {} in {}, {} already in {}; staged {} ({}) in {:.2}s{}",
             spec.shown(),
             un.label,
             progress::count(un.names.len() as u64, "store path", "store paths"),
@@ -119,10 +119,17 @@ pub fn unpack(
             c.target_path.display(),
             progress::count(un.stats.files, "file", "files"),
             indicatif::HumanBytes(un.stats.bytes),
-            t0.elapsed().as_secs_f64()
+            t0.elapsed().as_secs_f64(),
+            match un.stats.layers_read_past {
+                0 => String::new(),
+                n => format!(
+                    "; {} read past (only paths already in the target)",
+                    progress::count(n, "layer", "layers")
+                ),
+            }
         ),
         json!({"image": un.label, "store_paths": un.names.len(), "layers": un.layers, "present": kept.len(),
-               "files": un.stats.files, "bytes": un.stats.bytes}),
+               "layers_read_past": un.stats.layers_read_past, "files": un.stats.files, "bytes": un.stats.bytes}),
     );
     if un.stats.chown_denied {
         log.warn(&format!(

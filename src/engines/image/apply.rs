@@ -52,6 +52,9 @@ pub struct Stats {
     pub bytes: u64,
     /// Entries of store paths that were skipped (the target has them).
     pub skipped_entries: u64,
+    /// Layers read past ([`Applier::layer_read_past`]): every entry one of a skipped store
+    /// path's, read by its header only.
+    pub layers_read_past: u64,
     /// chown was refused (not root): owners are the caller's.
     pub chown_denied: bool,
 }
@@ -159,6 +162,67 @@ impl<'a> Applier<'a> {
         self.layer_written.clear();
         self.stats = Stats::default();
         Ok(())
+    }
+
+    /// A layer in a seekable, uncompressed file (`tar`, at its start) whose every entry
+    /// belongs to a store path to skip (and `nix/`, `nix/store` themselves) is applied from
+    /// its headers only, seeking past the data: its names are kept as for any skipped path.
+    /// Returns false, having applied nothing, when any entry is something else (a whiteout,
+    /// `nix/var`, another store path, a name to refuse) or the headers do not read: the
+    /// caller then reads the layer whole, its digest checked.
+    ///
+    /// Why only whole layers: a layer's digest needs every byte, so a layer that is read
+    /// past has none; nothing of it is written, and its headers are checked by their own
+    /// checksums. One-layer-per-store-path images (dockerTools' `streamLayeredImage`,
+    /// nix2container) then read only what the disk lacks.
+    pub fn layer_read_past<R: Read + io::Seek>(&mut self, name: &str, tar: &mut R) -> Result<bool> {
+        let all_skipped = (|| -> io::Result<bool> {
+            let mut ar = tar::Archive::new(&mut *tar);
+            for e in ar.entries_with_seek()? {
+                let e = e?;
+                if !self.is_read_past(&e.path_bytes(), e.header().entry_type()) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })();
+        if !all_skipped.unwrap_or(false) {
+            tar.seek(io::SeekFrom::Start(0))?;
+            return Ok(false);
+        }
+        tar.seek(io::SeekFrom::Start(0))?;
+        self.layer = name.to_owned();
+        self.layer_written.clear();
+        let mut ar = tar::Archive::new(tar);
+        for e in ar.entries_with_seek().map_err(|e| self.truncated(e))? {
+            let mut e = e.map_err(|e| self.truncated(e))?;
+            let path = e.path_bytes().into_owned();
+            self.entry(&path, &mut e)?;
+        }
+        self.cache = None;
+        self.stats.layers_read_past += 1;
+        Ok(true)
+    }
+
+    /// An entry [`Applier::entry`] would apply without reading its data or changing
+    /// anything but the stage's names and its `nix/`, `nix/store` metadata.
+    fn is_read_past(&self, raw: &[u8], kind: tar::EntryType) -> bool {
+        let Some(comps) = components(raw) else {
+            return false;
+        };
+        let Some(last) = comps.last() else {
+            return true;
+        };
+        if *last == OPAQUE || last.starts_with(WHITEOUT) {
+            return false;
+        }
+        match comps.as_slice() {
+            [b"nix"] | [b"nix", b"store"] => kind.is_dir(),
+            [b"nix", b"store", name, ..] => is_store_path_name(name) && (self.skip)(name),
+            [b"nix", ..] => false,
+            [top] => !REGISTRATION_FILES.contains(top),
+            _ => true,
+        }
     }
 
     /// Apply one layer (an uncompressed tar stream).
@@ -815,6 +879,53 @@ mod tests {
         ] {
             let (_d, r) = apply(&[bad], &|_| false);
             assert!(r.unwrap_err().downcast_ref::<Invalid>().is_some());
+        }
+    }
+
+    #[test]
+    fn only_a_layer_of_skipped_paths_alone_is_read_past() {
+        let skip_a = |n: &[u8]| n == &A.as_bytes()[10..];
+        let past = |l: Vec<u8>| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("nix/store")).unwrap();
+            let top = crate::base::dirfd::open_root(dir.path()).unwrap();
+            let root = open_dir(top.as_fd(), "nix").unwrap();
+            let mut ap = Applier::new(top.as_fd(), root.as_fd(), &skip_a, None);
+            let read_past = ap.layer_read_past("0", &mut io::Cursor::new(l)).unwrap();
+            let (names, stats) = ap.finish().unwrap();
+            (read_past, names, stats.layers_read_past)
+        };
+        let a = |rest: &str| format!("{A}{rest}");
+        // dockerTools' layer of one store path: nix/, nix/store/, the path; and entries
+        // outside nix/ that no layer's application writes.
+        let (yes, names, n) = past(layer(&[
+            ("nix", 'd', ""),
+            ("nix/store", 'd', ""),
+            (A, 'd', ""),
+            (&a("/f"), 'f', "content never read"),
+            (&a("/h"), 'h', &a("/f")),
+            ("etc/passwd", 'f', "x"),
+        ]));
+        assert!(yes);
+        assert_eq!((names, n), (vec![A.as_bytes()[10..].to_vec()], 1));
+        // Anything else in the layer: it is read whole (nothing applied here).
+        for other in [
+            vec![(B, 'd', "")],
+            vec![("nix/var/nix/db", 'd', "")],
+            vec![("nix/store/.wh.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b", 'f', "")],
+            vec![("nix/.wh..wh..opq", 'f', "")],
+            vec![("nix-path-registration", 'f', "")],
+            vec![("nix/store/../../x", 'f', "")],
+            vec![("nix", 'l', "/tmp")],
+        ] {
+            let mut entries = vec![
+                (A, 'd', ""),
+                ("nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a/f", 'f', "a"),
+            ];
+            entries.extend(other.iter().copied());
+            let (yes, names, n) = past(layer(&entries));
+            assert!(!yes, "{other:?}");
+            assert_eq!((names.len(), n), (0, 0), "{other:?}");
         }
     }
 

@@ -166,6 +166,11 @@ pub fn scan(spec: &Spec, platform: Option<&str>) -> Result<Unpacked> {
 pub trait Sink {
     /// Apply one layer, an uncompressed tar stream named `name` in messages.
     fn layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<()>;
+    /// Apply one layer of a seekable file without reading its data, if every entry allows
+    /// it (see [`apply::Applier::layer_read_past`]); false: nothing applied.
+    fn layer_read_past(&mut self, _name: &str, _tar: &mut Window) -> Result<bool> {
+        Ok(false)
+    }
     /// Forget every layer applied.
     fn reset(&mut self) -> Result<()>;
 }
@@ -173,6 +178,9 @@ pub trait Sink {
 impl Sink for apply::Applier<'_> {
     fn layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<()> {
         apply::Applier::layer(self, name, tar)
+    }
+    fn layer_read_past(&mut self, name: &str, tar: &mut Window) -> Result<bool> {
+        apply::Applier::layer_read_past(self, name, tar)
     }
     fn reset(&mut self) -> Result<()> {
         apply::Applier::reset(self)
@@ -295,6 +303,11 @@ struct Resolved {
 trait Blobs {
     fn open(&mut self, name: &str) -> io::Result<Option<Box<dyn Read + '_>>>;
 
+    /// The file `name` as a seekable window, where the image is a file or a directory.
+    fn window(&mut self, _name: &str) -> io::Result<Option<Window>> {
+        Ok(None)
+    }
+
     fn json(&mut self, name: &str, spec: &Spec) -> Result<Option<Vec<u8>>> {
         let Some(r) = self.open(name)? else { return Ok(None) };
         let mut v = Vec::new();
@@ -308,16 +321,76 @@ trait Blobs {
 
 struct DirBlobs(PathBuf);
 
-impl Blobs for DirBlobs {
-    fn open(&mut self, name: &str) -> io::Result<Option<Box<dyn Read + '_>>> {
+impl DirBlobs {
+    fn file(&self, name: &str) -> io::Result<Option<File>> {
         if name.split('/').any(|c| c == ".." || c.is_empty()) {
             return Ok(None);
         }
         match File::open(self.0.join(name)) {
-            Ok(f) => Ok(Some(Box::new(BufReader::with_capacity(256 << 10, f)))),
+            Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl Blobs for DirBlobs {
+    fn open(&mut self, name: &str) -> io::Result<Option<Box<dyn Read + '_>>> {
+        Ok(self
+            .file(name)?
+            .map(|f| Box::new(BufReader::with_capacity(256 << 10, f)) as Box<dyn Read>))
+    }
+
+    fn window(&mut self, name: &str) -> io::Result<Option<Window>> {
+        let Some(f) = self.file(name)? else { return Ok(None) };
+        let len = f.metadata()?.len();
+        Ok(Some(Window::new(f, 0, len)))
+    }
+}
+
+/// A part of a file (`len` bytes from `start`), read and sought within on its own: a layer
+/// inside an archive, or a blob file.
+pub struct Window {
+    file: File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Window {
+    fn new(file: File, start: u64, len: u64) -> Window {
+        Window {
+            file,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Window {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let left = self.len.saturating_sub(self.pos);
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.start + self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Window {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let at = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = at.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        Ok(self.pos)
     }
 }
 
@@ -359,6 +432,13 @@ impl Blobs for TarBlobs {
             256 << 10,
             (&self.file).take(size),
         ))))
+    }
+
+    fn window(&mut self, name: &str) -> io::Result<Option<Window>> {
+        let Some(&(at, size)) = self.members.get(name) else {
+            return Ok(None);
+        };
+        Ok(Some(Window::new(self.file.try_clone()?, at, size)))
     }
 }
 
@@ -684,6 +764,15 @@ fn check_layer(spec: &Spec, l: &LayerRef, blob: &str, diff: &str) -> Result<()> 
 
 fn apply_in_order(b: &mut dyn Blobs, r: &Resolved, spec: &Spec, ap: &mut dyn Sink) -> Result<()> {
     for l in &r.layers {
+        // An uncompressed layer in a file: perhaps nothing in it is needed.
+        if let Some(mut w) = b.window(&l.name)? {
+            let mut head = [0u8; 4];
+            let n = read_up_to(&mut w, &mut head)?;
+            w.seek(SeekFrom::Start(0))?;
+            if compression(&head[..n]).is_none() && ap.layer_read_past(&l.name, &mut w)? {
+                continue;
+            }
+        }
         let mut rd = b
             .open(&l.name)?
             .ok_or_else(|| invalid(spec, format!("layer {} is missing", l.name)))?;
