@@ -338,7 +338,7 @@ fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
     // The outcome the real seed would have, after saying what it would do: refused (exit
     // 2), no room (exit 1), or done.
     let refused = preflight::writable(&c.target_path, c.target.as_fd()).err();
-    let no_room = plan::room(c, plan.missing.len(), size)?;
+    let no_room = plan::room((c.target.as_fd(), &c.target_path), plan.missing.len(), size)?;
     report.fit = Some(match (&refused, &no_room) {
         (Some(why), _) => format!("the seed would refuse it: {why}"),
         (None, Some(why)) => format!("it would NOT fit: {why}"),
@@ -363,13 +363,15 @@ fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
 }
 
 /// `--dry-run` with an image: its store path names read (digests checked, nothing written,
-/// no lock), what the target lacks of them, and whether the seed would refuse the target.
-/// What they take is not known before their layers are unpacked: no space estimate.
+/// no lock), what the target lacks of them, what those take (from the layers' headers: at
+/// most), and whether the seed would refuse the target or find no room, with the exit code
+/// of a directory's dry run.
 fn dry_run_image(o: &Options, spec: &crate::engines::image::Spec, log: &Arc<Log>) -> Result<Done> {
     use std::collections::HashSet;
     use std::ffi::OsString;
     let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, false)?;
-    let un = crate::engines::image::scan(spec, o.platform.as_deref())?;
+    let block = nix::sys::statvfs::fstatvfs(target.as_fd()).map_or(4096, |v| v.fragment_size());
+    let (un, footprints) = crate::engines::image::scan(spec, o.platform.as_deref(), block)?;
     let present: HashSet<OsString> = match crate::base::dirfd::open_dir_if_exists(target.as_fd(), "store")? {
         Some(fd) => crate::base::dirfd::list(fd.as_fd())?
             .into_iter()
@@ -386,30 +388,46 @@ fn dry_run_image(o: &Options, spec: &crate::engines::image::Spec, log: &Arc<Log>
             json!({"path": n.to_string_lossy()}),
         );
     }
+    let mut size = plan::Size::default();
+    for f in missing.iter().filter_map(|n| footprints.get(*n)) {
+        size.files += f.files;
+        size.bytes += f.bytes;
+        size.needed += f.needed;
+        size.inodes += f.inodes;
+    }
     let refused = preflight::writable(&target_path, target.as_fd()).err();
+    let no_room = plan::room((target.as_fd(), &target_path), missing.len(), size)?;
     let text = format!(
-        "dry run: image {} ({}): {} store paths in {} layers, {} missing from {}; {}",
+        "dry run: image {} ({}): {} store paths in {} layers, {} missing from {} ({}, {}); {}",
         spec.shown(),
         un.label,
         un.names.len(),
         un.layers,
         missing.len(),
         target_path.display(),
-        match &refused {
-            Some(why) => format!("the seed would refuse it: {why}"),
-            None => "the seed would read the image into a stage there and publish them (no space estimate \
-                     before the layers are unpacked)"
-                .to_owned(),
+        progress::count(size.files, "file", "files"),
+        indicatif::HumanBytes(size.bytes),
+        match (&refused, &no_room) {
+            (Some(why), _) => format!("the seed would refuse it: {why}"),
+            (None, Some(why)) => format!("it would NOT fit: {why}"),
+            (None, None) => format!(
+                "it fits (at most {}, {} inodes needed, by the layers' headers); the seed would read the image \
+                 into a stage there and publish them",
+                indicatif::HumanBytes(size.needed),
+                size.inodes
+            ),
         }
     );
     log.report(
         &text,
         json!({"event": "dry-run", "image": un.label, "store_paths": un.names.len(), "layers": un.layers,
-               "missing": missing.len(), "target": target_path.to_string_lossy(),
-               "refused": refused.as_ref().map(|r| r.to_string())}),
+               "missing": missing.len(), "files": size.files, "bytes": size.bytes, "needed": size.needed,
+               "inodes": size.inodes, "target": target_path.to_string_lossy(),
+               "refused": refused.as_ref().map(|r| r.to_string()), "fits": no_room.is_none()}),
     );
-    match refused {
-        Some(why) => Err(crate::base::error::Invalid(format!("dry run: the seed would refuse: {why}")).into()),
-        None => Ok(Done::Success),
+    match (refused, no_room) {
+        (Some(why), _) => Err(crate::base::error::Invalid(format!("dry run: the seed would refuse: {why}")).into()),
+        (None, Some(why)) => Err(anyhow::anyhow!("dry run: the seed would fail: {why}")),
+        (None, None) => Ok(Done::Success),
     }
 }

@@ -183,7 +183,7 @@ fn status_image(o: &Options, spec: &crate::engines::image::Spec, log: &Log) -> R
     use crate::steps::state;
     let (target_path, target) = preflight::check_target(&o.target, false, false)?;
     let layout = crate::base::layout::Layout::new(&target_path);
-    let un = crate::engines::image::scan(spec, o.platform.as_deref())?;
+    let (un, _) = crate::engines::image::scan(spec, o.platform.as_deref(), 4096)?;
     let source = un.names;
     let image_id = crate::base::store_path::image_id(&source);
     let present: HashSet<OsString> = match crate::base::dirfd::open_dir_if_exists(target.as_fd(), "store")? {

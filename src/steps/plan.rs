@@ -209,9 +209,13 @@ impl Measure<'_> {
 }
 
 /// Room in the target for a copy of `size`: `None` if it fits, else why not (one line).
-pub fn room(c: &Checked, missing: usize, size: Size) -> Result<Option<String>> {
-    let vfs = nix::sys::statvfs::fstatvfs(c.target.as_fd())
-        .with_context(|| format!("cannot statfs {}", c.target_path.display()))?;
+pub fn room(
+    (target, target_path): (BorrowedFd, &std::path::Path),
+    missing: usize,
+    size: Size,
+) -> Result<Option<String>> {
+    let vfs =
+        nix::sys::statvfs::fstatvfs(target).with_context(|| format!("cannot statfs {}", target_path.display()))?;
     let free = vfs.blocks_available() as u64 * vfs.fragment_size() as u64;
     // Filesystems without an inode limit (btrfs, many network ones) report 0 inodes in all.
     let inodes_free = (vfs.files() > 0).then(|| vfs.files_available() as u64);
@@ -231,7 +235,7 @@ pub fn room(c: &Checked, missing: usize, size: Size) -> Result<Option<String>> {
     Ok(Some(format!(
         "not enough space in {}: the {missing} missing store paths {what}; free space or grow the volume \
          (or, for inodes, a filesystem with more), then run again (nothing half-copied is left)",
-        c.target_path.display()
+        target_path.display()
     )))
 }
 

@@ -127,7 +127,7 @@ impl<'a> Run<'a> {
             .fragment_size() as u64;
         let size = plan::measure(c, &self.plan.missing, block, self.args.jobs.n as usize)?;
         self.counters.bytes_total.store(size.bytes, Ordering::Relaxed);
-        if let Some(why) = plan::room(c, self.plan.missing.len(), size)? {
+        if let Some(why) = plan::room((c.target.as_fd(), &c.target_path), self.plan.missing.len(), size)? {
             anyhow::bail!(why);
         }
         if !self.plan.missing.is_empty() {

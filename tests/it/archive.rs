@@ -822,6 +822,60 @@ nixtest!(
     }
 );
 
+// `--dry-run` of an image says what the missing store paths take, from the layers'
+// headers (an upper bound): the files a directory's dry run counts, at least its bytes
+// and at most 5% more; on a target short of inodes it says it would NOT fit and exits 1,
+// as the directory's dry run does, with nothing written.
+roottest!(
+    an_image_dry_run_estimates_the_space_as_a_directory_dry_run_does,
+    |tmp| {
+        let d = tmp.path();
+        let root = d.join("img");
+        let fx = crate::support::fixture::build(
+            &root.join("nix"),
+            &crate::support::fixture::Spec {
+                paths: 40,
+                big_file_bytes: 1 << 20,
+                ..Default::default()
+            },
+        );
+        let img = d.join("img.tar");
+        mkimage(&root, &img, &["--format", "docker", "--layers", "one"]);
+        let t = target(d, "t");
+        let json = |o: &std::process::Output, event: &str| -> serde_json::Value {
+            crate::support::cmd::stdout(o)
+                .lines()
+                .chain(stderr(o).lines())
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["event"] == event)
+                .unwrap_or_else(|| panic!("no {event} event: {}", text(o)))
+        };
+        let by_dir = Seed::new(&fx.root, &t)
+            .args(["--dry-run", "--log-format", "json"])
+            .output();
+        assert_ok(&by_dir);
+        let by_dir = json(&by_dir, "summary");
+        let o = Seed::new(&img, &t).args(["--dry-run", "--log-format", "json"]).output();
+        assert_ok(&o);
+        let by_img = json(&o, "dry-run");
+        assert_eq!(by_img["files"], by_dir["files"], "{by_img} {by_dir}");
+        let (b, want) = (by_img["bytes"].as_u64().unwrap(), by_dir["bytes"].as_u64().unwrap());
+        assert!(b >= want && b <= want + want / 20, "{by_img} {by_dir}");
+        assert!(by_img["fits"].as_bool().unwrap(), "{by_img}");
+
+        let small = d.join("small");
+        let _m = crate::support::mounts::tmpfs_with(&small, "size=256m,nr_inodes=300,mode=0755");
+        let o = Seed::new(&img, &small).args(["--dry-run"]).output();
+        assert_code(&o, 1);
+        assert!(
+            crate::support::cmd::stdout(&o).contains("would NOT fit") && stderr(&o).contains("inodes"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "something was written");
+    }
+);
+
 // A user seeding, from an archive, a store it owns (single-user Nix): an exact copy, no
 // ownership warning; from a root-owned one: one warning, modes, times and content exact.
 roottest!(a_user_seeds_an_archive_as_it_seeds_a_directory, |tmp| {

@@ -33,6 +33,7 @@ use serde::Deserialize;
 
 pub use apply::Stats;
 use digest::Hashing;
+pub use scan::Footprint;
 
 use crate::base::error::Invalid;
 
@@ -149,16 +150,24 @@ pub fn unpack(
 }
 
 /// Which store paths the image holds, and its name, read (digests checked) without
-/// writing anything: for `status` and `--dry-run`.
-pub fn scan(spec: &Spec, platform: Option<&str>) -> Result<Unpacked> {
-    let mut sc = scan::NameScan::default();
+/// writing anything: for `status` and `--dry-run`. With what each store path would take on
+/// a filesystem of `block`-sized blocks, by name (an upper bound: [`scan`]).
+pub fn scan(spec: &Spec, platform: Option<&str>, block: u64) -> Result<(Unpacked, HashMap<OsString, Footprint>)> {
+    let mut sc = scan::NameScan::new(block);
     let (label, layers) = read(spec, platform, &mut sc)?;
-    Ok(Unpacked {
-        names: sc.names.into_iter().map(OsString::from_vec).collect(),
-        stats: Stats::default(),
-        label,
-        layers,
-    })
+    let footprints = std::mem::take(&mut sc.footprints)
+        .into_iter()
+        .map(|(n, f)| (OsString::from_vec(n), f))
+        .collect();
+    Ok((
+        Unpacked {
+            names: sc.names.into_iter().map(OsString::from_vec).collect(),
+            stats: Stats::default(),
+            label,
+            layers,
+        },
+        footprints,
+    ))
 }
 
 /// What the layers are applied to: the stage ([`apply::Applier`]), or only the list of

@@ -2,8 +2,12 @@
 //! the same whiteout rules as [`super::apply`] (a `.wh.NAME` in `nix/store` removes NAME,
 //! an opaque `nix/store`, or a whited-out `nix/` or `nix/store`, removes what lower layers
 //! put there) and the same refusal of absolute names and `..`. Nothing is written.
+//!
+//! The headers also say what each store path would take ([`Footprint`]), counted as
+//! `steps::plan::measure` counts a directory source: an upper bound, since a file a later
+//! layer replaces or whites out inside a store path is counted in both layers.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Read;
 
 use anyhow::Result;
@@ -12,23 +16,87 @@ use super::apply::{components, OPAQUE, WHITEOUT};
 use crate::base::error::Invalid;
 use crate::base::store_path::is_store_path_name;
 
-#[derive(Default)]
+/// What one store path's entries take on a filesystem with `block`-sized blocks.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Regular files, hardlinks included.
+    pub files: u64,
+    /// Apparent size of the regular files (a hardlink once).
+    pub bytes: u64,
+    /// Every file, directory and symlink rounded up to whole blocks (a hardlink once).
+    pub needed: u64,
+    /// Every directory, symlink and file (a hardlink once).
+    pub inodes: u64,
+}
+
 pub struct NameScan {
     pub names: BTreeSet<Vec<u8>>,
+    /// By store path name.
+    pub footprints: HashMap<Vec<u8>, Footprint>,
+    block: u64,
     /// The names the current layer holds.
     layer: HashSet<Vec<u8>>,
+    /// The current layer's regular files under `nix/` and their sizes, by name: what a
+    /// hardlink into another store path (or `.links`) costs, since it is written as a file.
+    files: HashMap<Vec<u8>, u64>,
 }
 
 impl NameScan {
+    pub fn new(block: u64) -> NameScan {
+        NameScan {
+            names: BTreeSet::new(),
+            footprints: HashMap::new(),
+            block: block.max(512),
+            layer: HashSet::new(),
+            files: HashMap::new(),
+        }
+    }
+
     fn clear_lower(&mut self) {
         let layer = &self.layer;
         self.names.retain(|n| layer.contains(n));
+        let names = &self.names;
+        self.footprints.retain(|n, _| names.contains(n));
+    }
+
+    /// Count entry `raw` (of type `kind`, `size` bytes, a hardlink to `link`) of store path
+    /// `name`. A hardlink within its store path is a name only; one to a file elsewhere
+    /// (another store path, which the target may already have, or `.links`) counts as the
+    /// file it becomes.
+    fn count(&mut self, name: &[u8], raw: &[u8], kind: tar::EntryType, size: u64, link: Option<&[u8]>) {
+        let block = self.block;
+        let within = |l: &[u8]| components(l).is_some_and(|c| c.get(2) == Some(&name));
+        let (kind, size) = match link {
+            Some(l) if kind.is_hard_link() && !within(l) => {
+                let key = components(l).map(|c| c.join(&b'/')).unwrap_or_default();
+                (tar::EntryType::Regular, self.files.get(&key).copied().unwrap_or(0))
+            }
+            _ => (kind, size),
+        };
+        if kind.is_file() {
+            if let Some(c) = components(raw) {
+                self.files.insert(c.join(&b'/'), size);
+            }
+        }
+        let f = self.footprints.entry(name.to_vec()).or_default();
+        if kind.is_hard_link() {
+            f.files += 1;
+        } else if kind.is_file() {
+            f.files += 1;
+            f.bytes += size;
+            f.needed += size.div_ceil(block) * block;
+            f.inodes += 1;
+        } else {
+            f.needed += block;
+            f.inodes += 1;
+        }
     }
 }
 
 impl super::Sink for NameScan {
     fn layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<()> {
         self.layer.clear();
+        self.files.clear();
         let unreadable = |e: std::io::Error| {
             Invalid(format!(
                 "image layer {name}: not a readable tar ({e}): the image is truncated or corrupt"
@@ -46,15 +114,23 @@ impl super::Sink for NameScan {
                 .into());
             };
             match c.as_slice() {
-                [b"nix", b"store", n, ..] if is_store_path_name(n) => {
+                [b"nix", b"store", n, rest @ ..] if is_store_path_name(n) => {
                     self.names.insert(n.to_vec());
                     self.layer.insert(n.to_vec());
+                    if !rest.last().is_some_and(|l| l.starts_with(WHITEOUT)) {
+                        let link = e.link_name_bytes().map(|l| l.into_owned());
+                        self.count(n, &raw, e.header().entry_type(), e.size(), link.as_deref());
+                    }
+                }
+                [b"nix", ..] if e.header().entry_type().is_file() => {
+                    self.files.insert(c.join(&b'/'), e.size());
                 }
                 [b"nix", b"store", last] if last.starts_with(WHITEOUT) => {
                     if *last == OPAQUE {
                         self.clear_lower();
                     } else {
                         self.names.remove(&last[WHITEOUT.len()..]);
+                        self.footprints.remove(&last[WHITEOUT.len()..]);
                     }
                 }
                 [last] if *last == OPAQUE || *last == b".wh.nix" => self.clear_lower(),
@@ -66,7 +142,7 @@ impl super::Sink for NameScan {
     }
 
     fn reset(&mut self) -> Result<()> {
-        *self = NameScan::default();
+        *self = NameScan::new(self.block);
         Ok(())
     }
 }
