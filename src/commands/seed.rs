@@ -157,10 +157,11 @@ pub fn seed(o: &Options, log: &Arc<Log>, interrupted: &Arc<std::sync::atomic::At
     Ok(report.finished(t0))
 }
 
-/// A seed from an image (an archive, an OCI layout, standard input): there is no lock-free
-/// fast path, since which store paths the image holds is only known once its layers are
-/// read; under the locks, the image is read into a stage in the target
-/// ([`crate::steps::stage`]) that the usual steps then take as their source.
+/// A seed from an image (an archive, an OCI layout, standard input). Which store paths the
+/// image holds is only known once its layers are read: by their headers alone, where every
+/// layer is an uncompressed file, for the lock-free fast path; else, under the seed lock,
+/// the image is read into a stage in the target ([`crate::steps::stage`]) that the usual
+/// steps, under Nix's locks, then take as their source.
 fn seed_image(
     o: &Options,
     spec: &crate::engines::image::Spec,
@@ -175,6 +176,17 @@ fn seed_image(
         }
     }
     let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, true)?;
+    // The fast path, as for a directory (no lock, nothing written), where the image's
+    // store path names can be had from its headers alone.
+    if !o.recheck {
+        if let Some(names) = crate::engines::image::names_by_headers(spec, o.platform.as_deref()) {
+            if let Some(at) = image_complete(target.as_fd(), &names)? {
+                let id = crate::base::store_path::image_id(&names);
+                crate::steps::state::touch_seen(target.as_fd(), &id, at, log);
+                return Ok(Report::of(&target_path, names.len(), 0).finished(t0));
+            }
+        }
+    }
     let held = seed_lock(target.as_fd(), &target_path, o, log, interrupted)?;
     failpoint::hit("locked");
     // The stage a killed run left (an image seed that ends with nothing to do never gets
@@ -225,6 +237,35 @@ fn seed_image(
     drop(nix_locks);
     drop(held);
     Ok(report.finished(t0))
+}
+
+/// When the image of store paths `names` was last found complete in `target` (its marker's
+/// time), if it is complete now: every store path there, marked, no database lock left by
+/// a killed seeder ([`Plan::is_complete`], for an image read by its names), and no stage a
+/// killed image seed left (the slow path removes it).
+fn image_complete(
+    target: std::os::fd::BorrowedFd,
+    names: &[std::ffi::OsString],
+) -> Result<Option<std::time::SystemTime>> {
+    use std::os::unix::ffi::OsStrExt;
+    let look = crate::steps::state::look(target, &crate::base::store_path::image_id(names))?;
+    let Some(at) = look.marked_at.filter(|_| !look.db_lock_left) else {
+        return Ok(None);
+    };
+    if crate::base::dirfd::list(target)?
+        .iter()
+        .any(|e| crate::base::dirfd::is_temp_name(e.name.as_bytes()))
+    {
+        return Ok(None);
+    }
+    let Some(store) = crate::base::dirfd::open_dir_if_exists(target, "store")? else {
+        return Ok(None);
+    };
+    let present: std::collections::HashSet<std::ffi::OsString> = crate::base::dirfd::list(store.as_fd())?
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    Ok(names.iter().all(|n| present.contains(n)).then_some(at))
 }
 
 /// The seed lock on the target, waited for as `--lock-timeout` and `--lock-stale` say.

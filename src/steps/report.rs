@@ -49,10 +49,16 @@ pub struct Report {
 
 impl Report {
     pub fn new(c: &Checked, plan: &Plan) -> Report {
+        Report::of(&c.target_path, plan.source.len(), plan.missing.len())
+    }
+
+    /// The report on `target` for an image of `source_paths` store paths, `missing` of
+    /// them missing.
+    pub fn of(target: &std::path::Path, source_paths: usize, missing: usize) -> Report {
         Report {
-            target: c.target_path.clone(),
-            source_paths: plan.source.len(),
-            missing: plan.missing.len(),
+            target: target.to_path_buf(),
+            source_paths,
+            missing,
             ownership_preserved: true,
             ..Default::default()
         }

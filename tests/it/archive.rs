@@ -128,12 +128,24 @@ nixtest!(a_docker_archive_seeds_what_its_directory_seeds, |tmp| {
         );
     }
     assert_no_temp(&t);
-    // A later seed finds it complete, publishes nothing, and bumps "last seen" as a pod
-    // start does (the marker's mtime, when 2 hours old).
+    // A later seed finds it complete by the archive's headers alone, as a directory's
+    // no-op: no lock, no stage, nothing written but "last seen" bumped as a pod start does
+    // (the marker's mtime, when 2 hours old). With --recheck it reads the image (its
+    // layers read past) and publishes nothing.
     let marker = crate::support::images::marker(&t, &id);
     let old = crate::support::images::now() - 7200;
     crate::support::fixture::set_times_nofollow(&marker, old);
+    let lock = t.join(".nix-seed/lock");
+    std::fs::remove_file(&lock).unwrap();
     let o = Seed::new(&img, &t).ok();
+    assert!(
+        crate::support::cmd::stdout(&o).contains("nothing to do: all 26 store paths"),
+        "{}",
+        text(&o)
+    );
+    assert!(!stderr(&o).contains("read image"), "{}", text(&o));
+    assert!(!lock.exists(), "the no-op took the lock");
+    let o = Seed::new(&img, &t).args(["--recheck"]).ok();
     assert!(stderr(&o).contains("26 already in"), "{}", text(&o));
     assert!(!stderr(&o).contains("publishing"), "{}", text(&o));
     use std::os::unix::fs::MetadataExt;
@@ -541,7 +553,11 @@ nixtest!(
         drop(db);
         let name = victim.rsplit('/').next().unwrap().to_owned();
 
-        let child = Seed::new(&img, &t).failpoint("unpacked=stop").spawn();
+        // --recheck: past the "nothing to do" the image would otherwise get at once.
+        let child = Seed::new(&img, &t)
+            .args(["--recheck"])
+            .failpoint("unpacked=stop")
+            .spawn();
         crate::support::wait_stopped(child.id());
         let o = crate::support::nix::in_pod(&t, &format!("nix-store --delete --ignore-liveness {victim}"));
         assert!(o.status.success(), "real Nix could not delete {victim}: {}", text(&o));

@@ -170,6 +170,46 @@ pub fn scan(spec: &Spec, platform: Option<&str>, block: u64) -> Result<(Unpacked
     ))
 }
 
+/// The image's store path names by its layers' headers alone, seeking past their data:
+/// for the lock-free "nothing to do" of a seed, which uses nothing else of the image. Only
+/// where every layer is an uncompressed file (an uncompressed archive file, an OCI layout
+/// with uncompressed layers): `None` otherwise, or when the headers do not read (the seed
+/// then reads the image and says what is wrong). Digests are not checked: names that a
+/// corrupt image misstates give another image id, not a complete one.
+pub fn names_by_headers(spec: &Spec, platform: Option<&str>) -> Option<Vec<OsString>> {
+    let try_it = || -> Result<Option<Vec<OsString>>> {
+        let Some(p) = &spec.path else { return Ok(None) };
+        let mut blobs: Box<dyn Blobs> = if p.is_dir() {
+            Box::new(DirBlobs(p.clone()))
+        } else {
+            let mut f = File::open(p)?;
+            let mut head = [0u8; 4];
+            let n = read_up_to(&mut f, &mut head)?;
+            if compression(&head[..n]).is_some() {
+                return Ok(None);
+            }
+            f.seek(SeekFrom::Start(0))?;
+            Box::new(TarBlobs::index(f)?)
+        };
+        let r = resolve(blobs.as_mut(), spec, platform)?;
+        let mut sc = scan::NameScan::new(512);
+        for l in &r.layers {
+            let Some(mut w) = blobs.window(&l.name)? else {
+                return Ok(None);
+            };
+            let mut head = [0u8; 4];
+            let n = read_up_to(&mut w, &mut head)?;
+            if compression(&head[..n]).is_some() {
+                return Ok(None);
+            }
+            w.seek(SeekFrom::Start(0))?;
+            sc.layer_headers(&l.name, &mut w)?;
+        }
+        Ok(Some(sc.names.into_iter().map(OsString::from_vec).collect()))
+    };
+    try_it().ok().flatten()
+}
+
 /// What the layers are applied to: the stage ([`apply::Applier`]), or only the list of
 /// store paths ([`scan::NameScan`]).
 pub trait Sink {

@@ -93,17 +93,19 @@ impl NameScan {
     }
 }
 
-impl super::Sink for NameScan {
-    fn layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<()> {
+impl NameScan {
+    /// One layer of a seekable file, read by its headers only (seeking past the data).
+    pub fn layer_headers(&mut self, name: &str, tar: &mut super::Window) -> Result<()> {
+        let mut ar = tar::Archive::new(tar);
+        let entries = ar.entries_with_seek().map_err(|e| unreadable(name, e))?;
+        self.entries(name, entries)
+    }
+
+    fn entries<R: Read>(&mut self, name: &str, entries: tar::Entries<R>) -> Result<()> {
         self.layer.clear();
         self.files.clear();
-        let unreadable = |e: std::io::Error| {
-            Invalid(format!(
-                "image layer {name}: not a readable tar ({e}): the image is truncated or corrupt"
-            ))
-        };
-        let mut ar = tar::Archive::new(tar);
-        for e in ar.entries().map_err(unreadable)? {
+        let unreadable = |e: std::io::Error| unreadable(name, e);
+        for e in entries {
             let e = e.map_err(unreadable)?;
             let raw = e.path_bytes().into_owned();
             let Some(c) = components(&raw) else {
@@ -122,9 +124,6 @@ impl super::Sink for NameScan {
                         self.count(n, &raw, e.header().entry_type(), e.size(), link.as_deref());
                     }
                 }
-                [b"nix", ..] if e.header().entry_type().is_file() => {
-                    self.files.insert(c.join(&b'/'), e.size());
-                }
                 [b"nix", b"store", last] if last.starts_with(WHITEOUT) => {
                     if *last == OPAQUE {
                         self.clear_lower();
@@ -135,14 +134,114 @@ impl super::Sink for NameScan {
                 }
                 [last] if *last == OPAQUE || *last == b".wh.nix" => self.clear_lower(),
                 [b"nix", last] if *last == OPAQUE || *last == b".wh.store" => self.clear_lower(),
+                // Whiteouts and markers above; any other file of nix/ a hardlink may name.
+                [b"nix", ..] if e.header().entry_type().is_file() => {
+                    self.files.insert(c.join(&b'/'), e.size());
+                }
                 _ => {}
             }
         }
         Ok(())
     }
+}
+
+fn unreadable(name: &str, e: std::io::Error) -> Invalid {
+    Invalid(format!(
+        "image layer {name}: not a readable tar ({e}): the image is truncated or corrupt"
+    ))
+}
+
+impl super::Sink for NameScan {
+    fn layer(&mut self, name: &str, tar: &mut dyn Read) -> Result<()> {
+        let mut ar = tar::Archive::new(tar);
+        let entries = ar.entries().map_err(|e| unreadable(name, e))?;
+        self.entries(name, entries)
+    }
 
     fn reset(&mut self) -> Result<()> {
         *self = NameScan::new(self.block);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engines::image::Sink;
+
+    const A: &str = "nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-a";
+    const B: &str = "nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b";
+
+    /// A layer of (name, kind: d directory, f file, h hardlink to, l symlink to; content).
+    fn layer(entries: &[(&str, char, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o555);
+            h.set_entry_type(match kind {
+                'd' => tar::EntryType::Directory,
+                'h' => tar::EntryType::Link,
+                'l' => tar::EntryType::Symlink,
+                _ => tar::EntryType::Regular,
+            });
+            let body: &[u8] = if *kind == 'f' { data.as_bytes() } else { b"" };
+            h.set_size(body.len() as u64);
+            if matches!(kind, 'h' | 'l') {
+                b.append_link(&mut h, name, data).unwrap();
+            } else {
+                b.append_data(&mut h, name, body).unwrap();
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn names_follow_whiteouts_and_footprints_count_as_a_directory_measure_does() {
+        let mut sc = NameScan::new(4096);
+        let l0 = layer(&[
+            (A, 'd', ""),
+            (&format!("{A}/f"), 'f', "12345"),
+            (&format!("{A}/same"), 'h', &format!("{A}/f")),
+            (&format!("{A}/l"), 'l', "f"),
+            (B, 'd', ""),
+            (&format!("{B}/g"), 'h', &format!("{A}/f")),
+        ]);
+        sc.layer("0", &mut l0.as_slice()).unwrap();
+        let a = sc.footprints[&A.as_bytes()[10..]];
+        // The directory, the file, the symlink: 3 inodes and blocks; the hardlink within
+        // A a name only.
+        assert_eq!(
+            a,
+            Footprint {
+                files: 2,
+                bytes: 5,
+                needed: 3 * 4096,
+                inodes: 3
+            }
+        );
+        // A hardlink into another store path counts as the file it may become.
+        let b = sc.footprints[&B.as_bytes()[10..]];
+        assert_eq!(
+            b,
+            Footprint {
+                files: 1,
+                bytes: 5,
+                needed: 2 * 4096,
+                inodes: 2
+            }
+        );
+        // A later layer's whiteout removes B, from the names and the footprints.
+        let wh = format!("nix/store/.wh.{}", &B[10..]);
+        sc.layer("1", &mut layer(&[(&wh, 'f', "")]).as_slice()).unwrap();
+        assert_eq!(sc.names.iter().collect::<Vec<_>>(), vec![&A.as_bytes()[10..].to_vec()]);
+        assert!(!sc.footprints.contains_key(&B.as_bytes()[10..]));
+        // An opaque store keeps only what its own layer holds.
+        sc.layer(
+            "2",
+            &mut layer(&[(B, 'd', ""), ("nix/store/.wh..wh..opq", 'f', "")]).as_slice(),
+        )
+        .unwrap();
+        assert_eq!(sc.names.iter().collect::<Vec<_>>(), vec![&B.as_bytes()[10..].to_vec()]);
+        assert_eq!(sc.footprints.len(), 1);
     }
 }
