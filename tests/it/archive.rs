@@ -33,6 +33,17 @@ fn target(dir: &Path, name: &str) -> PathBuf {
     t
 }
 
+/// The real-Nix store `v1` in `d/real`, made by mkimage.py into `d/NAME` with `args`, and
+/// seeded from its directory into the target `d/dir` (what the archive must give).
+fn v1_image(d: &Path, name: &str, args: &[&str]) -> (PathBuf, PathBuf, PathBuf) {
+    let real = real_store(&d.join("real"), "v1", false);
+    let img = d.join(name);
+    mkimage(&real, &img, args);
+    let by_dir = target(d, "dir");
+    Seed::image(&real, &by_dir).ok();
+    (real, img, by_dir)
+}
+
 fn names(store: &Path) -> BTreeSet<String> {
     match std::fs::read_dir(store) {
         Ok(d) => d
@@ -533,11 +544,7 @@ nixtest!(
     a_path_collected_while_the_image_was_read_fails_the_seed_and_the_rerun_restores_it,
     |tmp| {
         let d = tmp.path();
-        let real = real_store(&d.join("real"), "v1", false);
-        let img = d.join("img.tar");
-        mkimage(&real, &img, &["--format", "docker", "--layers", "one"]);
-        let by_dir = target(d, "dir");
-        Seed::image(&real, &by_dir).ok();
+        let (real, img, by_dir) = v1_image(d, "img.tar", &["--format", "docker", "--layers", "one"]);
         let t = target(d, "t");
         Seed::image(&real, &t).ok();
         // A path nothing refers to: real Nix deletes it once liveness is ignored.
@@ -585,11 +592,7 @@ nixtest!(
 // waits and finds it done.
 nixtest!(crash_and_concurrency_as_for_a_directory, |tmp| {
     let d = tmp.path();
-    let real = real_store(&d.join("real"), "v1", false);
-    let img = d.join("img.tar");
-    mkimage(&real, &img, &["--format", "docker"]);
-    let by_dir = target(d, "dir");
-    Seed::image(&real, &by_dir).ok();
+    let (real, img, by_dir) = v1_image(d, "img.tar", &["--format", "docker"]);
 
     let t = target(d, "t-crash");
     let o = Seed::new(&img, &t).failpoint("published:5=kill").output();
@@ -797,11 +800,7 @@ nixtest!(
     killed_at_every_step_an_archive_seed_is_repaired_by_the_next_run,
     |tmp| {
         let d = tmp.path();
-        let real = real_store(&d.join("real"), "v1", false);
-        let img = d.join("img.tar");
-        mkimage(&real, &img, &["--format", "docker", "--layers", "one"]);
-        let by_dir = target(d, "dir");
-        Seed::image(&real, &by_dir).ok();
+        let (real, img, by_dir) = v1_image(d, "img.tar", &["--format", "docker", "--layers", "one"]);
         for point in [
             "locked",
             "unpacked",

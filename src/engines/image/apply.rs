@@ -192,14 +192,9 @@ impl<'a> Applier<'a> {
         }
         tar.seek(io::SeekFrom::Start(0))?;
         self.layer = name.to_owned();
-        self.layer_written.clear();
         let mut ar = tar::Archive::new(tar);
-        for e in ar.entries_with_seek().map_err(|e| self.truncated(e))? {
-            let mut e = e.map_err(|e| self.truncated(e))?;
-            let path = e.path_bytes().into_owned();
-            self.entry(&path, &mut e)?;
-        }
-        self.cache = None;
+        let entries = ar.entries_with_seek().map_err(|e| self.truncated(e))?;
+        self.entries(entries)?;
         self.stats.layers_read_past += 1;
         Ok(true)
     }
@@ -228,9 +223,15 @@ impl<'a> Applier<'a> {
     /// Apply one layer (an uncompressed tar stream).
     pub fn layer<R: Read>(&mut self, name: &str, tar: R) -> Result<()> {
         self.layer = name.to_owned();
-        self.layer_written.clear();
         let mut ar = tar::Archive::new(tar);
-        for e in ar.entries().map_err(|e| self.truncated(e))? {
+        let entries = ar.entries().map_err(|e| self.truncated(e))?;
+        self.entries(entries)
+    }
+
+    /// Apply the entries of the layer named `self.layer`.
+    fn entries<R: Read>(&mut self, entries: tar::Entries<R>) -> Result<()> {
+        self.layer_written.clear();
+        for e in entries {
             let mut e = e.map_err(|e| self.truncated(e))?;
             let path = e.path_bytes().into_owned();
             self.entry(&path, &mut e)?;
