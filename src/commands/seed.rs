@@ -176,15 +176,21 @@ fn seed_image(
         }
     }
     let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, true)?;
-    // The fast path, as for a directory (no lock, nothing written), where the image's
-    // store path names can be had from its headers alone.
-    if !o.recheck {
-        if let Some(names) = crate::engines::image::names_by_headers(spec, o.platform.as_deref()) {
+    // Where the image's store path names can be had from its headers alone: the fast path,
+    // as for a directory (no lock, nothing written), and, as a directory's seed does
+    // before copying, a refusal when what it lacks cannot fit (exit 1, nothing written).
+    let block = nix::sys::statvfs::fstatvfs(target.as_fd()).map_or(4096, |v| v.fragment_size());
+    if let Some((names, footprints)) = crate::engines::image::by_headers(spec, o.platform.as_deref(), block) {
+        if !o.recheck {
             if let Some(at) = image_complete(target.as_fd(), &names)? {
                 let id = crate::base::store_path::image_id(&names);
                 crate::steps::state::touch_seen(target.as_fd(), &id, at, log);
                 return Ok(Report::of(&target_path, names.len(), 0).finished(t0));
             }
+        }
+        let (missing, size) = image_missing(target.as_fd(), &names, &footprints)?;
+        if let Some(why) = plan::room((target.as_fd(), &target_path), missing.len(), size)? {
+            anyhow::bail!(why);
         }
     }
     let held = seed_lock(target.as_fd(), &target_path, o, log, interrupted)?;
@@ -239,6 +245,39 @@ fn seed_image(
     Ok(report.finished(t0))
 }
 
+/// How many of the image's store paths `names` the target lacks, and what they take by
+/// their `footprints` (from the image's headers: at most).
+fn image_missing<'n>(
+    target: std::os::fd::BorrowedFd,
+    names: &'n [std::ffi::OsString],
+    footprints: &crate::engines::image::Footprints,
+) -> Result<(Vec<&'n std::ffi::OsString>, plan::Size)> {
+    let present = store_names(target)?;
+    let mut size = plan::Size::default();
+    let mut missing = Vec::new();
+    for n in names.iter().filter(|n| !present.contains(*n)) {
+        missing.push(n);
+        if let Some(f) = footprints.get(n) {
+            size.files += f.files;
+            size.bytes += f.bytes;
+            size.needed += f.needed;
+            size.inodes += f.inodes;
+        }
+    }
+    Ok((missing, size))
+}
+
+/// The names in `target/store` (none without one).
+fn store_names(target: std::os::fd::BorrowedFd) -> Result<std::collections::HashSet<std::ffi::OsString>> {
+    Ok(match crate::base::dirfd::open_dir_if_exists(target, "store")? {
+        Some(store) => crate::base::dirfd::list(store.as_fd())?
+            .into_iter()
+            .map(|e| e.name)
+            .collect(),
+        None => Default::default(),
+    })
+}
+
 /// When the image of store paths `names` was last found complete in `target` (its marker's
 /// time), if it is complete now: every store path there, marked, no database lock left by
 /// a killed seeder ([`Plan::is_complete`], for an image read by its names), and no stage a
@@ -258,13 +297,7 @@ fn image_complete(
     {
         return Ok(None);
     }
-    let Some(store) = crate::base::dirfd::open_dir_if_exists(target, "store")? else {
-        return Ok(None);
-    };
-    let present: std::collections::HashSet<std::ffi::OsString> = crate::base::dirfd::list(store.as_fd())?
-        .into_iter()
-        .map(|e| e.name)
-        .collect();
+    let present = store_names(target)?;
     Ok(names.iter().all(|n| present.contains(n)).then_some(at))
 }
 
@@ -408,19 +441,10 @@ fn dry_run(c: &Checked, o: &Options, log: &Log, t0: Instant) -> Result<Report> {
 /// most), and whether the seed would refuse the target or find no room, with the exit code
 /// of a directory's dry run.
 fn dry_run_image(o: &Options, spec: &crate::engines::image::Spec, log: &Arc<Log>) -> Result<Done> {
-    use std::collections::HashSet;
-    use std::ffi::OsString;
     let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, false)?;
     let block = nix::sys::statvfs::fstatvfs(target.as_fd()).map_or(4096, |v| v.fragment_size());
     let (un, footprints) = crate::engines::image::scan(spec, o.platform.as_deref(), block)?;
-    let present: HashSet<OsString> = match crate::base::dirfd::open_dir_if_exists(target.as_fd(), "store")? {
-        Some(fd) => crate::base::dirfd::list(fd.as_fd())?
-            .into_iter()
-            .map(|e| e.name)
-            .collect(),
-        None => HashSet::new(),
-    };
-    let missing: Vec<&OsString> = un.names.iter().filter(|n| !present.contains(*n)).collect();
+    let (missing, size) = image_missing(target.as_fd(), &un.names, &footprints)?;
     for n in &missing {
         log.event(
             progress::Level::Info,
@@ -428,13 +452,6 @@ fn dry_run_image(o: &Options, spec: &crate::engines::image::Spec, log: &Arc<Log>
             &format!("would copy {}", n.to_string_lossy()),
             json!({"path": n.to_string_lossy()}),
         );
-    }
-    let mut size = plan::Size::default();
-    for f in missing.iter().filter_map(|n| footprints.get(*n)) {
-        size.files += f.files;
-        size.bytes += f.bytes;
-        size.needed += f.needed;
-        size.inodes += f.inodes;
     }
     let refused = preflight::writable(&target_path, target.as_fd()).err();
     let no_room = plan::room((target.as_fd(), &target_path), missing.len(), size)?;

@@ -840,7 +840,7 @@ nixtest!(
 // `--dry-run` of an image says what the missing store paths take, from the layers'
 // headers (an upper bound): the files a directory's dry run counts, at least its bytes
 // and at most 5% more; on a target short of inodes it says it would NOT fit and exits 1,
-// as the directory's dry run does, with nothing written.
+// as the directory's dry run does, and the seed refuses it before writing anything.
 roottest!(
     an_image_dry_run_estimates_the_space_as_a_directory_dry_run_does,
     |tmp| {
@@ -888,6 +888,19 @@ roottest!(
             text(&o)
         );
         assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "something was written");
+        // The seed refuses it as a directory's seed does, before anything is written (the
+        // archive's headers say what it lacks), and with room it seeds.
+        let o = Seed::new(&img, &small).output();
+        assert_code(&o, 1);
+        assert!(
+            stderr(&o).contains("not enough space") && stderr(&o).contains("inodes"),
+            "{}",
+            text(&o)
+        );
+        assert_eq!(std::fs::read_dir(&small).unwrap().count(), 0, "something was written");
+        let t = target(d, "t2");
+        Seed::new(&img, &t).ok();
+        assert_store_equal(&fx.root, &t);
     }
 );
 

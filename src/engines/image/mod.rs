@@ -152,16 +152,13 @@ pub fn unpack(
 /// Which store paths the image holds, and its name, read (digests checked) without
 /// writing anything: for `status` and `--dry-run`. With what each store path would take on
 /// a filesystem of `block`-sized blocks, by name (an upper bound: [`scan`]).
-pub fn scan(spec: &Spec, platform: Option<&str>, block: u64) -> Result<(Unpacked, HashMap<OsString, Footprint>)> {
+pub fn scan(spec: &Spec, platform: Option<&str>, block: u64) -> Result<(Unpacked, Footprints)> {
     let mut sc = scan::NameScan::new(block);
     let (label, layers) = read(spec, platform, &mut sc)?;
-    let footprints = std::mem::take(&mut sc.footprints)
-        .into_iter()
-        .map(|(n, f)| (OsString::from_vec(n), f))
-        .collect();
+    let (names, footprints) = sc.finish();
     Ok((
         Unpacked {
-            names: sc.names.into_iter().map(OsString::from_vec).collect(),
+            names,
             stats: Stats::default(),
             label,
             layers,
@@ -170,14 +167,15 @@ pub fn scan(spec: &Spec, platform: Option<&str>, block: u64) -> Result<(Unpacked
     ))
 }
 
-/// The image's store path names by its layers' headers alone, seeking past their data:
-/// for the lock-free "nothing to do" of a seed, which uses nothing else of the image. Only
-/// where every layer is an uncompressed file (an uncompressed archive file, an OCI layout
-/// with uncompressed layers): `None` otherwise, or when the headers do not read (the seed
-/// then reads the image and says what is wrong). Digests are not checked: names that a
-/// corrupt image misstates give another image id, not a complete one.
-pub fn names_by_headers(spec: &Spec, platform: Option<&str>) -> Option<Vec<OsString>> {
-    let try_it = || -> Result<Option<Vec<OsString>>> {
+/// The image's store path names, and what each takes on a filesystem of `block`-sized
+/// blocks ([`scan`]), by its layers' headers alone, seeking past their data: for the
+/// lock-free "nothing to do" of a seed and its check for room, which use nothing else of
+/// the image. Only where every layer is an uncompressed file (an uncompressed archive
+/// file, an OCI layout with uncompressed layers): `None` otherwise, or when the headers do
+/// not read (the seed then reads the image and says what is wrong). Digests are not
+/// checked: names that a corrupt image misstates give another image id, not a complete one.
+pub fn by_headers(spec: &Spec, platform: Option<&str>, block: u64) -> Option<(Vec<OsString>, Footprints)> {
+    let try_it = || -> Result<Option<(Vec<OsString>, Footprints)>> {
         let Some(p) = &spec.path else { return Ok(None) };
         let mut blobs: Box<dyn Blobs> = if p.is_dir() {
             Box::new(DirBlobs(p.clone()))
@@ -192,7 +190,7 @@ pub fn names_by_headers(spec: &Spec, platform: Option<&str>) -> Option<Vec<OsStr
             Box::new(TarBlobs::index(f)?)
         };
         let r = resolve(blobs.as_mut(), spec, platform)?;
-        let mut sc = scan::NameScan::new(512);
+        let mut sc = scan::NameScan::new(block);
         for l in &r.layers {
             let Some(mut w) = blobs.window(&l.name)? else {
                 return Ok(None);
@@ -205,10 +203,13 @@ pub fn names_by_headers(spec: &Spec, platform: Option<&str>) -> Option<Vec<OsStr
             w.seek(SeekFrom::Start(0))?;
             sc.layer_headers(&l.name, &mut w)?;
         }
-        Ok(Some(sc.names.into_iter().map(OsString::from_vec).collect()))
+        Ok(Some(sc.finish()))
     };
     try_it().ok().flatten()
 }
+
+/// What each store path of an image takes, by name.
+pub type Footprints = HashMap<OsString, Footprint>;
 
 /// What the layers are applied to: the stage ([`apply::Applier`]), or only the list of
 /// store paths ([`scan::NameScan`]).

@@ -52,6 +52,18 @@ impl NameScan {
         }
     }
 
+    /// The image's store path names, sorted, and their footprints by name.
+    pub fn finish(self) -> (Vec<std::ffi::OsString>, super::Footprints) {
+        use std::os::unix::ffi::OsStringExt;
+        let names = self.names.into_iter().map(std::ffi::OsString::from_vec).collect();
+        let footprints = self
+            .footprints
+            .into_iter()
+            .map(|(n, f)| (std::ffi::OsString::from_vec(n), f))
+            .collect();
+        (names, footprints)
+    }
+
     fn clear_lower(&mut self) {
         let layer = &self.layer;
         self.names.retain(|n| layer.contains(n));
