@@ -27,19 +27,18 @@
 //! call in between, so a task waiting for another's copy of an inode only waits for a copy
 //! that is running on another thread (see `hardlinks.rs`).
 
-use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use nix::dir::Type;
 use nix::fcntl::AtFlags;
-use nix::sys::stat::{fstatat, mkdirat, FileStat, Mode};
+use nix::sys::stat::{fstatat, mkdirat, Mode};
 
 use super::metadata::{self, Created, NewKind};
-use super::tree::Walk;
+use super::tree::{Entry, Walk};
 use super::Engine;
 use crate::base::dirfd::{open_dir, Listed};
 use crate::base::error::Stopped;
@@ -89,31 +88,22 @@ impl Engine {
 impl Walk<'_> {
     /// Create the directory (0700: its children must be created), copy its children, then
     /// set its metadata.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn dir(
-        &self,
-        src_dir: BorrowedFd,
-        src_name: &OsStr,
-        st: &FileStat,
-        dst_dir: BorrowedFd,
-        dst_name: &OsStr,
-        rel: &Path,
-        seen: &Created,
-    ) -> Result<()> {
-        mkdirat(dst_dir, dst_name, Mode::from_bits_truncate(0o700))
-            .with_context(|| self.at("create directory", rel))?;
-        let dst = File::from(open_dir(dst_dir, dst_name).with_context(|| self.at("open new directory", rel))?);
-        let (owner, _) = seen
-            .needs(NewKind::Dir, st, None, self.eng.ownership.preserved(), || {
+    pub(super) fn dir(&self, e: Entry) -> Result<()> {
+        mkdirat(e.dst_dir, e.dst_name, Mode::from_bits_truncate(0o700))
+            .with_context(|| self.at("create directory", e.rel))?;
+        let dst = File::from(open_dir(e.dst_dir, e.dst_name).with_context(|| self.at("open new directory", e.rel))?);
+        let (owner, _) = e
+            .seen
+            .needs(NewKind::Dir, e.st, None, self.eng.ownership.preserved(), || {
                 nix::sys::stat::fstat(dst.as_fd())
             })
-            .with_context(|| self.at("stat new directory", rel))?;
-        let src = Listed::open(src_dir, src_name)
-            .with_context(|| format!("{}: cannot list", self.src_path.join(rel).display()))?;
+            .with_context(|| self.at("stat new directory", e.rel))?;
+        let src = Listed::open(e.src_dir, e.src_name)
+            .with_context(|| format!("{}: cannot list", self.src_path.join(e.rel).display()))?;
         let d = Dir {
             src,
             dst,
-            rel: rel.to_path_buf(),
+            rel: e.rel.to_path_buf(),
         };
         let n = d.src.entries.len();
         let worth_spreading = n > CHUNK || d.src.entries.iter().any(|e| e.dtype == Some(Type::Directory));
@@ -123,18 +113,18 @@ impl Walk<'_> {
             None
         };
         if slot.is_some() {
-            self.spread(&d, seen);
+            self.spread(&d, e.seen);
             if self.stopping() {
                 return Err(Stopped.into());
             }
         } else {
             for i in 0..n {
-                self.child(&d, i, seen)?;
+                self.child(&d, i, e.seen)?;
             }
         }
         drop(slot);
-        metadata::finish_dir(&d.dst, st, &self.eng.ownership, owner)
-            .with_context(|| self.at("set metadata of", rel))?;
+        metadata::finish_dir(&d.dst, e.st, &self.eng.ownership, owner)
+            .with_context(|| self.at("set metadata of", e.rel))?;
         self.eng.counters.dirs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -179,7 +169,15 @@ impl Walk<'_> {
         if self.filter.is_some_and(|f| !f(&rel, &st)) {
             return Ok(());
         }
-        self.copy_entry(d.src.fd(), name, &st, d.dst.as_fd(), name, &rel, seen)
+        self.copy_entry(Entry {
+            src_dir: d.src.fd(),
+            src_name: name,
+            st: &st,
+            dst_dir: d.dst.as_fd(),
+            dst_name: name,
+            rel: &rel,
+            seen,
+        })
     }
 }
 

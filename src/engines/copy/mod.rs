@@ -203,22 +203,8 @@ impl Engine {
         (dst_root, dst): (&Path, BorrowedFd),
         name: &OsStr,
     ) -> Result<(u64, u64, Option<String>)> {
-        let src_path = src_root.join(name);
-        let Some(st) = crate::base::dirfd::lstat_at(src, name)? else {
-            anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
-        };
-        let top = Top {
-            src,
-            name,
-            st: &st,
-            dst,
-            final_name: name,
-            filter: None,
-            specials: Specials::Error,
-            src_path,
-            dst_path: dst_root.join(name),
-        };
-        let built = self.build_top(top)?;
+        let st = stat_source(src_root, src, name)?;
+        let built = self.build_top(Top::store_path((src_root, src), (dst_root, dst), name, &st))?;
         let shown = dst_root.join(name);
         let guard = crate::base::dirfd::TempEntry::new(dst, &built.tmp);
         let problem = publish::replace(self, dst, &built.tmp, name)
@@ -237,23 +223,8 @@ impl Engine {
         (dst_root, dst): (&Path, BorrowedFd),
         name: &OsStr,
     ) -> Result<(Published, u64, u64)> {
-        let src_path = src_root.join(name);
-        let Some(st) =
-            crate::base::dirfd::lstat_at(src, name).with_context(|| format!("{}: cannot stat", src_path.display()))?
-        else {
-            anyhow::bail!("{}: vanished from the source while seeding", src_path.display());
-        };
-        let top = Top {
-            src,
-            name,
-            st: &st,
-            dst,
-            final_name: name,
-            filter: None,
-            specials: Specials::Error,
-            src_path,
-            dst_path: dst_root.join(name),
-        };
+        let st = stat_source(src_root, src, name)?;
+        let top = Top::store_path((src_root, src), (dst_root, dst), name, &st);
         let (dst, final_name) = (top.dst, top.final_name);
         let built = self.build_top_in(top, &self.in_store)?;
         self.publish_top(dst, built, final_name)
@@ -282,7 +253,15 @@ impl Engine {
         let tmp = self.temp_name(t.final_name);
         let top = TopEntry::new(tmp.clone());
         let walk = tree::Walk::new(self, top.clone(), t.dst, t.filter, t.specials, t.src_path, t.dst_path);
-        let copied = walk.copy_entry(t.src, t.name, t.st, t.dst, &tmp, Path::new(""), seen);
+        let copied = walk.copy_entry(tree::Entry {
+            src_dir: t.src,
+            src_name: t.name,
+            st: t.st,
+            dst_dir: t.dst,
+            dst_name: &tmp,
+            rel: Path::new(""),
+            seen,
+        });
         // A task's own error is better than the Stopped it made the others return.
         let copied = match walk.take_error() {
             Some(e) if copied.is_err() || e.downcast_ref::<Stopped>().is_none() => Err(e),
@@ -337,6 +316,36 @@ pub struct Top<'a> {
     pub specials: Specials,
     pub src_path: PathBuf,
     pub dst_path: PathBuf,
+}
+
+impl<'a> Top<'a> {
+    /// The store path `name` of the source store `src` (lstat `st`), to the same name in
+    /// the target store `dst`.
+    fn store_path(
+        (src_root, src): (&Path, BorrowedFd<'a>),
+        (dst_root, dst): (&Path, BorrowedFd<'a>),
+        name: &'a OsStr,
+        st: &'a nix::sys::stat::FileStat,
+    ) -> Top<'a> {
+        Top {
+            src,
+            name,
+            st,
+            dst,
+            final_name: name,
+            filter: None,
+            specials: Specials::Error,
+            src_path: src_root.join(name),
+            dst_path: dst_root.join(name),
+        }
+    }
+}
+
+/// The source store path `name`'s lstat: it must still be there.
+fn stat_source(src_root: &Path, src: BorrowedFd, name: &OsStr) -> Result<nix::sys::stat::FileStat> {
+    let src_path = src_root.join(name);
+    let st = crate::base::dirfd::lstat_at(src, name).with_context(|| format!("{}: cannot stat", src_path.display()))?;
+    st.ok_or_else(|| anyhow::anyhow!("{}: vanished from the source while seeding", src_path.display()))
 }
 
 /// A complete copy under its temporary name, not yet published.

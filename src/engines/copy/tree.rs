@@ -37,6 +37,20 @@ pub enum Specials {
     Skip,
 }
 
+/// One entry to copy: `src_name` inside `src_dir` (with lstat `st`) to `dst_name` inside
+/// `dst_dir`, which must not exist; `rel` is its path below the top entry, `seen` what
+/// entries created in `dst_dir` (and below) get.
+#[derive(Clone, Copy)]
+pub struct Entry<'e> {
+    pub src_dir: BorrowedFd<'e>,
+    pub src_name: &'e OsStr,
+    pub st: &'e FileStat,
+    pub dst_dir: BorrowedFd<'e>,
+    pub dst_name: &'e OsStr,
+    pub rel: &'e Path,
+    pub seen: &'e Created,
+}
+
 /// The copy of one top-level entry (a store path, or a piece of var/), shared by every task
 /// that copies part of it.
 pub struct Walk<'a> {
@@ -123,61 +137,39 @@ impl<'a> Walk<'a> {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Copy `src_name` (inside `src_dir`, with lstat `st`) to `dst_name` inside `dst_dir`,
-    /// which must not exist; `rel` is its path below the top entry, `seen` what entries
-    /// created in `dst_dir` (and below) get. On error the partial copy is left for the caller to remove
-    /// (it lives under the caller's temporary top-level name).
-    #[allow(clippy::too_many_arguments)]
-    pub fn copy_entry(
-        &self,
-        src_dir: BorrowedFd,
-        src_name: &OsStr,
-        st: &FileStat,
-        dst_dir: BorrowedFd,
-        dst_name: &OsStr,
-        rel: &Path,
-        seen: &Created,
-    ) -> Result<()> {
+    /// Copy entry `e`. On error the partial copy is left for the caller to remove (it lives
+    /// under the caller's temporary top-level name).
+    pub fn copy_entry(&self, e: Entry) -> Result<()> {
         if self.stopping() {
             return Err(Stopped.into());
         }
-        match file_type(st) {
-            SFlag::S_IFREG => self.file(src_dir, src_name, st, dst_dir, dst_name, rel, seen),
-            SFlag::S_IFDIR => self.dir(src_dir, src_name, st, dst_dir, dst_name, rel, seen),
-            SFlag::S_IFLNK => self.symlink(src_dir, src_name, st, dst_dir, dst_name, rel, seen),
+        match file_type(e.st) {
+            SFlag::S_IFREG => self.file(e),
+            SFlag::S_IFDIR => self.dir(e),
+            SFlag::S_IFLNK => self.symlink(e),
             _ => match self.specials {
                 Specials::Skip => Ok(()),
                 Specials::Error => bail!(
                     "{}: is a {}; a Nix store holds only files, directories and symlinks \
                      (remove it from the image's store)",
-                    self.src_path.join(rel).display(),
-                    kind_name(st)
+                    self.src_path.join(e.rel).display(),
+                    kind_name(e.st)
                 ),
             },
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn symlink(
-        &self,
-        src_dir: BorrowedFd,
-        src_name: &OsStr,
-        st: &FileStat,
-        dst_dir: BorrowedFd,
-        dst_name: &OsStr,
-        rel: &Path,
-        seen: &Created,
-    ) -> Result<()> {
+    fn symlink(&self, e: Entry) -> Result<()> {
         // Link targets are bytes: absolute, relative or dangling, copied exactly.
-        let target = readlinkat(src_dir, src_name)
-            .with_context(|| format!("{}: cannot read link", self.src_path.join(rel).display()))?;
-        symlinkat(target.as_os_str(), dst_dir, dst_name).with_context(|| self.at("create symlink", rel))?;
+        let target = readlinkat(e.src_dir, e.src_name)
+            .with_context(|| format!("{}: cannot read link", self.src_path.join(e.rel).display()))?;
+        symlinkat(target.as_os_str(), e.dst_dir, e.dst_name).with_context(|| self.at("create symlink", e.rel))?;
         match metadata::apply_symlink(
-            dst_dir,
-            dst_name,
-            st,
+            e.dst_dir,
+            e.dst_name,
+            e.st,
             &self.eng.ownership,
-            seen,
+            e.seen,
             self.eng.fs.symlink_metadata(),
         ) {
             // The link was just created: ENOENT means the call followed it to a missing
@@ -186,32 +178,22 @@ impl<'a> Walk<'a> {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EPERM)) => {
                 self.eng.fs.symlink_metadata_follows()
             }
-            r => r.with_context(|| self.at("set metadata of", rel))?,
+            r => r.with_context(|| self.at("set metadata of", e.rel))?,
         }
         self.eng.counters.symlinks.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn file(
-        &self,
-        src_dir: BorrowedFd,
-        src_name: &OsStr,
-        st: &FileStat,
-        dst_dir: BorrowedFd,
-        dst_name: &OsStr,
-        rel: &Path,
-        seen: &Created,
-    ) -> Result<()> {
-        let copy = || self.copy_file(src_dir, src_name, st, dst_dir, dst_name, rel, seen);
-        if st.st_nlink <= 1 {
+    fn file(&self, e: Entry) -> Result<()> {
+        let copy = || self.copy_file(e);
+        if e.st.st_nlink <= 1 {
             return copy();
         }
         // An owner copies one file with no wait and no other work in between (no
         // thread-pool call either), so a waiter in `claim` only ever waits for a copy
         // that is running on another thread.
-        match self.eng.links.claim(st.st_dev, st.st_ino) {
-            Claim::LinkTo(loc) => match hardlinks::link(self.top_parent, &loc, dst_dir, dst_name) {
+        match self.eng.links.claim(e.st.st_dev, e.st.st_ino) {
+            Claim::LinkTo(loc) => match hardlinks::link(self.top_parent, &loc, e.dst_dir, e.dst_name) {
                 Ok(()) => {
                     self.eng.counters.hardlinks.fetch_add(1, Ordering::Relaxed);
                     self.count_file(0);
@@ -221,14 +203,14 @@ impl<'a> Walk<'a> {
                 // filesystem has no hardlinks: copy, and let later names link to ours.
                 Err(_) => {
                     copy()?;
-                    self.eng.links.relocate(st.st_dev, st.st_ino, self.here(rel));
+                    self.eng.links.relocate(e.st.st_dev, e.st.st_ino, self.here(e.rel));
                     Ok(())
                 }
             },
             Claim::Copy => copy(),
             Claim::Owner(owner) => {
                 copy()?;
-                owner.done(self.here(rel));
+                owner.done(self.here(e.rel));
                 Ok(())
             }
         }
@@ -243,30 +225,22 @@ impl<'a> Walk<'a> {
 
     /// Create with the final permission bits (no `fchmod` unless set-id bits or the
     /// directory changes modes), write, then owner if not already right, then times.
-    #[allow(clippy::too_many_arguments)]
-    fn copy_file(
-        &self,
-        src_dir: BorrowedFd,
-        src_name: &OsStr,
-        st: &FileStat,
-        dst_dir: BorrowedFd,
-        dst_name: &OsStr,
-        rel: &Path,
-        seen: &Created,
-    ) -> Result<()> {
+    fn copy_file(&self, e: Entry) -> Result<()> {
         let mut src = File::from(
-            openat(src_dir, src_name, READ_FLAGS, Mode::empty())
-                .with_context(|| format!("{}: cannot open", self.src_path.join(rel).display()))?,
+            openat(e.src_dir, e.src_name, READ_FLAGS, Mode::empty())
+                .with_context(|| format!("{}: cannot open", self.src_path.join(e.rel).display()))?,
         );
         // O_CREAT with a read-only mode still gives a writable descriptor of the new file.
-        let mode = Mode::from_bits_truncate(metadata::creation_mode(st));
-        let mut dst =
-            File::from(openat(dst_dir, dst_name, CREATE_FLAGS, mode).with_context(|| self.at("create file", rel))?);
-        let size = u64::try_from(st.st_size).unwrap_or(0);
+        let mode = Mode::from_bits_truncate(metadata::creation_mode(e.st));
+        let mut dst = File::from(
+            openat(e.dst_dir, e.dst_name, CREATE_FLAGS, mode).with_context(|| self.at("create file", e.rel))?,
+        );
+        let size = u64::try_from(e.st.st_size).unwrap_or(0);
         let written = BUF
             .with_borrow_mut(|buf| copy_data(&mut src, &mut dst, size, buf))
-            .with_context(|| self.at("write", rel))?;
-        metadata::finish_file(&dst, st, &self.eng.ownership, seen).with_context(|| self.at("set metadata of", rel))?;
+            .with_context(|| self.at("write", e.rel))?;
+        metadata::finish_file(&dst, e.st, &self.eng.ownership, e.seen)
+            .with_context(|| self.at("set metadata of", e.rel))?;
         self.count_file(written);
         #[cfg(test)]
         COPIED_BY
