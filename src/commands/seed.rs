@@ -181,14 +181,15 @@ fn seed_image(
     // before copying, a refusal when what it lacks cannot fit (exit 1, nothing written).
     let block = nix::sys::statvfs::fstatvfs(target.as_fd()).map_or(4096, |v| v.fragment_size());
     if let Some((names, footprints)) = crate::engines::image::by_headers(spec, o.platform.as_deref(), block) {
+        let present = store_names(target.as_fd())?;
         if !o.recheck {
-            if let Some(at) = image_complete(target.as_fd(), &names)? {
+            if let Some(at) = image_complete(target.as_fd(), &names, &present)? {
                 let id = crate::base::store_path::image_id(&names);
                 crate::steps::state::touch_seen(target.as_fd(), &id, at, log);
                 return Ok(Report::of(&target_path, names.len(), 0).finished(t0));
             }
         }
-        let (missing, size) = image_missing(target.as_fd(), &names, &footprints)?;
+        let (missing, size) = image_missing(&names, &present, &footprints);
         if let Some(why) = plan::room((target.as_fd(), &target_path), missing.len(), size)? {
             anyhow::bail!(why);
         }
@@ -245,14 +246,13 @@ fn seed_image(
     Ok(report.finished(t0))
 }
 
-/// How many of the image's store paths `names` the target lacks, and what they take by
+/// The image's store paths `names` not `present` in the target, and what they take by
 /// their `footprints` (from the image's headers: at most).
 fn image_missing<'n>(
-    target: std::os::fd::BorrowedFd,
     names: &'n [std::ffi::OsString],
+    present: &std::collections::HashSet<std::ffi::OsString>,
     footprints: &crate::engines::image::Footprints,
-) -> Result<(Vec<&'n std::ffi::OsString>, plan::Size)> {
-    let present = store_names(target)?;
+) -> (Vec<&'n std::ffi::OsString>, plan::Size) {
     let mut size = plan::Size::default();
     let mut missing = Vec::new();
     for n in names.iter().filter(|n| !present.contains(*n)) {
@@ -264,7 +264,7 @@ fn image_missing<'n>(
             size.inodes += f.inodes;
         }
     }
-    Ok((missing, size))
+    (missing, size)
 }
 
 /// The names in `target/store` (none without one).
@@ -285,6 +285,7 @@ fn store_names(target: std::os::fd::BorrowedFd) -> Result<std::collections::Hash
 fn image_complete(
     target: std::os::fd::BorrowedFd,
     names: &[std::ffi::OsString],
+    present: &std::collections::HashSet<std::ffi::OsString>,
 ) -> Result<Option<std::time::SystemTime>> {
     use std::os::unix::ffi::OsStrExt;
     let look = crate::steps::state::look(target, &crate::base::store_path::image_id(names))?;
@@ -297,7 +298,6 @@ fn image_complete(
     {
         return Ok(None);
     }
-    let present = store_names(target)?;
     Ok(names.iter().all(|n| present.contains(n)).then_some(at))
 }
 
@@ -444,7 +444,7 @@ fn dry_run_image(o: &Options, spec: &crate::engines::image::Spec, log: &Arc<Log>
     let (target_path, target) = preflight::check_target(&o.target, !o.allow_non_mountpoint, false)?;
     let block = nix::sys::statvfs::fstatvfs(target.as_fd()).map_or(4096, |v| v.fragment_size());
     let (un, footprints) = crate::engines::image::scan(spec, o.platform.as_deref(), block)?;
-    let (missing, size) = image_missing(target.as_fd(), &un.names, &footprints)?;
+    let (missing, size) = image_missing(&un.names, &store_names(target.as_fd())?, &footprints);
     for n in &missing {
         log.event(
             progress::Level::Info,

@@ -262,21 +262,32 @@ fn is_a_static_aarch64_binary_naming_its_architecture() {
 // say the same before and after; a second image (more paths, new hard links) seeds the
 // same on top; a file corrupted in both targets is found by both verifies. The aarch64 seed
 // takes under 10 s under qemu on two cores (its time is printed).
+/// The image the x86_64 and the aarch64 binaries both seed: a fixture of `paths` store
+/// paths (its big file of `big` bytes, else the fixture's default) in `t/image`.
+fn image(t: &Path, paths: usize, big: Option<usize>) -> fixture::Fixture {
+    let spec = Spec {
+        paths,
+        big_file_bytes: big.unwrap_or(Spec::default().big_file_bytes),
+        ..Spec::default()
+    };
+    fixture::build(&t.join("image"), &spec)
+}
+
+/// Empty targets for the x86_64 and the aarch64 binary: `t/x86_64`, `t/aarch64`.
+fn two_targets(t: &Path) -> (PathBuf, PathBuf) {
+    let (dx, da) = (t.join("x86_64"), t.join("aarch64"));
+    std::fs::create_dir(&dx).unwrap();
+    std::fs::create_dir(&da).unwrap();
+    (dx, da)
+}
+
 roottest!(
     seeds_every_hard_case_exactly_as_x86_64_does,
     needs = &["qemu-aarch64-static"],
     |t| {
         let Some(a) = Arm64::get(t.name()) else { return };
-        let fx = fixture::build(
-            &t.join("image"),
-            &Spec {
-                paths: 200,
-                ..Spec::default()
-            },
-        );
-        let (dx, da) = (t.join("x86_64"), t.join("aarch64"));
-        std::fs::create_dir(&dx).unwrap();
-        std::fs::create_dir(&da).unwrap();
+        let fx = image(t, 200, None);
+        let (dx, da) = two_targets(t);
         let src = fx.root.display().to_string();
 
         // Before: the same missing paths, exit 1.
@@ -366,20 +377,11 @@ roottest!(
     needs = &["qemu-aarch64-static"],
     |t| {
         let Some(a) = Arm64::get(t.name()) else { return };
-        let fx = fixture::build(
-            &t.join("image"),
-            &Spec {
-                paths: 60,
-                big_file_bytes: 1 << 20,
-                ..Spec::default()
-            },
-        );
+        let fx = image(t, 60, Some(1 << 20));
         let original = t.join("original.sqlite");
         std::fs::rename(fx.root.join("var/nix/db/db.sqlite"), &original).unwrap();
         std::fs::remove_dir_all(fx.root.join("var/nix/db")).unwrap();
-        let (dx, da) = (t.join("x86_64"), t.join("aarch64"));
-        std::fs::create_dir(&dx).unwrap();
-        std::fs::create_dir(&da).unwrap();
+        let (dx, da) = two_targets(t);
         let ox = Seed::new(&fx.root, &dx).ok();
         let oa = a.seed(&fx.root, &da).ok();
         for o in [&ox, &oa] {
@@ -416,14 +418,7 @@ roottest!(
     needs = &["qemu-aarch64-static"],
     |t| {
         let Some(a) = Arm64::get(t.name()) else { return };
-        let fx = fixture::build(
-            &t.join("image"),
-            &Spec {
-                paths: 20,
-                big_file_bytes: 64 << 10,
-                ..Spec::default()
-            },
-        );
+        let fx = image(t, 20, Some(64 << 10));
         let canary = t.join("canary");
         std::fs::create_dir_all(canary.join("store")).unwrap();
         std::fs::write(canary.join("file"), b"do not touch").unwrap();

@@ -297,6 +297,20 @@ nix-build {} --out-link /nix/var/keep-alias/result",
     }
 );
 
+/// Nix's collector keeps store path `p` of `disk` (it is not in `--print-dead`), and so
+/// does `nix-seed gc --min-age 0`: the path stays valid and on disk.
+#[track_caller]
+fn kept_as_nix_keeps_it(disk: &Disk, p: &str) {
+    let dead = print_dead(disk);
+    assert!(!dead.contains(p), "Nix keeps it: {dead:?}");
+    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).output();
+    assert!(
+        valid(disk.nix()).contains(p) && disk.host(p).exists(),
+        "nix-seed gc deleted a rooted path:\n{}",
+        text(&gc)
+    );
+}
+
 // A root 40 directories deep under gcroots (Nix walks any depth, directories cannot
 // loop: symlinks to them are not followed): Nix keeps its path; nix-seed gc must not
 // delete it (keep it, or refuse the run).
@@ -308,14 +322,7 @@ nixtest!(a_root_deep_in_gcroots_is_kept_as_nix_keeps_it, |t| {
 for i in $(seq 1 40); do d=$d/l$i; done; mkdir -p $d; ln -s $p $d/root; echo $p",
         f.display()
     )));
-    let dead = print_dead(&disk);
-    assert!(!dead.contains(&p), "Nix keeps it: {dead:?}");
-    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).output();
-    assert!(
-        valid(disk.nix()).contains(&p) && disk.host(&p).exists(),
-        "nix-seed gc deleted a rooted path:\n{}",
-        text(&gc)
-    );
+    kept_as_nix_keeps_it(&disk, &p);
 });
 
 // An indirect root whose target inside the disk has a name that is not UTF-8 (a Latin-1
@@ -330,14 +337,7 @@ mkdir -p \"$d\" /nix/var/nix/gcroots/auto; ln -s $p \"$d/result\"
 ln -s \"$d/result\" /nix/var/nix/gcroots/auto/latin1; echo $p",
         f.display()
     )));
-    let dead = print_dead(&disk);
-    assert!(!dead.contains(&p), "Nix keeps it: {dead:?}");
-    let gc = Gc::new(disk.nix()).args(["-v", "--min-age", "0"]).output();
-    assert!(
-        valid(disk.nix()).contains(&p) && disk.host(&p).exists(),
-        "nix-seed gc deleted a rooted path:\n{}",
-        text(&gc)
-    );
+    kept_as_nix_keeps_it(&disk, &p);
 });
 
 // After `nix-store --optimise` a garbage path and a rooted one share files (one inode,
