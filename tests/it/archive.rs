@@ -536,6 +536,53 @@ nixtest!(
     }
 );
 
+// Real Nix collecting in a loop (pods' `nix-store --gc`, one after another) while an
+// archive of v2 is seeded over v1 whose roots and profiles are gone, so the collections
+// delete the paths v1 and v2 share before and while the seed reads the archive. Each
+// round, the seed either exits 0 with v2 valid, rooted and whole as real Nix sees it, or
+// fails (a path it left out was collected before it took gc.lock) and a rerun makes it so.
+nixtest!(an_archive_seed_beside_a_nix_gc_loop_ends_with_the_image_valid, |tmp| {
+    use crate::support::storm::{nix_verdict, GcStorm, Slow};
+    let d = tmp.path();
+    let v1 = real_store(&d.join("v1"), "v1", false);
+    let v2 = real_store(&d.join("v2"), "v2", false);
+    let img = d.join("v2.tar");
+    mkimage(&v2, &img, &["--format", "docker"]);
+    for round in 0..3u64 {
+        let t = target(d, &format!("t{round}"));
+        Seed::image(&v1, &t).ok();
+        std::fs::remove_dir_all(t.join("var/nix/gcroots/nix-seed")).unwrap();
+        for e in std::fs::read_dir(t.join("var/nix/profiles")).unwrap() {
+            let p = e.unwrap().path();
+            if p.symlink_metadata().unwrap().is_dir() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+        let storm = GcStorm::start(&t, Slow::NONE, std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(150 * round));
+        let out = Seed::new(&img, &t).output();
+        let stats = storm.stop_within(true, std::time::Duration::from_secs(60));
+        assert!(stats.failures.is_empty(), "round {round}: {:?}", stats.failures);
+        if !out.status.success() {
+            assert_code(&out, 1);
+            assert!(stderr(&out).contains("was deleted"), "round {round}: {}", text(&out));
+            Seed::new(&img, &t).ok();
+        }
+        eprintln!(
+            "round {round}: seed exit {:?}, {} collections deleted {} paths",
+            out.status.code(),
+            stats.collections,
+            stats.deleted.len()
+        );
+        if let Err(why) = nix_verdict(&t, &v2.join("nix")) {
+            panic!("round {round}: real Nix rejects the target: {why}\n{}", text(&out));
+        }
+        assert_no_temp(&t);
+    }
+});
+
 // A store path the target held when the image was read, deleted by another collector
 // before the seed took gc.lock (the seed is stopped between the two; real Nix deletes
 // it): the seed fails and publishes nothing (never the stage's empty placeholder for that
